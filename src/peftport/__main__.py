@@ -1,0 +1,3 @@
+from peftport.cli import main
+
+main()

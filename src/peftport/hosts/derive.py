@@ -1,0 +1,178 @@
+"""Derive a same-shape receiving host from a parent by continued masked-LM training.
+
+This is the offline stand-in for the paper's raw -> instruction-tuned pairs (T5 v1.1 -> Flan-T5):
+the child is the parent trained further, on text the task data never contains (Rotten Tomatoes
+*plot* synopses, not reviews), so how far the weights drift is a dial (steps, learning rate).
+
+Why masked-LM and not a contrastive objective: all-MiniLM-L6-v2 was itself trained contrastively,
+so more of the same moves it little; masked-LM is a different objective, as instruction tuning is
+for T5, and it moves every layer. The MLM head is fresh (the parent has none) and its decoder is
+tied to the word embeddings, so the embeddings drift several times more than the layers. The
+parent's pooler is carried over unchanged (BertForMaskedLM has none), so a classifier built on
+the child does not get a silently re-initialised pooler.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from peftport.errors import PeftportError
+
+
+@dataclass(frozen=True)
+class DeriveConfig:
+    parent: str = "minilm-l6"
+    corpus: str = "rt_plots"  # unlabelled text in no evaluation split
+    steps: int = 300  # 300 steps at lr 1e-4 moves each layer about 3% (relative Frobenius)
+    lr: float = 1e-4
+    batch_size: int = 16
+    max_length: int = 128
+    mask_prob: float = 0.15
+    warmup_steps: int = 30
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "max_length"):
+            if getattr(self, name) <= 0:
+                raise PeftportError(f"derive: {name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.lr < 1:
+            raise PeftportError(f"derive: lr must be in (0, 1), got {self.lr}")
+        if not 0 < self.mask_prob < 1:
+            raise PeftportError(f"derive: mask_prob must be in (0, 1), got {self.mask_prob}")
+
+    def as_recipe(self) -> dict[str, str]:
+        d = {k: str(v) for k, v in asdict(self).items() if k != "threads"}  # threads: speed only
+        d["version"] = "1"
+        return d
+
+
+def relative_drift(parent: dict[str, torch.Tensor], child: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Relative Frobenius distance ||child - parent|| / ||parent||, per layer and per part.
+
+    Keys are grouped as "embeddings", "layer.<i>", "pooler"; shapes must match.
+    """
+    num: dict[str, float] = {}
+    den: dict[str, float] = {}
+    for key, p in parent.items():
+        if key not in child or child[key].shape != p.shape or not p.is_floating_point():
+            continue
+        parts = key.split(".")
+        group = f"layer.{parts[parts.index('layer') + 1]}" if "layer" in parts else parts[0]
+        num[group] = num.get(group, 0.0) + float((child[key].float() - p.float()).pow(2).sum())
+        den[group] = den.get(group, 0.0) + float(p.float().pow(2).sum())
+    return {g: math.sqrt(num[g]) / math.sqrt(den[g]) for g in num if den[g] > 0}
+
+
+def build_derived(out: Path, recipe: dict[str, str]) -> None:
+    from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling
+
+    from peftport.data import unlabelled_texts
+    from peftport.hosts import get_host, host_folder
+
+    cfg = DeriveConfig(
+        parent=recipe["parent"], corpus=recipe["corpus"], steps=int(recipe["steps"]),
+        lr=float(recipe["lr"]), batch_size=int(recipe["batch_size"]),
+        max_length=int(recipe["max_length"]), mask_prob=float(recipe["mask_prob"]),
+        warmup_steps=int(recipe["warmup_steps"]), seed=int(recipe["seed"]),
+    )
+    parent_spec = get_host(cfg.parent)
+    if parent_spec.family != "bert":
+        raise PeftportError(f"derive: parent {cfg.parent!r} is {parent_spec.family}; masked-LM "
+                            "derivation is implemented for BERT-family hosts")
+    parent_dir = host_folder(parent_spec)
+    texts = unlabelled_texts(cfg.corpus)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    tok = AutoTokenizer.from_pretrained(parent_dir)
+    # A fresh MLM head on the parent encoder; warnings about it are expected.
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    model = BertForMaskedLM.from_pretrained(parent_dir, use_safetensors=True)
+    transformers.logging.set_verbosity_warning()
+    parent_state = {k: v.detach().clone() for k, v in model.bert.state_dict().items()}
+    collator = DataCollatorForLanguageModeling(tok, mlm_probability=cfg.mask_prob)
+    enc = tok(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
+        * max(0.0, (cfg.steps - s) / max(1, cfg.steps - cfg.warmup_steps))
+        if s >= cfg.warmup_steps else (s + 1) / max(1, cfg.warmup_steps),
+    )
+    model.train()
+    order: list[int] = []
+    t0 = time.time()
+    from tqdm import tqdm
+
+    bar = tqdm(range(cfg.steps), desc=f"deriving from {cfg.parent}", unit="step", leave=False)
+    losses = []
+    for step in bar:
+        if len(order) < cfg.batch_size:
+            order += torch.randperm(len(enc), generator=gen).tolist()
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+        # the collator draws its masks from torch's global RNG, seeded above
+        batch = collator([{"input_ids": enc[i]} for i in idx])
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    bar.close()
+    seconds = time.time() - t0
+
+    # Save the encoder as a BertModel checkpoint with the parent's pooler carried over.
+    from safetensors.torch import load_file
+
+    parent_weights = load_file(str(next(parent_dir.glob("*.safetensors"))))
+    child = {k: v.detach().clone().contiguous() for k, v in model.bert.state_dict().items()}
+    for k, v in parent_weights.items():
+        if k.startswith("pooler."):
+            child[k] = v
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig.from_pretrained(parent_dir)
+    config.architectures = ["BertModel"]
+    encoder = BertModel(config)
+    missing, unexpected = encoder.load_state_dict(child, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise RuntimeError(f"derived encoder keys: missing {missing}, unexpected {unexpected}")
+    encoder.save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (parent_dir / name).exists():
+            shutil.copy(parent_dir / name, out / name)
+    drift = relative_drift(parent_state, child)
+    report = {
+        "config": asdict(cfg),
+        "parent_fingerprint": _parent_fp(parent_dir),
+        "corpus_size": len(texts),
+        "seconds": round(seconds, 1),
+        "mlm_loss_first10": sum(losses[:10]) / min(10, len(losses)),
+        "mlm_loss_last10": sum(losses[-10:]) / min(10, len(losses)),
+        "drift": drift,
+    }
+    (out / "peftport-drift.json").write_text(json.dumps(report, indent=2))
+
+
+def _parent_fp(folder: Path) -> str:
+    from peftport.hosts import weights_fingerprint
+
+    return weights_fingerprint(folder)
+
+
+def read_drift(folder: Path) -> dict | None:
+    p = folder / "peftport-drift.json"
+    return json.loads(p.read_text()) if p.exists() else None

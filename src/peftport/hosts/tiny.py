@@ -1,0 +1,86 @@
+"""Tiny randomly initialised hosts (2 layers, width 16) for fast unit tests: no download at all.
+
+Their tokenizer is a small WordPiece vocabulary made here (characters plus a few whole words,
+the label words among them), so the same ids come out on every machine.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "</s>", "<s>"]
+WORDS = ["positive", "negative", "great", "terrible", "good", "bad", "the", "movie", "film", "a"]
+
+
+def _vocab() -> list[str]:
+    chars = string.ascii_lowercase + string.digits + string.punctuation
+    tokens = SPECIALS + WORDS + list(chars) + ["##" + c for c in chars]
+    return list(dict.fromkeys(tokens))  # "a" is a word and a character: keep its first id
+
+
+def write_tokenizer(out: Path, family: str) -> None:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(_vocab())}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    if family == "bert":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+        )
+        extra = dict(cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    elif family == "t5":
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
+        )
+        extra = dict(eos_token="</s>")
+    else:  # decoders: no special tokens around the text
+        extra = dict(eos_token="</s>", bos_token="<s>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", **extra)
+    fast.save_pretrained(out)
+
+
+def build_tiny(out: Path, recipe: dict[str, str]) -> None:
+    from transformers import (
+        BertConfig,
+        BertModel,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    family, seed = recipe["family"], int(recipe["seed"])
+    n_vocab = len(_vocab())
+    torch.manual_seed(seed)
+    if family == "bert":
+        cfg = BertConfig(vocab_size=n_vocab, hidden_size=16, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=128)
+        model = BertModel(cfg)
+    elif family == "t5":
+        cfg = T5Config(vocab_size=n_vocab, d_model=16, d_kv=8, d_ff=32, num_layers=2,
+                       num_decoder_layers=2, num_heads=2, pad_token_id=0, eos_token_id=5,
+                       decoder_start_token_id=0)
+        model = T5ForConditionalGeneration(cfg)
+    elif family == "gpt2":
+        cfg = GPT2Config(vocab_size=n_vocab, n_embd=16, n_layer=2, n_head=2, n_positions=128,
+                         bos_token_id=6, eos_token_id=5, pad_token_id=0)
+        model = GPT2LMHeadModel(cfg)
+    elif family == "llama":
+        cfg = LlamaConfig(vocab_size=n_vocab, hidden_size=16, intermediate_size=32,
+                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                          max_position_embeddings=128, bos_token_id=6, eos_token_id=5,
+                          pad_token_id=0)
+        model = LlamaForCausalLM(cfg)
+    else:
+        raise ValueError(f"no tiny host for family {family!r}")
+    model.save_pretrained(out, safe_serialization=True)
+    write_tokenizer(out, family)
