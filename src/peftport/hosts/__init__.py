@@ -108,7 +108,7 @@ for _fam in ("bert", "t5", "gpt2", "llama"):
         id=f"tiny-{_fam}", family=_fam,
         description=f"tiny random {_fam} (2 layers, width 16) for unit tests",
         sources=(Built((("family", _fam), ("how", "tiny random"), ("name", f"tiny-{_fam}"),
-                        ("seed", "0"), ("version", "2")), _build_tiny),),
+                        ("seed", "0"), ("version", "3")), _build_tiny),),
     ))
 # The paper's hosts: hub only (they need the hub and, for study sizes, a GPU).
 for _id, _repo, _desc in [
@@ -175,8 +175,12 @@ def get_host(name: str) -> HostSpec:
 
 
 def host_folder(spec: HostSpec) -> Path:
-    how = (f"To use a local copy, set ${spec.env_var()} to a checkpoint folder "
-           "(config.json, model.safetensors, tokenizer files).")
+    if any(isinstance(s, LocalPath) and s.path is None for s in spec.sources):
+        how = (f"To use a local copy, set ${spec.env_var()} to a checkpoint folder "
+               "(config.json, model.safetensors, tokenizer files).")
+    else:
+        how = ("To use a local copy, pass its checkpoint folder (config.json, model.safetensors, "
+               "tokenizer files) as the host.")
     folder, _ = resolve(spec.id, spec.sources, how)
     return folder
 

@@ -42,7 +42,10 @@ def write_tokenizer(out: Path, family: str) -> None:
         extra = dict(eos_token="</s>")
     else:  # decoders: no special tokens around the text
         extra = dict(eos_token="</s>", bos_token="<s>")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", **extra)
+    inputs = ["input_ids", "token_type_ids", "attention_mask"] if family == "bert" else [
+        "input_ids", "attention_mask"]
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   model_input_names=inputs, **extra)
     fast.save_pretrained(out)
 
 

@@ -1,0 +1,137 @@
+"""`peftport hosts`: list, show, derive and compare pretrained hosts."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from peftport.errors import PeftportError
+
+console = Console()
+
+
+def _sources(spec) -> str:
+    return "; ".join(s.describe() for s in spec.sources)
+
+
+def register(app: typer.Typer) -> None:
+    hosts = typer.Typer(help="Pretrained hosts: list, show, derive.", no_args_is_help=True)
+    app.add_typer(hosts, name="hosts")
+
+    @hosts.command("list")
+    def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+        """List the built-in and user-derived hosts (any hub id or local folder works too)."""
+        from peftport.hosts import HOSTS, user_derived_hosts
+
+        specs = [spec for _, spec in HOSTS.items()] + user_derived_hosts()
+        rows = [dict(id=s.id, family=s.family, kind=s.kind, parent=s.parent,
+                     description=s.description, sources=_sources(s)) for s in specs]
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        table = Table(title="hosts (also: any local checkpoint folder, or a hub id owner/name); "
+                      "`peftport hosts show ID` gives sources and shapes")
+        for col in ("id", "kind", "description"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            table.add_row(r["id"], r["kind"], r["description"])
+        console.print(table)
+
+    @hosts.command("show")
+    def show(
+        host: str = typer.Argument(..., help="Host id, local folder or hub id."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Load a host and print its shape, parameter count, fingerprint and origin."""
+        from peftport.hosts import load_host
+        from peftport.hosts.derive import read_drift
+
+        h = load_host(host)
+        cfg = h.model.config
+        lay = h.layout
+        info = {
+            "id": h.spec.id, "family": h.spec.family, "kind": h.kind,
+            "description": h.spec.description,
+            "layers": getattr(cfg, lay.num_layers_key), "hidden": getattr(cfg, lay.hidden_key),
+            "parameters": h.num_parameters(), "vocab": cfg.vocab_size,
+            "folder": str(h.folder), "fingerprint": h.fingerprint,
+            "sources": [s.describe() for s in h.spec.sources], "parent": h.spec.parent,
+        }
+        drift = read_drift(h.folder)
+        if drift:
+            info["derivation"] = drift["config"]
+            info["drift"] = drift["drift"]
+        if as_json:
+            typer.echo(json.dumps(info, indent=2))
+            return
+        table = Table(title=f"host {h.spec.id}", show_header=False)
+        table.add_column("field")
+        table.add_column("value", overflow="fold")
+        for k, v in info.items():
+            if k in ("drift", "derivation"):
+                continue
+            table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+        console.print(table)
+        if drift:
+            console.print(f"derived from {drift['config']['parent']} by masked-LM on "
+                          f"{drift['config']['corpus']}: {drift['config']['steps']} steps at lr "
+                          f"{drift['config']['lr']}, seed {drift['config']['seed']}")
+            _print_drift(drift["drift"])
+
+    @hosts.command("derive")
+    def derive(
+        name: str = typer.Option(..., "--name", help="Id for the new host."),
+        parent: str = typer.Option("minilm-l6", "--from", help="Parent host (BERT family)."),
+        steps: int = typer.Option(300, help="Masked-LM steps: more steps, more drift."),
+        lr: float = typer.Option(1e-4, help="Learning rate: higher, more drift."),
+        seed: int = typer.Option(0, help="Seed for masking and batch order."),
+        corpus: str = typer.Option("rt_plots", help="Unlabelled text corpus."),
+        batch_size: int = typer.Option(16, help="Batch size."),
+        max_length: int = typer.Option(128, help="Maximum tokens per text."),
+    ) -> None:
+        """Derive a same-shape receiving host by continued masked-LM training (cached)."""
+        import shutil
+
+        from peftport.hosts import HOSTS, _build_derived, _derived_home, derived_recipe, get_host
+        from peftport.hosts.derive import read_drift
+        from peftport.hosts.spec import Built
+
+        if name in HOSTS or not name or "/" in name or name.startswith("."):
+            raise PeftportError(f"--name {name!r}: choose a new plain name (not a built-in id)")
+        parent_spec = get_host(parent)
+        built = Built(derived_recipe(name, parent_spec.id, steps=steps, lr=lr, seed=seed,
+                                     corpus=corpus, batch_size=batch_size, max_length=max_length),
+                      _build_derived)
+        folder = built.resolve()
+        target = _derived_home() / name
+        meta = {"family": parent_spec.family, "parent": parent_spec.id,
+                "description": f"derived from {parent_spec.id}: masked-LM on {corpus}, "
+                f"{steps} steps, lr {lr}, seed {seed}", "recipe": dict(built.recipe)}
+        if target.exists():
+            old = json.loads((target / "peftport-host.json").read_text())
+            if old.get("recipe") != meta["recipe"]:
+                raise PeftportError(f"a derived host named {name!r} exists with another recipe "
+                                    f"({target}); choose another --name or delete it")
+        else:
+            tmp = target.with_name(f".{name}.tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            shutil.copytree(folder, tmp)
+            (tmp / "peftport-host.json").write_text(json.dumps(meta, indent=2))
+            tmp.rename(target)
+        drift = read_drift(folder)
+        console.print(f"host [bold]{name}[/bold] ready at {target}")
+        if drift:
+            _print_drift(drift["drift"])
+
+
+def _print_drift(drift: dict[str, float]) -> None:
+    table = Table(title="drift from the parent: relative Frobenius distance ||child-parent||/||parent||")
+    table.add_column("part")
+    table.add_column("drift", justify="right")
+    for part, v in sorted(drift.items(), key=lambda kv: (not kv[0].startswith("emb"), kv[0])):
+        table.add_row(part, f"{v:.4f}")
+    console.print(table)
