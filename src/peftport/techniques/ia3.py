@@ -1,0 +1,44 @@
+"""(IA)^3: learnt vectors that rescale the attention keys and values and the feed-forward
+intermediate activations (Liu et al. 2022). The vectors start at one, so a fresh module leaves
+the host unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from peftport.errors import PeftportError
+from peftport.techniques.base import Technique, TechniqueConfig, doc
+
+ATTENTION_MATRICES = ("q", "k", "v")
+
+
+@dataclass(frozen=True)
+class IA3Config(TechniqueConfig):
+    technique = "ia3"
+
+    targets: tuple[str, ...] = doc(("k", "v"), "attention matrices to rescale (of q, k, v)")
+    intermediate: bool = doc(True, "rescale the feed-forward intermediate activations")
+
+    def validate(self) -> None:
+        bad = [t for t in self.targets if t not in ATTENTION_MATRICES]
+        if bad or len(set(self.targets)) != len(self.targets):
+            raise PeftportError(f"ia3 config: targets must be distinct names among "
+                                f"{list(ATTENTION_MATRICES)}, got {list(self.targets)}")
+        if not (self.targets or self.intermediate):
+            raise PeftportError("ia3 config: nothing to rescale (no targets, intermediate off)")
+
+    def to_adapters(self) -> Any:
+        import adapters
+
+        return adapters.IA3Config(selfattn_lora=bool(self.targets),
+                                  attn_matrices=list(self.targets) or ["k"],
+                                  intermediate_lora=self.intermediate)
+
+
+TECHNIQUE = Technique(
+    name="ia3", config_cls=IA3Config,
+    summary="learnt rescaling vectors on keys, values and feed-forward activations",
+    reference="Liu et al. 2022 (arXiv 2205.05638)",
+)

@@ -1,0 +1,59 @@
+"""LoRA: a low-rank update B @ A, scaled by alpha / r, added to chosen weight matrices
+(Hu et al. 2021). A starts random, B at zero, so a fresh LoRA leaves the host unchanged.
+
+On T5 adapters puts LoRA on the decoder's cross-attention q/v as well as on self-attention; on
+GPT-2 the fused `c_attn` matrix carries the q/v parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from peftport.errors import PeftportError
+from peftport.techniques.base import Technique, TechniqueConfig, doc
+
+ATTENTION_MATRICES = ("q", "k", "v")
+
+
+@dataclass(frozen=True)
+class LoraConfig(TechniqueConfig):
+    technique = "lora"
+
+    r: int = doc(8, "rank of the update")
+    alpha: int = doc(16, "scaling numerator: the update is multiplied by alpha / r")
+    targets: tuple[str, ...] = doc(("q", "v"), "attention matrices to adapt (of q, k, v)")
+    dropout: float = doc(0.0, "dropout on the LoRA input")
+    intermediate: bool = doc(False, "also adapt the feed-forward up-projection")
+    output: bool = doc(False, "also adapt the feed-forward down-projection")
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise PeftportError(f"lora config: r must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise PeftportError(f"lora config: alpha must be positive, got {self.alpha}")
+        bad = [t for t in self.targets if t not in ATTENTION_MATRICES]
+        if bad or len(set(self.targets)) != len(self.targets):
+            raise PeftportError(f"lora config: targets must be distinct names among "
+                                f"{list(ATTENTION_MATRICES)}, got {list(self.targets)}")
+        if not (self.targets or self.intermediate or self.output):
+            raise PeftportError("lora config: nothing to adapt (no targets, intermediate "
+                                "and output both off)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise PeftportError(f"lora config: dropout must be in [0, 1), got {self.dropout}")
+
+    def to_adapters(self) -> Any:
+        import adapters
+
+        return adapters.LoRAConfig(
+            selfattn_lora=bool(self.targets), attn_matrices=list(self.targets) or ["q"],
+            intermediate_lora=self.intermediate, output_lora=self.output,
+            r=self.r, alpha=self.alpha, dropout=self.dropout,
+        )
+
+
+TECHNIQUE = Technique(
+    name="lora", config_cls=LoraConfig,
+    summary="low-rank update of the attention query and value matrices",
+    reference="Hu et al. 2021 (arXiv 2106.09685)",
+)
