@@ -1,0 +1,308 @@
+"""A PEFT module on disk: a folder with the tensors and what they are.
+
+    MODULE/
+      module.safetensors   the module's tensors (and the classification head, if any)
+      module.json          metadata (below), including the sha256 of module.safetensors
+
+Tensors are written and read with safetensors only (never pickle / torch.load). The folder is
+written to a temporary folder beside it and renamed into place, so an interrupted save leaves
+nothing that a later run would trust. Loading checks the schema version, every required field
+and its type, the technique and its config, and the tensor file's sha256; any mismatch is a
+PeftportError that names the file and the field.
+
+Metadata (schema version 1). The caller gives:
+    technique        registered technique name ("lora", ...)
+    config           the technique config as a dict (all fields; see peftport.techniques)
+    host_kind        encoder-classifier | text-to-text | decoder-lm
+    host_family      bert | t5 | gpt2 | llama
+    origin_host      id of the host the module was trained on
+    origin_fingerprint  that host's weights fingerprint
+    task             task / data set name
+    label_words      the label words, in label order
+    steps            optimizer steps trained (0 = untrained)
+    seed             the training seed
+  optional:
+    adapter_name     the module's name inside tensor names (default "peftport")
+    metrics          {name: number} if known
+    trainable        trainable parameter count while training
+    host_dims        {"hidden_size": int, "layers": {stack: int}} (better porting messages)
+    port             how the module was ported (written by `peftport port`)
+    extra            anything else JSON-able
+save_module fills in: schema_version, format, sha256, tensor_file, num_tensors,
+num_parameters, head_keys (tensors whose names lack adapter_name), versions (package versions),
+created (UTC time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftport.errors import PeftportError
+
+SCHEMA_VERSION = 1
+FORMAT = "peftport-module"
+TENSOR_FILE = "module.safetensors"
+META_FILE = "module.json"
+
+# field -> (accepted types, description for messages)
+REQUIRED: dict[str, tuple[tuple[type, ...], str]] = {
+    "technique": ((str,), "a string"),
+    "config": ((dict,), "an object"),
+    "host_kind": ((str,), "a string"),
+    "host_family": ((str,), "a string"),
+    "origin_host": ((str,), "a string"),
+    "origin_fingerprint": ((str,), "a string"),
+    "task": ((str,), "a string"),
+    "label_words": ((list,), "a list of strings"),
+    "steps": ((int,), "an integer"),
+    "seed": ((int,), "an integer"),
+}
+OPTIONAL: dict[str, tuple[tuple[type, ...], str]] = {
+    "adapter_name": ((str,), "a string"),
+    "metrics": ((dict,), "an object"),
+    "trainable": ((int,), "an integer"),
+    "host_dims": ((dict,), "an object"),
+    "port": ((dict, type(None)), "an object"),
+    "extra": ((dict,), "an object"),
+}
+FILLED = ("schema_version", "format", "sha256", "tensor_file", "num_tensors", "num_parameters",
+          "head_keys", "versions", "created")
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("peftport", "torch", "transformers", "adapters", "safetensors"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def module_meta(att: Any, host: Any, *, task: str, label_words: list[str] | tuple[str, ...],
+                steps: int, seed: int | None = None, metrics: Mapping[str, float] | None = None,
+                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Metadata for a module trained on `host` (a LoadedHost) as `att` (an Attached)."""
+    meta: dict[str, Any] = {
+        "technique": att.technique, "config": att.config.as_dict(), "adapter_name": att.name,
+        "host_kind": att.kind, "host_family": att.family, "origin_host": host.spec.id,
+        "origin_fingerprint": host.fingerprint, "host_dims": dict(att.dims),
+        "task": task, "label_words": list(label_words), "steps": int(steps),
+        "seed": att.seed if seed is None else int(seed), "trainable": int(att.trainable),
+    }
+    if metrics is not None:
+        meta["metrics"] = dict(metrics)
+    if extra is not None:
+        meta["extra"] = dict(extra)
+    return meta
+
+
+def _sha256(path: Path) -> str:
+    from peftport.assets import sha256_file
+
+    return sha256_file(path)
+
+
+def _check_fields(meta: Mapping[str, Any], where: str) -> None:
+    """Required fields present with the right types; the technique, config, kind and family
+    known and consistent. Raises PeftportError naming `where` and the field."""
+    from peftport.hosts.spec import KINDS, LAYOUTS
+    from peftport.techniques import TECHNIQUES, supports
+
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise PeftportError(f"{where}: missing required field(s) {', '.join(missing)}")
+    for table in (REQUIRED, OPTIONAL):
+        for key, (types, desc) in table.items():
+            if key not in meta:
+                continue
+            value = meta[key]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise PeftportError(f"{where}: field {key!r} must be {desc}, got {value!r}")
+    if not all(isinstance(w, str) for w in meta["label_words"]):
+        raise PeftportError(f"{where}: field 'label_words' must be a list of strings")
+    if meta["steps"] < 0:
+        raise PeftportError(f"{where}: field 'steps' must be >= 0, got {meta['steps']}")
+    if meta["technique"] not in TECHNIQUES:
+        raise PeftportError(f"{where}: field 'technique': " +
+                            TECHNIQUES.unknown_message(meta["technique"]))
+    if meta["host_kind"] not in KINDS:
+        raise PeftportError(f"{where}: field 'host_kind' must be one of {', '.join(KINDS)}, "
+                            f"got {meta['host_kind']!r}")
+    if meta["host_family"] not in LAYOUTS:
+        raise PeftportError(f"{where}: field 'host_family' must be one of "
+                            f"{', '.join(sorted(LAYOUTS))}, got {meta['host_family']!r}")
+    if LAYOUTS[meta["host_family"]].kind != meta["host_kind"]:
+        raise PeftportError(f"{where}: host_family {meta['host_family']!r} is a "
+                            f"{LAYOUTS[meta['host_family']].kind} family, not "
+                            f"{meta['host_kind']!r}")
+    if not supports(meta["technique"], meta["host_kind"]):
+        raise PeftportError(f"{where}: technique {meta['technique']!r} is not supported on "
+                            f"{meta['host_kind']} hosts")
+    technique = TECHNIQUES.get(meta["technique"])
+    try:
+        technique.config_cls.from_dict(meta["config"])
+    except PeftportError as e:
+        raise PeftportError(f"{where}: field 'config': {e}") from None
+    if "adapter_name" in meta and not meta["adapter_name"].isidentifier():
+        raise PeftportError(f"{where}: field 'adapter_name' must be an identifier, "
+                            f"got {meta['adapter_name']!r}")
+
+
+def _check_tensors(tensors: Mapping[str, torch.Tensor], name: str, where: str) -> None:
+    if not isinstance(tensors, Mapping) or not tensors:
+        raise PeftportError(f"{where}: a module needs at least one tensor")
+    bad = [k for k, v in tensors.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise PeftportError(f"{where}: not a str -> tensor mapping (bad entries: {bad[:5]})")
+    if not any(name in k.split(".") for k in tensors):
+        raise PeftportError(f"{where}: no tensor name contains the module name {name!r}; "
+                            "module tensors are named like '...loras.<name>.lora_A'")
+
+
+def save_module(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                *, overwrite: bool = False) -> Path:
+    """Write a module folder atomically; returns its path. The metadata is validated first:
+    an invalid module is never written. An existing non-empty folder is replaced only with
+    `overwrite=True`."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    where = f"module {out}"
+    meta = dict(meta)
+    for key in FILLED:
+        meta.pop(key, None)  # always recomputed
+    unknown = sorted(set(meta) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise PeftportError(f"{where}: unknown metadata field(s) {unknown} (put them in 'extra')")
+    _check_fields(meta, where)
+    name = meta.get("adapter_name", "peftport")
+    _check_tensors(tensors, name, where)
+    try:
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise PeftportError(f"{where}: metadata is not JSON-able: {e}") from None
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise PeftportError(f"{out} already exists; choose another folder or overwrite it "
+                            "explicitly")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in sorted(tensors.items())}
+        tensor_path = stage / TENSOR_FILE
+        save_file(flat, str(tensor_path), metadata={"format": FORMAT,
+                                                    "schema_version": str(SCHEMA_VERSION)})
+        meta.update(
+            schema_version=SCHEMA_VERSION, format=FORMAT, tensor_file=TENSOR_FILE,
+            sha256=_sha256(tensor_path), num_tensors=len(flat),
+            num_parameters=sum(v.numel() for v in flat.values()),
+            head_keys=[k for k in flat if name not in k.split(".")],
+            versions=package_versions(),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        (stage / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        for f in stage.iterdir():  # flush before the rename makes them visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            out.rename(trash / "old")
+            stage.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            stage.rename(out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def _module_folder(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name in (TENSOR_FILE, META_FILE):
+        p = p.parent
+    if not p.exists():
+        raise PeftportError(f"{p}: no such module folder")
+    if not p.is_dir():
+        raise PeftportError(f"{p} is not a module folder (expected a folder with {META_FILE} "
+                            f"and {TENSOR_FILE})")
+    return p
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata alone, checked (schema, fields, technique, config); tensors not read."""
+    folder = _module_folder(path)
+    meta_path = folder / META_FILE
+    if not meta_path.exists():
+        raise PeftportError(f"{folder}: no {META_FILE}; not a peftport module")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PeftportError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise PeftportError(f"{meta_path}: expected a JSON object")
+    if meta.get("format") != FORMAT:
+        raise PeftportError(f"{meta_path}: field 'format' is {meta.get('format')!r}, not "
+                            f"{FORMAT!r}; not a peftport module")
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise PeftportError(f"{meta_path}: field 'schema_version' is {version!r}; this peftport "
+                            f"reads schema version {SCHEMA_VERSION}")
+    _check_fields(meta, str(meta_path))
+    for key, kind in (("sha256", str), ("tensor_file", str), ("num_tensors", int),
+                      ("head_keys", list)):
+        if not isinstance(meta.get(key), kind):
+            raise PeftportError(f"{meta_path}: field {key!r} is missing or malformed")
+    if meta["tensor_file"] != TENSOR_FILE:
+        raise PeftportError(f"{meta_path}: field 'tensor_file' must be {TENSOR_FILE!r}")
+    return meta
+
+
+def load_module(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, meta) of a module folder, after checking it; PeftportError on any mismatch."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta = read_meta(path)
+    folder = _module_folder(path)
+    tensor_path = folder / TENSOR_FILE
+    meta_path = folder / META_FILE
+    if not tensor_path.exists():
+        raise PeftportError(f"{tensor_path}: missing (the module's tensors)")
+    digest = _sha256(tensor_path)
+    if digest != meta["sha256"]:
+        raise PeftportError(f"{tensor_path}: sha256 {digest[:16]}... does not match field "
+                            f"'sha256' {meta['sha256'][:16]}... in {meta_path}: the file was "
+                            "changed or corrupted")
+    try:
+        tensors = load_file(str(tensor_path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PeftportError(f"{tensor_path}: not a readable safetensors file ({e})") from None
+    if len(tensors) != meta["num_tensors"]:
+        raise PeftportError(f"{tensor_path}: holds {len(tensors)} tensors, field 'num_tensors' "
+                            f"in {meta_path} says {meta['num_tensors']}")
+    name = meta.get("adapter_name", "peftport")
+    heads = sorted(k for k in tensors if name not in k.split("."))
+    if heads != sorted(meta["head_keys"]):
+        raise PeftportError(f"{tensor_path}: head tensors {heads} differ from field "
+                            f"'head_keys' {meta['head_keys']} in {meta_path}")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not
+           bool(torch.isfinite(v).all())]
+    if bad:
+        raise PeftportError(f"{tensor_path}: non-finite values in {bad[:5]}")
+    _check_tensors(tensors, name, str(tensor_path))
+    return tensors, meta
+

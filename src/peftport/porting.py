@@ -1,0 +1,293 @@
+"""Porting: a module's tensors + a receiving host's description + a condition -> the tensors to
+load into the receiver. A pure function: no I/O, no training, inputs never modified.
+
+Conditions (the study's arms):
+- `ported`: the module's tensors as trained;
+- `sampled`: every tensor replaced by a draw from a normal distribution with THAT tensor's own
+  mean and standard deviation (population std, i.e. divided by n; one mean and one std per
+  whole tensor, not per row). The draw uses a generator seeded from sha256(f"{seed}:{name}"),
+  so each tensor's draw depends only on the seed and its name. A constant tensor (std 0) stays
+  that constant. The head, when the module carries one, is sampled the same way;
+- `random`: the technique's own fresh initialisation on the receiver for `seed` (training from
+  scratch): the tensors the receiver had right after `attach(..., seed=seed)`.
+
+Before any of that, a compatibility check: the module must come from a host of the receiver's
+kind and family, with the same technique and config; after the layer map, every receiver tensor
+must find a module tensor of the same name and shape and every module tensor must be used. A
+mismatch lists each offending tensor (name, origin shape, receiver shape) and says why.
+
+Layer maps: `{receiver layer index: origin layer index}`, applied by rewriting the layer index
+in tensor names under the host layout's layer stacks (T5 has two: `encoder.block` and
+`decoder.block`; a plain mapping applies to both, or give `{stack: {i: j}}`). Identity by
+default. Tensors outside the layer stacks (the Compacter rule matrices, prefix pool, prompt,
+head) are not renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from peftport.errors import PeftportError
+
+CONDITIONS = ("ported", "sampled", "random")
+
+# receiver layer -> origin layer; or per layer stack: {stack path: {receiver: origin}}
+LayerMap = Mapping[int, int] | Mapping[str, Mapping[int, int]]
+
+
+class PortingError(PeftportError):
+    """The module cannot be ported into this receiver (the message says which tensors, why)."""
+
+
+@dataclass(frozen=True)
+class ReceiverSpec:
+    """What porting needs to know about a receiving host with the technique attached.
+
+    Build it with `ReceiverSpec.from_attached` right after `attach` (before any training or
+    loading), so that `fresh` holds the technique's own fresh initialisation for `fresh_seed`.
+    """
+
+    host_id: str
+    fingerprint: str
+    kind: str
+    family: str
+    layer_stacks: tuple[str, ...]
+    technique: str
+    config: dict[str, Any]
+    name: str  # the module's name on the receiver (part of every tensor name)
+    shapes: dict[str, tuple[int, ...]]  # expected tensor name -> shape (module + head)
+    head_keys: tuple[str, ...]
+    fresh: dict[str, torch.Tensor] = field(repr=False)  # fresh init for fresh_seed
+    fresh_seed: int
+    dims: dict[str, Any] = field(default_factory=dict)  # hidden size, layers per stack
+
+    @classmethod
+    def from_attached(cls, att: Any, host_id: str = "receiver", fingerprint: str = ""
+                      ) -> ReceiverSpec:
+        """From the `Attached` that `peftport.techniques.attach` returned."""
+        from peftport.hosts.spec import LAYOUTS
+        from peftport.techniques import module_state
+
+        fresh = module_state(att.model, att.name, include_head=True)
+        return cls(host_id=host_id, fingerprint=fingerprint, kind=att.kind, family=att.family,
+                   layer_stacks=LAYOUTS[att.family].layer_stacks, technique=att.technique,
+                   config=att.config.as_dict(), name=att.name,
+                   shapes={k: tuple(v.shape) for k, v in fresh.items()},
+                   head_keys=tuple(att.head_keys), fresh=fresh, fresh_seed=att.seed,
+                   dims=dict(att.dims))
+
+
+def normalise_layer_map(layer_map: LayerMap | None, stacks: tuple[str, ...]
+                        ) -> dict[str, dict[int, int]] | None:
+    """None for identity; else {stack: {receiver index: origin index}} for every stack."""
+    if layer_map is None:
+        return None
+    if not isinstance(layer_map, Mapping):
+        raise PeftportError(f"layer map must be a mapping, got {type(layer_map).__name__}")
+    if layer_map and all(isinstance(k, str) for k in layer_map):
+        unknown = sorted(set(layer_map) - set(stacks))
+        if unknown:
+            raise PeftportError(f"layer map names unknown layer stacks {unknown}; this host has "
+                                f"{list(stacks)}")
+        per_stack = {s: dict(layer_map.get(s, {})) for s in stacks}
+    else:
+        per_stack = {s: dict(layer_map) for s in stacks}
+    for s, m in per_stack.items():
+        for r, o in m.items():
+            if not (isinstance(r, int) and isinstance(o, int)) or r < 0 or o < 0:
+                raise PeftportError(f"layer map for {s}: entries must be non-negative "
+                                    f"integers (receiver -> origin), got {r!r}: {o!r}")
+    return per_stack
+
+
+def parse_layer_map(text: str) -> dict[int, int]:
+    """"0:0,1:2" -> {0: 0, 1: 2} (receiver:origin)."""
+    out: dict[int, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        m = re.fullmatch(r"(\d+)\s*[:=]\s*(\d+)", part)
+        if not m:
+            raise PeftportError(f"layer map entry {part!r} is not RECEIVER:ORIGIN (e.g. 0:0,1:2)")
+        r, o = int(m.group(1)), int(m.group(2))
+        if r in out:
+            raise PeftportError(f"layer map gives receiver layer {r} twice")
+        out[r] = o
+    return out
+
+
+def _split_layer(key: str, stacks: tuple[str, ...]) -> tuple[str, int, str] | None:
+    """'bert.encoder.layer.3.output...' -> ('bert.encoder.layer', 3, 'output...')."""
+    for stack in stacks:
+        if key.startswith(stack + "."):
+            idx, _, rest = key[len(stack) + 1:].partition(".")
+            if idx.isdigit():
+                return stack, int(idx), rest
+    return None
+
+
+def _rename_part(key: str, old: str, new: str) -> str:
+    return ".".join(new if part == old else part for part in key.split("."))
+
+
+def origin_names(receiver: ReceiverSpec, layer_map: LayerMap | None, exclude: set[str]
+                 ) -> tuple[dict[str, str], list[str]]:
+    """receiver tensor name -> the origin tensor name it takes (origin naming, receiver's module
+    name); and the receiver tensors that the layer map leaves without a source."""
+    per_stack = normalise_layer_map(layer_map, receiver.layer_stacks)
+    mapping: dict[str, str] = {}
+    unmapped: list[str] = []
+    for key in receiver.shapes:
+        if key in exclude:
+            continue
+        split = _split_layer(key, receiver.layer_stacks) if per_stack is not None else None
+        if split is None:
+            mapping[key] = key
+            continue
+        stack, idx, rest = split
+        if idx not in per_stack[stack]:
+            unmapped.append(key)
+            continue
+        mapping[key] = f"{stack}.{per_stack[stack][idx]}.{rest}"
+    return mapping, unmapped
+
+
+def _fmt(shape: tuple[int, ...] | None) -> str:
+    return "absent" if shape is None else "(" + ", ".join(map(str, shape)) + ")"
+
+
+def _why(meta: Mapping[str, Any], receiver: ReceiverSpec) -> str:
+    origin_dims = meta.get("host_dims") or {}
+    reasons = []
+    oh, rh = origin_dims.get("hidden_size"), receiver.dims.get("hidden_size")
+    if oh is not None and rh is not None and oh != rh:
+        reasons.append(f"the hosts' hidden sizes differ (origin {oh}, receiver {rh})")
+    ol, rl = origin_dims.get("layers") or {}, receiver.dims.get("layers") or {}
+    for stack in receiver.layer_stacks:
+        if stack in ol and stack in rl and ol[stack] != rl[stack]:
+            reasons.append(f"{stack} has {ol[stack]} layers on the origin and {rl[stack]} on the "
+                           "receiver (a layer map can pair them)")
+    if not reasons:
+        reasons.append("the hosts differ in a dimension the module's tensors depend on (hidden "
+                       "size, heads, feed-forward width, depth or vocabulary)")
+    return ("Porting copies each trained tensor into the tensor of the same name and shape on the "
+            "receiver; " + "; ".join(reasons) + ", so these tensors have no place to go.")
+
+
+def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                     receiver: ReceiverSpec, layer_map: LayerMap | None = None,
+                     keep_receiver_head: bool = False) -> dict[str, str]:
+    """Raise PortingError unless the module fits the receiver; return receiver name -> module
+    tensor name (the module's own naming)."""
+    kind, family = meta.get("host_kind"), meta.get("host_family")
+    if kind != receiver.kind:
+        raise PortingError(
+            f"wrong host kind: the module was trained on a {kind} host "
+            f"({meta.get('origin_host', '?')}) and the receiver {receiver.host_id} is a "
+            f"{receiver.kind} host; a module only ports between hosts of one kind")
+    if family != receiver.family:
+        raise PortingError(
+            f"the module was trained on a {family} host and the receiver {receiver.host_id} is "
+            f"{receiver.family}: tensor names and layouts differ between families")
+    if meta.get("technique") != receiver.technique:
+        raise PortingError(f"the module is {meta.get('technique')!r} but the receiver was "
+                           f"prepared with {receiver.technique!r}")
+    config = dict(meta.get("config") or {})
+    if config != receiver.config:
+        diff = sorted(k for k in set(config) | set(receiver.config)
+                      if config.get(k) != receiver.config.get(k))
+        raise PortingError(
+            "the receiver must carry the same technique config as the module; differing fields: "
+            + ", ".join(f"{k} (module {config.get(k)!r}, receiver {receiver.config.get(k)!r})"
+                        for k in diff))
+    if layer_map is not None and receiver.technique == "prefix" and \
+            any(r != o for m in (normalise_layer_map(layer_map, receiver.layer_stacks) or {})
+                .values() for r, o in m.items()):
+        raise PortingError(
+            "prefix tuning keeps every layer's prefix in one MLP output tensor; a layer map that "
+            "moves layers cannot be applied to it (port between hosts of the same depth)")
+
+    origin_name = meta.get("adapter_name", receiver.name)
+    # the module's tensors, renamed to the receiver's module name
+    renamed = {_rename_part(k, origin_name, receiver.name): k for k in tensors}
+    exclude = set(receiver.head_keys) if keep_receiver_head else set()
+    if receiver.head_keys and not exclude and not set(receiver.head_keys) & set(renamed):
+        raise PortingError(
+            f"the module carries no classification head and the receiver {receiver.host_id} "
+            "needs one: keep the receiver's own fresh head (keep_receiver_head=True, "
+            "--keep-receiver-head)")
+    wanted, unmapped = origin_names(receiver, layer_map, exclude)
+
+    problems: list[str] = []
+    for key in unmapped:
+        problems.append(f"{key}: receiver {_fmt(receiver.shapes[key])}, no origin layer (the "
+                        "layer map does not cover this receiver layer)")
+    for key, src in wanted.items():
+        o = tuple(tensors[renamed[src]].shape) if src in renamed else None
+        r = receiver.shapes[key]
+        if o != r:
+            shown = key if src == key else f"{key} <- {src}"
+            problems.append(f"{shown}: origin {_fmt(o)}, receiver {_fmt(r)}")
+    used = set(wanted.values()) | (exclude & set(renamed))
+    leftover = sorted(k for k in set(renamed) - used
+                      if layer_map is None or _split_layer(k, receiver.layer_stacks) is None)
+    for key in leftover:
+        problems.append(f"{key}: origin {_fmt(tuple(tensors[renamed[key]].shape))}, "
+                        "receiver absent")
+    if problems:
+        shown = problems[:40] + ([f"... and {len(problems) - 40} more"]
+                                 if len(problems) > 40 else [])
+        raise PortingError(
+            f"cannot port the {receiver.technique} module from {meta.get('origin_host', '?')} "
+            f"into {receiver.host_id}: {len(problems)} tensor(s) do not match "
+            "(name: origin shape, receiver shape):\n  " + "\n  ".join(shown) + "\n"
+            + _why(meta, receiver))
+    return {key: renamed[src] for key, src in wanted.items()}
+
+
+def _tensor_seed(seed: int, name: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def sample_like(t: torch.Tensor, seed: int, name: str) -> torch.Tensor:
+    """A draw from N(mean(t), std(t)^2), shaped and typed like t (population std)."""
+    x = t.detach().to(torch.float64)
+    mean = x.mean()
+    std = x.std(correction=0) if x.numel() > 1 else torch.zeros((), dtype=torch.float64)
+    g = torch.Generator().manual_seed(_tensor_seed(seed, name))
+    z = torch.randn(t.shape, generator=g, dtype=torch.float64)
+    return (mean + std * z).to(t.dtype)
+
+
+def port(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], receiver: ReceiverSpec,
+         condition: str, seed: int, layer_map: LayerMap | None = None, *,
+         keep_receiver_head: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors to load into the receiver (names as the receiver has them).
+
+    `tensors`/`meta`: a module as `peftport.module.load_module` returns it. `seed` drives
+    `sampled` and must equal `receiver.fresh_seed` for `random`. `keep_receiver_head`: the
+    receiver keeps its own fresh head instead of the module's (encoder classifiers).
+    """
+    if condition not in CONDITIONS:
+        raise PeftportError(f"unknown porting condition {condition!r}; "
+                            f"choose one of {', '.join(CONDITIONS)}")
+    source_of = check_compatible(tensors, meta, receiver, layer_map, keep_receiver_head)
+    out: dict[str, torch.Tensor] = {}
+    if condition == "random":
+        if seed != receiver.fresh_seed:
+            raise PeftportError(
+                f"the random condition for seed {seed} needs a receiver initialised with that "
+                f"seed; this one was attached with seed {receiver.fresh_seed}")
+        return {k: v.clone() for k, v in receiver.fresh.items()}
+    for key, src in source_of.items():
+        t = tensors[src]
+        out[key] = t.detach().clone() if condition == "ported" else sample_like(t, seed, key)
+    for key in receiver.head_keys:
+        if key not in out and key in receiver.fresh:  # keep_receiver_head
+            out[key] = receiver.fresh[key].clone()
+    return dict(sorted(out.items()))
