@@ -188,6 +188,9 @@ def save_module(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: 
     if unknown:
         raise PeftportError(f"{where}: unknown metadata field(s) {unknown} (put them in 'extra')")
     _check_fields(meta, where)
+    from peftport.techniques import make_config
+
+    meta["config"] = make_config(meta["technique"], meta["config"]).as_dict()  # record defaults
     name = meta.get("adapter_name", "peftport")
     _check_tensors(tensors, name, where)
     try:

@@ -16,7 +16,8 @@ kind and family, with the same technique and config; after the layer map, every 
 must find a module tensor of the same name and shape and every module tensor must be used. A
 mismatch lists each offending tensor (name, origin shape, receiver shape) and says why.
 
-Layer maps: `{receiver layer index: origin layer index}`, applied by rewriting the layer index
+Layer maps: `{receiver layer index: origin layer index}` (or a list indexed by receiver layer,
+as `peftport.diagnostics` builds them), applied by rewriting the layer index
 in tensor names under the host layout's layer stacks (T5 has two: `encoder.block` and
 `decoder.block`; a plain mapping applies to both, or give `{stack: {i: j}}`). Identity by
 default. Tensors outside the layer stacks (the Compacter rule matrices, prefix pool, prompt,
@@ -26,8 +27,9 @@ head) are not renamed.
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +39,9 @@ from peftport.errors import PeftportError
 
 CONDITIONS = ("ported", "sampled", "random")
 
-# receiver layer -> origin layer; or per layer stack: {stack path: {receiver: origin}}
-LayerMap = Mapping[int, int] | Mapping[str, Mapping[int, int]]
+# receiver layer -> origin layer, as a mapping or as a list indexed by receiver layer (the form
+# peftport.diagnostics builds); or per layer stack: {stack path: one of those}
+LayerMap = Mapping[int, int] | Sequence[int] | Mapping[str, Mapping[int, int] | Sequence[int]]
 
 
 class PortingError(PeftportError):
@@ -88,22 +91,36 @@ def normalise_layer_map(layer_map: LayerMap | None, stacks: tuple[str, ...]
     """None for identity; else {stack: {receiver index: origin index}} for every stack."""
     if layer_map is None:
         return None
-    if not isinstance(layer_map, Mapping):
-        raise PeftportError(f"layer map must be a mapping, got {type(layer_map).__name__}")
-    if layer_map and all(isinstance(k, str) for k in layer_map):
+
+    def as_dict(m: Any) -> dict[int, int]:
+        if isinstance(m, Mapping):
+            return dict(m)
+        if isinstance(m, Sequence) and not isinstance(m, str):
+            return dict(enumerate(m))  # index = receiver layer
+        raise PeftportError(f"layer map must be a mapping or a list, got {type(m).__name__}")
+
+    if isinstance(layer_map, Mapping) and layer_map and \
+            all(isinstance(k, str) for k in layer_map):
         unknown = sorted(set(layer_map) - set(stacks))
         if unknown:
             raise PeftportError(f"layer map names unknown layer stacks {unknown}; this host has "
                                 f"{list(stacks)}")
-        per_stack = {s: dict(layer_map.get(s, {})) for s in stacks}
+        per_stack = {s: as_dict(layer_map.get(s, {})) for s in stacks}
     else:
-        per_stack = {s: dict(layer_map) for s in stacks}
+        per_stack = {s: as_dict(layer_map) for s in stacks}
+    out: dict[str, dict[int, int]] = {}
     for s, m in per_stack.items():
+        out[s] = {}
         for r, o in m.items():
-            if not (isinstance(r, int) and isinstance(o, int)) or r < 0 or o < 0:
+            try:  # numpy integers are fine, floats and strings are not
+                ri, oi = operator.index(r), operator.index(o)
+            except TypeError:
+                ri = oi = -1
+            if ri < 0 or oi < 0 or isinstance(r, bool) or isinstance(o, bool):
                 raise PeftportError(f"layer map for {s}: entries must be non-negative "
                                     f"integers (receiver -> origin), got {r!r}: {o!r}")
-    return per_stack
+            out[s][ri] = oi
+    return out
 
 
 def parse_layer_map(text: str) -> dict[int, int]:
@@ -196,7 +213,9 @@ def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any
     if meta.get("technique") != receiver.technique:
         raise PortingError(f"the module is {meta.get('technique')!r} but the receiver was "
                            f"prepared with {receiver.technique!r}")
-    config = dict(meta.get("config") or {})
+    from peftport.techniques import make_config
+
+    config = make_config(receiver.technique, meta.get("config") or {}).as_dict()  # + defaults
     if config != receiver.config:
         diff = sorted(k for k in set(config) | set(receiver.config)
                       if config.get(k) != receiver.config.get(k))

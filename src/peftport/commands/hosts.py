@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed for masking and batch order."),
         corpus: str = typer.Option("rt_plots", help="Unlabelled text corpus."),
         batch_size: int = typer.Option(16, help="Batch size."),
-        max_length: int = typer.Option(128, help="Maximum tokens per text."),
+        max_length: int = typer.Option(64, help="Maximum tokens per text."),
     ) -> None:
         """Derive a same-shape receiving host by continued masked-LM training (cached)."""
         import shutil

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -11,7 +11,7 @@ import typer
 from peftport.errors import PeftportError
 
 
-class Condition(str, Enum):
+class Condition(StrEnum):
     ported = "ported"
     sampled = "sampled"
     random = "random"
@@ -124,25 +124,29 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{r['technique']}: {r['summary']} ({r['reference']})")
         typer.echo("\n" + support_table_markdown() + "\n\n" + defaults_markdown())
         if counts:
-            typer.echo(f"\ntrainable parameters on {counts} (module, head):")
+            typer.echo(f"\ntrainable parameters on {counts} with the defaults:")
             for r in rows:
-                typer.echo(f"  {r['technique']}: {r['trainable_on_' + counts]}")
+                c = r["trainable_on_" + counts]
+                shown = (f"module {c['module']:,}, head {c['head']:,}" if "module" in c
+                         else f"not applicable: {c['error']}")
+                typer.echo(f"  {r['technique']}: {shown}")
 
 
-def trainable_counts(host_id: str) -> dict[str, dict[str, int] | None]:
-    """technique -> {"module": n, "head": n} with default configs on a fresh copy of the host;
-    None where the technique is not supported."""
+def trainable_counts(host_id: str) -> dict[str, dict[str, int | str]]:
+    """technique -> {"module": n, "head": n} with default configs, each on a fresh copy of the
+    host; {"error": why} where the technique or its defaults do not fit the host."""
     from peftport.hosts import get_host, load_host
-    from peftport.techniques import ORDER, attach, supports
+    from peftport.techniques import ORDER, attach
 
     spec = get_host(host_id)
-    out: dict[str, dict[str, int] | None] = {}
+    out: dict[str, dict[str, int | str]] = {}
     for t in ORDER:
         host = load_host(spec)
-        if not supports(t, host.kind):
-            out[t] = None
+        try:
+            att = attach(host.model, host.spec.family, t, seed=0)
+        except PeftportError as e:
+            out[t] = {"error": str(e)}
             continue
-        att = attach(host.model, host.spec.family, t, seed=0)
         module = att.module_parameters
         out[t] = {"module": module, "head": att.trainable - module}
     return out

@@ -240,12 +240,17 @@ def attach(model: Any, family: str, technique: str,
     dims = host_dims(model, family)
     cfg.check_host(dims["hidden_size"], host=f"this {family} host")
 
-    adapters.init(model)
+    with torch.random.fork_rng(devices=[]):  # adapters.init draws random numbers too
+        adapters.init(model)
     if name in model.adapters_config:
         raise PeftportError(f"the model already carries a module named {name!r}")
     if tech.name == "prefix" and layout.kind == DECODER_LM and \
             model.config._attn_implementation != "eager":
         model.set_attn_implementation("eager")
+        if model.config._attn_implementation != "eager":
+            raise PeftportError(
+                "prefix tuning on a decoder needs eager attention and this model cannot switch "
+                "after loading; load the host with attn_implementation='eager'")
 
     was_training = model.training
     quiet = logging.getLogger("adapters")

@@ -1,0 +1,303 @@
+"""A study file expanded into work units that share what can be shared.
+
+A *run* (in the paper's sense) is one cell of the grid: technique x (origin -> receiver) x
+(pre, post data set) x seed x post-porting steps x condition (x pre-porting steps for ported and
+sampled). Trained one by one from scratch, a ported or sampled run costs pre + post steps and a
+random run post steps: that is the *naive* count. The plan executes far fewer steps:
+
+- `pretrain` unit, one per (technique, origin, pre data set, seed): ONE training to the largest
+  pre-porting step count, evaluated and snapshotted at every pre-porting step count (the
+  snapshots are the modules that get ported; the evaluations are the origin's own accuracy);
+- `post` unit, one per (technique, pair, data sets, seed, pre-steps, condition) for ported and
+  sampled: port the snapshot, then ONE adaptation to the largest post-porting step count,
+  evaluated at 0 (zero-shot) and at every post-porting step count. The learning-rate schedule's
+  horizon is shared: the 500-step result is step 500 of a 3000-step schedule (TrainConfig.horizon);
+- `random` unit, one per (technique, receiver, post data set, seed): the technique's fresh
+  initialisation trained on the receiver. It depends neither on the origin, the pre-porting data
+  set nor the pre-porting steps, so it runs once and serves every pair and combination with that
+  receiver and post data set. It is also the from-scratch baseline on the receiver: the study
+  does not run that twice.
+
+Ids: a unit's id is a hash of its canonical config (everything that determines its result), so
+planning the same study again gives the same ids and a store finds what is done. A post unit
+names the module it starts from by a *snapshot key* (a hash of what determines that snapshot:
+technique, config, origin, data, seed, training schedule and step), not by the pretrain unit, so
+adding a pre-porting step count re-runs the pretraining (a new snapshot is needed) but not the
+post units of the step counts that were there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from peftport.study.spec import StudySpec
+
+KINDS = ("pretrain", "post", "random")
+# training settings that only change evaluation: not part of a snapshot's identity
+EVAL_ONLY = ("steps", "eval_at", "eval_split", "max_eval_examples", "eval_batch_size")
+
+
+def _hash(obj: Any, n: int = 20) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+def train_dict(values: dict[str, Any], steps: int, eval_at: tuple[int, ...], seed: int
+               ) -> dict[str, Any]:
+    """A TrainConfig as canonical JSON: horizon made explicit, threads left out (speed only)."""
+    from peftport.engine import TrainConfig
+
+    cfg = TrainConfig(steps=steps, eval_at=tuple(eval_at), seed=seed, **values)
+    d = asdict(cfg)
+    d.pop("threads")
+    d["horizon"] = cfg.horizon or cfg.steps
+    d["eval_at"] = sorted(d["eval_at"])
+    return d
+
+
+@dataclass(frozen=True)
+class Unit:
+    id: str
+    kind: str  # pretrain | post | random
+    label: str
+    config: dict[str, Any]  # canonical: the id is its hash; the worker needs nothing else
+    steps: int  # training steps it executes
+    evals: int  # evaluations it runs
+    runs: int  # study runs (paper sense) whose result it gives
+    naive_steps: int  # training steps those runs would take, each trained from scratch
+    needs: tuple[str, ...] = ()  # snapshot keys it starts from
+    produces: tuple[tuple[int, str], ...] = ()  # (step, snapshot key) it writes
+    technique: str = ""
+    origin: str | None = None
+    receiver: str | None = None
+    pre_data: str | None = None
+    post_data: str | None = None
+    seed: int = 0
+    condition: str | None = None
+    pre_steps: int | None = None  # pretrain: the largest; post: the snapshot's step
+
+    @property
+    def horizon(self) -> int:
+        return int(self.config["train"]["horizon"])
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One result of the study: which unit gives it, at which of that unit's steps.
+
+    condition is ported / sampled / random (post_steps 0 = zero-shot), or `origin`: the module
+    on its own origin host after pre_steps (receiver = origin, post_data = pre_data), which the
+    report needs for the share of the origin's accuracy a port retains.
+    """
+
+    technique: str
+    origin: str
+    receiver: str
+    pre_data: str
+    post_data: str
+    seed: int
+    condition: str
+    pre_steps: int  # 0 for random (nothing before porting)
+    post_steps: int
+    unit_id: str
+    step: int  # the unit's checkpoint that holds the metrics
+
+
+@dataclass
+class Plan:
+    spec: StudySpec
+    units: tuple[Unit, ...]
+    cells: tuple[Cell, ...]
+    deps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # unit -> units it needs
+
+    def by_id(self) -> dict[str, Unit]:
+        return {u.id: u for u in self.units}
+
+    def totals(self) -> dict[str, Any]:
+        s = self.spec
+        shared = sum(u.steps for u in self.units)
+        naive = sum(u.naive_steps for u in self.units)
+        runs = sum(u.runs for u in self.units)
+        ps = [c for c in s.conditions if c != "random"]
+        per_cell = len(ps) * len(s.pre_steps) + ("random" in s.conditions)
+        formula = (f"{len(s.techniques)} techniques x {len(s.pairs)} origin->receiver x "
+                   f"{len(s.data)} data combinations x {len(s.seeds)} seeds x "
+                   f"{len(s.post_steps)} post-porting step counts x ({len(ps)} conditions x "
+                   f"{len(s.pre_steps)} pre-porting step counts"
+                   f"{' + 1 random' if 'random' in s.conditions else ''})")
+        expected = (len(s.techniques) * len(s.pairs) * len(s.data) * len(s.seeds)
+                    * len(s.post_steps) * per_cell)
+        assert runs == expected, (runs, expected)
+        zero_shot = sum(1 for c in self.cells if c.post_steps == 0 and c.condition != "origin")
+        return {
+            "study": s.name,
+            "study_id": s.id,
+            "source": s.source,
+            "runs": runs,
+            "runs_formula": f"{formula} = {expected}",
+            "zero_shot_results": zero_shot,
+            "units": {"total": len(self.units),
+                      **{k: sum(1 for u in self.units if u.kind == k) for k in KINDS}},
+            "training_steps": {"shared": shared, "naive": naive,
+                               "ratio": round(naive / shared, 3) if shared else None},
+            "evaluations": sum(u.evals for u in self.units),
+            "baseline": ("the random units (fresh initialisation trained on the receiver) are "
+                         "the from-scratch baseline" if "random" in s.conditions else
+                         "no from-scratch baseline: add `random` to conditions"),
+            "notes": list(s.notes),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "totals": self.totals(),
+            "spec": self.spec.canonical(),
+            "units": [{"id": u.id, "kind": u.kind, "label": u.label, "steps": u.steps,
+                       "evals": u.evals, "runs": u.runs, "naive_steps": u.naive_steps,
+                       "depends_on": list(self.deps.get(u.id, ())), "config": u.config}
+                      for u in self.units],
+        }
+
+
+def snapshot_key(technique: str, technique_config: dict, origin: str, pre_data: str,
+                 max_examples: int | None, seed: int, train: dict, step: int) -> str:
+    return _hash({"what": "snapshot", "technique": technique, "technique_config":
+                  technique_config, "host": origin, "data": pre_data, "max_examples":
+                  max_examples, "seed": seed, "step": step,
+                  "train": {k: v for k, v in train.items() if k not in EVAL_ONLY}})
+
+
+def make_plan(spec: StudySpec) -> Plan:
+    units: dict[str, Unit] = {}
+    cells: list[Cell] = []
+    deps: dict[str, tuple[str, ...]] = {}
+    post = spec.post_steps
+    post_eval = (0, *post)
+    post_top = max(post) if post else 0
+    me = spec.max_examples
+    ps_conditions = [c for c in spec.conditions if c != "random"]
+    pre_datas = list(dict.fromkeys(d[0] for d in spec.data))
+    origins = list(dict.fromkeys(p[0] for p in spec.pairs))
+
+    for t in spec.techniques:
+        for seed in spec.seeds:
+            # pretrain: per (technique, origin, pre data, seed), only if something ports it
+            pre_train = train_dict(t.pre, max(spec.pre_steps), spec.pre_steps, seed)
+            snap: dict[tuple[str, str, int], str] = {}  # (origin, pre data, step) -> key
+            producer: dict[str, str] = {}  # snapshot key -> pretrain unit id
+            for origin in origins:
+                for pre_data in pre_datas:
+                    if not ps_conditions:
+                        continue
+                    produces = []
+                    for p in spec.pre_steps:
+                        key = snapshot_key(t.name, t.config, origin, pre_data, me, seed,
+                                           pre_train, p)
+                        snap[(origin, pre_data, p)] = key
+                        produces.append((p, key))
+                    config = {"kind": "pretrain", "technique": t.name,
+                              "technique_config": t.config, "host": origin, "data": pre_data,
+                              "max_examples": me, "seed": seed, "train": pre_train,
+                              "save_at": list(spec.pre_steps)}
+                    uid = _hash(config)
+                    steps_txt = ",".join(map(str, spec.pre_steps))
+                    units[uid] = Unit(
+                        id=uid, kind="pretrain", config=config, steps=max(spec.pre_steps),
+                        evals=len(spec.pre_steps), runs=0, naive_steps=0,
+                        produces=tuple(produces), technique=t.name, origin=origin,
+                        pre_data=pre_data, post_data=pre_data, seed=seed,
+                        pre_steps=max(spec.pre_steps),
+                        label=f"pretrain {t.name} on {origin} with {pre_data}, seed {seed}, "
+                              f"snapshots at {steps_txt}")
+                    for p, key in produces:
+                        producer[key] = uid
+                        cells.append(Cell(t.name, origin, origin, pre_data, pre_data, seed,
+                                          "origin", p, 0, uid, p))
+
+            post_train = train_dict(t.post, post_top, post_eval, seed)
+            naive_post = sum(post)
+            for origin, receiver in spec.pairs:
+                for pre_data, post_data in spec.data:
+                    for p in spec.pre_steps:
+                        for cond in ps_conditions:
+                            key = snap[(origin, pre_data, p)]
+                            config = {"kind": "post", "condition": cond, "technique": t.name,
+                                      "technique_config": t.config, "origin": origin,
+                                      "receiver": receiver, "pre_data": pre_data,
+                                      "data": post_data, "max_examples": me, "seed": seed,
+                                      "source": key, "pre_steps": p, "train": post_train}
+                            uid = _hash(config)
+                            units[uid] = Unit(
+                                id=uid, kind="post", config=config, steps=post_top,
+                                evals=len(post_eval), runs=len(post),
+                                naive_steps=len(post) * p + naive_post, needs=(key,),
+                                technique=t.name, origin=origin, receiver=receiver,
+                                pre_data=pre_data, post_data=post_data, seed=seed,
+                                condition=cond, pre_steps=p,
+                                label=f"{cond} {t.name} {origin} -> {receiver}, {pre_data} -> "
+                                      f"{post_data}, seed {seed}, after {p} steps")
+                            deps[uid] = (producer[key],)
+                            cells.extend(Cell(t.name, origin, receiver, pre_data, post_data, seed,
+                                              cond, p, q, uid, q) for q in post_eval)
+                    if "random" in spec.conditions:
+                        config = {"kind": "random", "technique": t.name,
+                                  "technique_config": t.config, "receiver": receiver,
+                                  "data": post_data, "max_examples": me, "seed": seed,
+                                  "train": post_train}
+                        uid = _hash(config)
+                        old = units.get(uid)
+                        units[uid] = Unit(
+                            id=uid, kind="random", config=config, steps=post_top,
+                            evals=len(post_eval), runs=(old.runs if old else 0) + len(post),
+                            naive_steps=(old.naive_steps if old else 0) + naive_post,
+                            technique=t.name, receiver=receiver, post_data=post_data,
+                            seed=seed, condition="random", pre_steps=0,
+                            label=f"random {t.name} on {receiver} with {post_data}, seed {seed} "
+                                  "(also the from-scratch baseline)")
+                        cells.extend(Cell(t.name, origin, receiver, pre_data, post_data, seed,
+                                          "random", 0, q, uid, q) for q in post_eval)
+    order = {k: i for i, k in enumerate(KINDS)}
+    ordered = tuple(sorted(units.values(), key=lambda u: order[u.kind]))
+    return Plan(spec=spec, units=ordered, cells=tuple(cells), deps=deps)
+
+
+def describe(plan: Plan, *, units: bool = True) -> str:
+    """The plan as text: what is shared, the counts, then one line per unit."""
+    t = plan.totals()
+    s = plan.spec
+    lines = [
+        f"study {s.name} ({s.source}), id {s.id}",
+        f"  techniques: {', '.join(x.name for x in s.techniques)}",
+        f"  origin -> receiver: {', '.join(f'{o} -> {r}' for o, r in s.pairs)}",
+        f"  data (pre -> post): {', '.join(f'{a} -> {b}' for a, b in s.data)}",
+        f"  pre-porting steps: {', '.join(map(str, s.pre_steps))}; post-porting steps: "
+        f"{', '.join(map(str, s.post_steps)) or 'none'} (+ zero-shot)",
+        f"  conditions: {', '.join(s.conditions)}; seeds: {', '.join(map(str, s.seeds))}",
+        "",
+        f"runs (paper sense): {t['runs']:,} = {t['runs_formula'].split(' = ')[0]}",
+        f"  plus {t['zero_shot_results']:,} zero-shot results (step 0 of the post-porting units)",
+        f"work units: {t['units']['total']:,} = {t['units']['pretrain']:,} pretrain + "
+        f"{t['units']['post']:,} post (ported/sampled) + {t['units']['random']:,} random",
+        "  pretrain: one per (technique, origin, pre data set, seed), snapshotted at every "
+        "pre-porting step count",
+        "  post: one per (technique, pair, data sets, seed, pre-steps, condition), evaluated at "
+        "0 and every post-porting step count (shared schedule horizon)",
+        "  random: one per (technique, receiver, post data set, seed): independent of the "
+        "origin and the pre-porting steps; " + t["baseline"],
+        f"training steps: {t['training_steps']['shared']:,} shared vs "
+        f"{t['training_steps']['naive']:,} naive (every run trained from scratch): "
+        f"{t['training_steps']['ratio']}x fewer",
+        f"evaluations: {t['evaluations']:,}",
+    ]
+    for note in t["notes"]:
+        lines.append(f"note: {note}")
+    if units:
+        lines.append("")
+        lines.append(f"{'unit':<20} {'kind':<8} {'steps':>6} {'runs':>5}  after     what")
+        for u in plan.units:
+            after = ",".join(d[:8] for d in plan.deps.get(u.id, ())) or "-"
+            lines.append(f"{u.id:<20} {u.kind:<8} {u.steps:>6} {u.runs:>5}  {after:<9} "
+                         f"{u.label}")
+    return "\n".join(lines)

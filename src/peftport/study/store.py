@@ -1,0 +1,467 @@
+"""The study store: one SQLite file (WAL mode) and a folder of content-addressed module artifacts.
+
+    STORE.sqlite        units, their status, metrics per checkpoint, provenance (schema below)
+    STORE.artifacts/    ab/abcdef.../{module.safetensors,module.json}: snapshots (and, with
+                        keep_adapted, adapted modules), addressed by their tensors' sha256
+
+Schema (version 1; `meta.schema_version`), which the report reads:
+
+- `meta(key, value)`: schema_version, created_at.
+- `studies(id, name, source, spec, runs, units, added_at)`: every study planned into the store;
+  `spec` is the canonical study (JSON).
+- `units(id, kind, label, config, technique, origin, receiver, pre_data, post_data, seed,
+  condition, pre_steps, steps, horizon, status, attempts, error, claimed_by, hostname, pid,
+  lease_until, created_at, started_at, finished_at, seconds, train_seconds,
+  examples_per_second, trainable_parameters, worker, versions, git, host_fingerprints,
+  data_fingerprints, result)`: one row per work unit; `id` is the hash of `config` (canonical
+  JSON); status is pending | running | done | failed (with `error`); kind is pretrain | post |
+  random; `steps` are the training steps it executes; `pre_steps` is the snapshot's step (post),
+  the largest pre-porting step count (pretrain) or 0 (random); `versions`, `host_fingerprints`,
+  `data_fingerprints` are JSON; `result` is JSON (losses per step, trainable parameters, threads).
+- `study_units(study_id, unit_id)`: which units a study needs.
+- `edges(unit_id, depends_on, snapshot_key, step)`: a post unit needs the snapshot that
+  `depends_on` (a pretrain unit) writes at `step`.
+- `metrics(unit_id, step, name, value)`: evaluations at each checkpoint step of a unit (names:
+  accuracy, macro_f1, auc, majority_share, n); primary key (unit_id, step, name).
+- `artifacts(key, kind, unit_id, step, sha256, path, bytes, created_at)`: `key` is a snapshot key
+  (kind snapshot) or a unit id (kind adapted); `path` is relative to STORE.artifacts/.
+- `cells(study_id, technique, origin, receiver, pre_data, post_data, seed, condition, pre_steps,
+  post_steps, unit_id, step)`: every result of a study (the runs in the paper's sense, their
+  zero-shot step 0, and the `origin` accuracy of each snapshot) and the unit step that holds it.
+- `events(id, unit_id, event, at, pid, hostname, detail)`: an append-only log (claimed, done,
+  failed, released, reset): "done exactly once" can be checked.
+- view `results`: cells joined with units and metrics, one row per cell, metrics as columns.
+
+Crash safety: the store is written by the driver only (workers return results). A unit's
+metrics, artifacts rows and status change are committed in ONE transaction, and only by the
+claim that is still current; artifacts are written to a temporary folder and renamed into place
+before that transaction references them. A claim records the driver's host name and pid and a
+lease the driver renews; `recover()` returns to pending every running unit whose driver is gone
+(same host, pid dead) or whose lease ran out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from peftport.errors import PeftportError
+
+SCHEMA_VERSION = 1
+LEASE_SECONDS = 120.0
+METRIC_NAMES = ("accuracy", "macro_f1", "auc", "majority_share", "n")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS studies (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, source TEXT, spec TEXT NOT NULL,
+    runs INTEGER NOT NULL, units INTEGER NOT NULL, added_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS units (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('pretrain', 'post', 'random')),
+    label TEXT NOT NULL, config TEXT NOT NULL,
+    technique TEXT NOT NULL, origin TEXT, receiver TEXT, pre_data TEXT, post_data TEXT,
+    seed INTEGER NOT NULL, condition TEXT, pre_steps INTEGER, steps INTEGER NOT NULL,
+    horizon INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0, error TEXT,
+    claimed_by TEXT, hostname TEXT, pid INTEGER, lease_until REAL,
+    created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+    seconds REAL, train_seconds REAL, examples_per_second REAL, trainable_parameters INTEGER,
+    worker TEXT, versions TEXT, git TEXT, host_fingerprints TEXT, data_fingerprints TEXT,
+    result TEXT);
+CREATE INDEX IF NOT EXISTS units_status ON units(status);
+CREATE TABLE IF NOT EXISTS study_units (
+    study_id TEXT NOT NULL, unit_id TEXT NOT NULL, PRIMARY KEY (study_id, unit_id));
+CREATE TABLE IF NOT EXISTS edges (
+    unit_id TEXT NOT NULL, depends_on TEXT NOT NULL, snapshot_key TEXT NOT NULL,
+    step INTEGER NOT NULL, PRIMARY KEY (unit_id, snapshot_key));
+CREATE TABLE IF NOT EXISTS metrics (
+    unit_id TEXT NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, value REAL,
+    PRIMARY KEY (unit_id, step, name));
+CREATE TABLE IF NOT EXISTS artifacts (
+    key TEXT PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('snapshot', 'adapted')),
+    unit_id TEXT NOT NULL, step INTEGER NOT NULL, sha256 TEXT NOT NULL, path TEXT NOT NULL,
+    bytes INTEGER NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cells (
+    study_id TEXT NOT NULL, technique TEXT NOT NULL, origin TEXT NOT NULL,
+    receiver TEXT NOT NULL, pre_data TEXT NOT NULL, post_data TEXT NOT NULL,
+    seed INTEGER NOT NULL, condition TEXT NOT NULL, pre_steps INTEGER NOT NULL,
+    post_steps INTEGER NOT NULL, unit_id TEXT NOT NULL, step INTEGER NOT NULL,
+    PRIMARY KEY (study_id, technique, origin, receiver, pre_data, post_data, seed, condition,
+                 pre_steps, post_steps));
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, unit_id TEXT NOT NULL, event TEXT NOT NULL,
+    at REAL NOT NULL, pid INTEGER, hostname TEXT, detail TEXT);
+CREATE VIEW IF NOT EXISTS results AS
+SELECT c.study_id, c.technique, c.origin, c.receiver, c.pre_data, c.post_data, c.seed,
+       c.condition, c.pre_steps, c.post_steps, c.unit_id, c.step, u.kind, u.status,
+       MAX(CASE WHEN m.name = 'accuracy' THEN m.value END) AS accuracy,
+       MAX(CASE WHEN m.name = 'macro_f1' THEN m.value END) AS macro_f1,
+       MAX(CASE WHEN m.name = 'auc' THEN m.value END) AS auc,
+       MAX(CASE WHEN m.name = 'majority_share' THEN m.value END) AS majority_share,
+       MAX(CASE WHEN m.name = 'n' THEN m.value END) AS n,
+       u.horizon, u.seconds, u.git
+FROM cells c JOIN units u ON u.id = c.unit_id
+LEFT JOIN metrics m ON m.unit_id = c.unit_id AND m.step = c.step
+GROUP BY c.study_id, c.technique, c.origin, c.receiver, c.pre_data, c.post_data, c.seed,
+         c.condition, c.pre_steps, c.post_steps;
+"""
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (killed, not yet reaped) is gone for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def artifacts_root(store_path: str | Path) -> Path:
+    p = Path(store_path)
+    return p.with_name(p.name.rsplit(".", 1)[0] + ".artifacts") if "." in p.name else \
+        p.with_name(p.name + ".artifacts")
+
+
+class Store:
+    """A study store. One connection per process; the driver is the only writer."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        if self.path.exists() and self.path.is_dir():
+            raise PeftportError(f"{self.path} is a folder; --store takes a .sqlite file")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.root = artifacts_root(self.path)
+        self.hostname = socket.gethostname()
+        self.pid = os.getpid()
+        try:
+            self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(SCHEMA)  # idempotent (IF NOT EXISTS)
+        except sqlite3.DatabaseError as e:
+            raise PeftportError(f"{self.path}: not a usable study store ({e})") from None
+        self._check_schema()
+
+    # --- basics ------------------------------------------------------------------------
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction (takes the write lock at once; committed or rolled back)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _check_schema(self) -> None:
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            with self.tx() as db:
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                           (str(SCHEMA_VERSION),))
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)",
+                           (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise PeftportError(f"{self.path}: store schema version {row[0]}; this peftport "
+                                f"reads version {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _event(self, db: sqlite3.Connection, unit_id: str, event: str, detail: str = "") -> None:
+        db.execute("INSERT INTO events (unit_id, event, at, pid, hostname, detail) "
+                   "VALUES (?, ?, ?, ?, ?, ?)",
+                   (unit_id, event, time.time(), self.pid, self.hostname, detail[:2000]))
+
+    # --- planning ----------------------------------------------------------------------
+    def add_plan(self, plan: Any) -> dict[str, int]:
+        """Record a plan's study, units, edges and cells; existing units are left as they are.
+        Returns how many units were new and how many of the plan's units are done already."""
+        spec = plan.spec
+        totals = plan.totals()
+        now = time.time()
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO studies VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (spec.id, spec.name, spec.source, json.dumps(spec.canonical()),
+                        totals["runs"], len(plan.units), now))
+            before = db.execute("SELECT COUNT(*) FROM units").fetchone()[0]
+            db.executemany(
+                "INSERT OR IGNORE INTO units (id, kind, label, config, technique, origin, "
+                "receiver, pre_data, post_data, seed, condition, pre_steps, steps, horizon, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(u.id, u.kind, u.label, json.dumps(u.config, sort_keys=True), u.technique,
+                  u.origin, u.receiver, u.pre_data, u.post_data, u.seed, u.condition,
+                  u.pre_steps, u.steps, u.horizon, now) for u in plan.units])
+            new = db.execute("SELECT COUNT(*) FROM units").fetchone()[0] - before
+            db.executemany("INSERT OR IGNORE INTO study_units VALUES (?, ?)",
+                           [(spec.id, u.id) for u in plan.units])
+            producers = {key: (u.id, step) for u in plan.units for step, key in u.produces}
+            db.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, ?, ?)",
+                           [(u.id, producers[k][0], k, producers[k][1])
+                            for u in plan.units for k in u.needs])
+            db.executemany("INSERT OR IGNORE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                           "?, ?)",
+                           [(spec.id, c.technique, c.origin, c.receiver, c.pre_data,
+                             c.post_data, c.seed, c.condition, c.pre_steps, c.post_steps,
+                             c.unit_id, c.step) for c in plan.cells])
+        done = self.count(plan_ids(plan), "done")
+        return {"new": new, "done": done, "total": len(plan.units)}
+
+    # --- queries -------------------------------------------------------------------------
+    def count(self, ids: list[str] | None, status: str) -> int:
+        return sum(1 for r in self.statuses(ids).values() if r == status)
+
+    def statuses(self, ids: list[str] | None = None) -> dict[str, str]:
+        rows = self.db.execute("SELECT id, status FROM units").fetchall()
+        want = set(ids) if ids is not None else None
+        return {r["id"]: r["status"] for r in rows if want is None or r["id"] in want}
+
+    def unit_rows(self, ids: Iterable[str] | None = None) -> list[sqlite3.Row]:
+        rows = self.db.execute("SELECT * FROM units ORDER BY created_at, id").fetchall()
+        if ids is None:
+            return rows
+        want = set(ids)
+        return [r for r in rows if r["id"] in want]
+
+    def snapshots(self) -> dict[str, sqlite3.Row]:
+        return {r["key"]: r for r in self.db.execute(
+            "SELECT * FROM artifacts WHERE kind = 'snapshot'").fetchall()}
+
+    def runnable(self, plan: Any, exclude: set[str] = frozenset()) -> list[Any]:
+        """Pending units of the plan whose snapshots exist; pretrain units first (they unlock
+        others), then the longest."""
+        status = self.statuses(plan_ids(plan))
+        have = set(self.snapshots())
+        ready = [u for u in plan.units if status.get(u.id) == "pending" and u.id not in exclude
+                 and all(k in have for k in u.needs)]
+        order = {"pretrain": 0, "post": 1, "random": 2}
+        return sorted(ready, key=lambda u: (order[u.kind], -u.steps, u.id))
+
+    def blocked(self, plan: Any) -> list[str]:
+        """Pending units whose snapshot can never come: its producer failed (and is not done
+        elsewhere)."""
+        status = self.statuses(plan_ids(plan))
+        have = set(self.snapshots())
+        producers = {key: u.id for u in plan.units for _, key in u.produces}
+        out = []
+        for u in plan.units:
+            if status.get(u.id) != "pending":
+                continue
+            for k in u.needs:
+                if k not in have and status.get(producers.get(k, ""), "failed") == "failed":
+                    out.append(u.id)
+                    break
+        return out
+
+    def metrics(self, unit_id: str) -> dict[int, dict[str, float]]:
+        out: dict[int, dict[str, float]] = {}
+        for r in self.db.execute("SELECT step, name, value FROM metrics WHERE unit_id = ? "
+                                 "ORDER BY step, name", (unit_id,)):
+            out.setdefault(r["step"], {})[r["name"]] = r["value"]
+        return out
+
+    # --- claims --------------------------------------------------------------------------
+    def claim(self, unit_id: str) -> str | None:
+        """pending -> running for this driver; returns the claim token, or None if taken."""
+        token = uuid.uuid4().hex
+        now = time.time()
+        with self.tx() as db:
+            cur = db.execute(
+                "UPDATE units SET status = 'running', claimed_by = ?, hostname = ?, pid = ?, "
+                "lease_until = ?, started_at = ?, attempts = attempts + 1, error = NULL "
+                "WHERE id = ? AND status = 'pending'",
+                (token, self.hostname, self.pid, now + LEASE_SECONDS, now, unit_id))
+            if cur.rowcount != 1:
+                return None
+            self._event(db, unit_id, "claimed", token)
+        return token
+
+    def renew(self, tokens: Iterable[str]) -> None:
+        tokens = list(tokens)
+        if not tokens:
+            return
+        with self.tx() as db:
+            db.executemany("UPDATE units SET lease_until = ? WHERE claimed_by = ? AND "
+                           "status = 'running'",
+                           [(time.time() + LEASE_SECONDS, t) for t in tokens])
+
+    def release(self, unit_id: str, token: str, why: str, max_attempts: int = 3) -> str:
+        """Give a claimed unit back (interrupted, or its worker died): pending, or failed when
+        it has been tried max_attempts times. Returns the new status."""
+        with self.tx() as db:
+            row = db.execute("SELECT attempts FROM units WHERE id = ? AND claimed_by = ? AND "
+                             "status = 'running'", (unit_id, token)).fetchone()
+            if row is None:
+                return "gone"
+            status = "failed" if row["attempts"] >= max_attempts else "pending"
+            db.execute("UPDATE units SET status = ?, claimed_by = NULL, lease_until = NULL, "
+                       "error = ? WHERE id = ?",
+                       (status, why if status == "failed" else None, unit_id))
+            self._event(db, unit_id, "released" if status == "pending" else "failed", why)
+        return status
+
+    def recover(self) -> list[str]:
+        """Running units whose driver is gone (dead pid on this host, or lease run out) go back
+        to pending. Returns their ids."""
+        now = time.time()
+        rows = self.db.execute("SELECT id, hostname, pid, lease_until, claimed_by FROM units "
+                               "WHERE status = 'running'").fetchall()
+        stale = []
+        for r in rows:
+            mine = r["hostname"] == self.hostname
+            if (mine and r["pid"] != self.pid and not pid_alive(r["pid"])) or \
+                    (r["lease_until"] or 0) < now:
+                stale.append((r["id"], r["claimed_by"], r["pid"]))
+        if stale:
+            with self.tx() as db:
+                for uid, token, pid in stale:
+                    cur = db.execute("UPDATE units SET status = 'pending', claimed_by = NULL, "
+                                     "lease_until = NULL WHERE id = ? AND claimed_by = ? AND "
+                                     "status = 'running'", (uid, token))
+                    if cur.rowcount:
+                        self._event(db, uid, "reset", f"driver pid {pid} gone or lease expired")
+        self.clean_temporary()
+        return [s[0] for s in stale]
+
+    def reset_failed(self, ids: list[str]) -> int:
+        with self.tx() as db:
+            n = 0
+            for uid in ids:
+                cur = db.execute("UPDATE units SET status = 'pending', error = NULL, "
+                                 "attempts = 0 WHERE id = ? AND status = 'failed'", (uid,))
+                if cur.rowcount:
+                    n += 1
+                    self._event(db, uid, "retry")
+        return n
+
+    # --- results -------------------------------------------------------------------------
+    def stage_artifact(self, tensors: dict, meta: dict) -> tuple[str, str, int]:
+        """Write a module under STORE.artifacts/ab/<sha256>/ (temp folder, then rename); returns
+        (sha256, relative path, bytes). Same tensors twice: the first folder is kept."""
+        from peftport.module import save_module
+
+        tmp_root = self.root / ".tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        stage = tmp_root / f"{self.hostname}-{self.pid}-{uuid.uuid4().hex}"
+        save_module(stage, tensors, meta)
+        info = json.loads((stage / "module.json").read_text())
+        sha = info["sha256"]
+        rel = f"{sha[:2]}/{sha}"
+        final = self.root / rel
+        size = sum(f.stat().st_size for f in stage.iterdir())
+        if (final / "module.json").exists():
+            shutil.rmtree(stage, ignore_errors=True)
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(stage, final)
+            except OSError:
+                if not (final / "module.json").exists():
+                    raise
+                shutil.rmtree(stage, ignore_errors=True)
+        return sha, rel, size
+
+    def clean_temporary(self) -> None:
+        """Remove staging folders of drivers that are gone (a killed run's half-written
+        artifacts: never referenced, so never used)."""
+        tmp_root = self.root / ".tmp"
+        if not tmp_root.is_dir():
+            return
+        for d in tmp_root.iterdir():
+            # HOST-PID-UUID, or save_module's own .HOST-PID-UUID.tmp-XXXX beside it
+            name = d.name.lstrip(".").split(".tmp-")[0]
+            host, _, pid = name.rpartition("-")[0].rpartition("-")
+            if host == self.hostname and pid.isdigit() and int(pid) != self.pid and \
+                    not pid_alive(int(pid)):
+                shutil.rmtree(d, ignore_errors=True)
+
+    def finish(self, unit_id: str, token: str, result: dict[str, Any],
+               artifacts: list[tuple[str, str, int, str, str, int]]) -> bool:
+        """Commit a unit's result in one transaction, if the claim is still ours: metrics, the
+        artifact rows (key, kind, step, sha256, path, bytes), provenance, status done."""
+        now = time.time()
+        with self.tx() as db:
+            row = db.execute("SELECT started_at FROM units WHERE id = ? AND claimed_by = ? AND "
+                             "status = 'running'", (unit_id, token)).fetchone()
+            if row is None:
+                return False  # our claim was reset (lease) and someone else has it now
+            db.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)",
+                           [(unit_id, int(step), name, float(value))
+                            for step, m in result["metrics"].items()
+                            for name, value in m.items() if name in METRIC_NAMES])
+            db.executemany("INSERT OR IGNORE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(key, kind, unit_id, step, sha, rel, size, now)
+                            for key, kind, step, sha, rel, size in artifacts])
+            extra = {k: result.get(k) for k in ("losses", "trainable_parameters", "threads",
+                                                "module_parameters", "environment")}
+            db.execute(
+                "UPDATE units SET status = 'done', finished_at = ?, seconds = ?, "
+                "train_seconds = ?, examples_per_second = ?, trainable_parameters = ?, "
+                "worker = ?, versions = ?, git = ?, host_fingerprints = ?, "
+                "data_fingerprints = ?, result = ?, lease_until = NULL, error = NULL "
+                "WHERE id = ?",
+                (now, result.get("seconds"), result.get("train_seconds"),
+                 result.get("examples_per_second"), result.get("trainable_parameters"),
+                 result.get("worker"), json.dumps(result.get("versions", {})),
+                 result.get("git"), json.dumps(result.get("host_fingerprints", {})),
+                 json.dumps(result.get("data_fingerprints", {})), json.dumps(extra), unit_id))
+            self._event(db, unit_id, "done", token)
+        return True
+
+    def fail(self, unit_id: str, token: str, error: str) -> bool:
+        with self.tx() as db:
+            cur = db.execute("UPDATE units SET status = 'failed', error = ?, finished_at = ?, "
+                             "lease_until = NULL WHERE id = ? AND claimed_by = ? AND "
+                             "status = 'running'", (error, time.time(), unit_id, token))
+            if cur.rowcount != 1:
+                return False
+            self._event(db, unit_id, "failed", error)
+        return True
+
+    def artifact_path(self, rel: str) -> Path:
+        return self.root / rel
+
+    # --- reading for status and export -----------------------------------------------------
+    def studies(self) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM studies ORDER BY added_at").fetchall()
+
+    def study_unit_ids(self, study_id: str) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT unit_id FROM study_units WHERE "
+                                              "study_id = ?", (study_id,))]
+
+    def results(self, study_id: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM results"
+        args: tuple = ()
+        if study_id is not None:
+            sql += " WHERE study_id = ?"
+            args = (study_id,)
+        sql += (" ORDER BY technique, origin, receiver, pre_data, post_data, seed, condition, "
+                "pre_steps, post_steps")
+        return [dict(r) for r in self.db.execute(sql, args).fetchall()]
+
+
+def plan_ids(plan: Any) -> list[str]:
+    return [u.id for u in plan.units]

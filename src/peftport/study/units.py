@@ -1,0 +1,193 @@
+"""What one work unit does, in whatever process runs it: a payload in, a result out.
+
+No store, no files: the driver passes a post unit the snapshot it starts from (tensors and
+metadata) and receives metrics, snapshots and provenance back, so the same function runs in the
+driver (workers=0), in a local worker process or in a Ray task on another machine.
+
+- pretrain: attach a fresh module (seed) to the origin, train to the largest pre-porting step
+  count, evaluate on the pre data set and snapshot the module at every pre-porting step count;
+- post: attach the technique to the receiver (seed), port the snapshot into it
+  (`peftport.porting.port`, condition ported or sampled with the seed), train to the largest
+  post-porting step count with the shared horizon, evaluate at 0 and every post step count;
+- random: attach the technique to the receiver (seed) and train that fresh initialisation the
+  same way (the random condition, which is also the from-scratch baseline).
+
+Hosts are loaded once per process and kept (least recently used first out); every unit gets a
+deep copy of the pristine model, since attaching a module changes a model in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import socket
+import time
+from collections import OrderedDict
+from typing import Any
+
+from peftport.errors import PeftportError
+
+HOST_CACHE_SIZE = 2  # a pair: origin and receiver
+_HOSTS: OrderedDict[tuple[str, int], Any] = OrderedDict()
+
+
+def fresh_host(host_id: str, num_labels: int) -> Any:
+    """A LoadedHost with its own copy of the model (the pristine one stays cached)."""
+    from peftport.hosts import LoadedHost, get_host, load_host
+
+    key = (host_id, num_labels)
+    base = _HOSTS.get(key)
+    if base is None:
+        base = load_host(get_host(host_id), num_labels=num_labels)
+        _HOSTS[key] = base
+        while len(_HOSTS) > HOST_CACHE_SIZE:
+            _HOSTS.popitem(last=False)
+    _HOSTS.move_to_end(key)
+    return LoadedHost(spec=base.spec, folder=base.folder, model=copy.deepcopy(base.model),
+                      tokenizer=base.tokenizer, fingerprint=base.fingerprint)
+
+
+def _encodings(h: Any, data: Any, cfg: Any) -> tuple[Any, Any]:
+    """The training split and the (first max_eval_examples of the) evaluation split, encoded."""
+    from peftport import tasks
+
+    framing = tasks.Framing.for_host(h.kind, data.label_words, cfg.max_length)
+    eval_rows = data.split(cfg.eval_split)
+    if cfg.max_eval_examples:
+        eval_rows = eval_rows[: cfg.max_eval_examples]
+    tr = tasks.encode(h.tokenizer, data.split("train"), framing, data.fingerprints["train"])
+    ev = tasks.encode(h.tokenizer, eval_rows, framing,
+                      f"{data.fingerprints[cfg.eval_split]}:{len(eval_rows)}")
+    return tr, ev
+
+
+def _train_config(d: dict[str, Any], threads: int) -> Any:
+    from peftport.engine import TrainConfig
+
+    d = dict(d)
+    d["eval_at"] = tuple(d["eval_at"])
+    return TrainConfig(threads=threads, **d)
+
+
+def _provenance(h_ids: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    from peftport.provenance import git_revision, package_versions
+
+    return {
+        "host_fingerprints": {k: h.fingerprint for k, h in h_ids.items()},
+        "data_fingerprints": {k: d.fingerprint for k, d in data.items()},
+        "versions": package_versions(),
+        "git": git_revision(),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "environment": {"machine": platform.machine(), "cpus": os.cpu_count()},
+    }
+
+
+def execute(payload: dict[str, Any]) -> dict[str, Any]:
+    """Run one unit. payload: {"unit_id", "config", "threads", "snapshot": (tensors, meta) or
+    None}. Returns metrics per step, snapshots (pretrain), the adapted module (if asked),
+    timings and provenance. Raises on failure (the driver records the error)."""
+    import torch
+
+    threads = int(payload.get("threads") or 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        config = payload["config"]
+        kind = config["kind"]
+        if kind == "pretrain":
+            out = _pretrain(payload["unit_id"], config, threads)
+        elif kind in ("post", "random"):
+            out = _adapt(payload["unit_id"], config, threads, payload.get("snapshot"),
+                         bool(payload.get("keep_adapted")))
+        else:
+            raise PeftportError(f"unknown unit kind {kind!r}")
+        out["threads"] = threads
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
+def _result(res: Any, att: Any) -> dict[str, Any]:
+    return {
+        "metrics": {int(k): v for k, v in res.metrics.items()},
+        "seconds": res.seconds,
+        "train_seconds": res.train_seconds,
+        "examples_per_second": res.examples_per_second,
+        "losses": [round(x, 5) for x in res.losses],
+        "trainable_parameters": att.trainable,
+        "module_parameters": att.module_parameters,
+    }
+
+
+def _pretrain(unit_id: str, c: dict[str, Any], threads: int) -> dict[str, Any]:
+    from peftport.data import load_dataset
+    from peftport.engine import train
+    from peftport.module import module_meta
+    from peftport.techniques import attach, module_state
+
+    t0 = time.perf_counter()
+    data = load_dataset(c["data"], max_examples=c["max_examples"])
+    h = fresh_host(c["host"], data.num_labels)
+    att = attach(h.model, h.spec.family, c["technique"], c["technique_config"], seed=c["seed"])
+    cfg = _train_config(c["train"], threads)
+    tr, ev = _encodings(h, data, cfg)
+    save_at = tuple(c["save_at"])
+    snaps: dict[int, Any] = {}
+
+    def snapshot(step: int, _metrics: Any) -> None:
+        if step in save_at:
+            snaps[step] = module_state(h.model)
+
+    res = train(h.model, h.kind, tr, ev, cfg, progress=False, on_checkpoint=snapshot,
+                save_at=save_at)
+    out = _result(res, att)
+    out["snapshots"] = {
+        step: (tensors, module_meta(att, h, task=data.id, label_words=data.label_words,
+                                    steps=step, seed=c["seed"], metrics=res.metrics.get(step),
+                                    extra={"study_unit": unit_id,
+                                           "data_fingerprint": data.fingerprint}))
+        for step, tensors in snaps.items()}
+    out.update(_provenance({c["host"]: h}, {c["data"]: data}))
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _adapt(unit_id: str, c: dict[str, Any], threads: int, snapshot: Any,
+           keep_adapted: bool) -> dict[str, Any]:
+    from peftport.data import load_dataset
+    from peftport.engine import train
+    from peftport.module import module_meta
+    from peftport.porting import ReceiverSpec, port
+    from peftport.techniques import attach, load_module_state, module_state
+
+    t0 = time.perf_counter()
+    data = load_dataset(c["data"], max_examples=c["max_examples"])
+    h = fresh_host(c["receiver"], data.num_labels)
+    att = attach(h.model, h.spec.family, c["technique"], c["technique_config"], seed=c["seed"])
+    condition = c.get("condition", "random")
+    if c["kind"] == "post":
+        if snapshot is None:
+            raise PeftportError(f"unit {unit_id}: the module snapshot it starts from is missing")
+        tensors, meta = snapshot
+        if list(meta["label_words"]) != list(data.label_words):
+            raise PeftportError(f"the module was trained for labels {meta['label_words']}, "
+                                f"but {data.id!r} has {list(data.label_words)}")
+        receiver = ReceiverSpec.from_attached(att, host_id=h.spec.id, fingerprint=h.fingerprint)
+        load_module_state(h.model, port(tensors, meta, receiver, condition, c["seed"]))
+    # random: the technique's fresh initialisation from attach(seed) is the starting point
+    cfg = _train_config(c["train"], threads)
+    tr, ev = _encodings(h, data, cfg)
+    res = train(h.model, h.kind, tr, ev, cfg, progress=False)
+    out = _result(res, att)
+    if keep_adapted:
+        out["adapted"] = (module_state(h.model), module_meta(
+            att, h, task=data.id, label_words=data.label_words, steps=cfg.steps,
+            seed=c["seed"], metrics=res.metrics.get(cfg.steps),
+            extra={"study_unit": unit_id, "condition": condition,
+                   "data_fingerprint": data.fingerprint}))
+    out.update(_provenance({c["receiver"]: h}, {c["data"]: data}))
+    if snapshot is not None:  # where the ported module came from
+        out["host_fingerprints"][c["origin"]] = snapshot[1]["origin_fingerprint"]
+    out["seconds"] = time.perf_counter() - t0
+    return out
