@@ -138,7 +138,6 @@ def test_saving_a_loaded_meta_again_recomputes_the_filled_fields(tmp_path):
     ({"host_family": "t5"}, "host_family 't5' is a text-to-text family"),
     ({"label_words": [1, 2]}, "label_words"),
     ({"metrics": {"accuracy": float("nan")}}, "not JSON-able"),
-    ({"colour": "blue"}, "unknown metadata field"),
     ({"technique": "prompt", "config": {}, "host_kind": "text-to-text", "host_family": "t5"},
      "not supported on text-to-text"),
 ])
@@ -146,6 +145,12 @@ def test_invalid_meta_is_refused_before_writing(tmp_path, changes, expect):
     with pytest.raises(PeftportError, match=expect):
         save_module(tmp_path / "m", tensors(), meta(**changes))
     assert entries(tmp_path) == []
+
+
+def test_other_fields_are_kept(tmp_path):
+    _, m = load_module(save_module(tmp_path / "m", tensors(),
+                                   meta(train_config={"lr": 1e-3}, environment={"git": "abc"})))
+    assert m["train_config"] == {"lr": 1e-3} and m["environment"] == {"git": "abc"}
 
 
 def test_tensors_must_carry_the_module_name(tmp_path):

@@ -196,7 +196,7 @@ def test_wrong_host_kind():
 def test_wrong_family_same_kind():
     _, tensors, meta = trained("gpt2", "lora")
     _, spec = receiver("llama", "lora")
-    with pytest.raises(PortingError, match="gpt2 host .* llama"):
+    with pytest.raises(PortingError, match="family gpt2 .* family llama"):
         port(tensors, meta, spec, "ported", seed=5)
 
 

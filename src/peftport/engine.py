@@ -169,7 +169,8 @@ def train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded | 
     if progress and cfg.steps > 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+                   disable=None, mininterval=1.0)  # no bar when not a terminal
     stream = batches(train_enc.lengths(), cfg.batch_size, cfg.seed)
     for step in range(cfg.steps):
         for group in opt.param_groups:

@@ -27,7 +27,7 @@ Metadata (schema version 1). The caller gives:
     trainable        trainable parameter count while training
     host_dims        {"hidden_size": int, "layers": {stack: int}} (better porting messages)
     port             how the module was ported (written by `peftport port`)
-    extra            anything else JSON-able
+    extra            anything else JSON-able (any other top-level field is kept as given too)
 save_module fills in: schema_version, format, sha256, tensor_file, num_tensors,
 num_parameters, head_keys (tensors whose names lack adapter_name), versions (package versions),
 created (UTC time).
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -48,6 +47,7 @@ from typing import Any
 import torch
 
 from peftport.errors import PeftportError
+from peftport.provenance import package_versions
 
 SCHEMA_VERSION = 1
 FORMAT = "peftport-module"
@@ -77,18 +77,6 @@ OPTIONAL: dict[str, tuple[tuple[type, ...], str]] = {
 }
 FILLED = ("schema_version", "format", "sha256", "tensor_file", "num_tensors", "num_parameters",
           "head_keys", "versions", "created")
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("peftport", "torch", "transformers", "adapters", "safetensors"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def module_meta(att: Any, host: Any, *, task: str, label_words: list[str] | tuple[str, ...],
@@ -184,10 +172,7 @@ def save_module(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: 
     meta = dict(meta)
     for key in FILLED:
         meta.pop(key, None)  # always recomputed
-    unknown = sorted(set(meta) - set(REQUIRED) - set(OPTIONAL))
-    if unknown:
-        raise PeftportError(f"{where}: unknown metadata field(s) {unknown} (put them in 'extra')")
-    _check_fields(meta, where)
+    _check_fields(meta, where)  # other top-level fields are kept as given (provenance etc.)
     from peftport.techniques import make_config
 
     meta["config"] = make_config(meta["technique"], meta["config"]).as_dict()  # record defaults

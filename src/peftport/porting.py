@@ -203,13 +203,14 @@ def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any
     kind, family = meta.get("host_kind"), meta.get("host_family")
     if kind != receiver.kind:
         raise PortingError(
-            f"wrong host kind: the module was trained on a {kind} host "
-            f"({meta.get('origin_host', '?')}) and the receiver {receiver.host_id} is a "
-            f"{receiver.kind} host; a module only ports between hosts of one kind")
+            f"wrong host kind: the module was trained on {meta.get('origin_host', '?')} (kind "
+            f"{kind}) and the receiver {receiver.host_id} is of kind {receiver.kind}; a "
+            "module only ports between hosts of one kind")
     if family != receiver.family:
         raise PortingError(
-            f"the module was trained on a {family} host and the receiver {receiver.host_id} is "
-            f"{receiver.family}: tensor names and layouts differ between families")
+            f"the module was trained on a host of family {family} and the receiver "
+            f"{receiver.host_id} is of family {receiver.family}: tensor names and layouts "
+            "differ between families")
     if meta.get("technique") != receiver.technique:
         raise PortingError(f"the module is {meta.get('technique')!r} but the receiver was "
                            f"prepared with {receiver.technique!r}")

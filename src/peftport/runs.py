@@ -3,13 +3,13 @@
 - `train_run`: attach a fresh module to a host, train it, return its tensors, metadata, metrics;
 - `adapt_run`: load a module (ported, sampled or random) into a host and train it further;
 - `evaluate_run`: load a module into a host and evaluate it.
-Each checks its inputs (host kind, label words, steps, checkpoints) before any training starts.
+Each checks its inputs (technique, host kind, label words, steps, checkpoints) before any
+training starts.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ from peftport import tasks
 from peftport.data import Dataset, load_dataset
 from peftport.engine import TrainConfig, TrainResult, evaluate, train
 from peftport.errors import PeftportError
-from peftport.hosts import DECODER_LM, LoadedHost, load_host
-from peftport.provenance import environment
+from peftport.hosts import ENCODER_CLASSIFIER, LoadedHost, get_host, load_host
+from peftport.provenance import git_revision
+
+ModuleLike = str | Path | tuple[dict[str, torch.Tensor], dict[str, Any]]
 
 
 @dataclass
@@ -31,127 +33,138 @@ class RunOutput:
     snapshots: dict[int, dict[str, torch.Tensor]]  # step -> module tensors (save_at steps)
 
 
-def _host_for(host: str | LoadedHost, technique: str, num_labels: int) -> LoadedHost:
+def as_dataset(data: str | Dataset) -> Dataset:
+    return data if isinstance(data, Dataset) else load_dataset(data)
+
+
+def host_for(host: str | LoadedHost, technique: str, data: Dataset) -> LoadedHost:
+    """Load `host` (or reuse a loaded one) after checking the technique supports its kind."""
+    from peftport.techniques import check_supported, get_technique
+
+    get_technique(technique)  # unknown technique: an error before anything loads
     if isinstance(host, LoadedHost):
+        check_supported(technique, host.kind)
         return host
-    # prefix tuning on decoders needs eager attention (sdpa masks the prefix out when padded)
-    attn = "eager" if technique == "prefix" else None
-    from peftport.hosts import get_host
-
     spec = get_host(host)
-    if spec.kind != DECODER_LM and spec.family != "" and attn:
-        attn = None
-    return load_host(spec, num_labels=num_labels, attn_implementation=attn)
+    if spec.family:
+        check_supported(technique, spec.kind)
+    return load_host(spec, num_labels=data.num_labels)
 
 
-def _check_labels(data: Dataset, label_words: tuple[str, ...] | None, what: str) -> None:
-    if label_words is not None and tuple(label_words) != tuple(data.label_words):
-        raise PeftportError(
-            f"{what} was trained for labels {tuple(label_words)}, but data set {data.id!r} has "
-            f"{tuple(data.label_words)}: the label sets must match")
-
-
-def _encodings(h: LoadedHost, data: Dataset, cfg: TrainConfig):
+def encodings(h: LoadedHost, data: Dataset, cfg: TrainConfig) -> tuple[tasks.Encoded, ...]:
+    """The training split and the evaluation split, tokenised once (cached) for this host."""
     framing = tasks.Framing.for_host(h.kind, data.label_words, cfg.max_length)
-    train_rows = data.split("train")
     eval_rows = data.split(cfg.eval_split)
     if cfg.max_eval_examples:
         eval_rows = eval_rows[: cfg.max_eval_examples]
-    tr = tasks.encode(h.tokenizer, train_rows, framing, f"{data.fingerprints['train']}")
+    tr = tasks.encode(h.tokenizer, data.split("train"), framing, data.fingerprints["train"])
     ev = tasks.encode(h.tokenizer, eval_rows, framing,
                       f"{data.fingerprints[cfg.eval_split]}:{len(eval_rows)}")
     return tr, ev
 
 
-def module_meta(*, technique: str, config: dict, h: LoadedHost, data: Dataset, cfg: TrainConfig,
-                result: TrainResult | None, trainable: int, extra: dict | None = None) -> dict:
-    meta = {
-        "technique": technique,
-        "config": config,
-        "host": {"id": h.spec.id, "family": h.spec.family, "kind": h.kind,
-                 "fingerprint": h.fingerprint},
-        "task": {"data": data.id, "data_fingerprint": data.fingerprint,
-                 "label_names": list(data.label_names), "label_words": list(data.label_words)},
-        "steps": cfg.steps,
-        "seed": cfg.seed,
-        "train_config": asdict(cfg),
-        "trainable_parameters": trainable,
-        "metrics": {str(k): v for k, v in (result.metrics if result else {}).items()},
-        "environment": environment(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if extra:
-        meta.update(extra)
-    return meta
+def _extra(data: Dataset, cfg: TrainConfig, result: TrainResult | None, **more: Any) -> dict:
+    extra = {"data": {"id": data.id, "fingerprint": data.fingerprint, "source": data.source},
+             "train_config": result.config if result else None, "git": git_revision()}
+    if result is not None:
+        extra["timing"] = {"seconds": round(result.seconds, 3),
+                           "train_seconds": round(result.train_seconds, 3),
+                           "examples_per_second": round(result.examples_per_second, 2)}
+    extra.update(more)
+    return extra
+
+
+def _step_metrics(result: TrainResult) -> dict[str, dict[str, float]]:
+    return {str(k): v for k, v in sorted(result.metrics.items())}
 
 
 def train_run(host: str | LoadedHost, technique: str, data: str | Dataset, cfg: TrainConfig, *,
               technique_config: dict | None = None, progress: bool = True,
               save_at: tuple[int, ...] = ()) -> RunOutput:
     """Train a fresh module of `technique` on `host` for cfg.steps, evaluating at cfg.eval_at."""
-    from peftport.techniques import attach, get_technique, module_state
+    from peftport.module import module_meta
+    from peftport.techniques import attach, module_state
 
-    get_technique(technique)  # unknown technique: error before anything loads
-    data = data if isinstance(data, Dataset) else load_dataset(data)
-    h = _host_for(host, technique, data.num_labels)
+    data = as_dataset(data)
+    h = host_for(host, technique, data)
     att = attach(h.model, h.spec.family, technique, technique_config, seed=cfg.seed)
-    tr, ev = _encodings(h, data, cfg)
+    tr, ev = encodings(h, data, cfg)
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
-    def snap(step: int, _m) -> None:
+    def snap(step: int, _metrics) -> None:
         if step in save_at:
-            snapshots[step] = module_state(h.model)
+            snapshots[step] = module_state(h.model, att.name)
 
     result = train(h.model, h.kind, tr, ev, cfg, progress=progress, on_checkpoint=snap,
                    save_at=save_at, desc=f"{technique} on {h.spec.id}")
-    tensors = module_state(h.model)
-    meta = module_meta(technique=technique, config=asdict(att.config), h=h, data=data, cfg=cfg,
-                       result=result, trainable=att.trainable,
-                       extra={"condition": "trained"})
-    return RunOutput(tensors=tensors, meta=meta, result=result, snapshots=snapshots)
+    meta = module_meta(att, h, task=data.id, label_words=data.label_words, steps=cfg.steps,
+                       seed=cfg.seed, metrics=_step_metrics(result),
+                       extra=_extra(data, cfg, result))
+    return RunOutput(tensors=module_state(h.model, att.name), meta=meta, result=result,
+                     snapshots=snapshots)
 
 
-def load_into(module: str | Path | tuple[dict, dict], host: str | LoadedHost, data: Dataset,
-              seed: int) -> tuple[LoadedHost, Any, dict]:
+def load_into(module: ModuleLike, host: str | LoadedHost, data: Dataset, seed: int = 0
+              ) -> tuple[LoadedHost, Any, dict]:
     """Attach the module's technique to `host` and load the module's tensors into it."""
     from peftport.module import load_module
     from peftport.techniques import attach, load_module_state
 
-    tensors, meta = load_module(module) if not isinstance(module, tuple) else module
-    _check_labels(data, tuple(meta["task"]["label_words"]), f"module ({meta['technique']})")
-    h = _host_for(host, meta["technique"], data.num_labels)
-    if h.kind != meta["host"]["kind"]:
+    tensors, meta = module if isinstance(module, tuple) else load_module(module)
+    if tuple(meta["label_words"]) != tuple(data.label_words):
         raise PeftportError(
-            f"the module was made for a {meta['host']['kind']} host, but {h.spec.id!r} is a "
-            f"{h.kind}: a module can only go into a host of the same kind")
-    att = attach(h.model, h.spec.family, meta["technique"], meta["config"], seed=seed)
-    load_module_state(h.model, tensors)
+            f"the module was trained for labels {tuple(meta['label_words'])}, but data set "
+            f"{data.id!r} has {tuple(data.label_words)}: the label sets must match")
+    h = host_for(host, meta["technique"], data)
+    if h.kind != meta["host_kind"]:
+        raise PeftportError(
+            f"the module was made for a {meta['host_kind']} host, but {h.spec.id!r} is a "
+            f"{h.kind}: a module only goes into a host of the same kind")
+    port = meta.get("port") or {}
+    if port.get("receiver_fingerprint") and port["receiver_fingerprint"] != h.fingerprint:
+        raise PeftportError(
+            f"the module was ported into {port.get('receiver_host')!r} but is being loaded into "
+            f"{h.spec.id!r} (other weights); port it into this host first (`peftport port`)")
+    if not port and meta["origin_fingerprint"] != h.fingerprint:
+        raise PeftportError(
+            f"the module was trained on {meta['origin_host']!r} and {h.spec.id!r} has other "
+            "weights; port it first: `peftport port MODULE --to HOST --condition ported`")
+    name = meta.get("adapter_name", "peftport")
+    att = attach(h.model, h.spec.family, meta["technique"], meta["config"], name=name, seed=seed)
+    load_module_state(h.model, tensors, name)
     return h, att, meta
 
 
-def adapt_run(module: str | Path | tuple[dict, dict], host: str | LoadedHost, data: str | Dataset,
-              cfg: TrainConfig, *, progress: bool = True) -> RunOutput:
+def adapt_run(module: ModuleLike, host: str | LoadedHost, data: str | Dataset, cfg: TrainConfig,
+              *, progress: bool = True) -> RunOutput:
     """Post-porting adaptation: load the module into `host`, train cfg.steps more, evaluate."""
+    from peftport.module import FILLED
     from peftport.techniques import module_state
 
-    data = data if isinstance(data, Dataset) else load_dataset(data)
+    data = as_dataset(data)
     h, att, meta = load_into(module, host, data, cfg.seed)
-    tr, ev = _encodings(h, data, cfg)
+    tr, ev = encodings(h, data, cfg)
     result = train(h.model, h.kind, tr, ev, cfg, progress=progress,
                    desc=f"adapting {meta['technique']} on {h.spec.id}")
-    extra = {"condition": meta.get("condition", "ported"), "adapted_from": {
-        "host": meta["host"], "steps": meta["steps"], "sha256": meta.get("sha256")}}
-    out_meta = module_meta(technique=meta["technique"], config=meta["config"], h=h, data=data,
-                           cfg=cfg, result=result, trainable=att.trainable, extra=extra)
-    return RunOutput(tensors=module_state(h.model), meta=out_meta, result=result, snapshots={})
+    out = {k: v for k, v in meta.items() if k not in FILLED}
+    out["steps"] = int(meta["steps"]) + cfg.steps
+    out["metrics"] = _step_metrics(result)
+    out["extra"] = _extra(data, cfg, result, adapted_from=meta.get("sha256"),
+                          adapted_steps=cfg.steps)
+    return RunOutput(tensors=module_state(h.model, att.name), meta=out, result=result,
+                     snapshots={})
 
 
-def evaluate_run(module: str | Path | tuple[dict, dict], host: str | LoadedHost,
-                 data: str | Dataset, *, split: str = "test", max_examples: int | None = None,
-                 max_length: int = 64, batch_size: int = 64) -> dict[str, float]:
-    data = data if isinstance(data, Dataset) else load_dataset(data)
+def evaluate_run(module: ModuleLike, host: str | LoadedHost, data: str | Dataset, *,
+                 split: str = "test", max_examples: int | None = None, max_length: int = 64,
+                 batch_size: int = 64) -> dict[str, float]:
+    data = as_dataset(data)
     cfg = TrainConfig(steps=0, eval_split=split, max_eval_examples=max_examples,
                       max_length=max_length, eval_batch_size=batch_size)
-    h, _att, _meta = load_into(module, host, data, seed=0)
-    _tr, ev = _encodings(h, data, cfg)
+    h, _att, _meta = load_into(module, host, data)
+    _tr, ev = encodings(h, data, cfg)
     return evaluate(h.model, h.kind, ev, batch_size)
+
+
+__all__ = ["RunOutput", "train_run", "adapt_run", "evaluate_run", "load_into", "encodings",
+           "host_for", "as_dataset", "ENCODER_CLASSIFIER"]

@@ -32,9 +32,9 @@ def port_module(module: Path, to: str, condition: str, seed: int, out: Path, *,
     spec = get_host(to)
     if spec.family and spec.kind != meta["host_kind"]:  # before loading anything
         raise PortingError(
-            f"wrong host kind: the module was trained on a {meta['host_kind']} host "
-            f"({meta['origin_host']}) and {spec.id} is a {spec.kind} host; a module only ports "
-            "between hosts of one kind")
+            f"wrong host kind: the module was trained on {meta['origin_host']} (kind "
+            f"{meta['host_kind']}) and {spec.id} is of kind {spec.kind}; a module only "
+            "ports between hosts of one kind")
     if spec.family:
         check_supported(meta["technique"], spec.kind)
     lmap = parse_layer_map(layer_map) if layer_map else None

@@ -53,12 +53,12 @@ def _finish(out, as_json: bool, title: str, out_dir: Path | None) -> None:
     summary = {"metrics": out.meta["metrics"], "module": str(path) if path else None,
                "seconds": round(out.result.seconds, 2),
                "train_examples_per_second": round(out.result.examples_per_second, 1),
-               "trainable_parameters": out.meta["trainable_parameters"]}
+               "trainable_parameters": out.meta["trainable"]}
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
     Console().print(_metrics_table(title, out.meta["metrics"]))
-    Console().print(f"{out.meta['trainable_parameters']:,} trainable parameters; "
+    Console().print(f"{out.meta['trainable']:,} trainable parameters; "
                     f"{out.result.seconds:.1f} s, {out.result.examples_per_second:.1f} "
                     "training examples/s" + (f"; module saved to {path}" if path else ""))
 

@@ -120,7 +120,8 @@ def build_derived(out: Path, recipe: dict[str, str]) -> None:
     t0 = time.time()
     from tqdm import tqdm
 
-    bar = tqdm(range(cfg.steps), desc=f"deriving from {cfg.parent}", unit="step", leave=False)
+    bar = tqdm(range(cfg.steps), desc=f"deriving from {cfg.parent}", unit="step", leave=False,
+               disable=None, mininterval=1.0)
     losses = []
     for step in bar:
         if len(order) < cfg.batch_size:

@@ -284,6 +284,9 @@ def _did_you_mean(name: str, known: list[str] | tuple[str, ...]) -> str:
     import difflib
 
     close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.6)
+    initials = "".join(w[:1] for w in name.split("_"))  # learning_rate -> lr
+    if not close and "_" in name and initials in known:
+        close = [initials]
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return f"{hint} Known keys: {', '.join(known)}."
 

@@ -2,7 +2,7 @@
 
     STORE.sqlite        units, their status, metrics per checkpoint, provenance (schema below)
     STORE.artifacts/    ab/abcdef.../{module.safetensors,module.json}: snapshots (and, with
-                        keep_adapted, adapted modules), addressed by their tensors' sha256
+                        keep_adapted, adapted modules), addressed by a sha256 of their tensors
 
 Schema (version 1; `meta.schema_version`), which the report reads:
 
@@ -24,7 +24,9 @@ Schema (version 1; `meta.schema_version`), which the report reads:
 - `metrics(unit_id, step, name, value)`: evaluations at each checkpoint step of a unit (names:
   accuracy, macro_f1, auc, majority_share, n); primary key (unit_id, step, name).
 - `artifacts(key, kind, unit_id, step, sha256, path, bytes, created_at)`: `key` is a snapshot key
-  (kind snapshot) or a unit id (kind adapted); `path` is relative to STORE.artifacts/.
+  (kind snapshot) or a unit id (kind adapted); `sha256` is the content address
+  (`tensor_digest`: names, dtypes, shapes and bytes of the tensors); `path` is relative to
+  STORE.artifacts/ (`ab/<sha256>`, a module folder that `peftport.module.load_module` reads).
 - `cells(study_id, technique, origin, receiver, pre_data, post_data, seed, condition, pre_steps,
   post_steps, unit_id, step)`: every result of a study (the runs in the paper's sense, their
   zero-shot step 0, and the `origin` accuracy of each snapshot) and the unit step that holds it.
@@ -359,30 +361,28 @@ class Store:
 
     # --- results -------------------------------------------------------------------------
     def stage_artifact(self, tensors: dict, meta: dict) -> tuple[str, str, int]:
-        """Write a module under STORE.artifacts/ab/<sha256>/ (temp folder, then rename); returns
-        (sha256, relative path, bytes). Same tensors twice: the first folder is kept."""
+        """Write a module under STORE.artifacts/ab/<digest>/ (a temporary folder, then a rename)
+        and return (digest, relative path, bytes). The digest is `tensor_digest` of the tensors
+        (the address: the same tensors twice are stored once, the first folder is kept)."""
         from peftport.module import save_module
 
-        tmp_root = self.root / ".tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        stage = tmp_root / f"{self.hostname}-{self.pid}-{uuid.uuid4().hex}"
-        save_module(stage, tensors, meta)
-        info = json.loads((stage / "module.json").read_text())
-        sha = info["sha256"]
-        rel = f"{sha[:2]}/{sha}"
+        digest = tensor_digest(tensors)
+        rel = f"{digest[:2]}/{digest}"
         final = self.root / rel
-        size = sum(f.stat().st_size for f in stage.iterdir())
-        if (final / "module.json").exists():
-            shutil.rmtree(stage, ignore_errors=True)
-        else:
+        if not (final / "module.json").exists():
+            tmp_root = self.root / ".tmp"
+            tmp_root.mkdir(parents=True, exist_ok=True)
+            stage = tmp_root / f"{self.hostname}-{self.pid}-{uuid.uuid4().hex}"
+            save_module(stage, tensors, meta)
             final.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(stage, final)
             except OSError:
                 if not (final / "module.json").exists():
                     raise
-                shutil.rmtree(stage, ignore_errors=True)
-        return sha, rel, size
+                shutil.rmtree(stage, ignore_errors=True)  # another driver stored it first
+        size = sum(f.stat().st_size for f in final.iterdir())
+        return digest, rel, size
 
     def clean_temporary(self) -> None:
         """Remove staging folders of drivers that are gone (a killed run's half-written
@@ -461,6 +461,24 @@ class Store:
         sql += (" ORDER BY technique, origin, receiver, pre_data, post_data, seed, condition, "
                 "pre_steps, post_steps")
         return [dict(r) for r in self.db.execute(sql, args).fetchall()]
+
+
+def tensor_digest(tensors: dict) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order.
+
+    Not the module file's sha256: safetensors writes its metadata in varying order, so equal
+    tensors can give different files.
+    """
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def plan_ids(plan: Any) -> list[str]:

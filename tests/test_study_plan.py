@@ -1,0 +1,129 @@
+"""Planning: what is shared, the counts, and ids that let a store find what is done."""
+
+import json
+
+import typer
+from typer.testing import CliRunner
+
+from peftport.study import load_preset, make_plan
+from peftport.study.plan import describe
+from peftport.study.spec import parse_study
+
+runner = CliRunner()
+
+BASE = """\
+techniques: [lora, adapter]
+pairs: [[tiny-bert, tiny-bert]]
+data: [[rotten_tomatoes, rotten_tomatoes], [rotten_tomatoes, amazon_snippets]]
+pre_steps: [5, 10]
+post_steps: [3, 6]
+seeds: [0, 1]
+"""
+
+
+def plan_of(text: str):
+    return make_plan(parse_study(text, "s.yaml"))
+
+
+def study_app() -> typer.Typer:
+    """The real CLI when `study` is wired in, else the study commands alone."""
+    from peftport import cli
+    from peftport.commands import study
+
+    if "study" in cli.COMMAND_MODULES:
+        return cli.app
+    app = typer.Typer()
+    study.register(app)
+    app.callback()(lambda: None)
+    return app
+
+
+def test_paper_grid_counts_and_sharing():
+    plan = make_plan(load_preset("paper"))
+    t = plan.totals()
+    assert t["runs"] == 1440
+    assert t["units"] == {"total": 528, "pretrain": 96, "post": 384, "random": 48}
+    # pretrain 96 x 5000 + post 384 x 3000 + random 48 x 3000
+    assert t["training_steps"]["shared"] == 1_776_000
+    # per (technique, pair, data, seed): 2 conditions x sum over pre p, post q of (p + q)
+    # = 2 x (3 x 7500 + 2 x 5000) = 65,000, plus random 5,000; times 96
+    assert t["training_steps"]["naive"] == 6_720_000
+    assert t["training_steps"]["ratio"] >= 3.0
+    assert len([c for c in plan.cells if c.condition != "origin" and c.post_steps > 0]) == 1440
+
+
+def test_quick_preset_fits_its_budget():
+    t = make_plan(load_preset("quick")).totals()
+    # about 0.4-0.5 s per step and 1.5 s per evaluation at 1 thread: 2 workers, < 20 minutes
+    assert t["training_steps"]["shared"] <= 4000
+    assert t["evaluations"] <= 320
+    assert t["training_steps"]["ratio"] >= 3.0
+
+
+def test_units_share_what_can_be_shared():
+    plan = plan_of(BASE)
+    kinds = [u.kind for u in plan.units]
+    # pretrain: technique x origin x pre data set x seed (one pre data set here)
+    assert kinds.count("pretrain") == 2 * 1 * 1 * 2
+    # post: technique x pair x data combination x seed x pre-steps x {ported, sampled}
+    assert kinds.count("post") == 2 * 1 * 2 * 2 * 2 * 2
+    # random: technique x receiver x post data set x seed; no pre-steps, no origin
+    assert kinds.count("random") == 2 * 1 * 2 * 2
+    pre = [u for u in plan.units if u.kind == "pretrain"]
+    assert all(u.steps == 10 and u.config["save_at"] == [5, 10] for u in pre)
+    post = [u for u in plan.units if u.kind == "post"]
+    assert all(u.config["train"]["eval_at"] == [0, 3, 6] and u.horizon == 6 for u in post)
+    by_id = plan.by_id()
+    for u in post:  # every post unit depends on the pretrain unit that writes its snapshot
+        (dep,) = plan.deps[u.id]
+        assert (u.pre_steps, u.needs[0]) in by_id[dep].produces
+    assert sum(u.runs for u in plan.units) == plan.totals()["runs"] == 2 * 2 * 2 * 2 * (4 + 1)
+    text = describe(plan)
+    assert "random" in text and "from-scratch baseline" in text
+
+
+def test_ids_are_stable_and_adding_a_value_adds_only_new_units():
+    a = plan_of(BASE)
+    assert [u.id for u in a.units] == [u.id for u in plan_of(BASE).units]
+    b = plan_of(BASE.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
+    assert {u.id for u in a.units} < {u.id for u in b.units}
+    c = plan_of(BASE.replace("[lora, adapter]", "[lora, adapter, ia3]"))
+    assert {u.id for u in a.units} < {u.id for u in c.units}
+    d = plan_of(BASE + "conditions: [ported, random]\n")
+    assert {u.id for u in d.units} < {u.id for u in a.units}
+
+
+def test_random_units_do_not_depend_on_pre_porting():
+    a = plan_of(BASE)
+    b = plan_of(BASE.replace("pre_steps: [5, 10]", "pre_steps: [7]"))
+    rand = lambda p: {u.id for u in p.units if u.kind == "random"}  # noqa: E731
+    assert rand(a) == rand(b)
+
+
+def test_adding_a_pre_step_count_within_a_fixed_horizon_keeps_post_units():
+    """Post units name their snapshot by what determines it, not by the pretraining unit."""
+    fixed = BASE + "pre: {horizon: 20}\n"
+    a = plan_of(fixed)
+    b = plan_of(fixed.replace("pre_steps: [5, 10]", "pre_steps: [5, 10, 15]"))
+    post = lambda p: {u.id for u in p.units if u.kind == "post"}  # noqa: E731
+    assert post(a) < post(b)
+    # the pretraining itself runs again: a snapshot at 15 is needed
+    pre = lambda p: {u.id for u in p.units if u.kind == "pretrain"}  # noqa: E731
+    assert not pre(a) & pre(b)
+    # without a fixed horizon the schedule changes, so everything after porting is new too
+    c = plan_of(BASE.replace("pre_steps: [5, 10]", "pre_steps: [5, 10, 15]"))
+    assert not post(a) & post(c)
+
+
+def test_cli_plan_text_and_json():
+    app = study_app()
+    res = runner.invoke(app, ["study", "plan", "--preset", "paper", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["totals"]["runs"] == 1440 and len(out["units"]) == 528
+    assert out["units"][0]["kind"] == "pretrain"
+    res = runner.invoke(app, ["study", "plan", "--preset", "quick", "--no-units"])
+    assert res.exit_code == 0, res.output
+    assert "runs (paper sense): 192" in res.output and "fewer" in res.output
+    res = runner.invoke(app, ["study", "presets", "quick"])
+    assert res.exit_code == 0 and "pairs:" in res.output
