@@ -44,7 +44,9 @@ def _serve_with_fake_pip(monkeypatch, archive: Path):
 def test_member_extracted_once_and_reused(isolated_home, tmp_path, monkeypatch):
     archive, sha = _fake_archive(tmp_path)
     calls = _serve_with_fake_pip(monkeypatch, archive)
-    member = PackageMember(PackageArchive("fake", "1.0", sha, archive.stat().st_size), "fake/model/")
+    member = PackageMember(
+        PackageArchive("fake", "1.0", sha, archive.stat().st_size), "fake/model/"
+    )
     folder = member.resolve()
     assert (folder / "config.json").read_text() == '{"a": 1}'
     assert not (folder / "other.txt").exists()
@@ -60,8 +62,11 @@ def test_checksum_mismatch_rejects_and_discards(isolated_home, tmp_path, monkeyp
     with pytest.raises(SourceUnavailable, match="sha256 mismatch"):
         bad.fetch()
     assert bad.cached_path() is None
-    leftovers = [p for p in (isolated_home / "archives").rglob("*")
-                 if p.is_file() and not p.name.endswith(".lock")]
+    leftovers = [
+        p
+        for p in (isolated_home / "archives").rglob("*")
+        if p.is_file() and not p.name.endswith(".lock")
+    ]
     assert leftovers == []  # the bad file was not kept anywhere in the cache
     with pytest.raises(AssetError, match="sha256 mismatch"):
         resolve("fake-model", [PackageMember(bad, "fake/model/")], "Set $X.")
@@ -77,8 +82,11 @@ def test_offline_and_uncached_gives_one_clear_error(isolated_home, monkeypatch):
 
     monkeypatch.setattr(assets.subprocess, "run", no_network)
     monkeypatch.delenv("PEFTPORT_HOST_FAKE", raising=False)
-    sources = [LocalPath("PEFTPORT_HOST_FAKE"), assets.HubSnapshot("someone/fake"),
-               PackageMember(PackageArchive("fake", "1.0", "0" * 64, 10), "fake/model/")]
+    sources = [
+        LocalPath("PEFTPORT_HOST_FAKE"),
+        assets.HubSnapshot("someone/fake"),
+        PackageMember(PackageArchive("fake", "1.0", "0" * 64, 10), "fake/model/"),
+    ]
     with pytest.raises(AssetError) as e:
         resolve("fake", sources, "Set $PEFTPORT_HOST_FAKE to a folder.")
     msg = str(e.value)
@@ -120,8 +128,11 @@ def test_nested_tar_member(isolated_home, tmp_path, monkeypatch):
         t.addfile(info, io.BytesIO(inner.getvalue()))
     sha = hashlib.sha256(outer.read_bytes()).hexdigest()
     _serve_with_fake_pip(monkeypatch, outer)
-    member = PackageMember(PackageArchive("pkg", "1.0", sha, 1, source_release=True),
-                           "pkg-1.0/res/corpus.tar.gz", inner="corpus/data.txt")
+    member = PackageMember(
+        PackageArchive("pkg", "1.0", sha, 1, source_release=True),
+        "pkg-1.0/res/corpus.tar.gz",
+        inner="corpus/data.txt",
+    )
     assert member.resolve().read_bytes() == b"1\t0.5\tgood\n"
 
 

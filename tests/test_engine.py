@@ -29,14 +29,26 @@ def small_rt():
 
 
 def _cfg(**kw):
-    base = dict(steps=6, batch_size=4, max_length=32, lr=5e-3, eval_at=(0, 3, 6),
-                max_eval_examples=24, eval_batch_size=8, seed=1)
+    base = dict(
+        steps=6,
+        batch_size=4,
+        max_length=32,
+        lr=5e-3,
+        eval_at=(0, 3, 6),
+        max_eval_examples=24,
+        eval_batch_size=8,
+        seed=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
-TINY = [("tiny-bert", "lora", None), ("tiny-t5", "adapter", None),
-        ("tiny-gpt2", "lora", None), ("tiny-llama", "ia3", None)]
+TINY = [
+    ("tiny-bert", "lora", None),
+    ("tiny-t5", "adapter", None),
+    ("tiny-gpt2", "lora", None),
+    ("tiny-llama", "ia3", None),
+]
 
 
 @pytest.mark.parametrize("host,technique,config", TINY)
@@ -47,8 +59,7 @@ def test_same_seed_same_metrics(host, technique, config, small_rt):
     assert a.result.losses == b.result.losses
     for k in a.tensors:
         assert torch.equal(a.tensors[k], b.tensors[k]), k
-    c = train_run(host, technique, small_rt, _cfg(seed=2), technique_config=config,
-                  progress=False)
+    c = train_run(host, technique, small_rt, _cfg(seed=2), technique_config=config, progress=False)
     assert c.result.losses != a.result.losses  # the seed matters (the test can fail)
     assert set(a.result.metrics) == {0, 3, 6}
     assert 0 <= a.result.metrics[6]["accuracy"] <= 1
@@ -58,8 +69,14 @@ def test_same_seed_same_metrics(host, technique, config, small_rt):
 def test_checkpoints_in_one_run_equal_separate_runs(host, technique, config, small_rt):
     full = train_run(host, technique, small_rt, _cfg(), technique_config=config, progress=False)
     for stop in (3, 6):
-        part = train_run(host, technique, small_rt, _cfg(steps=stop, eval_at=(stop,), horizon=6),
-                         technique_config=config, progress=False)
+        part = train_run(
+            host,
+            technique,
+            small_rt,
+            _cfg(steps=stop, eval_at=(stop,), horizon=6),
+            technique_config=config,
+            progress=False,
+        )
         assert part.result.metrics[stop] == full.result.metrics[stop]
 
 
@@ -91,14 +108,17 @@ def test_length_bucketed_batches_are_deterministic_and_cover_everything():
     assert sum(spread) / len(spread) < 10  # similar lengths share a batch
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(steps=-1), "steps must be >= 0"),
-    (dict(steps=5, eval_at=(7,)), r"eval step\(s\) \[7\] outside the run"),
-    (dict(steps=5, batch_size=0), "batch_size must be positive"),
-    (dict(steps=5, lr=0), "lr must be positive"),
-    (dict(steps=5, horizon=3), "horizon 3 is shorter than the run"),
-    (dict(steps=5, eval_split="dev"), "eval_split must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(steps=-1), "steps must be >= 0"),
+        (dict(steps=5, eval_at=(7,)), r"eval step\(s\) \[7\] outside the run"),
+        (dict(steps=5, batch_size=0), "batch_size must be positive"),
+        (dict(steps=5, lr=0), "lr must be positive"),
+        (dict(steps=5, horizon=3), "horizon 3 is shorter than the run"),
+        (dict(steps=5, eval_split="dev"), "eval_split must be"),
+    ],
+)
 def test_bad_config(kwargs, match):
     with pytest.raises(PeftportError, match=match):
         TrainConfig(**kwargs)
@@ -123,8 +143,12 @@ def test_label_mismatch_between_module_and_data(tmp_path, small_rt):
     from dataclasses import replace
 
     out = train_run("tiny-bert", "lora", small_rt, _cfg(steps=2, eval_at=()), progress=False)
-    other = replace(small_rt, id="three-way", label_names=("neg", "neu", "pos"),
-                    label_words=("neg", "neu", "pos"))
+    other = replace(
+        small_rt,
+        id="three-way",
+        label_names=("neg", "neu", "pos"),
+        label_words=("neg", "neu", "pos"),
+    )
     with pytest.raises(PeftportError, match="label sets must match"):
         adapt_run((out.tensors, out.meta), "tiny-bert", other, _cfg())
 
@@ -138,41 +162,120 @@ def test_module_trained_elsewhere_must_be_ported_first(small_rt):
 
 def test_adapt_continues_from_the_module(small_rt):
     out = train_run("tiny-bert", "lora", small_rt, _cfg(steps=6, eval_at=(6,)), progress=False)
-    ad = adapt_run((out.tensors, out.meta), "tiny-bert", small_rt,
-                   _cfg(steps=2, eval_at=(0, 2)), progress=False)
+    ad = adapt_run(
+        (out.tensors, out.meta),
+        "tiny-bert",
+        small_rt,
+        _cfg(steps=2, eval_at=(0, 2)),
+        progress=False,
+    )
     # step 0 of adaptation is the module as trained: the same metrics as its last checkpoint
     assert ad.result.metrics[0] == out.result.metrics[6]
     assert ad.meta["steps"] == 8
-    direct = evaluate_run((out.tensors, out.meta), "tiny-bert", small_rt, max_examples=24,
-                          max_length=32)
+    direct = evaluate_run(
+        (out.tensors, out.meta), "tiny-bert", small_rt, max_examples=24, max_length=32
+    )
     assert direct == out.result.metrics[6]
 
 
 def test_cli_train_adapt_evaluate(tmp_path):
     data = tmp_path / "d.jsonl"
-    rows = [{"text": f"{w} movie number {i}", "label": int(w == "great")}
-            for i in range(40) for w in ("great", "terrible")]
+    rows = [
+        {"text": f"{w} movie number {i}", "label": int(w == "great")}
+        for i in range(40)
+        for w in ("great", "terrible")
+    ]
     data.write_text("\n".join(json.dumps(r) for r in rows))
     common = ["--max-length", "16", "--batch-size", "4", "--lr", "0.01"]
-    res = runner.invoke(app, ["train", "--host", "tiny-bert", "--technique", "lora", "--data",
-                              str(data), "--steps", "4", "--eval-at", "0,4", "--out",
-                              str(tmp_path / "m"), "--json", *common])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--host",
+            "tiny-bert",
+            "--technique",
+            "lora",
+            "--data",
+            str(data),
+            "--steps",
+            "4",
+            "--eval-at",
+            "0,4",
+            "--out",
+            str(tmp_path / "m"),
+            "--json",
+            *common,
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert set(summary["metrics"]) == {"0", "4"}
-    res = runner.invoke(app, ["adapt", str(tmp_path / "m"), "--host", "tiny-bert", "--data",
-                              str(data), "--steps", "2", "--eval-at", "0,2", "--json", *common])
+    res = runner.invoke(
+        app,
+        [
+            "adapt",
+            str(tmp_path / "m"),
+            "--host",
+            "tiny-bert",
+            "--data",
+            str(data),
+            "--steps",
+            "2",
+            "--eval-at",
+            "0,2",
+            "--json",
+            *common,
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["metrics"]["0"] == summary["metrics"]["4"]
-    res = runner.invoke(app, ["evaluate", str(tmp_path / "m"), "--host", "tiny-bert", "--data",
-                              str(data), "--json", "--max-length", "16"])
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "m"),
+            "--host",
+            "tiny-bert",
+            "--data",
+            str(data),
+            "--json",
+            "--max-length",
+            "16",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.output) == summary["metrics"]["4"]
-    res = runner.invoke(app, ["train", "--host", "tiny-bert", "--technique", "lora", "--data",
-                              str(data), "--steps", "0"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--host",
+            "tiny-bert",
+            "--technique",
+            "lora",
+            "--data",
+            str(data),
+            "--steps",
+            "0",
+        ],
+    )
     assert res.exit_code != 0 and "--steps must be positive" in str(res.exception)
-    res = runner.invoke(app, ["train", "--host", "tiny-bert", "--technique", "lora", "--data",
-                              str(data), "--steps", "3", "--eval-at", "1,x"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--host",
+            "tiny-bert",
+            "--technique",
+            "lora",
+            "--data",
+            str(data),
+            "--steps",
+            "3",
+            "--eval-at",
+            "1,x",
+        ],
+    )
     assert "whole numbers" in str(res.exception)
 
 
@@ -184,6 +287,8 @@ def test_real_training_beats_chance():
     cfg = TrainConfig(steps=150, eval_at=(150,), max_eval_examples=400, seed=0)
     out = train_run("minilm-l6", "lora", data, cfg, progress=False)
     m = out.result.metrics[150]
-    majority = max(sum(e.label for e in data.test[:400]), 400 - sum(e.label for e in data.test[:400]))
+    majority = max(
+        sum(e.label for e in data.test[:400]), 400 - sum(e.label for e in data.test[:400])
+    )
     assert m["accuracy"] > majority / 400 + 0.1, m
     assert m["auc"] > 0.75, m

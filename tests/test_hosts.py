@@ -69,8 +69,11 @@ def test_cli_user_error_exits_2_without_traceback():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "peftport", "hosts", "show", "minilm-l7"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "peftport", "hosts", "show", "minilm-l7"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "Did you mean 'minilm-l6'" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -79,8 +82,20 @@ def test_cli_user_error_exits_2_without_traceback():
 def test_derive_tiny_is_deterministic_and_drifts(isolated_home):
     from peftport.hosts.derive import read_drift
 
-    args = ["hosts", "derive", "--name", "tiny-child", "--from", "tiny-bert", "--steps", "3",
-            "--batch-size", "4", "--max-length", "32"]
+    args = [
+        "hosts",
+        "derive",
+        "--name",
+        "tiny-child",
+        "--from",
+        "tiny-bert",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "32",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     child = load_host("tiny-child")
@@ -128,7 +143,7 @@ def test_minilm_l6_tuned_is_derived_with_documented_drift():
     info = read_drift(tuned.folder)
     layers = [v for k, v in info["drift"].items() if k.startswith("layer.")]
     assert len(layers) == 6
-    assert 0.005 < min(layers) and max(layers) < 0.2  # moved, but still the same model
+    assert min(layers) > 0.005 and max(layers) < 0.2  # moved, but still the same model
     assert info["mlm_loss_last10"] < info["mlm_loss_first10"]
     pooled = {k: v for k, v in tuned.model.state_dict().items() if "pooler" in k}
     for k, v in parent.model.state_dict().items():

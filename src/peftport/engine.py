@@ -51,8 +51,9 @@ class TrainConfig:
         if self.horizon is not None and self.horizon < self.steps:
             raise PeftportError(f"horizon {self.horizon} is shorter than the run ({self.steps})")
         if self.eval_split not in ("train", "validation", "test"):
-            raise PeftportError(f"eval_split must be train, validation or test, "
-                                f"got {self.eval_split!r}")
+            raise PeftportError(
+                f"eval_split must be train, validation or test, got {self.eval_split!r}"
+            )
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step `step` (0-based)."""
@@ -92,8 +93,9 @@ def batches(lengths: list[int], batch_size: int, seed: int) -> Iterator[list[int
             yield chunk[k]
 
 
-def evaluate(model, kind: str, enc: tasks.Encoded, batch_size: int = 64,
-             bf16: bool = False) -> dict[str, float]:
+def evaluate(
+    model, kind: str, enc: tasks.Encoded, batch_size: int = 64, bf16: bool = False
+) -> dict[str, float]:
     """Accuracy, macro-F1 and ROC-AUC (binary: on the score margin; else macro one-vs-rest)."""
     from peftport import stats
 
@@ -116,18 +118,29 @@ def evaluate(model, kind: str, enc: tasks.Encoded, batch_size: int = 64,
     m = {
         "accuracy": float(stats.accuracy(labels, preds)),
         "macro_f1": float(stats.macro_f1(labels, preds, n_labels)),
-        "auc": float(stats.roc_auc(labels, score[:, 1] - score[:, 0]) if n_labels == 2
-                     else stats.macro_auc_ovr(labels, score)),
+        "auc": float(
+            stats.roc_auc(labels, score[:, 1] - score[:, 0])
+            if n_labels == 2
+            else stats.macro_auc_ovr(labels, score)
+        ),
         "n": len(labels),
         "majority_share": float(max((preds == c).mean() for c in range(n_labels))),
     }
     return m
 
 
-def train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded | None,
-          cfg: TrainConfig, *, progress: bool = True, desc: str = "training",
-          on_checkpoint: Callable[[int, dict[str, float] | None], None] | None = None,
-          save_at: tuple[int, ...] = ()) -> TrainResult:
+def train(
+    model,
+    kind: str,
+    train_enc: tasks.Encoded,
+    eval_enc: tasks.Encoded | None,
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    desc: str = "training",
+    on_checkpoint: Callable[[int, dict[str, float] | None], None] | None = None,
+    save_at: tuple[int, ...] = (),
+) -> TrainResult:
     """Train the model's trainable parameters for cfg.steps, evaluating at cfg.eval_at.
 
     `on_checkpoint(step, metrics)` is called at every step in eval_at or save_at (metrics is None
@@ -139,8 +152,10 @@ def train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded | 
     if not params:
         raise PeftportError("nothing to train: the model has no trainable parameters")
     if len(train_enc) < cfg.batch_size and cfg.steps > 0:
-        raise PeftportError(f"the training split has {len(train_enc)} examples, fewer than one "
-                            f"batch of {cfg.batch_size}")
+        raise PeftportError(
+            f"the training split has {len(train_enc)} examples, fewer than one "
+            f"batch of {cfg.batch_size}"
+        )
     if cfg.eval_at and eval_enc is None:
         raise PeftportError("eval_at given but no evaluation data")
     torch.manual_seed(cfg.seed)  # dropout
@@ -169,8 +184,15 @@ def train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded | 
     if progress and cfg.steps > 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, desc=desc, unit="step", leave=False, dynamic_ncols=True,
-                   disable=None, mininterval=1.0)  # no bar when not a terminal
+        bar = tqdm(
+            total=cfg.steps,
+            desc=desc,
+            unit="step",
+            leave=False,
+            dynamic_ncols=True,
+            disable=None,
+            mininterval=1.0,
+        )  # no bar when not a terminal
     stream = batches(train_enc.lengths(), cfg.batch_size, cfg.seed)
     for step in range(cfg.steps):
         for group in opt.param_groups:
@@ -196,7 +218,11 @@ def train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded | 
     seconds = time.perf_counter() - t0
     train_seconds = seconds - eval_seconds
     return TrainResult(
-        metrics=metrics, steps=cfg.steps, seconds=seconds, train_seconds=train_seconds,
+        metrics=metrics,
+        steps=cfg.steps,
+        seconds=seconds,
+        train_seconds=train_seconds,
         examples_per_second=cfg.steps * cfg.batch_size / train_seconds if train_seconds else 0.0,
-        losses=losses, config=asdict(cfg),
+        losses=losses,
+        config=asdict(cfg),
     )

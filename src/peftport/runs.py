@@ -58,18 +58,24 @@ def encodings(h: LoadedHost, data: Dataset, cfg: TrainConfig) -> tuple[tasks.Enc
     if cfg.max_eval_examples:
         eval_rows = eval_rows[: cfg.max_eval_examples]
     tr = tasks.encode(h.tokenizer, data.split("train"), framing, data.fingerprints["train"])
-    ev = tasks.encode(h.tokenizer, eval_rows, framing,
-                      f"{data.fingerprints[cfg.eval_split]}:{len(eval_rows)}")
+    ev = tasks.encode(
+        h.tokenizer, eval_rows, framing, f"{data.fingerprints[cfg.eval_split]}:{len(eval_rows)}"
+    )
     return tr, ev
 
 
 def _extra(data: Dataset, cfg: TrainConfig, result: TrainResult | None, **more: Any) -> dict:
-    extra = {"data": {"id": data.id, "fingerprint": data.fingerprint, "source": data.source},
-             "train_config": result.config if result else None, "git": git_revision()}
+    extra = {
+        "data": {"id": data.id, "fingerprint": data.fingerprint, "source": data.source},
+        "train_config": result.config if result else None,
+        "git": git_revision(),
+    }
     if result is not None:
-        extra["timing"] = {"seconds": round(result.seconds, 3),
-                           "train_seconds": round(result.train_seconds, 3),
-                           "examples_per_second": round(result.examples_per_second, 2)}
+        extra["timing"] = {
+            "seconds": round(result.seconds, 3),
+            "train_seconds": round(result.train_seconds, 3),
+            "examples_per_second": round(result.examples_per_second, 2),
+        }
     extra.update(more)
     return extra
 
@@ -78,9 +84,16 @@ def _step_metrics(result: TrainResult) -> dict[str, dict[str, float]]:
     return {str(k): v for k, v in sorted(result.metrics.items())}
 
 
-def train_run(host: str | LoadedHost, technique: str, data: str | Dataset, cfg: TrainConfig, *,
-              technique_config: dict | None = None, progress: bool = True,
-              save_at: tuple[int, ...] = ()) -> RunOutput:
+def train_run(
+    host: str | LoadedHost,
+    technique: str,
+    data: str | Dataset,
+    cfg: TrainConfig,
+    *,
+    technique_config: dict | None = None,
+    progress: bool = True,
+    save_at: tuple[int, ...] = (),
+) -> RunOutput:
     """Train a fresh module of `technique` on `host` for cfg.steps, evaluating at cfg.eval_at."""
     from peftport.module import module_meta
     from peftport.techniques import attach, module_state
@@ -95,17 +108,35 @@ def train_run(host: str | LoadedHost, technique: str, data: str | Dataset, cfg: 
         if step in save_at:
             snapshots[step] = module_state(h.model, att.name)
 
-    result = train(h.model, h.kind, tr, ev, cfg, progress=progress, on_checkpoint=snap,
-                   save_at=save_at, desc=f"{technique} on {h.spec.id}")
-    meta = module_meta(att, h, task=data.id, label_words=data.label_words, steps=cfg.steps,
-                       seed=cfg.seed, metrics=_step_metrics(result),
-                       extra=_extra(data, cfg, result))
-    return RunOutput(tensors=module_state(h.model, att.name), meta=meta, result=result,
-                     snapshots=snapshots)
+    result = train(
+        h.model,
+        h.kind,
+        tr,
+        ev,
+        cfg,
+        progress=progress,
+        on_checkpoint=snap,
+        save_at=save_at,
+        desc=f"{technique} on {h.spec.id}",
+    )
+    meta = module_meta(
+        att,
+        h,
+        task=data.id,
+        label_words=data.label_words,
+        steps=cfg.steps,
+        seed=cfg.seed,
+        metrics=_step_metrics(result),
+        extra=_extra(data, cfg, result),
+    )
+    return RunOutput(
+        tensors=module_state(h.model, att.name), meta=meta, result=result, snapshots=snapshots
+    )
 
 
-def load_into(module: ModuleLike, host: str | LoadedHost, data: Dataset, seed: int = 0
-              ) -> tuple[LoadedHost, Any, dict]:
+def load_into(
+    module: ModuleLike, host: str | LoadedHost, data: Dataset, seed: int = 0
+) -> tuple[LoadedHost, Any, dict]:
     """Attach the module's technique to `host` and load the module's tensors into it."""
     from peftport.module import load_module
     from peftport.techniques import attach, load_module_state
@@ -114,29 +145,39 @@ def load_into(module: ModuleLike, host: str | LoadedHost, data: Dataset, seed: i
     if tuple(meta["label_words"]) != tuple(data.label_words):
         raise PeftportError(
             f"the module was trained for labels {tuple(meta['label_words'])}, but data set "
-            f"{data.id!r} has {tuple(data.label_words)}: the label sets must match")
+            f"{data.id!r} has {tuple(data.label_words)}: the label sets must match"
+        )
     h = host_for(host, meta["technique"], data)
     if h.kind != meta["host_kind"]:
         raise PeftportError(
             f"the module was made for a {meta['host_kind']} host, but {h.spec.id!r} is a "
-            f"{h.kind}: a module only goes into a host of the same kind")
+            f"{h.kind}: a module only goes into a host of the same kind"
+        )
     port = meta.get("port") or {}
     if port.get("receiver_fingerprint") and port["receiver_fingerprint"] != h.fingerprint:
         raise PeftportError(
             f"the module was ported into {port.get('receiver_host')!r} but is being loaded into "
-            f"{h.spec.id!r} (other weights); port it into this host first (`peftport port`)")
+            f"{h.spec.id!r} (other weights); port it into this host first (`peftport port`)"
+        )
     if not port and meta["origin_fingerprint"] != h.fingerprint:
         raise PeftportError(
             f"the module was trained on {meta['origin_host']!r} and {h.spec.id!r} has other "
-            "weights; port it first: `peftport port MODULE --to HOST --condition ported`")
+            "weights; port it first: `peftport port MODULE --to HOST --condition ported`"
+        )
     name = meta.get("adapter_name", "peftport")
     att = attach(h.model, h.spec.family, meta["technique"], meta["config"], name=name, seed=seed)
     load_module_state(h.model, tensors, name)
     return h, att, meta
 
 
-def adapt_run(module: ModuleLike, host: str | LoadedHost, data: str | Dataset, cfg: TrainConfig,
-              *, progress: bool = True) -> RunOutput:
+def adapt_run(
+    module: ModuleLike,
+    host: str | LoadedHost,
+    data: str | Dataset,
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+) -> RunOutput:
     """Post-porting adaptation: load the module into `host`, train cfg.steps more, evaluate."""
     from peftport.module import FILLED
     from peftport.techniques import module_state
@@ -144,27 +185,55 @@ def adapt_run(module: ModuleLike, host: str | LoadedHost, data: str | Dataset, c
     data = as_dataset(data)
     h, att, meta = load_into(module, host, data, cfg.seed)
     tr, ev = encodings(h, data, cfg)
-    result = train(h.model, h.kind, tr, ev, cfg, progress=progress,
-                   desc=f"adapting {meta['technique']} on {h.spec.id}")
+    result = train(
+        h.model,
+        h.kind,
+        tr,
+        ev,
+        cfg,
+        progress=progress,
+        desc=f"adapting {meta['technique']} on {h.spec.id}",
+    )
     out = {k: v for k, v in meta.items() if k not in FILLED}
     out["steps"] = int(meta["steps"]) + cfg.steps
     out["metrics"] = _step_metrics(result)
-    out["extra"] = _extra(data, cfg, result, adapted_from=meta.get("sha256"),
-                          adapted_steps=cfg.steps)
-    return RunOutput(tensors=module_state(h.model, att.name), meta=out, result=result,
-                     snapshots={})
+    out["extra"] = _extra(
+        data, cfg, result, adapted_from=meta.get("sha256"), adapted_steps=cfg.steps
+    )
+    return RunOutput(tensors=module_state(h.model, att.name), meta=out, result=result, snapshots={})
 
 
-def evaluate_run(module: ModuleLike, host: str | LoadedHost, data: str | Dataset, *,
-                 split: str = "test", max_examples: int | None = None, max_length: int = 64,
-                 batch_size: int = 64) -> dict[str, float]:
+def evaluate_run(
+    module: ModuleLike,
+    host: str | LoadedHost,
+    data: str | Dataset,
+    *,
+    split: str = "test",
+    max_examples: int | None = None,
+    max_length: int = 64,
+    batch_size: int = 64,
+) -> dict[str, float]:
     data = as_dataset(data)
-    cfg = TrainConfig(steps=0, eval_split=split, max_eval_examples=max_examples,
-                      max_length=max_length, eval_batch_size=batch_size)
+    cfg = TrainConfig(
+        steps=0,
+        eval_split=split,
+        max_eval_examples=max_examples,
+        max_length=max_length,
+        eval_batch_size=batch_size,
+    )
     h, _att, _meta = load_into(module, host, data)
     _tr, ev = encodings(h, data, cfg)
     return evaluate(h.model, h.kind, ev, batch_size)
 
 
-__all__ = ["RunOutput", "train_run", "adapt_run", "evaluate_run", "load_into", "encodings",
-           "host_for", "as_dataset", "ENCODER_CLASSIFIER"]
+__all__ = [
+    "RunOutput",
+    "train_run",
+    "adapt_run",
+    "evaluate_run",
+    "load_into",
+    "encodings",
+    "host_for",
+    "as_dataset",
+    "ENCODER_CLASSIFIER",
+]

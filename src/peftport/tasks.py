@@ -36,8 +36,12 @@ class Framing:
 
     @staticmethod
     def for_host(kind: str, label_words: tuple[str, ...], max_length: int = 64) -> Framing:
-        return Framing(kind=kind, label_words=tuple(label_words), template=TEMPLATES[kind],
-                       max_length=max_length)
+        return Framing(
+            kind=kind,
+            label_words=tuple(label_words),
+            template=TEMPLATES[kind],
+            max_length=max_length,
+        )
 
 
 @dataclass
@@ -99,8 +103,12 @@ def encode(tokenizer, examples, framing: Framing, key: str) -> Encoded:
         pre, post = framing.template.split("{text}")
         pre_ids = tokenizer(pre, add_special_tokens=False)["input_ids"] if pre else []
         post_ids = tokenizer(post, add_special_tokens=False)["input_ids"] if post else []
-        body = tokenizer([e.text for e in examples], add_special_tokens=False, truncation=True,
-                         max_length=max(8, room - len(pre_ids) - len(post_ids)))["input_ids"]
+        body = tokenizer(
+            [e.text for e in examples],
+            add_special_tokens=False,
+            truncation=True,
+            max_length=max(8, room - len(pre_ids) - len(post_ids)),
+        )["input_ids"]
         ids = []
         for b in body:
             row = pre_ids + b + post_ids
@@ -112,8 +120,9 @@ def encode(tokenizer, examples, framing: Framing, key: str) -> Encoded:
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    enc = Encoded(input_ids=ids, labels=labels,
-                  candidates=candidate_ids(tokenizer, framing), pad_id=pad)
+    enc = Encoded(
+        input_ids=ids, labels=labels, candidates=candidate_ids(tokenizer, framing), pad_id=pad
+    )
     _CACHE[cache_key] = enc
     return enc
 
@@ -149,7 +158,8 @@ def training_loss(model, kind: str, enc: Encoded, idx: list[int]) -> torch.Tenso
         tgt[r, start : start + len(enc.candidates[y])] = torch.tensor(enc.candidates[y])
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # predicts position t+1
     return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), tgt[:, 1:].reshape(-1), ignore_index=-100)
+        logits.reshape(-1, logits.shape[-1]), tgt[:, 1:].reshape(-1), ignore_index=-100
+    )
 
 
 @torch.no_grad()
@@ -164,8 +174,9 @@ def scores(model, kind: str, enc: Encoded, idx: list[int]) -> torch.Tensor:
         encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
         for c, cand in enumerate(enc.candidates):
             tgt = torch.tensor([cand] * len(idx))
-            logits = model(encoder_outputs=encoder_outputs, attention_mask=mask,
-                           labels=tgt).logits.float()  # (B, Lc, V)
+            logits = model(
+                encoder_outputs=encoder_outputs, attention_mask=mask, labels=tgt
+            ).logits.float()  # (B, Lc, V)
             logp = logits.log_softmax(-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
             out[:, c] = logp.sum(-1)
         return out

