@@ -61,8 +61,15 @@ def _quality(technique: str, steps: int, q) -> None:
     cfg = TrainConfig(steps=steps, eval_at=(steps,), seed=0)
     out = train_run("minilm-l6", technique, data, cfg, progress=False)
     path = save_module(f"/tmp/peftport-bench/{technique}", out.tensors, out.meta, overwrite=True)
-    q.put(dict(technique=technique, metrics=out.result.metrics[steps], module=str(path),
-               trainable=out.meta["trainable"], seconds=out.result.train_seconds))
+    q.put(
+        dict(
+            technique=technique,
+            metrics=out.result.metrics[steps],
+            module=str(path),
+            trainable=out.meta["trainable"],
+            seconds=out.result.train_seconds,
+        )
+    )
 
 
 def _zero_shot(module: str, q) -> None:
@@ -107,8 +114,15 @@ def _speed_ours(steps: int, bf16: bool, q) -> None:
     tasks._pad = counting_pad
     res = train(h.model, h.kind, tr, None, cfg, progress=False)
     n = sum(p.numel() for p in h.model.parameters())
-    q.put(dict(eps=res.examples_per_second, seconds=res.train_seconds, tokens=sum(tokens),
-               params=n, maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    q.put(
+        dict(
+            eps=res.examples_per_second,
+            seconds=res.train_seconds,
+            tokens=sum(tokens),
+            params=n,
+            maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
+    )
 
 
 def _speed_trainer(steps: int, q) -> None:
@@ -124,8 +138,10 @@ def _speed_trainer(steps: int, q) -> None:
     h = host_for("minilm-l6", "lora", data)
     attach(h.model, "bert", "lora", seed=0)
     enc = h.tokenizer([e.text for e in data.train], truncation=True, max_length=64)
-    rows = [{"input_ids": i, "attention_mask": m, "labels": e.label}
-            for i, m, e in zip(enc["input_ids"], enc["attention_mask"], data.train, strict=True)]
+    rows = [
+        {"input_ids": i, "attention_mask": m, "labels": e.label}
+        for i, m, e in zip(enc["input_ids"], enc["attention_mask"], data.train, strict=True)
+    ]
     tokens = []
     base = DataCollatorWithPadding(h.tokenizer)
 
@@ -134,19 +150,37 @@ def _speed_trainer(steps: int, q) -> None:
         tokens.append(out["input_ids"].numel())
         return out
 
-    args = TrainingArguments(output_dir="/tmp/peftport-bench/trainer", max_steps=steps,
-                             per_device_train_batch_size=16, learning_rate=1e-3,
-                             warmup_ratio=0.06, lr_scheduler_type="linear", max_grad_norm=1.0,
-                             weight_decay=0.0, logging_steps=10_000, save_strategy="no",
-                             report_to=[], seed=0, use_cpu=True, dataloader_num_workers=0,
-                             disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir="/tmp/peftport-bench/trainer",
+        max_steps=steps,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        warmup_ratio=0.06,
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        logging_steps=10_000,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=h.model, args=args, train_dataset=rows, data_collator=collate)
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
     n = sum(p.numel() for p in h.model.parameters())
-    q.put(dict(eps=steps * 16 / seconds, seconds=seconds, tokens=sum(tokens), params=n,
-               maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    q.put(
+        dict(
+            eps=steps * 16 / seconds,
+            seconds=seconds,
+            tokens=sum(tokens),
+            params=n,
+            maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
+    )
 
 
 def _bf16_quality(bf16: bool, steps: int, q) -> None:
@@ -177,43 +211,60 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--speed-steps", type=int, default=40)
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--techniques", default=",".join(TECHNIQUES))
     args = ap.parse_args()
     report: dict = {}
 
     peak, how = peak_flops()
     print(f"machine peak: {peak / 1e9:.0f} GFLOP/s fp32 ({how})", flush=True)
-    ours = run(_speed_ours, args.speed_steps, False)
-    theirs = run(_speed_trainer, args.speed_steps)
-    ours_bf16 = run(_speed_ours, args.speed_steps, True)
-    print(f"\n== speed: LoRA on minilm-l6, batch 16, {args.speed_steps} steps, 2 threads ==")
-    for name, r in (("peftport loop", ours), ("HF Trainer", theirs),
-                    ("peftport loop, bf16", ours_bf16)):
-        mfu = model_flops(r["params"], r["tokens"]) / r["seconds"] / peak
-        print(f"{name:22s} {r['eps']:7.1f} examples/s  {r['tokens'] / args.speed_steps:7.0f} "
-              f"padded tokens/step  MFU {mfu:6.1%}  peak RSS {r['maxrss_mb']:6.0f} MB")
-    print(f"ratio peftport / Trainer: {ours['eps'] / theirs['eps']:.2f}x "
-          f"(bf16: {ours_bf16['eps'] / theirs['eps']:.2f}x)", flush=True)
-    report["speed"] = dict(ours=ours, trainer=theirs, ours_bf16=ours_bf16)
+    if not args.skip_speed:
+        ours = run(_speed_ours, args.speed_steps, False)
+        theirs = run(_speed_trainer, args.speed_steps)
+        ours_bf16 = run(_speed_ours, args.speed_steps, True)
+        print(f"\n== speed: LoRA on minilm-l6, batch 16, {args.speed_steps} steps, 2 threads ==")
+        for name, r in (
+            ("peftport loop", ours),
+            ("HF Trainer", theirs),
+            ("peftport loop, bf16", ours_bf16),
+        ):
+            mfu = model_flops(r["params"], r["tokens"]) / r["seconds"] / peak
+            print(
+                f"{name:22s} {r['eps']:7.1f} examples/s  {r['tokens'] / args.speed_steps:7.0f} "
+                f"padded tokens/step  MFU {mfu:6.1%}  peak RSS {r['maxrss_mb']:6.0f} MB"
+            )
+        print(
+            f"ratio peftport / Trainer: {ours['eps'] / theirs['eps']:.2f}x "
+            f"(bf16: {ours_bf16['eps'] / theirs['eps']:.2f}x)",
+            flush=True,
+        )
+        report["speed"] = dict(ours=ours, trainer=theirs, ours_bf16=ours_bf16)
 
     if not args.skip_quality:
-        print(f"\n== quality: minilm-l6 + rotten_tomatoes, {args.steps} steps, batch 16, lr 1e-3 ==")
+        print(
+            f"\n== quality: minilm-l6 + rotten_tomatoes, {args.steps} steps, batch 16, lr 1e-3 =="
+        )
         rows = []
         for t in args.techniques.split(","):
             q = run(_quality, t, args.steps)
             z = run(_zero_shot, q["module"])
             rows.append((t, q, z))
             m = q["metrics"]
-            print(f"{t:10s} acc {m['accuracy']:.4f}  F1 {m['macro_f1']:.4f}  AUC {m['auc']:.4f}  "
-                  f"({q['trainable']:,} trainable, {q['seconds']:.0f} s) | zero-shot on "
-                  f"minilm-l6-tuned: ported {z['ported']:.4f} sampled {z['sampled']:.4f} "
-                  f"random {z['random']:.4f}", flush=True)
-        report["quality"] = [dict(technique=t, **q, zero_shot=z) for t, q, z in rows]
+            print(
+                f"{t:10s} acc {m['accuracy']:.4f}  F1 {m['macro_f1']:.4f}  AUC {m['auc']:.4f}  "
+                f"({q['trainable']:,} trainable, {q['seconds']:.0f} s) | zero-shot on "
+                f"minilm-l6-tuned: ported {z['ported']:.4f} sampled {z['sampled']:.4f} "
+                f"random {z['random']:.4f}",
+                flush=True,
+            )
+        report["quality"] = [dict(q, zero_shot=z) for _t, q, z in rows]
         b32 = run(_bf16_quality, False, args.steps)
         b16 = run(_bf16_quality, True, args.steps)
-        print(f"\n== bf16 autocast, LoRA {args.steps} steps: accuracy fp32 "
-              f"{b32['metrics']['accuracy']:.4f} vs bf16 {b16['metrics']['accuracy']:.4f}; "
-              f"speed {b16['eps'] / b32['eps']:.2f}x ==")
+        print(
+            f"\n== bf16 autocast, LoRA {args.steps} steps: accuracy fp32 "
+            f"{b32['metrics']['accuracy']:.4f} vs bf16 {b16['metrics']['accuracy']:.4f}; "
+            f"speed {b16['eps'] / b32['eps']:.2f}x =="
+        )
         report["bf16"] = dict(fp32=b32, bf16=b16)
     Path("/tmp/peftport-bench/report.json").write_text(json.dumps(report, indent=2, default=str))
     print("\nfull figures: /tmp/peftport-bench/report.json")

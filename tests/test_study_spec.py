@@ -184,3 +184,22 @@ def test_missing_file_and_suffix(tmp_path):
 
 def test_train_fields_are_trainconfig_fields():
     assert "lr" in train_fields() and "steps" not in train_fields()
+
+
+def test_run_time_shape_check(tmp_path):
+    """`study run` compares the resolved hosts' shapes again (hosts not on disk at plan time)."""
+    import dataclasses
+
+    from peftport.hosts import get_host, host_folder
+    from peftport.study.spec import check_resolved_pairs
+
+    spec = parse_study(GOOD, "s.yaml")
+    check_resolved_pairs(spec)  # tiny-bert -> tiny-bert: fine
+    cfg = json.loads((host_folder(get_host("tiny-bert")) / "config.json").read_text())
+    cfg["num_hidden_layers"] = 3
+    deeper = tmp_path / "deeper-bert"
+    deeper.mkdir()
+    (deeper / "config.json").write_text(json.dumps(cfg))
+    spec = dataclasses.replace(spec, pairs=(("tiny-bert", str(deeper)),))
+    with pytest.raises(StudyFileError, match=r"num_hidden_layers 2 vs 3"):
+        check_resolved_pairs(spec)

@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Run every unit of a study that is not done yet (resumable; shared stores are fine)."""
-        from peftport.study.executors import make_executor, run_plan
+        from peftport.study.executors import make_executor, prepare, run_plan
         from peftport.study.plan import make_plan
         from peftport.study.store import Store
 
@@ -174,11 +174,12 @@ def register(app: typer.Typer) -> None:
         if address and executor != "ray":
             raise PeftportError("--address is for --executor ray")
         plan = make_plan(spec)
+        prepare(plan, lambda s: typer.echo(s, err=True))  # hosts, shapes, data: before anything
         st = Store(_store_path(store, spec))
-        ex = make_executor(executor, workers, threads, address)
         try:
+            ex = make_executor(executor, workers, threads, address)
             out = run_plan(st, plan, ex, threads=threads, retry_failed=retry_failed,
-                           progress=progress)
+                           progress=progress, check_first=False)
         finally:
             st.close()
         out["store"] = str(st.path)

@@ -210,9 +210,8 @@ class RayExecutor:
         gpus = 1 if resources.get("GPU", 0) >= 1 else 0
         cpus = int(resources.get("CPU", 1))
         self.capacity = workers or max(1, cpus // threads)
-        if gpus:
-            self.capacity = min(self.capacity, int(resources["GPU"])) if not workers else \
-                self.capacity
+        if gpus and not workers:  # a GPU each: no more at a time than there are GPUs
+            self.capacity = min(self.capacity, int(resources["GPU"]))
         self.threads = threads
         self._fn = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(_ray_execute)
 
@@ -386,7 +385,16 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
                         store.fail(u.id, token, "could not load its input: " + format_error(e))
                         counts["failed"] += 1
                         continue
-                    in_flight[executor.submit(payload)] = (u, token)
+                    try:
+                        handle = executor.submit(payload)
+                    except Exception as e:  # noqa: BLE001 - e.g. the payload does not pickle
+                        store.fail(u.id, token, "could not start it: " + format_error(e))
+                        counts["failed"] += 1
+                        continue
+                    except BaseException:  # Ctrl-C while an inline unit runs
+                        store.release(u.id, token, "interrupted", max_attempts=1 << 30)
+                        raise
+                    in_flight[handle] = (u, token)
                     free -= 1
                 note()
             if not in_flight:

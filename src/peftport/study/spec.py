@@ -203,7 +203,7 @@ class _Source:
     def where(self, path: Path_) -> str:
         line = self.line(path)
         at = f", line {line}" if line else ""
-        return f"{self.name}{at}, key {key_name(path)!r}"
+        return f"{self.name}{at}, key {key_name(path)!r}" if path else self.name
 
 
 def _toml_line(text: str, path: Path_) -> int | None:
@@ -397,7 +397,7 @@ def _hosts_ok(name: Any, path: Path_, probs: _Problems, cache: dict, base: Path 
 
 
 def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
-    from peftport.techniques import ORDER, TECHNIQUES, check_supported
+    from peftport.techniques import check_supported
 
     probs = _Problems(src)
     if not isinstance(data, dict):
@@ -429,7 +429,62 @@ def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
     study_pre = _train_section(data.get("pre"), ("pre",), probs)
     study_post = _train_section(data.get("post"), ("post",), probs)
 
-    # techniques
+    techniques, t_paths = _techniques(data, pre_steps, post_steps, study_train, study_pre,
+                                      study_post, probs)
+    host_cache: dict[str, Any] = {}
+    pairs = _pairs(data, src, probs, host_cache)
+    for t in techniques:  # technique x host kind
+        for h in dict.fromkeys(h for p in pairs for h in p):
+            spec = host_cache.get(h)
+            if spec is None or not spec.family:
+                continue
+            try:
+                check_supported(t.name, spec.family)
+            except PeftportError as e:
+                probs.add(t_paths[t.name], f"{e} (host {h!r})")
+    data_combos = _data_combos(data, src, probs)
+
+    max_examples = data.get("max_examples")
+    if max_examples is not None and (not _int(max_examples) or max_examples < 1):
+        probs.add(("max_examples",), f"max_examples must be a whole number >= 1 or null, got "
+                  f"{max_examples!r}")
+
+    raw_c = data.get("conditions", list(CONDITIONS))
+    conditions: list[str] = []
+    if not isinstance(raw_c, list) or not raw_c:
+        probs.add(("conditions",), f"conditions must be a non-empty list of "
+                  f"{', '.join(CONDITIONS)}, got {raw_c!r}")
+        raw_c = []
+    for i, c in enumerate(raw_c):
+        if c not in CONDITIONS:
+            probs.add(("conditions", i), f"unknown condition {c!r}; choose from "
+                      f"{', '.join(CONDITIONS)}")
+        elif c in conditions:
+            probs.add(("conditions", i), f"condition {c!r} is listed twice")
+        else:
+            conditions.append(c)
+    conditions.sort(key=CONDITIONS.index)
+
+    seeds = _int_list(data.get("seeds", [0]), ("seeds",), probs, minimum=0, what="seeds")
+    keep_adapted = data.get("keep_adapted", False)
+    if not isinstance(keep_adapted, bool):
+        probs.add(("keep_adapted",), "keep_adapted must be true or false")
+
+    probs.raise_if_any()
+    notes = tuple(_unchecked_notes(pairs, host_cache))
+    return StudySpec(
+        name=name, description=description.strip(), techniques=tuple(techniques),
+        pairs=tuple(pairs), data=tuple(data_combos), pre_steps=pre_steps, post_steps=post_steps,
+        conditions=tuple(conditions), seeds=seeds, max_examples=max_examples,
+        keep_adapted=keep_adapted, source=src.name, notes=notes,
+    )
+
+
+def _techniques(data: dict, pre_steps: tuple[int, ...], post_steps: tuple[int, ...],
+                study_train: dict, study_pre: dict, study_post: dict, probs: _Problems
+                ) -> tuple[list[TechniqueSetting], dict[str, Path_]]:
+    from peftport.techniques import ORDER, TECHNIQUES
+
     techniques: list[TechniqueSetting] = []
     raw_t = data.get("techniques")
     if isinstance(raw_t, list):
@@ -478,7 +533,8 @@ def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
             try:
                 config = TECHNIQUES.get(tname).make_config(config_raw).as_dict()
             except PeftportError as e:
-                bad = next((k for k in config_raw if repr(k) in str(e) or k in str(e)), None)
+                bad = next((k for k in config_raw
+                            if re.search(rf"\b{re.escape(str(k))}\b", str(e))), None)
                 probs.add(tpath + ("config",) + ((bad,) if bad else ()), str(e))
         t_train = _train_section(settings.get("train"), tpath + ("train",), probs)
         t_pre = _train_section(settings.get("pre"), tpath + ("pre",), probs)
@@ -491,15 +547,19 @@ def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
         techniques.append(TechniqueSetting(tname, config, pre_v, post_v))
     techniques.sort(key=lambda t: ORDER.index(t.name) if t.name in ORDER else len(ORDER))
 
-    # host pairs
-    host_cache: dict[str, Any] = {}
+    return techniques, t_paths
+
+
+def _pairs(data: dict, src: _Source, probs: _Problems, host_cache: dict[str, Any]
+           ) -> list[tuple[str, str]]:
+    """Directed (origin, receiver) pairs; each listed pair checked (ids, families, shapes)."""
     both_default = data.get("both_directions", False)
     if not isinstance(both_default, bool):
         probs.add(("both_directions",), f"both_directions must be true or false, got "
                   f"{both_default!r}")
         both_default = False
     pairs: list[tuple[str, str]] = []
-    pair_paths: dict[tuple[str, str], Path_] = {}
+    listed: set[tuple[str, str]] = set()
     raw_p = data.get("pairs")
     if "pairs" in data and (not isinstance(raw_p, list) or not raw_p):
         probs.add(("pairs",), f"pairs must be a non-empty list of [origin, receiver], got "
@@ -531,26 +591,17 @@ def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
         origin, receiver = o.id, r.id  # local folders: their absolute path
         host_cache.setdefault(origin, o)
         host_cache.setdefault(receiver, r)
+        if (origin, receiver) in listed:
+            probs.add(ppath, f"pair {origin} -> {receiver} is listed twice")
+        listed.add((origin, receiver))
         for d in [(origin, receiver)] + ([(receiver, origin)] if both else []):
-            if d in pair_paths:
-                if d == (origin, receiver) and pair_paths[d] != ppath:
-                    probs.add(ppath, f"pair {origin} -> {receiver} is listed twice")
-                continue
-            pair_paths[d] = ppath
-            pairs.append(d)
+            if d not in pairs:  # a reverse direction may also be listed on its own
+                pairs.append(d)
 
-    # technique x host kind
-    for t in techniques:
-        for h in {h for p in pairs for h in p}:
-            spec = host_cache.get(h)
-            if spec is None or not spec.family:
-                continue
-            try:
-                check_supported(t.name, spec.family)
-            except PeftportError as e:
-                probs.add(t_paths[t.name], f"{e} (host {h!r})")
+    return pairs
 
-    # data combinations
+
+def _data_combos(data: dict, src: _Source, probs: _Problems) -> list[tuple[str, str]]:
     data_combos: list[tuple[str, str]] = []
     raw_d = data.get("data")
     if "data" in data and (not isinstance(raw_d, list) or not raw_d):
@@ -586,40 +637,7 @@ def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
             continue
         data_combos.append(combo)  # type: ignore[arg-type]
 
-    max_examples = data.get("max_examples")
-    if max_examples is not None and (not _int(max_examples) or max_examples < 1):
-        probs.add(("max_examples",), f"max_examples must be a whole number >= 1 or null, got "
-                  f"{max_examples!r}")
-
-    raw_c = data.get("conditions", list(CONDITIONS))
-    conditions: list[str] = []
-    if not isinstance(raw_c, list) or not raw_c:
-        probs.add(("conditions",), f"conditions must be a non-empty list of "
-                  f"{', '.join(CONDITIONS)}, got {raw_c!r}")
-        raw_c = []
-    for i, c in enumerate(raw_c):
-        if c not in CONDITIONS:
-            probs.add(("conditions", i), f"unknown condition {c!r}; choose from "
-                      f"{', '.join(CONDITIONS)}")
-        elif c in conditions:
-            probs.add(("conditions", i), f"condition {c!r} is listed twice")
-        else:
-            conditions.append(c)
-    conditions.sort(key=CONDITIONS.index)
-
-    seeds = _int_list(data.get("seeds", [0]), ("seeds",), probs, minimum=0, what="seeds")
-    keep_adapted = data.get("keep_adapted", False)
-    if not isinstance(keep_adapted, bool):
-        probs.add(("keep_adapted",), "keep_adapted must be true or false")
-
-    probs.raise_if_any()
-    notes = tuple(_unchecked_notes(pairs, host_cache))
-    return StudySpec(
-        name=name, description=description.strip(), techniques=tuple(techniques),
-        pairs=tuple(pairs), data=tuple(data_combos), pre_steps=pre_steps, post_steps=post_steps,
-        conditions=tuple(conditions), seeds=seeds, max_examples=max_examples,
-        keep_adapted=keep_adapted, source=src.name, notes=notes,
-    )
+    return data_combos
 
 
 def _dataset_ok(name: Any, path: Path_, probs: _Problems, cache: dict, base: Path | None
@@ -676,8 +694,13 @@ def cheap_host_config(spec: Any) -> dict[str, Any] | None:
 
     Derived hosts have their parent's shapes, so the parent's config stands in for theirs.
     """
-    from peftport.assets import LocalPath, PackageMember, SourceUnavailable, peftport_home
-    from peftport.assets import HubSnapshot
+    from peftport.assets import (
+        HubSnapshot,
+        LocalPath,
+        PackageMember,
+        SourceUnavailable,
+        peftport_home,
+    )
     from peftport.hosts.spec import Built
 
     for src in spec.sources:

@@ -1,0 +1,152 @@
+"""The report: the paper's figures and tables from a study store, with the statistics it lacked.
+
+    build_report("peftport-quick.sqlite", "report/")  ->  ReportPaths
+
+reads the store only (never trains) and writes
+
+    report/index.html      one self-contained page (figures embedded, no script, no network)
+    report/report.md       the same in Markdown (figures linked from figures/)
+    report/report.json     what the report was made from: store, studies, git, versions, time
+    report/figures/*.png, *.svg
+    report/tables/*.csv    every aggregated number, and every result they come from
+
+Layers: `load` (the store, read-only, validated), `aggregate` (pure: observations -> tables,
+figure specs; statistics from `peftport.stats`), `figures` (matplotlib), `render` (HTML,
+Markdown, CSV). docs/report.md defines every number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peftport.errors import PeftportError
+
+__all__ = ["ReportPaths", "build_report"]
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    out_dir: Path
+    html: Path
+    markdown: Path
+    json: Path
+    csv: dict[str, Path] = field(default_factory=dict)  # table name -> file
+    figures: list[tuple[Path, Path]] = field(default_factory=list)  # (png, svg)
+    complete: bool = True  # every planned result was in the store
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file beside `path`, then rename over it (readers never see half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _previous_files(out: Path) -> set[str]:
+    try:
+        return set(json.loads((out / "report.json").read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def build_report(
+    store_path: str | Path,
+    out_dir: str | Path,
+    *,
+    metric: str = "accuracy",
+    study: str | None = None,
+) -> ReportPaths:
+    """Read the store at `store_path` and write the report into `out_dir` (created; files of an
+    earlier report there are replaced, and its figures that no longer exist removed).
+
+    `metric`: accuracy (the paper's), macro_f1 or auc. `study`: a study name or id to report on
+    (default: every study in the store). Raises PeftportError for a path that is not a peftport
+    study store (missing, empty, not SQLite, another SQLite database).
+    """
+    from peftport import __version__
+    from peftport.report import figures as figmod
+    from peftport.report.aggregate import aggregate
+    from peftport.report.load import load_store
+    from peftport.report.render import (
+        RenderedFigure,
+        render_csv,
+        render_html,
+        render_markdown,
+    )
+
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise PeftportError(f"--out {out} is a file; give a folder for the report")
+    data = load_store(store_path, metric=metric, study=study)
+    agg = aggregate(data)
+    generated_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def rendered(spec) -> RenderedFigure:
+        png, svg, notes = figmod.render(spec, metric)
+        return RenderedFigure(spec.stem, spec.title, spec.caption, png, svg, notes, spec.technique)
+
+    figs = [rendered(s) for s in agg.figures]
+    overview = rendered(agg.overview) if agg.overview is not None else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    fig_paths = []
+    for f in ([overview] if overview else []) + figs:
+        png, svg = out / "figures" / f"{f.stem}.png", out / "figures" / f"{f.stem}.svg"
+        _write(png, f.png)
+        _write(svg, f.svg)
+        fig_paths.append((png, svg))
+        written += [png, svg]
+    csvs = {}
+    for name, table in agg.tables.items():
+        p = out / "tables" / f"{name}.csv"
+        _write(p, render_csv(table))
+        csvs[name] = p
+        written.append(p)
+    html_path, md_path, json_path = out / "index.html", out / "report.md", out / "report.json"
+    _write(md_path, render_markdown(data, agg, figs, overview, generated_at, __version__))
+    _write(html_path, render_html(data, agg, figs, overview, generated_at, __version__))
+    written += [html_path, md_path]
+    files = sorted(str(p.relative_to(out)) for p in written + [json_path])
+    for stale in _previous_files(out) - set(files):  # an earlier report's figures, gone now
+        target = out / stale
+        if target.is_file() and target.resolve().is_relative_to(out.resolve()):
+            target.unlink()
+    meta = {
+        "peftport_version": __version__,
+        "generated_at": generated_at,
+        "store": str(data.path),
+        "store_created_at": data.created_at,
+        "read_at": data.read_at,
+        "metric": metric,
+        "studies": [{k: v for k, v in s.items() if k != "spec"} for s in data.studies],
+        "unit_status": data.unit_status,
+        "complete": agg.complete,
+        "missing_results": sum(1 for o in data.observations if o.value is None),
+        "results": len(data.observations),
+        "provenance": data.provenance,
+        "files": files,
+    }
+    _write(json_path, json.dumps(meta, indent=2) + "\n")  # last: its presence means done
+    return ReportPaths(
+        out_dir=out,
+        html=html_path,
+        markdown=md_path,
+        json=json_path,
+        csv=csvs,
+        figures=fig_paths,
+        complete=agg.complete,
+    )

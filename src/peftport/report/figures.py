@@ -1,0 +1,165 @@
+"""The paper's figures: bars of ported / sampled / random per post-porting step count.
+
+matplotlib's object API (no pyplot, no global backend switch): a `Figure` saved as PNG (Agg)
+and SVG, with the SVG's date left out and its ids salted, so the same store gives the same
+files. A missing result draws no bar: the bar's place says "missing" and why, and a partial mean
+(some seeds missing) is marked with how many results it has.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import Counter
+
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from peftport.report.aggregate import FigureSpec, Panel
+
+COLORS = {"ported": "#0072B2", "sampled": "#E69F00", "random": "#8C8C8C"}  # Okabe-Ito, grey
+HATCH = {"ported": "", "sampled": "//", "random": ".."}
+DPI = 120
+RC = {
+    "svg.hashsalt": "peftport-report",  # stable ids in the SVG
+    "font.family": "DejaVu Sans",  # shipped with matplotlib: the same glyphs everywhere
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "hatch.linewidth": 0.6,
+}
+
+
+def _step_label(step: int) -> str:
+    return "0\n(zero-shot)" if step == 0 else str(step)
+
+
+def _draw_panel(
+    ax, panel: Panel, metric: str, show_ylabel: bool, tally: dict[str, Counter]
+) -> None:
+    """Bars with 95% intervals; counts the bars it cannot draw, or draws from fewer results than
+    planned, in `tally` (bars, and results by reason)."""
+    conds = list(panel.bars)
+    width = 0.8 / max(1, len(conds))
+    for j, c in enumerate(conds):
+        for i, st in enumerate(panel.bars[c]):
+            x = i + (j - (len(conds) - 1) / 2) * width
+            if st.expected == 0:
+                continue  # not part of the study
+            if st.mean is None:
+                why = st.missing_text() or "no result"
+                ax.text(
+                    x,
+                    0.02,
+                    f"missing ({why})",
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=6.5,
+                    color="#B00020",
+                )
+                tally["bars"]["missing"] += 1
+                tally["missing"].update(dict(st.missing))
+                continue
+            ax.bar(
+                x,
+                st.mean,
+                width * 0.92,
+                color=COLORS.get(c, "#444444"),
+                hatch=HATCH.get(c, ""),
+                edgecolor="white",
+                linewidth=0.4,
+                zorder=2,
+            )
+            if st.low is not None and st.high is not None:
+                ax.errorbar(
+                    x,
+                    st.mean,
+                    yerr=[[st.mean - st.low], [st.high - st.mean]],
+                    fmt="none",
+                    ecolor="#222222",
+                    elinewidth=0.9,
+                    capsize=2.5,
+                    zorder=3,
+                )
+            if not st.complete:
+                top = st.high if st.high is not None else st.mean
+                ax.text(
+                    x,
+                    min(top + 0.02, 1.0),
+                    f"{st.n}/{st.expected}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=6.5,
+                    color="#B00020",
+                )
+                tally["bars"]["partial"] += 1
+                tally["partial"].update(dict(st.missing))
+    if panel.origin is not None and panel.origin.mean is not None:
+        ax.axhline(panel.origin.mean, color="#222222", linestyle="--", linewidth=1.0, zorder=1)
+    ax.set_xticks(range(len(panel.steps)), [_step_label(s) for s in panel.steps])
+    ax.set_xlim(-0.6, len(panel.steps) - 0.4)
+    # the metric's range; a t interval that passes it (few seeds) is cut at the edge
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xlabel("post-porting steps")
+    if show_ylabel:
+        ax.set_ylabel(f"{metric} (mean, 95% CI)")
+    ax.set_title(panel.title, fontsize=9)
+    ax.grid(axis="y", color="#E5E5E5", linewidth=0.6, zorder=0)
+
+
+def _reasons(c: Counter) -> str:
+    return ", ".join(f"{v} {k}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _notes(tally: dict[str, Counter]) -> list[str]:
+    out = []
+    if tally["bars"]["missing"]:
+        out.append(
+            f"{tally['bars']['missing']} bar(s) not drawn: none of their results is there "
+            f"({_reasons(tally['missing'])} results)"
+        )
+    if tally["bars"]["partial"]:
+        out.append(
+            f"{tally['bars']['partial']} bar(s), marked n/N, average fewer results than planned "
+            f"({_reasons(tally['partial'])} results)"
+        )
+    return out
+
+
+def draw(spec: FigureSpec, metric: str) -> tuple[Figure, list[str]]:
+    """The figure, and notes on what it could not show (missing results)."""
+    n = len(spec.panels)
+    ncols = min(n, 4)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(1.0 + 3.6 * ncols, 0.9 + 3.2 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    tally: dict[str, Counter] = {"bars": Counter(), "missing": Counter(), "partial": Counter()}
+    for k, panel in enumerate(spec.panels):
+        _draw_panel(axes[k // ncols][k % ncols], panel, metric, k % ncols == 0, tally)
+    for k in range(n, nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    conds = list(spec.panels[0].bars) if spec.panels else []
+    handles = [
+        Patch(
+            facecolor=COLORS.get(c, "#444444"), hatch=HATCH.get(c, ""), edgecolor="white", label=c
+        )
+        for c in conds
+    ]
+    if any(p.origin is not None and p.origin.mean is not None for p in spec.panels):
+        handles.append(Line2D([], [], color="#222222", linestyle="--", label="origin (own host)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    fig.suptitle(spec.title, fontsize=10.5)
+    return fig, _notes(tally)
+
+
+def render(spec: FigureSpec, metric: str) -> tuple[bytes, bytes, list[str]]:
+    """PNG bytes, SVG bytes and the notes on missing results of one figure."""
+    with rc_context(RC):
+        fig, notes = draw(spec, metric)
+        png, svg = io.BytesIO(), io.BytesIO()
+        fig.savefig(png, format="png", dpi=DPI, metadata={"Software": None})
+        fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
+    return png.getvalue(), svg.getvalue(), notes
