@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from peftport.errors import PeftportError
+from peftport.study.store import SCHEMA_VERSION  # the store schema this report reads
 
-SCHEMA_VERSION = 1  # the store schema this report reads (peftport.study.store.SCHEMA_VERSION)
 METRICS = ("accuracy", "macro_f1", "auc")  # the metrics a report can be made of
 REQUIRED_TABLES = ("meta", "studies", "units", "cells", "metrics")
 SQLITE_MAGIC = b"SQLite format 3\x00"
