@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from peftport import stats
-from peftport.report.load import Observation, StoreData
+from peftport.report.load import CELL_KEY, Observation, StoreData
 
 CONDITIONS = ("ported", "sampled", "random")
 CONTROLS = ("sampled", "random")
@@ -936,15 +936,7 @@ def ranking_table(axes: Axes, obs: list[Observation]) -> Table:
 # --- results and missing -------------------------------------------------------------------------
 
 OBS_COLS = [
-    "technique",
-    "origin",
-    "receiver",
-    "pre_data",
-    "post_data",
-    "seed",
-    "condition",
-    "pre_steps",
-    "post_steps",
+    *CELL_KEY,  # the columns that name one result, as the store's `cells` table has them
     "value",
     "majority_share",
     "status",
