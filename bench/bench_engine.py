@@ -43,9 +43,23 @@ def peak_flops() -> tuple[float, str]:
 
 
 def model_flops(n_params: int, tokens: int) -> float:
-    """FLOPs of one PEFT training step: forward 2*N*T plus backward through the activations
-    (2*N*T; the frozen weights get no gradient), attention scores ignored (short sequences)."""
+    """FLOPs of PEFT training over `tokens` tokens: forward 2*N*T plus backward through the
+    activations (2*N*T; the frozen weights get no gradient), N the parameters that multiply
+    (embedding tables are looked up, not multiplied), attention scores ignored (short rows)."""
     return 4.0 * n_params * tokens
+
+
+def matmul_parameters(model) -> int:
+    """Parameters that take part in matrix products: all but the embedding tables."""
+    import torch
+
+    embedded = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, torch.nn.Embedding)
+        for p in m.parameters(recurse=False)
+    }
+    return sum(p.numel() for p in model.parameters() if id(p) not in embedded)
 
 
 def _quality(technique: str, steps: int, q) -> None:
@@ -113,7 +127,7 @@ def _speed_ours(steps: int, bf16: bool, q) -> None:
 
     tasks._pad = counting_pad
     res = train(h.model, h.kind, tr, None, cfg, progress=False)
-    n = sum(p.numel() for p in h.model.parameters())
+    n = matmul_parameters(h.model)
     q.put(
         dict(
             eps=res.examples_per_second,
@@ -171,7 +185,7 @@ def _speed_trainer(steps: int, q) -> None:
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
-    n = sum(p.numel() for p in h.model.parameters())
+    n = matmul_parameters(h.model)
     q.put(
         dict(
             eps=steps * 16 / seconds,
