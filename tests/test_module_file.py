@@ -85,6 +85,14 @@ def test_round_trip(tmp_path):
     assert load_module(path / TENSOR_FILE)[1] == m == read_meta(path / META_FILE)
 
 
+def test_the_same_module_always_gets_the_same_hash(tmp_path):
+    # the store and users compare modules by sha256: identical tensors, identical file bytes
+    # (safetensors writes a metadata map in hash order; with several keys the order varied)
+    digests = {read_meta(save_module(tmp_path / f"m{i}", tensors(), meta()))["sha256"]
+               for i in range(8)}
+    assert len(digests) == 1
+
+
 def test_real_module_round_trip_loads_strictly(tmp_path):
     host = load("t5")
     att = attach(host.model, "t5", "compacter", {"reduction_factor": 4}, seed=0)

@@ -191,8 +191,9 @@ def save_module(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: 
     try:
         flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in sorted(tensors.items())}
         tensor_path = stage / TENSOR_FILE
-        save_file(flat, str(tensor_path), metadata={"format": FORMAT,
-                                                    "schema_version": str(SCHEMA_VERSION)})
+        # ONE metadata key: safetensors writes its metadata map in hash order, so with two keys
+        # identical modules could get different bytes, and so different sha256s
+        save_file(flat, str(tensor_path), metadata={"format": f"{FORMAT}/{SCHEMA_VERSION}"})
         meta.update(
             schema_version=SCHEMA_VERSION, format=FORMAT, tensor_file=TENSOR_FILE,
             sha256=_sha256(tensor_path), num_tensors=len(flat),
