@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import uuid
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -18,7 +22,7 @@ def _sources(spec) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    hosts = typer.Typer(help="Pretrained hosts: list, show, derive.", no_args_is_help=True)
+    hosts = typer.Typer(help="Pretrained hosts: list, show, derive, compare.", no_args_is_help=True)
     app.add_typer(hosts, name="hosts")
 
     @hosts.command("list")
@@ -161,6 +165,115 @@ def register(app: typer.Typer) -> None:
         console.print(f"host [bold]{name}[/bold] ready at {target}")
         if drift:
             _print_drift(drift["drift"])
+
+    @hosts.command("compare")
+    def compare(
+        origin: str = typer.Argument(..., help="Origin host: id, local folder or hub id."),
+        receiver: str = typer.Argument(..., help="Receiving host (same family)."),
+        texts: int = typer.Option(256, "--texts", help="Texts sampled from the corpus."),
+        corpus: str = typer.Option("rt_plots", "--corpus", help="Unlabelled text corpus."),
+        max_length: int = typer.Option(64, "--max-length", help="Maximum tokens per text."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the text sample."),
+        plot: Path | None = typer.Option(
+            None, "--plot", help="Also write a PNG: CKA heatmap and weight-distance bars."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    ) -> None:
+        """Compare two hosts layer by layer: weight distance where shapes match, linear CKA of
+        hidden states on a text sample, and the layer maps for porting between them."""
+        from peftport.hostcompare import compare_hosts, render_comparison_png
+
+        if plot is not None and plot.suffix.lower() != ".png":
+            raise PeftportError(f"--plot {plot}: the figure is a PNG; name it *.png")
+        c = compare_hosts(
+            origin,
+            receiver,
+            corpus=corpus,
+            texts=texts,
+            max_length=max_length,
+            seed=seed,
+            progress=True,
+        )
+        if plot is not None:
+            _write_atomic(plot, render_comparison_png(c))
+        if as_json:
+            typer.echo(json.dumps(c.to_dict(), indent=2))
+            if plot is not None:
+                typer.echo(f"wrote {plot}", err=True)  # stdout stays pure JSON
+            return
+        _print_comparison(c)
+        if plot is not None:
+            console.print(f"wrote {plot}")
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return f"{v:.{digits}f}" if math.isfinite(v) else "n/a"
+
+
+def _print_comparison(c) -> None:
+    from peftport.hostcompare import LAYER_MAP_STRATEGIES, ordered_groups
+
+    console.print(
+        f"[bold]{c.origin}[/bold] ({c.origin_layers} layers) -> [bold]{c.receiver}[/bold] "
+        f"({c.receiver_layers} layers), stack {c.stack}; {c.texts} texts of {c.corpus}, "
+        f"max length {c.max_length}, seed {c.seed}, features: {c.features}"
+    )
+    table = Table(title="weight distance (where shapes match)")
+    table.add_column("part")
+    table.add_column("distance", justify="right")
+    for group in ordered_groups(c.weight_distance):
+        table.add_row(group, _fmt(c.weight_distance[group], 4))
+    if not c.weight_distance:
+        table.add_row("(none)", "no tensor has the same name and shape on both")
+    table.caption = (
+        f"||receiver - origin|| / ||origin||; {c.weight_compared} tensors compared, "
+        f"{c.weight_skipped} skipped (shape differs or only in one host)"
+    )
+    console.print(table)
+
+    cka = Table(title="linear CKA (rows: origin layer, columns: receiver layer)")
+    cka.add_column("origin \\ receiver")
+    for col in ["emb"] + [str(j) for j in range(c.receiver_layers)]:
+        cka.add_column(col, justify="right")
+    nan = [math.nan]
+    for i, name in enumerate(["emb"] + [str(k) for k in range(c.origin_layers)]):
+        if c.cka_full:
+            row = list(c.cka_full[i])
+        elif i == 0:  # a comparison without its borders (older JSON): the corner alone
+            row = [c.embedding_cka] + nan * c.receiver_layers
+        else:
+            row = nan + list(c.cka[i - 1])
+        cka.add_row(name, *(_fmt(v) for v in row))
+    console.print(cka)
+
+    maps = Table(title="layer maps (receiver <- origin)")
+    maps.add_column("strategy")
+    maps.add_column("map")
+    maps.add_column("distance", justify="right")
+    for strategy in LAYER_MAP_STRATEGIES:
+        try:
+            m = c.layer_map(strategy)
+        except PeftportError:
+            continue  # identity / first_k do not fit these depths
+        maps.add_row(strategy, " ".join(f"{j}<-{o}" for j, o in enumerate(m)), _fmt(c.distance(m)))
+    maps.caption = "distance: 1 - mean CKA of the pairs"
+    console.print(maps)
+    console.print(
+        f"summary distance (stride map): [bold]{_fmt(c.distance())}[/bold]; "
+        f"embedding CKA {_fmt(c.embedding_cka)}"
+    )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write beside `path` under a temporary name, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _print_drift(drift: dict[str, float]) -> None:
