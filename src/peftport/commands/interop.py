@@ -1,0 +1,120 @@
+"""`peftport export` and `peftport import`: modules to and from Hugging Face PEFT adapter folders
+and AdapterHub adapter folders (see docs/interop.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+FORMAT_HELP = (
+    "peft: a Hugging Face PEFT adapter folder (lora, ia3, prefix); adapterhub: an AdapterHub "
+    "adapter folder (every technique)."
+)
+
+
+def _files_table(title: str, files: dict[str, int]) -> Table:
+    table = Table(title=title)
+    table.add_column("file")
+    table.add_column("bytes", justify="right")
+    for name, size in files.items():
+        table.add_row(name, f"{size:,}")
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def export_cmd(
+        module: Path = typer.Argument(..., help="A saved module folder."),
+        fmt: str = typer.Option(..., "--format", help=FORMAT_HELP),
+        out: Path = typer.Option(..., "--out", help="Folder to write."),
+        host: str = typer.Option(
+            "",
+            "--host",
+            help="Check the module against this host first (default: the "
+            "module's own host; prefix exports always load it).",
+        ),
+        force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Export a module as a PEFT or AdapterHub folder that loads with the same outputs."""
+        from peftport.interop import export_module, folder_summary
+
+        path = export_module(module, out, fmt, host=host or None, overwrite=force)
+        summary = {"format": fmt, **folder_summary(path)}
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2))
+            return
+        Console().print(
+            _files_table(
+                f"{module} -> {fmt} ({summary['type']}, {summary['tensors']} tensors)",
+                summary["files"],
+            )
+        )
+        how = (
+            "peft.PeftModel.from_pretrained(base_model, FOLDER)"
+            if fmt == "peft"
+            else "model.load_adapter(FOLDER, use_safetensors=True)"
+        )
+        typer.echo(f"written to {path}; load it with {how}")
+
+    @app.command("import")
+    def import_cmd(
+        folder: Path = typer.Argument(..., help="A PEFT or AdapterHub adapter folder."),
+        fmt: str = typer.Option(..., "--format", help=FORMAT_HELP),
+        host: str = typer.Option(..., "--host", help="The host the module is for."),
+        data: str = typer.Option(
+            ...,
+            "--data",
+            help="Data set id or CSV/JSONL file: gives the task name and the "
+            "label words (and so the head's number of labels).",
+        ),
+        out: Path = typer.Option(..., "--out", help="Module folder to write."),
+        any_base: bool = typer.Option(
+            False,
+            "--any-base",
+            help="PEFT: accept a base_model_name_or_path that names "
+            "another model (tensor shapes are still checked).",
+        ),
+        force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Import a PEFT or AdapterHub folder as a peftport module for a host."""
+        from peftport.data import get_dataset
+        from peftport.interop import import_module
+        from peftport.module import read_meta
+
+        spec = get_dataset(data)
+        path = import_module(
+            folder,
+            fmt,
+            host=host,
+            out_dir=out,
+            task=spec.id,
+            label_words=spec.label_words,
+            any_base=any_base,
+            overwrite=force,
+        )
+        meta = read_meta(path)
+        summary = {
+            "module": str(path),
+            "technique": meta["technique"],
+            "config": meta["config"],
+            "host": meta["origin_host"],
+            "task": meta["task"],
+            "tensors": meta["num_tensors"],
+            "parameters": meta["num_parameters"],
+        }
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2))
+            return
+        table = Table(title=f"{folder} ({fmt}) -> {path}")
+        table.add_column("field")
+        table.add_column("value")
+        for key, value in summary.items():
+            shown = json.dumps(value) if isinstance(value, dict) else str(value)
+            table.add_row(key, shown)
+        Console().print(table)
