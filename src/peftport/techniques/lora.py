@@ -24,8 +24,12 @@ class LoraConfig(TechniqueConfig):
     alpha: int = doc(16, "scaling numerator: the update is multiplied by alpha / r")
     targets: tuple[str, ...] = doc(("q", "v"), "attention matrices to adapt (of q, k, v)")
     dropout: float = doc(0.0, "dropout on the LoRA input")
-    intermediate: bool = doc(False, "also adapt the feed-forward up-projection")
-    output: bool = doc(False, "also adapt the feed-forward down-projection")
+    intermediate: bool = doc(
+        False,
+        "also adapt the feed-forward up-projection (on Llama, adapters 1.3.0 "
+        "puts this one on down_proj)",
+    )
+    output: bool = doc(False, "also adapt the feed-forward down-projection (on Llama: up_proj)")
 
     def validate(self) -> None:
         if self.r < 1:
@@ -34,11 +38,14 @@ class LoraConfig(TechniqueConfig):
             raise PeftportError(f"lora config: alpha must be positive, got {self.alpha}")
         bad = [t for t in self.targets if t not in ATTENTION_MATRICES]
         if bad or len(set(self.targets)) != len(self.targets):
-            raise PeftportError(f"lora config: targets must be distinct names among "
-                                f"{list(ATTENTION_MATRICES)}, got {list(self.targets)}")
+            raise PeftportError(
+                f"lora config: targets must be distinct names among "
+                f"{list(ATTENTION_MATRICES)}, got {list(self.targets)}"
+            )
         if not (self.targets or self.intermediate or self.output):
-            raise PeftportError("lora config: nothing to adapt (no targets, intermediate "
-                                "and output both off)")
+            raise PeftportError(
+                "lora config: nothing to adapt (no targets, intermediate and output both off)"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise PeftportError(f"lora config: dropout must be in [0, 1), got {self.dropout}")
 
@@ -46,14 +53,19 @@ class LoraConfig(TechniqueConfig):
         import adapters
 
         return adapters.LoRAConfig(
-            selfattn_lora=bool(self.targets), attn_matrices=list(self.targets) or ["q"],
-            intermediate_lora=self.intermediate, output_lora=self.output,
-            r=self.r, alpha=self.alpha, dropout=self.dropout,
+            selfattn_lora=bool(self.targets),
+            attn_matrices=list(self.targets) or ["q"],
+            intermediate_lora=self.intermediate,
+            output_lora=self.output,
+            r=self.r,
+            alpha=self.alpha,
+            dropout=self.dropout,
         )
 
 
 TECHNIQUE = Technique(
-    name="lora", config_cls=LoraConfig,
+    name="lora",
+    config_cls=LoraConfig,
     summary="low-rank update of the attention query and value matrices",
     reference="Hu et al. 2021 (arXiv 2106.09685)",
 )
