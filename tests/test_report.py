@@ -320,7 +320,9 @@ def test_html_is_self_contained(report):
     assert imgs and all(s.startswith("data:image/png;base64,") for s in imgs)
     for href in re.findall(r'href="([^"#][^"]*)"', html):  # links: the report's own files
         assert (report.out_dir / href).is_file(), href
-    assert len(imgs) == len(report.figures) == 1 + 2 * 2  # overview + technique x direction
+    # overview + technique x direction + retention against host distance (the run records the
+    # study's host pairs)
+    assert len(imgs) == len(report.figures) == 1 + 2 * 2 + 1
 
 
 def test_report_is_deterministic_and_never_writes_the_store(study, report, tmp_path):

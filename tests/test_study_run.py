@@ -41,7 +41,10 @@ def study_text(data, *, seeds="[0]", techniques=None, pre="[4, 8]", post="[3, 6]
     techniques = techniques or "{lora: {config: {r: 2}}, adapter: {config: {reduction_factor: 4}}}"
     return (f"name: tiny\ntechniques: {techniques}\npairs: [[tiny-bert, tiny-bert]]\n"
             f"data: [[{data}, {data}]]\npre_steps: {pre}\npost_steps: {post}\nseeds: {seeds}\n"
-            "train: {lr: 1.0e-2, batch_size: 8, max_length: 32, max_eval_examples: 40}\n")
+            "train: {lr: 1.0e-2, batch_size: 8, max_length: 32, max_eval_examples: 40}\n"
+            # host comparisons stay on (the default path) but small: a tiny host is compared in
+            # a fraction of a second on 16 texts, against seconds on the default 256
+            "compare: {texts: 16, max_length: 16}\n")
 
 
 @pytest.fixture
@@ -106,6 +109,13 @@ def test_run_records_results_provenance_and_artifacts(tmp_path, toy):
         assert len(json.loads(row["result"])["losses"]) == u.steps
     results = [dict(r) for r in con.execute("SELECT * FROM results")]
     assert len(results) == len(plan.cells) and all(r["accuracy"] is not None for r in results)
+    # the pair, its (identity) layer map and its host comparison, for the report
+    (pair,) = con.execute("SELECT * FROM host_pairs").fetchall()
+    assert (pair["study_id"], pair["origin"], pair["receiver"], pair["strategy"],
+            pair["layer_map"]) == (plan.spec.id, "tiny-bert", "tiny-bert", "identity", "[0, 1]")
+    comp = con.execute("SELECT * FROM comparisons WHERE key = ?",
+                       (pair["comparison_key"],)).fetchone()
+    assert json.loads(comp["comparison"])["cka"][0][0] == pytest.approx(1.0)  # a host is itself
     # the snapshots are on disk, content-addressed, and load as modules
     arts = con.execute("SELECT * FROM artifacts").fetchall()
     assert len(arts) == 2 * 2  # two techniques x two pre-porting step counts

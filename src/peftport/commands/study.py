@@ -14,7 +14,8 @@ from peftport.errors import PeftportError
 
 FILE_ARG = typer.Argument(None, help="Study file (.yaml or .toml). Default: the quick preset.",
                           show_default=False)
-PRESET_OPT = typer.Option(None, "--preset", help="A study shipped with peftport: quick or paper.")
+PRESET_OPT = typer.Option(None, "--preset", help="A study shipped with peftport: quick, paper, "
+                          "crossdepth or drift (`peftport study presets`).")
 STORE_OPT = typer.Option(None, "--store", help="Study store (SQLite file). Default: "
                          "peftport-<study name>.sqlite in the current folder.")
 
@@ -247,10 +248,12 @@ def register(app: typer.Typer) -> None:
         if name:
             typer.echo(preset_text(name)[0], nl=False)
             return
-        for n in preset_names():
+        names = preset_names()
+        width = max(len(n) for n in names)
+        for n in names:
             spec = load_preset(n)
             first = spec.description.splitlines()[0] if spec.description else ""
-            typer.echo(f"{n:<8} {first}")
+            typer.echo(f"{n:<{width}} {first}")
 
 
 COLUMNS = ("study_id", "technique", "origin", "receiver", "pre_data", "post_data", "seed",

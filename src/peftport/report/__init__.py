@@ -10,9 +10,12 @@ reads the store only (never trains) and writes
     report/figures/*.png, *.svg
     report/tables/*.csv    every aggregated number, and every result they come from
 
-Layers: `load` (the store, read-only, validated), `aggregate` (pure: observations -> tables,
-figure specs; statistics from `peftport.stats`), `figures` (matplotlib), `render` (HTML,
-Markdown, CSV). docs/report.md defines every number.
+with, when the store records host pairs and their comparisons, zero-shot retention against host
+distance (`distance`: how portability falls as hosts drift apart).
+
+Layers: `load` (the store, read-only, validated), `aggregate` and `distance` (pure:
+observations -> tables, figure specs; statistics from `peftport.stats`), `figures` (matplotlib),
+`render` (HTML, Markdown, CSV). docs/report.md defines every number.
 """
 
 from __future__ import annotations
@@ -23,8 +26,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from peftport.errors import PeftportError
+
+if TYPE_CHECKING:
+    from peftport.report.distance import DistanceSection
 
 __all__ = ["ReportPaths", "build_report"]
 
@@ -60,6 +67,36 @@ def _previous_files(out: Path) -> set[str]:
         return set(json.loads((out / "report.json").read_text())["files"])
     except (OSError, ValueError, KeyError, TypeError):
         return set()
+
+
+def _distance_summary(distance: DistanceSection | None) -> dict[str, Any]:
+    """For report.json: the host pairs the distance section used, or why it was left out."""
+    if distance is None or distance.omitted:
+        return {"omitted": distance.omitted if distance else "not computed"}
+    return {
+        "studies": [
+            {
+                "id": st.study_id,
+                "name": st.name,
+                "pairs": [
+                    {
+                        "origin": p.origin,
+                        "receiver": p.receiver,
+                        "strategy": p.strategy,
+                        "comparison_key": p.comparison_key,
+                        "cka_distance": p.cka_distance,
+                        "cka_note": p.cka_note,
+                        "weight_distance": p.weight_distance,
+                        "weight_note": p.weight_note,
+                    }
+                    for p in st.pairs
+                ],
+                "notes": st.notes,
+            }
+            for st in distance.studies
+        ],
+        "skipped": distance.skipped,
+    }
 
 
 def build_report(
@@ -100,11 +137,15 @@ def build_report(
 
     figs = [rendered(s) for s in agg.figures]
     overview = rendered(agg.overview) if agg.overview is not None else None
+    distance = agg.distance
+    distance_figs = [
+        rendered(s) for st in (distance.studies if distance else []) for s in st.figures
+    ]
 
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     fig_paths = []
-    for f in ([overview] if overview else []) + figs:
+    for f in ([overview] if overview else []) + figs + distance_figs:
         png, svg = out / "figures" / f"{f.stem}.png", out / "figures" / f"{f.stem}.svg"
         _write(png, f.png)
         _write(svg, f.svg)
@@ -117,8 +158,13 @@ def build_report(
         csvs[name] = p
         written.append(p)
     html_path, md_path, json_path = out / "index.html", out / "report.md", out / "report.json"
-    _write(md_path, render_markdown(data, agg, figs, overview, generated_at, __version__))
-    _write(html_path, render_html(data, agg, figs, overview, generated_at, __version__))
+    _write(
+        md_path,
+        render_markdown(data, agg, figs, overview, generated_at, __version__, distance_figs),
+    )
+    _write(
+        html_path, render_html(data, agg, figs, overview, generated_at, __version__, distance_figs)
+    )
     written += [html_path, md_path]
     files = sorted(str(p.relative_to(out)) for p in written + [json_path])
     for stale in _previous_files(out) - set(files):  # an earlier report's figures, gone now
@@ -138,6 +184,7 @@ def build_report(
         "missing_results": sum(1 for o in data.observations if o.value is None),
         "results": len(data.observations),
         "provenance": data.provenance,
+        "host_distance": _distance_summary(distance),
         "files": files,
     }
     _write(json_path, json.dumps(meta, indent=2) + "\n")  # last: its presence means done

@@ -97,12 +97,16 @@ def _num(x: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _reasons(obs: Iterable[Observation]) -> tuple[tuple[str, int], ...]:
-    c = Counter(o.missing for o in obs if o.missing is not None)
+def ordered_reasons(c: Counter) -> tuple[tuple[str, int], ...]:
+    """(reason, count) in a fixed order: the unit states first, then any other reason."""
     order = ("failed", "running", "pending", "no metric")
     return tuple(
         (k, c[k]) for k in sorted(c, key=lambda k: (order.index(k) if k in order else 9, k))
     )
+
+
+def _reasons(obs: Iterable[Observation]) -> tuple[tuple[str, int], ...]:
+    return ordered_reasons(Counter(o.missing for o in obs if o.missing is not None))
 
 
 def summarize(obs: Iterable[Observation]) -> Stat:
@@ -240,6 +244,8 @@ class Aggregates:
     overview: FigureSpec | None
     glance: list[dict[str, Any]]  # one line per technique for the page's summary
     complete: bool
+    # zero-shot retention against host distance (report.distance.DistanceSection), or None
+    distance: Any = None
 
 
 def _setting(o: Observation) -> tuple:
@@ -1038,6 +1044,11 @@ def aggregate(data: StoreData) -> Aggregates:
             missing,
         )
     }
+    # imported here: distance builds on this module's Stat, Table and summarize
+    from peftport.report.distance import distance_section
+
+    distance = distance_section(data, axes)
+    tables.update((t.name, t) for t in distance.tables)
     return Aggregates(
         axes=axes,
         metric=data.metric,
@@ -1046,4 +1057,5 @@ def aggregate(data: StoreData) -> Aggregates:
         overview=overview_figure(axes, obs, data.metric),
         glance=glance(axes, tables),
         complete=all(o.value is not None for o in obs),
+        distance=distance,
     )

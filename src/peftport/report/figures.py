@@ -1,4 +1,5 @@
-"""The paper's figures: bars of ported / sampled / random per post-porting step count.
+"""The paper's figures: bars of ported / sampled / random per post-porting step count; and
+zero-shot retention against host distance (points with intervals, one line per technique).
 
 matplotlib's object API (no pyplot, no global backend switch): a `Figure` saved as PNG (Agg)
 and SVG, with the SVG's date left out and its ids salted, so the same store gives the same
@@ -18,9 +19,14 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from peftport.report.aggregate import FigureSpec, Panel
+from peftport.report.distance import DistanceFigureSpec, DistancePanel
 
 COLORS = {"ported": "#0072B2", "sampled": "#E69F00", "random": "#8C8C8C"}  # Okabe-Ito, grey
 HATCH = {"ported": "", "sampled": "//", "random": ".."}
+# one colour and marker per technique, in the study's order (Okabe-Ito, then greys)
+SERIES_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+DODGE = 0.012  # sideways offset between techniques, as a share of the x range
 DPI = 120
 RC = {
     "svg.hashsalt": "peftport-report",  # stable ids in the SVG
@@ -155,10 +161,141 @@ def draw(spec: FigureSpec, metric: str) -> tuple[Figure, list[str]]:
     return fig, _notes(tally)
 
 
-def render(spec: FigureSpec, metric: str) -> tuple[bytes, bytes, list[str]]:
+def _draw_distance_panel(
+    ax, panel: DistancePanel, techniques: list[str], show_ylabel: bool, tally: Counter
+) -> tuple[float, float]:
+    """Retention against CKA distance, one line per technique; returns the y range of the
+    means (the axes are set from all panels' means, so intervals of few seeds are cut)."""
+    xs = [x for x, _ in panel.pairs]
+    span = (max(xs) - min(xs)) or max(abs(xs[0]), 0.05)
+    means = []
+    for k, t in enumerate(techniques):
+        pts = panel.series.get(t)
+        if not pts:
+            continue
+        shift = (k - (len(techniques) - 1) / 2) * DODGE * span
+        color = SERIES_COLORS[k % len(SERIES_COLORS)]
+        drawn = [(p.x + shift, p.stat) for p in pts if p.stat.mean is not None]
+        for p in pts:
+            if p.stat.mean is None:
+                tally["missing"] += 1
+            elif not p.stat.complete:
+                tally["partial"] += 1
+        if not drawn:
+            continue
+        x = [a for a, _ in drawn]
+        y = [st.mean for _, st in drawn]
+        means += y
+        ax.plot(x, y, color=color, linewidth=1.2, zorder=2)
+        ax.plot(
+            x,
+            y,
+            linestyle="none",
+            marker=SERIES_MARKERS[k % len(SERIES_MARKERS)],
+            markersize=5.5,
+            color=color,
+            markeredgecolor="white",
+            markeredgewidth=0.6,
+            zorder=4,
+        )
+        for a, st in drawn:
+            if st.low is not None and st.high is not None:
+                ax.errorbar(
+                    a,
+                    st.mean,
+                    yerr=[[st.mean - st.low], [st.high - st.mean]],
+                    fmt="none",
+                    ecolor=color,
+                    elinewidth=0.9,
+                    capsize=2.5,
+                    zorder=3,
+                )
+            if not st.complete:
+                ax.annotate(
+                    f"{st.n}/{st.expected}",
+                    (a, st.mean),
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                    fontsize=6.5,
+                    color="#B00020",
+                )
+    for ref in (0.0, 1.0):
+        ax.axhline(ref, color="#222222", linestyle="--", linewidth=0.9, zorder=1)
+    for x, _ in panel.pairs:
+        ax.axvline(x, color="#E5E5E5", linewidth=0.6, zorder=0)
+    ax.set_xlim(min(xs) - 0.12 * span, max(xs) + 0.12 * span)
+    top = ax.secondary_xaxis("top")  # which pair sits where, above the panel
+    at: dict[float, list[str]] = {}  # pairs at the same distance share one tick
+    for x, label in panel.pairs:
+        at.setdefault(x, []).append(label)
+    top.set_xticks(list(at), ["\n".join(v) for v in at.values()])
+    top.tick_params(labelsize=7, labelrotation=30, length=2)
+    for label in top.get_xticklabels():
+        label.set_horizontalalignment("left")
+    title = panel.title
+    rho = [f"{t} {r:+.2f}" for t, (r, _) in panel.rho.items() if r is not None]
+    if rho:
+        n = max(n for _, n in panel.rho.values())
+        title += f"\nSpearman rho ({n} pairs): " + ", ".join(rho)
+    ax.set_xlabel("CKA distance of the hosts")
+    if show_ylabel:
+        ax.set_ylabel("zero-shot retention (mean, 95% CI)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", color="#E5E5E5", linewidth=0.6, zorder=0)
+    return (min(means), max(means)) if means else (0.0, 1.0)
+
+
+def draw_distance(spec: DistanceFigureSpec) -> tuple[Figure, list[str]]:
+    """The retention-against-distance figure, and notes on what it could not show."""
+    n = len(spec.panels)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    # wide enough for the title on one panel; the pair labels above each panel need height
+    fig = Figure(figsize=(max(7.0, 1.0 + 4.4 * ncols), 1.6 + 3.8 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    techniques = list(dict.fromkeys(t for p in spec.panels for t in p.series))
+    tally: Counter = Counter()
+    lows, highs = [0.0], [1.0]  # 0 (nothing kept) and 1 (all kept) always in view
+    for k, panel in enumerate(spec.panels):
+        lo, hi = _draw_distance_panel(
+            axes[k // ncols][k % ncols], panel, techniques, k % ncols == 0, tally
+        )
+        lows.append(lo)
+        highs.append(hi)
+    pad = 0.1 * (max(highs) - min(lows))
+    axes[0][0].set_ylim(min(lows) - pad, max(highs) + pad)  # shared by every panel
+    for k in range(n, nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=SERIES_COLORS[k % len(SERIES_COLORS)],
+            marker=SERIES_MARKERS[k % len(SERIES_MARKERS)],
+            label=t,
+        )
+        for k, t in enumerate(techniques)
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    fig.suptitle(spec.title, fontsize=10.5)
+    notes = list(spec.notes)
+    if tally["missing"]:
+        notes.append(
+            f"{tally['missing']} point(s) not drawn: no seed has a retention (missing results, "
+            "or origin not above random)"
+        )
+    if tally["partial"]:
+        notes.append(f"{tally['partial']} point(s), marked n/N, average fewer seeds than planned")
+    return fig, notes
+
+
+def render(spec: FigureSpec | DistanceFigureSpec, metric: str) -> tuple[bytes, bytes, list[str]]:
     """PNG bytes, SVG bytes and the notes on missing results of one figure."""
     with rc_context(RC):
-        fig, notes = draw(spec, metric)
+        if isinstance(spec, DistanceFigureSpec):
+            fig, notes = draw_distance(spec)
+        else:
+            fig, notes = draw(spec, metric)
         png, svg = io.BytesIO(), io.BytesIO()
         fig.savefig(png, format="png", dpi=DPI, metadata={"Software": None})
         fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})

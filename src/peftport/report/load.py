@@ -67,6 +67,22 @@ class Observation:
         return "no metric" if self.status == "done" else self.status
 
 
+@dataclass(frozen=True)
+class HostPairRecord:
+    """One row of `host_pairs`: how a study ported from `origin` into `receiver`, with the host
+    comparison it names (a `comparisons` row), both as the store holds them. The JSON is parsed
+    and checked by the report (`report.distance`), which says what is wrong with a bad row
+    instead of failing the whole report."""
+
+    study_id: str
+    origin: str
+    receiver: str
+    strategy: str  # identity | first_k | stride | cka | explicit
+    layer_map: str  # JSON list: receiver layer -> origin layer
+    comparison_key: str | None  # None: the study ran without host comparisons
+    comparison: str | None  # JSON (HostComparison.to_dict()); None: no such row in the store
+
+
 @dataclass
 class StoreData:
     path: Path
@@ -79,6 +95,12 @@ class StoreData:
     unit_status: dict[str, int]  # status -> units (of the studies reported)
     failed_units: list[dict[str, str]]  # id, label, last line of the error
     provenance: dict[str, Any] = field(default_factory=dict)
+    # the host pairs of the studies reported; None: the store has no host_pairs table (older)
+    host_pairs: list[HostPairRecord] | None = None
+    host_pairs_problem: str = ""  # why host_pairs is None, when the table is there but unreadable
+    # study id -> the keys (CELL_KEY order) of its cells: the studies' results are united in
+    # `observations`, and a per-study section picks its own with this
+    study_cells: dict[str, frozenset[tuple]] = field(default_factory=dict)
 
 
 def _check_file(path: Path) -> None:
@@ -197,6 +219,7 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
             (metric,),
         ):
             values.setdefault((r["unit_id"], r["step"]), {})[r["name"]] = r["value"]
+        host_pairs, host_pairs_problem = _host_pairs(con, ids)
         con.execute("COMMIT")
     except sqlite3.DatabaseError as e:
         raise PeftportError(f"{path}: could not read the study store ({e})") from None
@@ -229,6 +252,10 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
             )
         observations[key] = obs
 
+    study_cells: dict[str, set[tuple]] = {}
+    for c in cells:
+        study_cells.setdefault(c["study_id"], set()).add(tuple(c[k] for k in CELL_KEY))
+
     status_counts = Counter(units[u]["status"] if u in units else "pending" for u in unit_ids)
     failed = [
         {"id": u["id"], "label": u["label"], "error": _last_line(u["error"])}
@@ -257,7 +284,51 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
         unit_status={k: status_counts.get(k, 0) for k in ("done", "running", "pending", "failed")},
         failed_units=sorted(failed, key=lambda f: f["id"]),
         provenance=_provenance(list(units.values())),
+        host_pairs=host_pairs,
+        host_pairs_problem=host_pairs_problem,
+        study_cells={k: frozenset(v) for k, v in study_cells.items()},
     )
+
+
+def _host_pairs(
+    con: sqlite3.Connection, study_ids: list[str]
+) -> tuple[list[HostPairRecord] | None, str]:
+    """The studies' `host_pairs` rows with their comparison JSON, and a problem ("" if none).
+
+    (None, "") when the store predates the table (later peftports add `host_pairs` and
+    `comparisons` with CREATE TABLE IF NOT EXISTS); a `comparisons` table that is not there reads
+    as "no comparison row". A host_pairs table of another shape gives (None, why): that section
+    of the report is then left out, the rest of the report is unaffected.
+    """
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "host_pairs" not in tables:
+        return None, ""
+    with_comparisons = "comparisons" in tables
+    marks = ",".join("?" * len(study_ids))
+    try:
+        rows = con.execute(
+            "SELECT p.study_id, p.origin, p.receiver, p.strategy, p.layer_map, "
+            "p.comparison_key, "
+            + ("c.comparison " if with_comparisons else "NULL AS comparison ")
+            + "FROM host_pairs p "
+            + ("LEFT JOIN comparisons c ON c.key = p.comparison_key " if with_comparisons else "")
+            + f"WHERE p.study_id IN ({marks}) ORDER BY p.study_id, p.origin, p.receiver",
+            study_ids,
+        ).fetchall()
+    except sqlite3.OperationalError as e:  # e.g. "no such column": a table of another shape
+        return None, f"its host_pairs/comparisons tables cannot be read ({e})"
+    return [
+        HostPairRecord(
+            study_id=r["study_id"],
+            origin=r["origin"],
+            receiver=r["receiver"],
+            strategy=r["strategy"],
+            layer_map=r["layer_map"],
+            comparison_key=r["comparison_key"],
+            comparison=r["comparison"],
+        )
+        for r in rows
+    ], ""
 
 
 def _sort_key(o: Observation) -> tuple:

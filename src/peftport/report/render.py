@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftport.report.aggregate import Aggregates, Stat, Table, stat_from
+from peftport.report.distance import CORRELATION_TABLE, NOT_ABOVE, NOT_PLANNED
+from peftport.report.distance import TABLE as DISTANCE_TABLE
 from peftport.report.load import StoreData
 
 Cell = tuple[str, str]  # (text, css class)
+UNDEFINED = (NOT_ABOVE, NOT_PLANNED)  # retention without a missing result
 Column = tuple[str, Callable[[dict[str, Any]], str | Cell]]
 
 
@@ -199,6 +202,78 @@ def saved_columns(agg: Aggregates, by_direction: bool) -> list[Column]:
         ("runs", lambda r: f"{r['runs']} of {r['expected_runs']}"),
         ("runs reached", lambda r: str(r["runs_reached"])),
     ]
+
+
+def distance_columns(agg: Aggregates) -> list[Column]:
+    def cka(r: dict[str, Any]) -> Cell:
+        if r["cka_distance"] is None:
+            return "n/a (see notes)", "missing"
+        return num(r["cka_distance"]), ""
+
+    def retention(r: dict[str, Any]) -> Cell:
+        st = stat_from(r, "retention_")
+        if st.mean is None and st.missing and all(k in UNDEFINED for k, _ in st.missing):
+            # no result is missing: the ratio is undefined (or has no random to compare with)
+            return f"undefined ({st.missing_text()})", ""
+        return _stat_cell("retention_", pct=True)(r)
+
+    def weight(r: dict[str, Any]) -> str:
+        if r["weight_distance"] is None:
+            return f"n/a: {r['weight_note']}"
+        return num(r["weight_distance"])
+
+    cols: list[Column] = [
+        ("technique", lambda r: r["technique"]),
+        ("data", _data(agg)),
+        ("pre", lambda r: str(r["pre_steps"])),
+        ("direction", _direction(agg)),
+        ("layer map", lambda r: r["strategy"]),
+        ("CKA distance", cka),
+        ("weight distance", weight),
+        ("retention, zero-shot [95% CI]", retention),
+        ("ported, zero-shot", _stat_cell("ported_")),
+    ]
+    if "sampled" in agg.axes.conditions:
+        cols.append(("sampled, zero-shot (reference)", _stat_cell("sampled_")))
+    return cols + [
+        ("random, zero-shot", _stat_cell("random_")),
+        ("origin (own host)", _stat_cell("origin_")),
+    ]
+
+
+def correlation_columns(agg: Aggregates) -> list[Column]:
+    return [
+        ("technique", lambda r: r["technique"]),
+        ("data", _data(agg)),
+        ("pre", lambda r: str(r["pre_steps"])),
+        ("distance", lambda r: "CKA" if r["distance"] == "cka" else "weight"),
+        ("pairs", lambda r: str(r["pairs"])),
+        ("Spearman rho", lambda r: signed(r["spearman_rho"], 2)),
+        ("p", lambda r: pval(r["p_value"])),
+        ("p from", lambda r: r["p_method"]),
+    ]
+
+
+def distance_blocks(
+    agg: Aggregates,
+) -> list[tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Per study of the section: (DistanceStudy, its table rows, its correlation rows)."""
+    sec = agg.distance
+    if sec is None or sec.omitted:
+        return []
+    out = []
+    for st in sec.studies:
+        rows = [r for r in agg.tables[DISTANCE_TABLE].rows if r["study_id"] == st.study_id]
+        corr = [r for r in agg.tables[CORRELATION_TABLE].rows if r["study_id"] == st.study_id]
+        out.append((st, rows, corr))
+    return out
+
+
+def distance_omitted(agg: Aggregates) -> str:
+    """One line on why the section is left out ("" when it is there)."""
+    if agg.distance is None:
+        return "Left out: no host pair information was read."
+    return agg.distance.omitted
 
 
 def ranking_columns() -> list[Column]:
@@ -386,6 +461,10 @@ METHODS = [
     "Paired t-test and Wilcoxon signed-rank test (exact up to 25 pairs), two-sided; Holm "
     "correction over all rows of a table (the p_t values); effect sizes d_z = mean/sd of the "
     "differences and g_z = J(n−1)·d_z (Hedges). Bold: Holm-adjusted p < 0.05.",
+    "Retention against host distance: per seed, (ported − random) / (origin − random) at "
+    "zero-shot, mean and t interval over seeds; CKA distance of a pair = 1 − mean over receiver "
+    "layers of the CKA with the origin layer each receives (the pair's layer map); Spearman's "
+    "rho of distance and mean retention over the pairs (3 or more), p exact up to 8 pairs.",
     "Steps saved: on the mean curves over complete runs, the first post-porting step at which "
     "random reaches what ported has at checkpoint k (linear interpolation between checkpoints), "
     "minus k; 'not reached' when random never gets there by its last checkpoint. Interval: 95% "
@@ -403,6 +482,7 @@ def render_html(
     overview: RenderedFigure | None,
     generated_at: str,
     version: str,
+    distance_figs: Sequence[RenderedFigure] = (),
 ) -> str:
     names = ", ".join(s["name"] for s in data.studies)
     t = agg.tables
@@ -426,6 +506,7 @@ def render_html(
                 ("glance", "At a glance"),
                 ("figures", "Figures"),
                 ("zero-shot", "Zero-shot portability"),
+                ("distance", "Retention against host distance"),
                 ("accuracy", "Accuracy by condition and steps"),
                 ("differences", "Ported minus controls"),
                 ("steps-saved", "Steps saved"),
@@ -459,6 +540,7 @@ def render_html(
         html_table(*apply(zero_shot_columns(agg, True), t["zero_shot"].rows)),
         _csv_link("zero_shot"),
         "</details>",
+        *_distance_html(agg, distance_figs),
         '<h2 id="accuracy">Accuracy by technique, condition and post-porting steps</h2>',
         html_table(*pivot(agg, t["accuracy"], False)),
         _notes_html(t["accuracy"].notes),
@@ -499,6 +581,31 @@ def render_html(
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _distance_html(agg: Aggregates, figs: Sequence[RenderedFigure]) -> list[str]:
+    parts = ['<h2 id="distance">Zero-shot retention against host distance</h2>']
+    omitted = distance_omitted(agg)
+    if omitted:
+        return parts + [f'<p class="note">{_e(omitted)}</p>']
+    by_stem = {f.stem: f for f in figs}
+    blocks = distance_blocks(agg)
+    parts.append(_notes_html(agg.tables[DISTANCE_TABLE].notes))  # what the numbers are, first
+    for st, rows, corr in blocks:
+        if len(blocks) > 1:
+            parts.append(f"<h3>Study {_e(st.name)}</h3>")
+        parts.append(html_table(*apply(distance_columns(agg), rows)))
+        if corr:
+            parts.append(html_table(*apply(correlation_columns(agg), corr)))
+        parts.append(_notes_html(st.notes))
+        parts += [_figure_html(by_stem[f.stem]) for f in st.figures if f.stem in by_stem]
+    if agg.distance.skipped:
+        parts.append(_notes_html(["Not shown: " + "; ".join(agg.distance.skipped)]))
+    return parts + [
+        _notes_html(agg.tables[CORRELATION_TABLE].notes),
+        _csv_link(DISTANCE_TABLE),
+        _csv_link(CORRELATION_TABLE),
+    ]
 
 
 def _missing_html(data: StoreData) -> str:
@@ -590,6 +697,7 @@ def render_markdown(
     overview: RenderedFigure | None,
     generated_at: str,
     version: str,
+    distance_figs: Sequence[RenderedFigure] = (),
 ) -> str:
     t = agg.tables
     names = ", ".join(s["name"] for s in data.studies)
@@ -649,6 +757,8 @@ def render_markdown(
     for title, cols, name in sections:
         out += [f"## {title}", "", md_table(*apply(cols, t[name].rows))]
         out += [f"_{n}_" for n in t[name].notes] + ["", f"CSV: `tables/{name}.csv`", ""]
+        if name == "zero_shot":  # then how zero-shot portability falls with host distance
+            out += _distance_markdown(agg, distance_figs)
     out += ["## Missing results", ""]
     if data.failed_units:
         out.append(
@@ -672,6 +782,47 @@ def render_markdown(
     for name, versions in p.get("versions", {}).items():
         out.append(f"- {name}: " + "; ".join(f"{v} ({n} units)" for v, n in versions.items()))
     return "\n".join(out) + "\n"
+
+
+def _distance_markdown(agg: Aggregates, figs: Sequence[RenderedFigure]) -> list[str]:
+    out = ["## Zero-shot retention against host distance", ""]
+    omitted = distance_omitted(agg)
+    if omitted:
+        return out + [omitted, ""]
+    by_stem = {f.stem: f for f in figs}
+    blocks = distance_blocks(agg)
+    out += [f"_{n}_\n" for n in agg.tables[DISTANCE_TABLE].notes]  # what the numbers are, first
+    for st, rows, corr in blocks:
+        if len(blocks) > 1:
+            out += [f"### Study {st.name}", ""]
+        out.append(md_table(*apply(distance_columns(agg), rows)))
+        if corr:
+            out.append(md_table(*apply(correlation_columns(agg), corr)))
+        out += [f"_{n}_" for n in st.notes] + ([""] if st.notes else [])
+        for spec in st.figures:
+            f = by_stem.get(spec.stem)
+            if f is None:
+                continue
+            out += [
+                f"![{f.title}](figures/{f.stem}.png)",
+                "",
+                f"_{f.caption}_ ([SVG](figures/{f.stem}.svg))",
+                "",
+            ]
+            if f.notes:
+                out += ["Notes: " + "; ".join(f.notes), ""]
+    if agg.distance.skipped:
+        out += ["Not shown: " + "; ".join(agg.distance.skipped), ""]
+    notes = agg.tables[CORRELATION_TABLE].notes
+    return (
+        out
+        + [f"_{n}_" for n in notes]
+        + [
+            "",
+            f"CSV: `tables/{DISTANCE_TABLE}.csv`, `tables/{CORRELATION_TABLE}.csv`",
+            "",
+        ]
+    )
 
 
 # --- CSV -----------------------------------------------------------------------------------------

@@ -283,13 +283,16 @@ class _LeaseKeeper(threading.Thread):
 
 
 def prepare(plan: Any, echo: Callable[[str], None] = print) -> None:
-    """Before any unit: resolve every host (building or fetching it once, here rather than in N
-    workers at once), compare the pairs' shapes, and load every data set."""
+    """Before any unit: build and install the hosts the study derives, resolve every host
+    (building or fetching it once, here rather than in N workers at once), compare the pairs'
+    shapes and check their layer maps against the depths, and load every data set."""
     from peftport.data import load_dataset
     from peftport.hosts import get_host, host_folder
+    from peftport.study.pairs import install_derived_hosts
     from peftport.study.spec import check_resolved_pairs
 
     spec = plan.spec
+    install_derived_hosts(spec, echo)
     for h in spec.hosts:
         echo(f"host {h}: {host_folder(get_host(h))}")
     check_resolved_pairs(spec)
@@ -299,7 +302,8 @@ def prepare(plan: Any, echo: Callable[[str], None] = print) -> None:
              f"(fingerprint {data.fingerprint[:12]})")
 
 
-def _payload(store: Store, unit: Any, threads: int, keep_adapted: bool) -> dict:
+def _payload(store: Store, unit: Any, threads: int, keep_adapted: bool,
+             layer_map: list[int] | None = None) -> dict:
     from peftport.module import load_module
 
     snapshot = None
@@ -307,7 +311,8 @@ def _payload(store: Store, unit: Any, threads: int, keep_adapted: bool) -> dict:
         row = store.snapshots()[unit.needs[0]]
         snapshot = load_module(store.artifact_path(row["path"]))  # sha256-checked
     return {"unit_id": unit.id, "config": unit.config, "threads": threads,
-            "snapshot": snapshot, "keep_adapted": keep_adapted}
+            "snapshot": snapshot, "keep_adapted": keep_adapted,
+            "layer_map": list(layer_map) if layer_map is not None else None}
 
 
 def _commit(store: Store, unit: Any, token: str, result: dict) -> bool:
@@ -330,14 +335,23 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
     """Run every unit of the plan that is not done; returns counts. Safe to run again at any
     time (and from several drivers at once on one store): done units are never re-run.
     `check_first`: resolve hosts and data sets and compare the pairs' shapes before anything
-    runs (`prepare`)."""
+    runs (`prepare`). Then, before any unit: every directed pair's host comparison (computed
+    once, kept in the store), its resolved layer map and its host_pairs row
+    (`peftport.study.pairs.prepare_pairs`)."""
     from tqdm import tqdm
 
     echo = echo or (lambda s: print(s, file=sys.stderr))
     t0 = time.time()
+    from peftport.study.pairs import install_derived_hosts, prepare_pairs
+    from peftport.study.spec import check_resolved_pairs
+
     if check_first:
         prepare(plan, echo)
+    else:  # prepare ran before (the CLI): this only finds the derived hosts installed
+        install_derived_hosts(plan.spec, echo)
     added = store.add_plan(plan)
+    # the hosts are on disk now (prepare): their depths are a config.json read away
+    layer_maps = prepare_pairs(store, plan.spec, check_resolved_pairs(plan.spec), echo, progress)
     ids = plan_ids(plan)
     if retry_failed:
         failed = [i for i, s in store.statuses(ids).items() if s == "failed"]
@@ -380,7 +394,9 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
                     if token is None:
                         continue  # another driver took it
                     try:
-                        payload = _payload(store, u, threads, plan.spec.keep_adapted)
+                        payload = _payload(store, u, threads, plan.spec.keep_adapted,
+                                           layer_maps.get((u.origin, u.receiver))
+                                           if u.kind == "post" else None)
                     except Exception as e:  # noqa: BLE001 - e.g. a damaged artifact
                         store.fail(u.id, token, "could not load its input: " + format_error(e))
                         counts["failed"] += 1

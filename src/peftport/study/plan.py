@@ -154,6 +154,8 @@ class Plan:
         return {
             "totals": self.totals(),
             "spec": self.spec.canonical(),
+            "pairs": pair_maps(self.spec),
+            "compare": self.spec.compare.as_dict() if self.spec.compare else None,
             "units": [{"id": u.id, "kind": u.kind, "label": u.label, "steps": u.steps,
                        "evals": u.evals, "runs": u.runs, "naive_steps": u.naive_steps,
                        "depends_on": list(self.deps.get(u.id, ())), "config": u.config}
@@ -219,6 +221,10 @@ def make_plan(spec: StudySpec) -> Plan:
             post_train = train_dict(t.post, post_top, post_eval, seed)
             naive_post = sum(post)
             for origin, receiver in spec.pairs:
+                pm = spec.layer_map(origin, receiver)
+                # an identity map is what no map does: same config, same id as without one
+                mapped = pm is not None and pm.strategy != "identity"
+                via = f" (layer map {pm.describe()})" if mapped else ""
                 for pre_data, post_data in spec.data:
                     for p in spec.pre_steps:
                         for cond in ps_conditions:
@@ -228,6 +234,11 @@ def make_plan(spec: StudySpec) -> Plan:
                                       "receiver": receiver, "pre_data": pre_data,
                                       "data": post_data, "max_examples": me, "seed": seed,
                                       "source": key, "pre_steps": p, "train": post_train}
+                            if mapped:
+                                # the strategy, not the resolved map: ids are known at plan
+                                # time, before any host is on disk (a cka map also records the
+                                # comparison settings it comes from)
+                                config["layer_map"] = pm.as_config(spec.compare)
                             uid = _hash(config)
                             units[uid] = Unit(
                                 id=uid, kind="post", config=config, steps=post_top,
@@ -236,8 +247,8 @@ def make_plan(spec: StudySpec) -> Plan:
                                 technique=t.name, origin=origin, receiver=receiver,
                                 pre_data=pre_data, post_data=post_data, seed=seed,
                                 condition=cond, pre_steps=p,
-                                label=f"{cond} {t.name} {origin} -> {receiver}, {pre_data} -> "
-                                      f"{post_data}, seed {seed}, after {p} steps")
+                                label=f"{cond} {t.name} {origin} -> {receiver}{via}, "
+                                      f"{pre_data} -> {post_data}, seed {seed}, after {p} steps")
                             deps[uid] = (producer[key],)
                             cells.extend(Cell(t.name, origin, receiver, pre_data, post_data, seed,
                                               cond, p, q, uid, q) for q in post_eval)
@@ -263,10 +274,43 @@ def make_plan(spec: StudySpec) -> Plan:
     return Plan(spec=spec, units=ordered, cells=tuple(cells), deps=deps)
 
 
+def pair_maps(spec: StudySpec) -> list[dict[str, Any]]:
+    """Each directed pair's layer map as planned: the strategy, and the map itself when the
+    hosts' depths are known without building anything (a cka map only at run time)."""
+    from peftport.errors import PeftportError
+    from peftport.study.spec import cheap_host_config, host_layers, resolve_pair_map, study_host
+
+    depth: dict[str, int | None] = {}
+    for h in spec.hosts:
+        try:
+            hs = study_host(spec, h)
+        except PeftportError:  # the spec was checked; a host gone since shows no map here
+            depth[h] = None
+            continue
+        cfg = cheap_host_config(hs) if hs.family else None
+        depth[h] = host_layers(hs.family, cfg) if cfg else None
+    out = []
+    for o, r in spec.pairs:
+        pm = spec.layer_map(o, r)
+        layers = None
+        if depth[o] and depth[r] and (pm is None or pm.strategy != "cka"):
+            try:
+                layers = resolve_pair_map(pm, depth[o], depth[r])
+            except PeftportError:  # `study run` reports it, with the line
+                layers = None
+        out.append({"origin": o, "receiver": r,
+                    "strategy": pm.strategy if pm else "identity",
+                    "explicit": list(pm.layers) if pm and pm.layers is not None else None,
+                    "layer_map": layers, "origin_layers": depth[o],
+                    "receiver_layers": depth[r]})
+    return out
+
+
 def describe(plan: Plan, *, units: bool = True) -> str:
     """The plan as text: what is shared, the counts, then one line per unit."""
     t = plan.totals()
     s = plan.spec
+    maps = pair_maps(s)
     lines = [
         f"study {s.name} ({s.source}), id {s.id}",
         f"  techniques: {', '.join(x.name for x in s.techniques)}",
@@ -275,6 +319,25 @@ def describe(plan: Plan, *, units: bool = True) -> str:
         f"  pre-porting steps: {', '.join(map(str, s.pre_steps))}; post-porting steps: "
         f"{', '.join(map(str, s.post_steps)) or 'none'} (+ zero-shot)",
         f"  conditions: {', '.join(s.conditions)}; seeds: {', '.join(map(str, s.seeds))}",
+    ]
+    if s.layer_maps:
+        lines.append("  layer maps (receiver layer -> origin layer):")
+        for m in maps:
+            shown = m["layer_map"] if m["layer_map"] is not None else (
+                "(from the host comparison, at run time)" if m["strategy"] == "cka" else
+                "(resolved when the hosts are on disk)")
+            lines.append(f"    {m['origin']} -> {m['receiver']}: {m['strategy']} {shown}")
+    if s.compare is None:
+        lines.append("  host comparisons: off (compare: false)")
+    else:
+        c = s.compare
+        lines.append(f"  host comparisons: {c.texts} texts of {c.corpus}, {c.max_length} tokens, "
+                     f"seed {c.seed} (once per directed pair, before any unit; kept in the store)")
+    if s.derived_hosts:
+        lines.append("  derived by the study (before any unit; cached): " + "; ".join(
+            f"{d.name} from {d.parent} ({', '.join(f'{k} {v}' for k, v in d.settings)})"
+            for d in s.derived_hosts))
+    lines += [
         "",
         f"runs (paper sense): {t['runs']:,} = {t['runs_formula'].split(' = ')[0]}",
         f"  plus {t['zero_shot_results']:,} zero-shot results (step 0 of the post-porting units)",

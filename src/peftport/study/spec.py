@@ -6,6 +6,10 @@ Every key is documented in docs/study.md. In short:
     techniques: {adapter: {}, lora: {config: {r: 8}, post: {lr: 5.0e-4}}}   # or a list of names
     pairs: [[minilm-l6, minilm-l6-tuned]]    # (origin, receiver); or {origin, receiver, ...}
     both_directions: true                    # also receiver -> origin (per pair too)
+    # pairs of different depth: {origin: minilm-l6, receiver: minilm-l3, layer_map: stride}
+    # (identity | first_k | stride | cka | [origin layer per receiver layer])
+    compare: {texts: 256}                    # host comparisons per directed pair, or false
+    hosts: {drift-a: {derive: {from: minilm-l6, steps: 50, lr: 1.0e-3}}}  # derived by the study
     data: [[rotten_tomatoes, rotten_tomatoes], [rotten_tomatoes, amazon_snippets]]  # (pre, post)
     pre_steps: [100]                         # pre-porting steps (checkpoints of one training)
     post_steps: [25, 50]                     # post-porting steps; zero-shot (0) always included
@@ -18,7 +22,9 @@ Every key is documented in docs/study.md. In short:
 Validation collects every problem it finds and raises one `StudyFileError` that lists them, each
 with the file, the line (when the format keeps it) and the key: unknown keys (with "did you
 mean"), unknown techniques, hosts and data sets, pairs that cannot port (host kinds or shapes
-differ), techniques a host kind does not support, bad step counts, bad training settings.
+differ; depths may differ when the pair has a layer map, which is checked against them in each
+direction), techniques a host kind does not support, bad step counts, bad training settings,
+bad `compare` settings and bad derived hosts.
 Host shapes are compared from the hosts' config.json when it is on disk without building or
 downloading anything (`peftport study plan` stays offline and instant); `study run` resolves the
 hosts first and compares them again before any unit starts (`check_resolved_pairs`).
@@ -38,6 +44,7 @@ from typing import Any
 import yaml
 
 from peftport.errors import PeftportError
+from peftport.hostcompare import LAYER_MAP_STRATEGIES
 
 TOP_KEYS = {
     "name": "the study's name (default: the file name)",
@@ -55,9 +62,30 @@ TOP_KEYS = {
     "pre": "training settings before porting (over `train`)",
     "post": "training settings after porting (over `train`)",
     "keep_adapted": "also store every adapted module (default false: only pre-porting snapshots)",
+    "compare": "host comparisons per directed pair: {texts, corpus, max_length, seed} or false",
+    "hosts": "hosts the study derives itself: name -> {derive: {from, steps, lr, ...}}",
 }
 TECHNIQUE_KEYS = ("config", "train", "pre", "post")
-PAIR_KEYS = ("origin", "receiver", "both_directions")
+PAIR_KEYS = ("origin", "receiver", "both_directions", "layer_map")
+# Layer maps (receiver layer -> origin layer, per directed pair) are named by these strategies
+# (`peftport.hostcompare.LAYER_MAP_STRATEGIES`); an explicit list is strategy "explicit" (in the
+# store's host_pairs table too).
+COMPARE_KEYS: dict[str, tuple[type, int]] = {  # key -> (type, minimum)
+    "texts": (int, 2),
+    "corpus": (str, 0),
+    "max_length": (int, 4),
+    "seed": (int, 0),
+}
+# `peftport hosts derive` options a study's `hosts: {NAME: {derive: {...}}}` may set
+DERIVE_KEYS: dict[str, tuple[type, ...]] = {
+    "from": (str,),
+    "steps": (int,),
+    "lr": (float, int),
+    "seed": (int,),
+    "corpus": (str,),
+    "batch_size": (int,),
+    "max_length": (int,),
+}
 DATA_KEYS = ("pre", "post")
 CONDITIONS = ("ported", "sampled", "random")
 
@@ -84,13 +112,23 @@ PLANNER_FIELDS = {
 }
 
 # Fields of config.json that module shapes depend on, per family: two hosts port into each other
-# only if these agree (a layer map could pair different depths; studies do not take one).
+# only if these agree, except the depth keys (DEPTH_KEYS) when the pair carries a layer map.
 SHAPE_KEYS: dict[str, tuple[str, ...]] = {
     "bert": ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
     "t5": ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads"),
     "gpt2": ("n_embd", "n_layer", "n_head", "n_inner"),
     "llama": ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
               "intermediate_size", "head_dim"),
+}
+
+
+# The depth keys among SHAPE_KEYS: a layer map pairs receiver layers with origin layers, so they
+# may differ when a pair carries one (the first is the one a layer map is sized by).
+DEPTH_KEYS: dict[str, tuple[str, ...]] = {
+    "bert": ("num_hidden_layers",),
+    "t5": ("num_layers", "num_decoder_layers"),
+    "gpt2": ("n_layer",),
+    "llama": ("num_hidden_layers",),
 }
 
 
@@ -104,6 +142,57 @@ class TechniqueSetting:
     config: dict[str, Any]  # the full technique config (defaults filled in): part of unit ids
     pre: dict[str, Any]  # TrainConfig fields before porting (study, then technique overrides)
     post: dict[str, Any]  # ... after porting
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """How the driver compares the hosts of every directed pair (`peftport.hostcompare`)."""
+
+    texts: int = 256
+    corpus: str = "rt_plots"
+    max_length: int = 64
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"corpus": self.corpus, "texts": self.texts, "max_length": self.max_length,
+                "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class PairMap:
+    """A directed pair's layer map as the study file gives it (resolved at run time)."""
+
+    strategy: str  # identity | first_k | stride | cka | explicit
+    layers: tuple[int, ...] | None = None  # explicit: receiver layer -> origin layer
+
+    def describe(self) -> str:
+        return f"explicit {list(self.layers or ())}" if self.strategy == "explicit" else \
+            self.strategy
+
+    def as_config(self, compare: CompareSettings | None) -> dict[str, Any]:
+        """What a post unit's id hashes: the strategy, the explicit list, and for cka the
+        comparison settings the map is computed from (so changing them makes new units)."""
+        out: dict[str, Any] = {"strategy": self.strategy}
+        if self.strategy == "explicit":
+            out["layers"] = list(self.layers or ())
+        if self.strategy == "cka" and compare is not None:
+            out["compare"] = compare.as_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class DerivedHost:
+    """A host the study derives itself (`hosts: {NAME: {derive: {...}}}`), by the recipe code
+    of `peftport hosts derive`, installed as a user-derived host under that name."""
+
+    name: str
+    parent: str
+    settings: tuple[tuple[str, Any], ...]  # DeriveConfig fields given in the file
+
+    def recipe(self) -> tuple[tuple[str, str], ...]:
+        from peftport.hosts import derived_recipe
+
+        return derived_recipe(self.name, self.parent, **dict(self.settings))
 
 
 @dataclass(frozen=True)
@@ -121,13 +210,27 @@ class StudySpec:
     keep_adapted: bool = False
     source: str = ""  # the file (or "preset NAME") it came from
     notes: tuple[str, ...] = field(default=(), compare=False)  # checks that had to wait
+    # directed pairs that carry a layer map (the others port layer i into layer i)
+    layer_maps: tuple[tuple[str, str, PairMap], ...] = ()
+    compare: CompareSettings | None = CompareSettings()  # None: `compare: false`
+    derived_hosts: tuple[DerivedHost, ...] = ()
+    # directed pair -> where the file lists it ("s.yaml, line 7, key 'pairs[1]'"), for errors
+    # found once the hosts are on disk
+    pair_where: tuple[tuple[str, str, str], ...] = field(default=(), compare=False)
 
     def technique(self, name: str) -> TechniqueSetting:
         return next(t for t in self.techniques if t.name == name)
 
+    def layer_map(self, origin: str, receiver: str) -> PairMap | None:
+        return next((m for o, r, m in self.layer_maps if (o, r) == (origin, receiver)), None)
+
+    def where(self, origin: str, receiver: str) -> str:
+        return next((w for o, r, w in self.pair_where if (o, r) == (origin, receiver)),
+                    self.source)
+
     def canonical(self) -> dict[str, Any]:
         """Everything that defines the study, JSON-able, in a fixed order."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "techniques": [{"name": t.name, "config": t.config, "pre": t.pre, "post": t.post}
                            for t in self.techniques],
@@ -140,6 +243,17 @@ class StudySpec:
             "max_examples": self.max_examples,
             "keep_adapted": self.keep_adapted,
         }
+        # Added only when used, so that studies without them keep the ids they always had (and
+        # their stores resume). An identity map is what no map does: not recorded either.
+        maps = [[o, r, m.as_config(self.compare)] for o, r, m in self.layer_maps
+                if m.strategy != "identity"]
+        if maps:
+            out["layer_maps"] = maps
+        if self.compare != CompareSettings():
+            out["compare"] = self.compare.as_dict() if self.compare is not None else False
+        if self.derived_hosts:
+            out["hosts"] = {d.name: dict(d.recipe()) for d in self.derived_hosts}
+        return out
 
     @property
     def id(self) -> str:
@@ -432,7 +546,16 @@ def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
     techniques, t_paths = _techniques(data, pre_steps, post_steps, study_train, study_pre,
                                       study_post, probs)
     host_cache: dict[str, Any] = {}
-    pairs = _pairs(data, src, probs, host_cache)
+    derived = _derived_hosts(data, probs, host_cache)
+    read = _pairs(data, src, probs, host_cache)
+    pairs = read.pairs
+    compare = _compare(data, probs)
+    for pm, mpath in read.maps.values():
+        if pm.strategy == "cka" and compare is None:  # once per pair, not per direction
+            probs.add(mpath, "layer_map cka is computed from the host comparison, and this "
+                      "study sets `compare: false`: remove that, or choose stride")
+    if any(t.name == "prefix" for t in techniques):
+        _check_prefix_maps(read, host_cache, t_paths["prefix"], probs)
     for t in techniques:  # technique x host kind
         for h in dict.fromkeys(h for p in pairs for h in p):
             spec = host_cache.get(h)
@@ -477,7 +600,31 @@ def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
         pairs=tuple(pairs), data=tuple(data_combos), pre_steps=pre_steps, post_steps=post_steps,
         conditions=tuple(conditions), seeds=seeds, max_examples=max_examples,
         keep_adapted=keep_adapted, source=src.name, notes=notes,
+        layer_maps=tuple((o, r, pm) for (o, r), (pm, _) in read.maps.items()),
+        compare=compare, derived_hosts=derived,
+        pair_where=tuple((o, r, w) for (o, r), w in read.where.items()),
     )
+
+
+def _check_prefix_maps(read: _Pairs, host_cache: dict, tpath: Path_, probs: _Problems) -> None:
+    """Prefix tuning keeps every layer's prefix in one tensor (its MLP output), so no layer map
+    that moves layers applies to it: refuse the ones known to move layers now (the driver
+    checks the resolved cka maps before any unit starts)."""
+    for (o, r), (pm, _) in read.maps.items():
+        if pm.strategy in ("identity", "cka"):
+            continue
+        so, sr = host_cache.get(o), host_cache.get(r)
+        oc = cheap_host_config(so) if so is not None else None
+        rc = cheap_host_config(sr) if sr is not None else None
+        fam = (so.family if so is not None else "") or "bert"
+        n_o = host_layers(fam, oc) if oc else None
+        n_r = host_layers(fam, rc) if rc else None
+        moves = (pm.strategy == "explicit" and list(pm.layers or ()) != list(
+            range(len(pm.layers or ())))) or (n_o is not None and n_r is not None and n_o != n_r)
+        if moves:
+            probs.add(tpath, f"prefix tuning keeps the prefixes of all layers in one tensor, so "
+                      f"it cannot take the layer map {pm.describe()} of {o} -> {r}: leave prefix "
+                      "out of this study, or port it between hosts of one depth")
 
 
 def _techniques(data: dict, pre_steps: tuple[int, ...], post_steps: tuple[int, ...],
@@ -550,15 +697,28 @@ def _techniques(data: dict, pre_steps: tuple[int, ...], post_steps: tuple[int, .
     return techniques, t_paths
 
 
-def _pairs(data: dict, src: _Source, probs: _Problems, host_cache: dict[str, Any]
-           ) -> list[tuple[str, str]]:
-    """Directed (origin, receiver) pairs; each listed pair checked (ids, families, shapes)."""
+@dataclass
+class _Pairs:
+    """What `_pairs` read: directed pairs, their layer maps, where the file lists them."""
+
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    maps: dict[tuple[str, str], tuple[PairMap, Path_]] = field(default_factory=dict)
+    where: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+ONE_MAP = ("a study has one layer map per directed pair; to compare maps, run one study per map "
+           "into the same store")
+
+
+def _pairs(data: dict, src: _Source, probs: _Problems, host_cache: dict[str, Any]) -> _Pairs:
+    """Directed (origin, receiver) pairs with their layer maps; each listed pair checked (ids,
+    families, shapes, and each direction's map against the depths when they are known)."""
     both_default = data.get("both_directions", False)
     if not isinstance(both_default, bool):
         probs.add(("both_directions",), f"both_directions must be true or false, got "
                   f"{both_default!r}")
         both_default = False
-    pairs: list[tuple[str, str]] = []
+    out = _Pairs()
     listed: set[tuple[str, str]] = set()
     raw_p = data.get("pairs")
     if "pairs" in data and (not isinstance(raw_p, list) or not raw_p):
@@ -568,6 +728,8 @@ def _pairs(data: dict, src: _Source, probs: _Problems, host_cache: dict[str, Any
     for i, p in enumerate(raw_p or []):
         ppath: Path_ = ("pairs", i)
         both = both_default
+        pm: PairMap | None = None
+        mpath: Path_ = ppath + ("layer_map",)
         if isinstance(p, list) and len(p) == 2:
             origin, receiver = p
             opath, rpath = ppath + (0,), ppath + (1,)
@@ -579,6 +741,16 @@ def _pairs(data: dict, src: _Source, probs: _Problems, host_cache: dict[str, Any
             if not isinstance(both, bool):
                 probs.add(ppath + ("both_directions",), "both_directions must be true or false")
                 both = False
+            if "layer_map" in p:
+                pm = _layer_map_value(p["layer_map"], mpath, probs)
+                if pm is not None and pm.strategy == "explicit" and both:
+                    why = ("both_directions: true" if "both_directions" in p else
+                           "the study's both_directions: true")
+                    probs.add(mpath, f"an explicit layer map (a list indexed by receiver layer) "
+                              f"is for one direction, but this pair also ports receiver -> "
+                              f"origin ({why}): set both_directions: false on this pair and "
+                              "list the reverse pair with its own map")
+                    pm = None
         else:
             probs.add(ppath, f"a pair is [origin, receiver] or {{origin: ..., receiver: ...}}, "
                       f"got {p!r}")
@@ -587,18 +759,210 @@ def _pairs(data: dict, src: _Source, probs: _Problems, host_cache: dict[str, Any
         r = _hosts_ok(receiver, rpath, probs, host_cache, src.base)
         if o is None or r is None:
             continue
-        _check_pair(o, r, ppath, probs)
+        # a map that was refused above is reported there, not again as "depths differ"
+        _check_pair(o, r, ppath, probs, pm, mpath, both,
+                    mapped=isinstance(p, dict) and "layer_map" in p)
         origin, receiver = o.id, r.id  # local folders: their absolute path
         host_cache.setdefault(origin, o)
         host_cache.setdefault(receiver, r)
         if (origin, receiver) in listed:
-            probs.add(ppath, f"pair {origin} -> {receiver} is listed twice")
+            probs.add(ppath, f"pair {origin} -> {receiver} is listed twice ({ONE_MAP})")
+            continue
         listed.add((origin, receiver))
         for d in [(origin, receiver)] + ([(receiver, origin)] if both else []):
-            if d not in pairs:  # a reverse direction may also be listed on its own
-                pairs.append(d)
+            if d in out.pairs:  # a reverse direction may also be listed on its own ...
+                old = out.maps.get(d, (None, ppath))[0]
+                if old != pm:  # ... with the same map
+                    probs.add(mpath if pm is not None else ppath,
+                              f"pair {d[0]} -> {d[1]} is given twice with different layer maps "
+                              f"({old.describe() if old else 'none'} and "
+                              f"{pm.describe() if pm else 'none'}; {ONE_MAP})")
+                continue
+            out.pairs.append(d)
+            out.where[d] = src.where(ppath)
+            if pm is not None:
+                out.maps[d] = (pm, mpath)
 
-    return pairs
+    return out
+
+
+def _layer_map_value(raw: Any, path: Path_, probs: _Problems) -> PairMap | None:
+    """`layer_map:` a strategy name, a list of origin layers indexed by receiver layer, or that
+    list as text ("1,3,5" or "0:1,1:3,2:5", receiver:origin)."""
+    import difflib
+
+    forms = (f"a layer map is one of {', '.join(LAYER_MAP_STRATEGIES)}, or the origin layer of "
+             "every receiver layer as a list ([1, 3, 5]) or text ('1,3,5' or '0:1,1:3,2:5')")
+    if isinstance(raw, str) and raw.strip() in LAYER_MAP_STRATEGIES:
+        return PairMap(raw.strip())
+    if isinstance(raw, str) and re.fullmatch(r"[\d\s,:=]*\d[\d\s,:=]*", raw):
+        try:
+            return PairMap("explicit", tuple(_explicit_layers(raw)))
+        except StudyFileError as e:
+            probs.add(path, str(e))
+            return None
+    if isinstance(raw, list) and raw and all(_int(v) and v >= 0 for v in raw):
+        return PairMap("explicit", tuple(raw))
+    close = difflib.get_close_matches(str(raw), LAYER_MAP_STRATEGIES, n=1, cutoff=0.5) \
+        if isinstance(raw, str) else []
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    probs.add(path, f"unknown layer map {raw!r}.{hint} {forms[0].upper()}{forms[1:]}")
+    return None
+
+
+def _explicit_layers(text: str) -> list[int]:
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    if all(x.isdigit() for x in parts):
+        return [int(x) for x in parts]
+    pairs: dict[int, int] = {}
+    for part in parts:
+        m = re.fullmatch(r"(\d+)\s*[:=]\s*(\d+)", part)
+        if not m:
+            raise StudyFileError(f"layer map entry {part!r} is not RECEIVER:ORIGIN (e.g. "
+                                 "0:1,1:3,2:5)")
+        if int(m.group(1)) in pairs:
+            raise StudyFileError(f"layer map gives receiver layer {m.group(1)} twice")
+        pairs[int(m.group(1))] = int(m.group(2))
+    if sorted(pairs) != list(range(len(pairs))):
+        raise StudyFileError(f"layer map {text!r} names receiver layers {sorted(pairs)}; every "
+                             f"receiver layer 0..{len(pairs) - 1} needs an origin layer")
+    return [pairs[k] for k in range(len(pairs))]
+
+
+def _compare(data: dict, probs: _Problems) -> CompareSettings | None:
+    raw = data.get("compare", True)
+    if raw is False:
+        return None
+    if raw is True or raw is None:
+        return CompareSettings()
+    if not isinstance(raw, dict):
+        probs.add(("compare",), f"compare must be false, true or a mapping with keys "
+                  f"{', '.join(COMPARE_KEYS)}, got {raw!r}")
+        return CompareSettings()
+    _check_keys(raw, COMPARE_KEYS, ("compare",), "compare key", probs)
+    values: dict[str, Any] = {}
+    for key, (typ, minimum) in COMPARE_KEYS.items():
+        if key not in raw:
+            continue
+        v, path = raw[key], ("compare", key)
+        if typ is int and (not _int(v) or v < minimum):
+            probs.add(path, f"compare.{key} must be a whole number >= {minimum}, got {v!r}")
+        elif typ is str and (not isinstance(v, str) or not v):
+            probs.add(path, f"compare.{key} must be a name, got {v!r}")
+        else:
+            values[key] = v
+    if "corpus" in values:
+        from peftport.data import UNLABELLED
+
+        if values["corpus"] not in UNLABELLED:
+            probs.add(("compare", "corpus"), UNLABELLED.unknown_message(values["corpus"]))
+            values.pop("corpus")
+    return CompareSettings(**values)
+
+
+def _derived_hosts(data: dict, probs: _Problems, host_cache: dict[str, Any]
+                   ) -> tuple[DerivedHost, ...]:
+    """`hosts: {NAME: {derive: {from, steps, lr, ...}}}`: checked here, built by `study run`.
+
+    Each becomes a host named NAME (its spec goes into host_cache, so pairs can name it) made by
+    the recipe code of `peftport hosts derive`; a parent may be a host declared above it."""
+    from peftport.hosts import HOSTS, _derived_home
+
+    raw = data.get("hosts")
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not raw:
+        probs.add(("hosts",), f"hosts must be a mapping name -> {{derive: {{from: PARENT, steps: "
+                  f"N, lr: LR}}}}, got {raw!r}")
+        return ()
+    out: list[DerivedHost] = []
+    for name, body in raw.items():
+        hpath: Path_ = ("hosts", str(name))
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            probs.add(hpath, f"a host name is letters, digits, '-', '_' or '.', got {name!r}")
+            continue
+        if name in HOSTS:
+            probs.add(hpath, f"{name!r} is a built-in host; choose another name for a host the "
+                      "study derives")
+            continue
+        if not isinstance(body, dict) or "derive" not in body:
+            probs.add(hpath, f"a study host is {{derive: {{from: PARENT, steps: N, lr: LR, "
+                      f"...}}}} (`peftport hosts derive` settings), got {body!r}")
+            continue
+        _check_keys(body, ("derive",), hpath, "host key", probs)
+        dpath = hpath + ("derive",)
+        settings = body["derive"]
+        if not isinstance(settings, dict):
+            probs.add(dpath, f"derive must be a mapping with keys {', '.join(DERIVE_KEYS)}, got "
+                      f"{settings!r}")
+            continue
+        _check_keys(settings, DERIVE_KEYS, dpath, "derive key", probs)
+        ok = True
+        for key, types in DERIVE_KEYS.items():
+            v = settings.get(key)
+            if key in settings and (not isinstance(v, types) or isinstance(v, bool)):
+                kind = "a number" if float in types else ("a whole number" if int in types
+                                                          else "a name")
+                probs.add(dpath + (key,), f"derive.{key} must be {kind}, got {v!r}")
+                ok = False
+        if "from" not in settings:
+            probs.add(dpath, "derive needs 'from': the parent host (e.g. from: minilm-l6)")
+            continue
+        parent = _hosts_ok(settings["from"], dpath + ("from",), probs, host_cache, None)
+        if parent is None or not ok:
+            continue
+        if parent.family != "bert":
+            fam = parent.family or "unknown-family"
+            probs.add(dpath + ("from",), f"derive: parent {parent.id!r} is a {fam} host; "
+                      "masked-LM derivation is implemented for BERT-family hosts")
+            continue
+        kw = {k: (float(v) if k == "lr" else v) for k, v in settings.items()
+              if k in DERIVE_KEYS and k != "from"}
+        d = DerivedHost(name=name, parent=parent.id, settings=tuple(sorted(kw.items())))
+        try:
+            recipe = d.recipe()
+        except PeftportError as e:  # DeriveConfig's own range checks
+            bad = next((k for k in kw if re.search(rf"\b{re.escape(k)}\b", str(e))), None)
+            probs.add(dpath + ((bad,) if bad else ()), str(e))
+            continue
+        installed = _derived_home() / name / "peftport-host.json"
+        if installed.exists():
+            try:
+                old = json.loads(installed.read_text()).get("recipe")
+            except (OSError, ValueError):
+                old = None
+            if old != dict(recipe):
+                probs.add(hpath, f"a derived host named {name!r} exists with another recipe "
+                          f"({installed.parent}); rename the study's host or delete that folder")
+                continue
+        host_cache[name] = _declared_spec(name, parent, recipe)
+        out.append(d)
+    return tuple(out)
+
+
+def _declared_spec(name: str, parent: Any, recipe: tuple[tuple[str, str], ...]) -> Any:
+    """The HostSpec of a host the study derives: installed (by `study run`, or by `peftport
+    hosts derive` with the same recipe) or still to be built."""
+    from peftport.assets import LocalPath
+    from peftport.hosts import _build_derived, _derived_home
+    from peftport.hosts.spec import Built, HostSpec
+
+    r = dict(recipe)
+    return HostSpec(id=name, family=parent.family, parent=parent.id,
+                    description=f"derived from {parent.id} by the study: masked-LM on "
+                                f"{r['corpus']}, {r['steps']} steps, lr {r['lr']}, seed {r['seed']}",
+                    sources=(LocalPath("", str(_derived_home() / name)),
+                             Built(recipe, _build_derived)))
+
+
+def study_host(spec: StudySpec, name: str) -> Any:
+    """The HostSpec of a host of the study: one it derives (installed or not), or `get_host`."""
+    from peftport.hosts import get_host
+
+    d = next((d for d in spec.derived_hosts if d.name == name), None)
+    if d is None:
+        return get_host(name)
+    return _declared_spec(name, study_host(spec, d.parent), d.recipe())
 
 
 def _data_combos(data: dict, src: _Source, probs: _Problems) -> list[tuple[str, str]]:
@@ -668,8 +1032,11 @@ def shape_signature(family: str, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def pair_problem(origin: str, o_family: str, o_config: dict | None, receiver: str,
-                 r_family: str, r_config: dict | None) -> str | None:
-    """Why a module cannot port from origin to receiver, or None (None too when unknown)."""
+                 r_family: str, r_config: dict | None, *, mapped: bool = False) -> str | None:
+    """Why a module cannot port from origin to receiver, or None (None too when unknown).
+
+    `mapped`: the pair carries a layer map, so the depths may differ (`map_problem` checks the
+    map against them)."""
     from peftport.hosts.spec import LAYOUTS
 
     if o_family and r_family and o_family != r_family:
@@ -682,11 +1049,85 @@ def pair_problem(origin: str, o_family: str, o_config: dict | None, receiver: st
         return None
     family = o_family or r_family
     a, b = shape_signature(family, o_config), shape_signature(family, r_config)
-    diff = [f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b.get(k)]
+    depth = DEPTH_KEYS.get(family, ())
+    diff = [f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b.get(k)
+            and not (mapped and k in depth)]
+    if diff and all(k in depth for k in a if a[k] != b.get(k)):
+        return (f"cannot port {origin} -> {receiver}: their depths differ ({', '.join(diff)}); "
+                "add `layer_map: stride` (or `cka`) to the pair to give each receiver layer "
+                f"an origin layer, e.g. {{origin: {origin}, receiver: {receiver}, layer_map: "
+                "stride}")
     if diff:
         return (f"cannot port {origin} -> {receiver}: their shapes differ ({', '.join(diff)}); "
-                "module tensors must have the same shapes on both hosts")
+                "module tensors must have the same shapes on both hosts"
+                + ("" if mapped else " (a layer map pairs different depths, not widths)"))
     return None
+
+
+def host_layers(family: str, config: dict[str, Any]) -> int | None:
+    """A host's depth as a layer map counts it (T5: its encoder's), or None if unknown."""
+    n = shape_signature(family, config).get(DEPTH_KEYS.get(family, ("num_hidden_layers",))[0])
+    return n if _int(n) and n > 0 else None
+
+
+def map_problem(origin: str, receiver: str, family: str, o_config: dict | None,
+                r_config: dict | None, pm: PairMap | None) -> str | None:
+    """Why a directed pair's layer map cannot pair the hosts' layers, or None (None too when a
+    depth is unknown, or the map is cka: that one is resolved from the host comparison)."""
+    if pm is None or o_config is None or r_config is None:
+        return None
+    keys = DEPTH_KEYS.get(family, ("num_hidden_layers",))
+    if len(keys) > 1 and pm.strategy != "identity":  # T5: one map for both stacks
+        for h, cfg in ((origin, o_config), (receiver, r_config)):
+            sig = shape_signature(family, cfg)
+            if len({sig[k] for k in keys}) > 1:
+                return (f"layer map for {origin} -> {receiver}: {h} has "
+                        + " and ".join(f"{k} {sig[k]}" for k in keys)
+                        + "; a study's layer map applies to every layer stack, so each host "
+                        "needs one depth")
+    n_o, n_r = host_layers(family, o_config), host_layers(family, r_config)
+    if n_o is None or n_r is None:
+        return None
+    what = f"{origin} -> {receiver} ports {n_o} origin layers into {n_r} receiver layers"
+    if pm.strategy == "identity" and n_o != n_r:
+        return (f"layer_map identity gives receiver layer i origin layer i, but {what}: use "
+                "stride or cka")
+    if pm.strategy == "first_k" and n_r > n_o:
+        return (f"layer_map first_k gives receiver layer i origin layer i, but {what} (the "
+                "receiver is deeper): use stride (which repeats origin layers) or cka")
+    if pm.strategy == "explicit":
+        layers = list(pm.layers or ())
+        if len(layers) != n_r:
+            return (f"layer map {layers} has {len(layers)} entries, but {what}: give one origin "
+                    "layer per receiver layer")
+        bad = [v for v in layers if v >= n_o]
+        if bad:
+            return (f"layer map {layers} names origin layer(s) {bad}, but {what} (origin layers "
+                    f"0..{n_o - 1})")
+    return None
+
+
+def resolve_pair_map(pm: PairMap | None, n_origin: int, n_receiver: int,
+                     comparison: Any = None) -> list[int]:
+    """A directed pair's resolved map (receiver layer -> origin layer): identity when it has
+    none; cka needs the pair's `HostComparison`. Plain ints (the payload goes to Ray too)."""
+    from peftport import diagnostics as dg
+
+    if pm is not None and pm.strategy == "cka":
+        from peftport.hostcompare import resolve_layer_map
+
+        if comparison is None:
+            raise StudyFileError("a cka layer map needs the host comparison (compare: false?)")
+        layers = resolve_layer_map("cka", n_origin, n_receiver, comparison)
+    elif pm is None or pm.strategy == "identity":
+        layers = dg.identity_map(n_receiver, n_origin)
+    elif pm.strategy == "first_k":
+        layers = dg.first_k_map(n_receiver, n_origin)
+    elif pm.strategy == "stride":
+        layers = dg.stride_map(n_receiver, n_origin)
+    else:
+        layers = list(pm.layers or ())
+    return dg.check_layer_map(layers, n_receiver, n_origin)
 
 
 def cheap_host_config(spec: Any) -> dict[str, Any] | None:
@@ -739,11 +1180,21 @@ def cheap_host_config(spec: Any) -> dict[str, Any] | None:
     return None
 
 
-def _check_pair(o: Any, r: Any, path: Path_, probs: _Problems) -> None:
+def _check_pair(o: Any, r: Any, path: Path_, probs: _Problems, pm: PairMap | None = None,
+                mpath: Path_ = (), both: bool = False, mapped: bool = False) -> None:
+    """Families and shapes of a listed pair (depths aside when it has a map), and its map in
+    each direction it is used (first_k, say, is fine one way and not the other)."""
     problem = pair_problem(o.id, o.family, None, r.id, r.family, None)
     if problem is None and o.family and r.family:
-        problem = pair_problem(o.id, o.family, cheap_host_config(o), r.id, r.family,
-                               cheap_host_config(r))
+        oc, rc = cheap_host_config(o), cheap_host_config(r)
+        problem = pair_problem(o.id, o.family, oc, r.id, r.family, rc,
+                               mapped=mapped or pm is not None)
+        if problem is None:
+            for a, b, ac, bc, rev in ((o, r, oc, rc, False), (r, o, rc, oc, True))[:1 + both]:
+                mp = map_problem(a.id, b.id, o.family, ac, bc, pm)
+                if mp:
+                    probs.add(mpath, mp + (" (the reverse direction: both_directions applies "
+                                           "the strategy to each)" if rev else ""))
     if problem:
         probs.add(path, problem)
 
@@ -761,8 +1212,9 @@ def _unchecked_notes(pairs: list[tuple[str, str]], cache: dict) -> list[str]:
     return out
 
 
-def check_resolved_pairs(spec: StudySpec) -> None:
-    """After the hosts are resolved (built or fetched): compare every pair's shapes."""
+def check_resolved_pairs(spec: StudySpec) -> dict[str, int]:
+    """After the hosts are resolved (built or fetched): compare every pair's shapes and check
+    every layer map against the depths. Returns each host's depth (layers, as maps count)."""
     from peftport.hosts import get_host, host_folder
 
     configs: dict[str, tuple[str, dict]] = {}
@@ -772,11 +1224,17 @@ def check_resolved_pairs(spec: StudySpec) -> None:
         configs[h] = (get_host(h).family or cfg.get("model_type", ""), cfg)
     problems = []
     for o, r in spec.pairs:
-        p = pair_problem(o, configs[o][0], configs[o][1], r, configs[r][0], configs[r][1])
+        pm = spec.layer_map(o, r)
+        p = pair_problem(o, configs[o][0], configs[o][1], r, configs[r][0], configs[r][1],
+                         mapped=pm is not None) or \
+            map_problem(o, r, configs[o][0], configs[o][1], configs[r][1], pm)
         if p:
-            problems.append(p)
+            problems.append(f"{spec.where(o, r)}: {p}")
     if problems:
-        raise StudyFileError(f"{spec.source}: " + "; ".join(problems))
+        raise StudyFileError(problems[0] if len(problems) == 1 else
+                             f"{len(problems)} problems in {spec.source}:\n  - "
+                             + "\n  - ".join(problems))
+    return {h: host_layers(fam, cfg) or 0 for h, (fam, cfg) in configs.items()}
 
 
 # --- public entry points ------------------------------------------------------------------

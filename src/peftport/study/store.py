@@ -17,7 +17,8 @@ Schema (version 1; `meta.schema_version`), which the report reads:
   JSON); status is pending | running | done | failed (with `error`); kind is pretrain | post |
   random; `steps` are the training steps it executes; `pre_steps` is the snapshot's step (post),
   the largest pre-porting step count (pretrain) or 0 (random); `versions`, `host_fingerprints`,
-  `data_fingerprints` are JSON; `result` is JSON (losses per step, trainable parameters, threads).
+  `data_fingerprints` are JSON; `result` is JSON (losses per step, trainable parameters, threads,
+  and for a post unit ported through a layer map, `layer_map`: the resolved map it used).
 - `study_units(study_id, unit_id)`: which units a study needs.
 - `edges(unit_id, depends_on, snapshot_key, step)`: a post unit needs the snapshot that
   `depends_on` (a pretrain unit) writes at `step`.
@@ -33,6 +34,21 @@ Schema (version 1; `meta.schema_version`), which the report reads:
 - `events(id, unit_id, event, at, pid, hostname, detail)`: an append-only log (claimed, done,
   failed, released, reset): "done exactly once" can be checked.
 - view `results`: cells joined with units and metrics, one row per cell, metrics as columns.
+- `comparisons(key, origin, receiver, comparison, seconds, versions, created_at)`: one host
+  comparison (`peftport.hostcompare.compare_hosts`) per directed pair and settings; `key` is a
+  hash of origin, receiver, both hosts' weight fingerprints and the settings (corpus, texts,
+  max_length, seed), so it is computed once and reused by every study and rerun; `comparison`
+  is `HostComparison.to_dict()` as JSON (linear CKA of block outputs, layers x layers, the
+  embeddings' CKA, weight distances); `versions` JSON.
+- `host_pairs(study_id, origin, receiver, strategy, layer_map, comparison_key)`: every directed
+  pair of a study with its layer map: `strategy` identity | first_k | stride | cka | explicit
+  (identity also when the file gives none), `layer_map` the resolved map as a JSON list
+  (receiver layer -> origin layer), `comparison_key` -> comparisons.key (NULL when the study
+  sets `compare: false`, or its comparison failed and no cka map needed it).
+
+The last two tables came after the others, with CREATE TABLE IF NOT EXISTS and no change to the
+existing ones: a store made before them opens (still version 1) and gets them, empty until a
+`study run` fills them.
 
 Crash safety: the store is written by the driver only (workers return results). A unit's
 metrics, artifacts rows and status change are committed in ONE transaction, and only by the
@@ -105,6 +121,16 @@ CREATE TABLE IF NOT EXISTS cells (
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, unit_id TEXT NOT NULL, event TEXT NOT NULL,
     at REAL NOT NULL, pid INTEGER, hostname TEXT, detail TEXT);
+CREATE TABLE IF NOT EXISTS comparisons (
+    key TEXT PRIMARY KEY, origin TEXT NOT NULL, receiver TEXT NOT NULL,
+    comparison TEXT NOT NULL,
+    seconds REAL, versions TEXT, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS host_pairs (
+    study_id TEXT NOT NULL, origin TEXT NOT NULL, receiver TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    layer_map TEXT NOT NULL,
+    comparison_key TEXT,
+    PRIMARY KEY (study_id, origin, receiver));
 CREATE VIEW IF NOT EXISTS results AS
 SELECT c.study_id, c.technique, c.origin, c.receiver, c.pre_data, c.post_data, c.seed,
        c.condition, c.pre_steps, c.post_steps, c.unit_id, c.step, u.kind, u.status,
@@ -417,6 +443,8 @@ class Store:
                             for key, kind, step, sha, rel, size in artifacts])
             extra = {k: result.get(k) for k in ("losses", "trainable_parameters", "threads",
                                                 "module_parameters", "environment")}
+            if result.get("layer_map") is not None:  # post units ported through a layer map
+                extra["layer_map"] = result["layer_map"]
             db.execute(
                 "UPDATE units SET status = 'done', finished_at = ?, seconds = ?, "
                 "train_seconds = ?, examples_per_second = ?, trainable_parameters = ?, "
@@ -443,6 +471,35 @@ class Store:
 
     def artifact_path(self, rel: str) -> Path:
         return self.root / rel
+
+    # --- host comparisons and the pairs' layer maps ---------------------------------------
+    def comparison(self, key: str) -> dict[str, Any] | None:
+        """A stored comparison (`HostComparison.to_dict()`), or None."""
+        row = self.db.execute("SELECT comparison FROM comparisons WHERE key = ?",
+                              (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def add_comparison(self, key: str, origin: str, receiver: str, comparison: dict[str, Any],
+                       seconds: float | None, versions: dict[str, Any]) -> None:
+        """Store a comparison (the first one stored under a key stays: they are the same)."""
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (key, origin, receiver, json.dumps(comparison, sort_keys=True), seconds,
+                        json.dumps(versions, sort_keys=True), time.time()))
+
+    def set_host_pairs(self, study_id: str,
+                       rows: list[tuple[str, str, str, list[int], str | None]]) -> None:
+        """A study's directed pairs: (origin, receiver, strategy, resolved map, comparison key).
+        Replaces what an earlier run wrote (a comparison that failed then may exist now)."""
+        with self.tx() as db:
+            db.executemany("INSERT OR REPLACE INTO host_pairs VALUES (?, ?, ?, ?, ?, ?)",
+                           [(study_id, o, r, strategy, json.dumps([int(x) for x in layers]),
+                             key) for o, r, strategy, layers, key in rows])
+
+    def host_pairs(self, study_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM host_pairs WHERE study_id = ? ORDER BY origin, "
+                               "receiver", (study_id,)).fetchall()
+        return [{**dict(r), "layer_map": json.loads(r["layer_map"])} for r in rows]
 
     # --- reading for status and export -----------------------------------------------------
     def studies(self) -> list[sqlite3.Row]:

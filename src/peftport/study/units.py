@@ -7,8 +7,10 @@ driver (workers=0), in a local worker process or in a Ray task on another machin
 - pretrain: attach a fresh module (seed) to the origin, train to the largest pre-porting step
   count, evaluate on the pre data set and snapshot the module at every pre-porting step count;
 - post: attach the technique to the receiver (seed), port the snapshot into it
-  (`peftport.porting.port`, condition ported or sampled with the seed), train to the largest
-  post-porting step count with the shared horizon, evaluate at 0 and every post step count;
+  (`peftport.porting.port`, condition ported or sampled with the seed, through the pair's
+  resolved layer map when the study gives one: the driver resolves it and puts it in the
+  payload as a plain list, receiver layer -> origin layer), train to the largest post-porting
+  step count with the shared horizon, evaluate at 0 and every post step count;
 - random: attach the technique to the receiver (seed) and train that fresh initialisation the
   same way (the random condition, which is also the from-scratch baseline).
 
@@ -85,8 +87,9 @@ def _provenance(h_ids: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
 
 def execute(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one unit. payload: {"unit_id", "config", "threads", "snapshot": (tensors, meta) or
-    None}. Returns metrics per step, snapshots (pretrain), the adapted module (if asked),
-    timings and provenance. Raises on failure (the driver records the error)."""
+    None, "keep_adapted", "layer_map": list or None}. Returns metrics per step, snapshots
+    (pretrain), the adapted module (if asked), the layer map used, timings and provenance.
+    Raises on failure (the driver records the error)."""
     import torch
 
     threads = int(payload.get("threads") or 1)
@@ -99,7 +102,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
             out = _pretrain(payload["unit_id"], config, threads)
         elif kind in ("post", "random"):
             out = _adapt(payload["unit_id"], config, threads, payload.get("snapshot"),
-                         bool(payload.get("keep_adapted")))
+                         bool(payload.get("keep_adapted")), payload.get("layer_map"))
         else:
             raise PeftportError(f"unknown unit kind {kind!r}")
         out["threads"] = threads
@@ -154,7 +157,7 @@ def _pretrain(unit_id: str, c: dict[str, Any], threads: int) -> dict[str, Any]:
 
 
 def _adapt(unit_id: str, c: dict[str, Any], threads: int, snapshot: Any,
-           keep_adapted: bool) -> dict[str, Any]:
+           keep_adapted: bool, layer_map: list[int] | None = None) -> dict[str, Any]:
     from peftport.data import load_dataset
     from peftport.engine import train
     from peftport.module import module_meta
@@ -173,8 +176,15 @@ def _adapt(unit_id: str, c: dict[str, Any], threads: int, snapshot: Any,
         if list(meta["label_words"]) != list(data.label_words):
             raise PeftportError(f"the module was trained for labels {meta['label_words']}, "
                                 f"but {data.id!r} has {list(data.label_words)}")
+        if c.get("layer_map") and layer_map is None:
+            raise PeftportError(f"unit {unit_id}: its config names layer map "
+                                f"{c['layer_map']['strategy']!r} but the payload carries no "
+                                "resolved map (the driver resolves it before any unit)")
+        if layer_map is not None:
+            layer_map = [int(x) for x in layer_map]
         receiver = ReceiverSpec.from_attached(att, host_id=h.spec.id, fingerprint=h.fingerprint)
-        load_module_state(h.model, port(tensors, meta, receiver, condition, c["seed"]))
+        load_module_state(h.model, port(tensors, meta, receiver, condition, c["seed"],
+                                        layer_map=layer_map))
     # random: the technique's fresh initialisation from attach(seed) is the starting point
     cfg = _train_config(c["train"], threads)
     tr, ev = _encodings(h, data, cfg)
@@ -185,8 +195,10 @@ def _adapt(unit_id: str, c: dict[str, Any], threads: int, snapshot: Any,
             att, h, task=data.id, label_words=data.label_words, steps=cfg.steps,
             seed=c["seed"], metrics=res.metrics.get(cfg.steps),
             extra={"study_unit": unit_id, "condition": condition,
-                   "data_fingerprint": data.fingerprint}))
+                   "data_fingerprint": data.fingerprint,
+                   **({"layer_map": layer_map} if layer_map is not None else {})}))
     out.update(_provenance({c["receiver"]: h}, {c["data"]: data}))
+    out["layer_map"] = layer_map if c["kind"] == "post" else None
     if snapshot is not None:  # where the ported module came from
         out["host_fingerprints"][c["origin"]] = snapshot[1]["origin_fingerprint"]
     out["seconds"] = time.perf_counter() - t0

@@ -1,0 +1,218 @@
+"""What the driver does with a study's hosts and pairs before any unit starts.
+
+- `install_derived_hosts`: the hosts a study derives (`hosts: {NAME: {derive: {...}}}`) are
+  built by the recipe code of `peftport hosts derive` (`peftport.hosts.derived_recipe`, cached
+  under a hash of the recipe) and installed as user-derived hosts under
+  $PEFTPORT_HOME/hosts/derived/NAME, where `get_host(NAME)` finds them in any process: local
+  workers, and Ray workers on nodes that share $PEFTPORT_HOME.
+- `prepare_pairs`: every directed pair's host comparison (`peftport.hostcompare.compare_hosts`)
+  computed once and stored in the store's `comparisons` table, keyed by a hash of the hosts, their
+  weight fingerprints and the settings, so a rerun (or another study) reuses it; every pair's
+  layer map resolved (a cka map from the stored comparison) and written to `host_pairs`. The
+  resolved maps go into the post units' payloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from peftport.errors import PeftportError
+from peftport.study.spec import StudyFileError, StudySpec, resolve_pair_map
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard links where the file system allows (a host's weights are ~90 MB; nothing writes to
+    a built host folder), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def install_derived_hosts(spec: StudySpec, echo: Callable[[str], None] = print) -> list[Path]:
+    """Build (or find cached) and install every host the study derives, in file order (a parent
+    declared above its child is installed first). Returns their folders."""
+    from peftport.hosts import _build_derived, _derived_home
+    from peftport.hosts.derive import read_drift
+    from peftport.hosts.spec import Built
+    from peftport.study.spec import study_host
+
+    out = []
+    for d in spec.derived_hosts:
+        recipe = d.recipe()
+        r = dict(recipe)
+        target = _derived_home() / d.name
+        meta_path = target / "peftport-host.json"
+        if meta_path.exists():
+            old = json.loads(meta_path.read_text()).get("recipe")
+            if old != r:
+                raise StudyFileError(
+                    f"{spec.source}: a derived host named {d.name!r} exists with another recipe "
+                    f"({target}); rename the study's host or delete that folder"
+                )
+            out.append(target)
+            continue
+        built = Built(recipe, _build_derived)
+        if not (built.folder() / ".complete").exists():
+            echo(
+                f"deriving host {d.name} from {d.parent}: {r['steps']} masked-LM steps at lr "
+                f"{r['lr']} (about a second per step on 2 cores; built once and cached)"
+            )
+        folder = built.resolve()
+        parent = study_host(spec, d.parent)
+        meta = {  # what `peftport hosts derive` writes, so either one finds the other's host
+            "family": parent.family,
+            "parent": parent.id,
+            "description": f"derived from {parent.id}: masked-LM on {r['corpus']}, "
+            f"{r['steps']} steps, lr {r['lr']}, seed {r['seed']}",
+            "recipe": r,
+        }
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{d.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+        shutil.copytree(folder, tmp, copy_function=_link_or_copy)
+        (tmp / "peftport-host.json").write_text(json.dumps(meta, indent=2))
+        try:
+            tmp.rename(target)
+        except OSError:  # another driver installed it first: theirs stays if it is the same
+            shutil.rmtree(tmp, ignore_errors=True)
+            if json.loads(meta_path.read_text()).get("recipe") != r:
+                raise StudyFileError(
+                    f"{spec.source}: a derived host named {d.name!r} appeared "
+                    f"with another recipe ({target})"
+                ) from None
+        drift = read_drift(folder) or {}
+        layers = [v for k, v in (drift.get("drift") or {}).items() if k.startswith("layer.")]
+        how = f"; mean layer drift {sum(layers) / len(layers):.3f}" if layers else ""
+        echo(f"host {d.name}: derived from {d.parent}, installed at {target}{how}")
+        out.append(target)
+    return out
+
+
+def comparison_key(
+    origin: str,
+    receiver: str,
+    origin_fingerprint: str,
+    receiver_fingerprint: str,
+    settings: dict[str, Any],
+) -> str:
+    blob = json.dumps(
+        {
+            "what": "host comparison",
+            "origin": origin,
+            "receiver": receiver,
+            "origin_fingerprint": origin_fingerprint,
+            "receiver_fingerprint": receiver_fingerprint,
+            "settings": settings,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def prepare_pairs(
+    store: Any,
+    spec: StudySpec,
+    depths: dict[str, int],
+    echo: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict[tuple[str, str], list[int] | None]:
+    """Comparisons (computed or reused), resolved layer maps, host_pairs rows. Returns the map
+    each directed pair's post units port through: None for identity (no map, as before)."""
+    from peftport.hostcompare import HostComparison, compare_hosts
+    from peftport.hosts import host_folder, weights_fingerprint
+    from peftport.provenance import package_versions
+    from peftport.study.spec import study_host
+
+    keys: dict[tuple[str, str], str | None] = {o_r: None for o_r in spec.pairs}
+    comparisons: dict[tuple[str, str], Any] = {}
+    if spec.compare is not None:
+        settings = spec.compare.as_dict()
+        prints = {h: weights_fingerprint(host_folder(study_host(spec, h))) for h in spec.hosts}
+        todo = []
+        for o, r in spec.pairs:
+            key = comparison_key(o, r, prints[o], prints[r], settings)
+            stored = store.comparison(key)
+            if stored is None:
+                todo.append((o, r, key))
+            else:
+                keys[(o, r)] = key
+                comparisons[(o, r)] = HostComparison.from_dict(stored)
+        if spec.pairs:
+            echo(
+                f"host comparisons: {len(spec.pairs) - len(todo)} of {len(spec.pairs)} "
+                f"directed pair(s) in the store already, {len(todo)} to compute "
+                f"({settings['texts']} texts of {settings['corpus']}, {settings['max_length']} "
+                "tokens)"
+            )
+        for i, (o, r, key) in enumerate(todo, 1):
+            pm = spec.layer_map(o, r)
+            echo(f"comparing hosts {o} -> {r} ({i} of {len(todo)})")
+            t0 = time.perf_counter()
+            try:
+                comp = compare_hosts(
+                    o,
+                    r,
+                    corpus=settings["corpus"],
+                    texts=settings["texts"],
+                    max_length=settings["max_length"],
+                    seed=settings["seed"],
+                    progress=progress,
+                )
+            except Exception as e:  # noqa: BLE001 - without a cka map, only the report needs it
+                if pm is not None and pm.strategy == "cka":
+                    if not isinstance(e, PeftportError):
+                        raise
+                    raise StudyFileError(
+                        f"{spec.where(o, r)}: layer_map cka needs the host "
+                        f"comparison of {o} -> {r}, which failed: {e}"
+                    ) from None
+                echo(
+                    f"warning: comparing {o} -> {r} failed ({type(e).__name__}: {e}); its "
+                    "host_pairs row gets no comparison"
+                )
+                continue
+            seconds = time.perf_counter() - t0
+            store.add_comparison(key, o, r, comp.to_dict(), seconds, package_versions())
+            keys[(o, r)] = key
+            comparisons[(o, r)] = comp
+            echo(
+                f"  {o} -> {r}: distance {comp.distance():.3f} (1 - mean CKA over the stride "
+                f"map), {seconds:.0f} s"
+            )
+
+    rows = []
+    payload: dict[tuple[str, str], list[int] | None] = {}
+    for o, r in spec.pairs:
+        pm = spec.layer_map(o, r)
+        try:
+            layers = resolve_pair_map(pm, depths[o], depths[r], comparisons.get((o, r)))
+        except PeftportError as e:
+            raise StudyFileError(f"{spec.where(o, r)}: layer map for {o} -> {r}: {e}") from None
+        strategy = pm.strategy if pm is not None else "identity"
+        rows.append((o, r, strategy, layers, keys[(o, r)]))
+        payload[(o, r)] = None if strategy == "identity" else layers
+    moved = [
+        f"{o} -> {r} {m}"
+        for (o, r), m in payload.items()
+        if m is not None and m != list(range(len(m)))
+    ]
+    if moved and any(t.name == "prefix" for t in spec.techniques):
+        raise StudyFileError(
+            f"{spec.source}: prefix tuning keeps the prefixes of all layers in one tensor, so it "
+            f"cannot take a layer map that moves layers ({'; '.join(moved)}): leave prefix out of "
+            "this study, or port it between hosts of one depth"
+        )
+    store.set_host_pairs(spec.id, rows)
+    for o, r, strategy, layers, _ in rows:
+        if strategy != "identity":
+            echo(f"layer map {o} -> {r}: {strategy} {layers} (receiver layer -> origin layer)")
+    return payload
