@@ -280,7 +280,7 @@ def test_compare_key_checked():
 
 # ids computed with the code before layer maps existed (git HEAD at the time): existing stores
 # must find their units
-QUICK_ID, QUICK_UNITS = "fb24d29da5a794bced97", "867b8465ee18e583"
+PAPER_ID, PAPER_UNITS = "9c3772f90279903836c3", "8977e21425864fcb"
 BASE = """\
 techniques: [lora, adapter]
 pairs: [[tiny-bert, tiny-bert]]
@@ -297,8 +297,8 @@ def units_digest(plan) -> str:
 
 
 def test_ids_without_maps_are_unchanged(deep):
-    quick = load_preset("quick")
-    assert (quick.id, units_digest(make_plan(quick))) == (QUICK_ID, QUICK_UNITS)
+    paper = load_preset("paper")
+    assert (paper.id, units_digest(make_plan(paper))) == (PAPER_ID, PAPER_UNITS)
     base = parse_study(BASE, "s.yaml")
     assert (base.id, units_digest(make_plan(base))) == (BASE_ID, BASE_UNITS)
     # a map changes the study and its post units, never the pretraining or random units
