@@ -49,10 +49,7 @@ libraries ignore and an import uses when it finds it.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,6 +60,7 @@ import torch
 
 from peftport.errors import PeftportError
 from peftport.hosts.spec import DECODER_LM, ENCODER_CLASSIFIER, LAYOUTS, TEXT_TO_TEXT
+from peftport.module import write_folder
 
 __all__ = [
     "FORMATS",
@@ -719,42 +717,16 @@ def adapterhub_export(
 # --- files ------------------------------------------------------------------------------------
 
 
-def _safetensors_bytes(tensors: Mapping[str, torch.Tensor], fmt: str) -> bytes:
+def _safetensors_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
     from safetensors.torch import save
 
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in sorted(tensors.items())}
-    return save(flat, metadata={"format": "pt", "written_by": f"peftport ({fmt})"})
+    # one key ("pt", which transformers checks): with more, safetensors writes them in hash order
+    return save(flat, metadata={"format": "pt"})
 
 
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-
-
-def _write_folder(out: Path, files: Mapping[str, bytes], *, overwrite: bool) -> Path:
-    """Write `files` into folder `out` atomically: a temporary folder beside it, then a rename."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise PeftportError(
-            f"{out} already exists; choose another folder or overwrite it explicitly (--force)"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        for fname, data in files.items():
-            with open(stage / fname, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            out.rename(trash / "old")
-            stage.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            stage.rename(out)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
-    return out
 
 
 def _sidecar(
@@ -898,10 +870,10 @@ def export_peft(
     layout = {"r": config.get("r"), "peft_type": config["peft_type"]}
     files = {
         PEFT_CONFIG: _json_bytes(config),
-        PEFT_WEIGHTS: _safetensors_bytes(out, "peft"),
+        PEFT_WEIGHTS: _safetensors_bytes(out),
         SIDECAR: _json_bytes(_sidecar(meta, "peft", layout)),
     }
-    return _write_folder(Path(out_dir), files, overwrite=overwrite)
+    return write_folder(Path(out_dir), files, overwrite=overwrite)
 
 
 def export_adapterhub(
@@ -916,14 +888,14 @@ def export_adapterhub(
     adapter_cfg, module = parts["adapter"]  # type: ignore[misc]
     files = {
         AH_CONFIG: _json_bytes(adapter_cfg),
-        AH_WEIGHTS: _safetensors_bytes(module, "adapterhub"),
+        AH_WEIGHTS: _safetensors_bytes(module),
         SIDECAR: _json_bytes(_sidecar(meta, "adapterhub")),
     }
     if parts["head"] is not None:
         head_cfg, head = parts["head"]
         files[AH_HEAD_CONFIG] = _json_bytes(head_cfg)
-        files[AH_HEAD_WEIGHTS] = _safetensors_bytes(head, "adapterhub")
-    return _write_folder(Path(out_dir), files, overwrite=overwrite)
+        files[AH_HEAD_WEIGHTS] = _safetensors_bytes(head)
+    return write_folder(Path(out_dir), files, overwrite=overwrite)
 
 
 # --- import: shared -----------------------------------------------------------------------

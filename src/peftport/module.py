@@ -35,6 +35,7 @@ created (UTC time).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -165,7 +166,7 @@ def save_module(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: 
     """Write a module folder atomically; returns its path. The metadata is validated first:
     an invalid module is never written. An existing non-empty folder is replaced only with
     `overwrite=True`."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(out_dir)
     where = f"module {out}"
@@ -182,29 +183,37 @@ def save_module(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: 
         json.dumps(meta, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise PeftportError(f"{where}: metadata is not JSON-able: {e}") from None
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in sorted(tensors.items())}
+    # ONE metadata key: safetensors writes its metadata map in hash order, so with two keys
+    # identical modules could get different bytes, and so different sha256s
+    data = save(flat, metadata={"format": f"{FORMAT}/{SCHEMA_VERSION}"})
+    meta.update(
+        schema_version=SCHEMA_VERSION, format=FORMAT, tensor_file=TENSOR_FILE,
+        sha256=hashlib.sha256(data).hexdigest(), num_tensors=len(flat),
+        num_parameters=sum(v.numel() for v in flat.values()),
+        head_keys=[k for k in flat if name not in k.split(".")],
+        versions=package_versions(),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    return write_folder(out, {TENSOR_FILE: data, META_FILE: text.encode()}, overwrite=overwrite)
+
+
+def write_folder(out: str | Path, files: Mapping[str, bytes], *, overwrite: bool) -> Path:
+    """Write `files` (name -> bytes) as folder `out`, atomically: into a temporary folder beside
+    it, flushed, then renamed into place (an existing folder is swapped out only after the new
+    one is complete). An existing non-empty folder is replaced only with `overwrite=True`."""
+    out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise PeftportError(f"{out} already exists; choose another folder or overwrite it "
-                            "explicitly")
-
+                            "explicitly (--force)")
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in sorted(tensors.items())}
-        tensor_path = stage / TENSOR_FILE
-        # ONE metadata key: safetensors writes its metadata map in hash order, so with two keys
-        # identical modules could get different bytes, and so different sha256s
-        save_file(flat, str(tensor_path), metadata={"format": f"{FORMAT}/{SCHEMA_VERSION}"})
-        meta.update(
-            schema_version=SCHEMA_VERSION, format=FORMAT, tensor_file=TENSOR_FILE,
-            sha256=_sha256(tensor_path), num_tensors=len(flat),
-            num_parameters=sum(v.numel() for v in flat.values()),
-            head_keys=[k for k in flat if name not in k.split(".")],
-            versions=package_versions(),
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        (stage / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        for f in stage.iterdir():  # flush before the rename makes them visible
-            with open(f, "rb") as fh:
+        for fname, data in files.items():
+            with open(stage / fname, "wb") as fh:
+                fh.write(data)
+                fh.flush()
                 os.fsync(fh.fileno())
         if out.exists():
             trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
