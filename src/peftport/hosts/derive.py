@@ -112,6 +112,9 @@ def build_derived(out: Path, recipe: dict[str, str]) -> None:
     # Plots are long: cut every plot into windows of max_length tokens, so all the text is used.
     width = cfg.max_length - 2  # room for [CLS] and [SEP]
     enc = []
+    # whole plots are tokenised and then windowed: lift the length limit, which would only warn
+    # ("sequence length is longer than the specified maximum") about rows never fed whole
+    tok.model_max_length = 1 << 30
     for ids in tok(texts, add_special_tokens=False)["input_ids"]:
         for start in range(0, len(ids), width):
             window = ids[start : start + width]
