@@ -948,13 +948,14 @@ def _save_import(
     *,
     task: str,
     label_words: Sequence[str],
-    steps: int,
+    hint: Mapping[str, Any],
     extra: dict[str, Any],
     out_dir: str | Path,
     overwrite: bool,
     where: str,
 ) -> Path:
-    """Load `state` into the attached module strictly (every tensor, every shape), save it."""
+    """Load `state` into the attached module strictly (every tensor, every shape), save it.
+    `hint`: peftport's own sidecar of an export (steps, seed; {} for a foreign folder)."""
     from peftport.module import module_meta, save_module
     from peftport.techniques import load_module_state, module_state
 
@@ -962,6 +963,8 @@ def _save_import(
         load_module_state(h.model, state, att.name)
     except PeftportError as e:
         raise PeftportError(f"{where}: {e}") from None
+    steps = int(hint.get("steps", 0) or 0)
+    extra = {**extra, "peftport_export": dict(hint) or None}
     meta = module_meta(
         att, h, task=task, label_words=label_words, steps=steps, extra={"imported": extra}
     )
@@ -1421,7 +1424,6 @@ def import_peft(
         "folder": str(folder),
         "peft_type": peft_type,
         "base_model_name_or_path": config.get("base_model_name_or_path"),
-        "peftport_export": hint or None,
     }
     return _save_import(
         h,
@@ -1429,7 +1431,7 @@ def import_peft(
         {**state, **head},
         task=task,
         label_words=label_words,
-        steps=int(hint.get("steps", 0) or 0),
+        hint=hint,
         extra=extra,
         out_dir=out_dir,
         overwrite=overwrite,
@@ -1663,7 +1665,6 @@ def import_adapterhub(
         "name": old,
         "version": full.get("version"),
         "model_name": full.get("model_name"),
-        "peftport_export": hint or None,
     }
     try:
         return _save_import(
@@ -1672,7 +1673,7 @@ def import_adapterhub(
             {**state, **head},
             task=task,
             label_words=label_words,
-            steps=int(hint.get("steps", 0) or 0),
+            hint=hint,
             extra=extra,
             out_dir=out_dir,
             overwrite=overwrite,
