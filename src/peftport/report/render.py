@@ -690,6 +690,19 @@ def md_table(header: list[str], rows: list[list[Cell]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _md_figure(f: RenderedFigure, notes_label: str) -> list[str]:
+    """A figure in Markdown: the PNG, its caption with a link to the SVG, then its notes."""
+    out = [
+        f"![{f.title}](figures/{f.stem}.png)",
+        "",
+        f"_{f.caption}_ ([SVG](figures/{f.stem}.svg))",
+        "",
+    ]
+    if f.notes:
+        out += [f"{notes_label}: " + "; ".join(f.notes), ""]
+    return out
+
+
 def render_markdown(
     data: StoreData,
     agg: Aggregates,
@@ -722,14 +735,7 @@ def render_markdown(
         "",
     ]
     for f in ([overview] if overview else []) + figs:
-        out += [
-            f"![{f.title}](figures/{f.stem}.png)",
-            "",
-            f"_{f.caption}_ ([SVG](figures/{f.stem}.svg))",
-            "",
-        ]
-        if f.notes:
-            out += ["Missing results: " + "; ".join(f.notes), ""]
+        out += _md_figure(f, "Missing results")
     sections = [
         ("Zero-shot portability", zero_shot_columns(agg, False), "zero_shot_by_technique"),
         ("Zero-shot portability by direction and data", zero_shot_columns(agg, True), "zero_shot"),
@@ -803,14 +809,7 @@ def _distance_markdown(agg: Aggregates, figs: Sequence[RenderedFigure]) -> list[
             f = by_stem.get(spec.stem)
             if f is None:
                 continue
-            out += [
-                f"![{f.title}](figures/{f.stem}.png)",
-                "",
-                f"_{f.caption}_ ([SVG](figures/{f.stem}.svg))",
-                "",
-            ]
-            if f.notes:
-                out += ["Notes: " + "; ".join(f.notes), ""]
+            out += _md_figure(f, "Notes")
     if agg.distance.skipped:
         out += ["Not shown: " + "; ".join(agg.distance.skipped), ""]
     notes = agg.tables[CORRELATION_TABLE].notes
