@@ -95,12 +95,10 @@ class LayerMap:
             raise PeftportError(f"layer map {self.strategy} takes no layers, got {self.layers!r}")
 
     def describe(self) -> str:
-        """ "stride", or "explicit [1, 3]"."""
-        return (
-            f"{EXPLICIT} {list(self.layers or ())}"
-            if self.strategy == EXPLICIT
-            else (self.strategy)
-        )
+        """The map in a message: "stride", or "explicit [1, 3]"."""
+        if self.strategy == EXPLICIT:
+            return f"{EXPLICIT} {list(self.layers or ())}"
+        return self.strategy
 
     def as_dict(self) -> dict[str, Any]:
         """The stored form (part of a post unit's config, hence of its id: keep it stable)."""
