@@ -418,6 +418,10 @@ def _align(
             f"align cannot carry a {t} module between hidden spaces: {why}; "
             "port it with copy, scaled or a host of the same width"
         )
+    if t == "lora" and receiver.family == "gpt2":
+        raise PortingError(
+            "align cannot carry a lora module on gpt2 hosts: GPT-2 keeps q, k and v in one fused "
+            "Conv1D (c_attn), whose LoRA is not one A and one B per weight")
     stacks = receiver.layer_stacks
     if len(stacks) != 1:
         raise PortingError(

@@ -116,8 +116,8 @@ def _why(meta: Mapping[str, Any], receiver: ReceiverSpec) -> str:
     reasons = []
     oh, rh = origin_dims.get("hidden_size"), receiver.dims.get("hidden_size")
     if oh is not None and rh is not None and oh != rh:
-        reasons.append(f"the hosts' hidden sizes differ (origin {oh}, receiver {rh}; the "
-                       "porting method align (--method align) maps a module between widths)")
+        reasons.append(f"the hosts' hidden sizes differ (origin {oh}, receiver {rh}) and only "
+                       "the porting method align (--method align) maps a module between widths")
     ol, rl = origin_dims.get("layers") or {}, receiver.dims.get("layers") or {}
     for stack in receiver.layer_stacks:
         if stack in ol and stack in rl and ol[stack] != rl[stack]:

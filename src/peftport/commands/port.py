@@ -68,8 +68,9 @@ def register(app: typer.Typer) -> None:
         if info.get("layer_map_note"):
             typer.echo(f"note: {info['layer_map_note']}")
         typer.echo(f"{meta['technique']} module from {meta['origin_host']} -> "
-                   f"{info['receiver_host']} ({condition.value}, method {method}, seed {seed}): "
-                   f"{path}")
+                   f"{info['receiver_host']} ({condition.value}, "
+                   + (f"method {method}, " if info.get("method", "copy") != "copy" else "")
+                   + f"seed {seed}): {path}")
 
     @app.command("techniques")
     def techniques_cmd(

@@ -1,0 +1,44 @@
+"""`peftport check`: before porting, what a module needs against what a host has."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+MARK = {"ok": "ok  ", "fixable": "FIX ", "blocking": "NO  ", "note": "note"}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("check")
+    def check_cmd(
+        module: Path = typer.Argument(..., help="A saved module folder."),
+        to: str = typer.Option(..., "--to", help="Receiving host: id, local folder or hub id."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Say, from configs alone, whether a module ports into a host and what it would take
+        (a layer map, --method align) or why nothing can. Loads no weights, trains nothing."""
+        from peftport.errors import PeftportError
+        from peftport.module import read_meta
+        from peftport.precheck import check_port, host_facts
+
+        meta = read_meta(module)
+        words = list(meta.get("label_words") or [])
+        host = host_facts(to, words)
+        try:  # the origin's heads, vocabulary and label ids, when its config is at hand
+            origin = host_facts(meta["origin_host"], words)
+        except PeftportError:
+            origin = None
+        result = check_port(meta, host, origin, module=str(module))
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+            return
+        typer.echo(f"{meta['technique']} module from {meta['origin_host']} -> {host.id}")
+        for f in result.findings:
+            shown = f"{f.module} -> {f.host}" if f.module is not None or f.host is not None else ""
+            typer.echo(f"  {MARK[f.status]} {f.aspect}: {shown}" + (f"  ({f.say})" if f.say
+                                                                     else ""))
+        typer.echo(result.verdict())
+        if not result.portable:
+            raise typer.Exit(1)
