@@ -50,13 +50,14 @@ def choose_layer_map(spec: str, meta: dict, tensors: dict, receiver_id: str,
     """
     from peftport.hostcompare import compare_hosts, resolve_layer_map
     from peftport.porting import _split_layer
+    from peftport.techniques import get_technique
 
     info: dict = {"layer_map": None}
     if not spec.strip():
         return None, info
     name = spec.strip().lower().replace("-", "_")
     info["layer_map_strategy"] = name if name in LAYER_MAP_STRATEGIES else "explicit"
-    per_layer = meta["technique"] == "prefix" or any(
+    per_layer = not get_technique(meta["technique"]).layer_mappable or any(
         _split_layer(k, stacks) is not None for k in tensors)
     if not per_layer:  # its depth-free tensors fit any depth of the same width
         info["layer_map_note"] = (f"a {meta['technique']} module has no per-layer tensors: "
