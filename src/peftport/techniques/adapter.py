@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.hosts.spec import KINDS
-from peftport.techniques.base import YES, Technique, TechniqueConfig, doc
+from peftport.techniques.base import EVERY_KIND, USE_ADAPTERHUB, Technique, TechniqueConfig, doc
 
 # variant -> (adapters config class, its published non-linearity)
 VARIANTS = {"pfeiffer": ("SeqBnConfig", "relu"), "houlsby": ("DoubleSeqBnConfig", "swish")}
@@ -87,8 +86,6 @@ TECHNIQUE = Technique(
     name="adapter", config_cls=BottleneckConfig,
     summary="bottleneck adapter in every layer (Pfeiffer: one, Houlsby: two)",
     reference="Houlsby et al. 2019 (arXiv 1902.00751); Pfeiffer et al. 2021 (arXiv 2005.00247)",
-    support=dict.fromkeys(KINDS, YES),
-    order=1,
-    peft_refused="PEFT 0.21.2 has no bottleneck (Houlsby / Pfeiffer) adapters; export it as an "
-    "AdapterHub folder (--format adapterhub)",
+    support=EVERY_KIND, order=1,
+    peft_refused=f"PEFT 0.21.2 has no bottleneck (Houlsby / Pfeiffer) adapters; {USE_ADAPTERHUB}",
 )

@@ -137,6 +137,9 @@ class Support:
 
 
 YES = Support(True)
+EVERY_KIND: Mapping[str, Support] = types.MappingProxyType(dict.fromkeys(KINDS, YES))
+# the end of the reason a technique PEFT lacks gives
+USE_ADAPTERHUB = "export it as an AdapterHub folder (--format adapterhub)"
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.hosts.spec import KINDS
 from peftport.techniques.adapter import bottleneck_fields, is_bottleneck
-from peftport.techniques.base import YES, Technique, TechniqueConfig, doc
+from peftport.techniques.base import EVERY_KIND, USE_ADAPTERHUB, Technique, TechniqueConfig, doc
 
 # variant -> adapters config class
 VARIANTS = {"houlsby": "CompacterConfig", "pfeiffer": "CompacterPlusPlusConfig"}
@@ -82,10 +81,8 @@ TECHNIQUE = Technique(
     name="compacter", config_cls=CompacterConfig,
     summary="bottleneck adapters built from shared Kronecker-product (PHM) layers",
     reference="Karimi Mahabadi et al. 2021 (arXiv 2106.04647)",
-    support=dict.fromkeys(KINDS, YES),
-    order=4,
-    peft_refused="PEFT 0.21.2 has no Compacter (PHM bottleneck adapters); export it as an "
-    "AdapterHub folder (--format adapterhub)",
+    support=EVERY_KIND, order=4,
+    peft_refused=f"PEFT 0.21.2 has no Compacter (PHM bottleneck adapters); {USE_ADAPTERHUB}",
     adapterhub_hints={"phm_rule": "adapters 1.3.0's save_adapter does not save T5 Compacter's "
                       "shared phm_rule; export such modules with peftport"},
 )

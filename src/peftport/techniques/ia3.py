@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.hosts.spec import KINDS
-from peftport.techniques.base import YES, Technique, TechniqueConfig, doc
+from peftport.techniques.base import EVERY_KIND, Technique, TechniqueConfig, doc
 
 ATTENTION_MATRICES = ("q", "k", "v")
 
@@ -51,8 +50,6 @@ TECHNIQUE = Technique(
     name="ia3", config_cls=IA3Config,
     summary="learnt rescaling vectors on keys, values and feed-forward activations",
     reference="Liu et al. 2022 (arXiv 2205.05638)",
-    support=dict.fromkeys(KINDS, YES),
-    order=6,
+    support=EVERY_KIND, order=6, peft_type="IA3",
     neutral_fill=1.0,  # a vector of ones scales nothing
-    peft_type="IA3",
 )

@@ -85,7 +85,6 @@ TECHNIQUE = Technique(
     reference="Hu et al. 2021 (arXiv 2106.09685)",
     support={ENCODER_CLASSIFIER: YES, TEXT_TO_TEXT: Support(True, "also cross-attention q, v"),
              DECODER_LM: YES},
-    order=2,
+    order=2, peft_type="LORA",
     neutral_fill=0.0,  # B = 0: no update (A = 0 too, so nothing of the site is left)
-    peft_type="LORA",
 )

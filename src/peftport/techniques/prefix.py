@@ -74,9 +74,8 @@ TECHNIQUE = Technique(
     support={ENCODER_CLASSIFIER: YES,
              TEXT_TO_TEXT: Support(True, "encoder, decoder and cross-attention prefixes"),
              DECODER_LM: Support(True, "eager attention: attach switches the host to it")},
-    order=3,
+    order=3, peft_type="PREFIX_TUNING",
     layer_mappable=False,  # the MLP's last layer holds every layer's prefix (docstring)
     # with sdpa a padded batch masks the prefix out and its gradients are zero
     eager_attention=frozenset({DECODER_LM}),
-    peft_type="PREFIX_TUNING",
 )
