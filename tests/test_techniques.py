@@ -395,6 +395,19 @@ def test_every_technique_declares_its_capabilities():
         assert t.peft_exportable == (peft_type is not None and not refused), name
 
 
+def test_no_code_outside_techniques_tells_techniques_apart_by_name():
+    """Behaviour per technique is asked of the technique: a name compared outside
+    src/peftport/techniques/ would be a second place to edit when a technique is added."""
+    src = Path(__file__).resolve().parents[1] / "src" / "peftport"
+    names = "|".join(re.escape(t) for t in TECHNIQUES)
+    quoted = rf"""["']({names})["']"""
+    compare = re.compile(rf"(==|!=|\bin)\s*[(\[{{]?\s*{quoted}|{quoted}\s*(==|!=|\bin\b)")
+    found = [f"{path.relative_to(src)}:{i}: {line.strip()}"
+             for path in sorted(src.rglob("*.py")) if "techniques" not in path.parts
+             for i, line in enumerate(path.read_text().splitlines(), 1) if compare.search(line)]
+    assert not found, found
+
+
 @pytest.mark.parametrize("technique", ORDER)
 def test_from_adapters_inverts_to_adapters_and_only_for_its_own(technique):
     """Each technique reads back its own AdapterHub config (a non-default one, so a reader
