@@ -221,10 +221,14 @@ def hand_alignment(r: torch.Tensor, origin_model, receiver_model, layers: int = 
     return Alignment("procrustes", maps, weights(origin_model), weights(receiver_model))
 
 
-@pytest.mark.parametrize("technique", ALIGNABLE)
-def test_an_identity_alignment_changes_nothing(technique):
-    origin, tensors, meta = trained("bert", technique)
-    model, spec = receiver("bert", technique)
+@pytest.mark.parametrize(
+    "technique,family",
+    [(t, "bert") for t in ALIGNABLE]
+    + [("lora", "llama"), ("adapter", "gpt2"), ("adapter", "llama")],
+)
+def test_an_identity_alignment_changes_nothing(technique, family):
+    origin, tensors, meta = trained(family, technique)
+    model, spec = receiver(family, technique)
     # the receiver is the origin's host itself, carried by the identity
     al = hand_alignment(torch.eye(16), origin.model, model)
     got = port_with_method(tensors, meta, spec, "align", inputs=MethodInputs(alignment=al))
@@ -275,12 +279,21 @@ def test_fitted_alignment_recovers_the_rotation():
     )
 
 
-@pytest.mark.parametrize("technique", ["compacter", "ia3"])
-def test_align_refuses_what_a_linear_map_cannot_carry(technique):
-    origin, tensors, meta = trained("bert", technique)
-    model, spec = receiver("bert", technique)
+@pytest.mark.parametrize(
+    "technique,family,needle",
+    [
+        ("compacter", "bert", "cannot carry a compacter module"),
+        ("ia3", "bert", "cannot carry a ia3 module"),
+        ("lora", "gpt2", "on bert, llama hosts only"),
+        ("lora", "t5", "on bert, llama hosts only"),
+        ("adapter", "t5", "on bert, gpt2, llama hosts only"),
+    ],
+)
+def test_align_refuses_what_it_cannot_carry(technique, family, needle):
+    origin, tensors, meta = trained(family, technique)
+    model, spec = receiver(family, technique)
     al = hand_alignment(torch.eye(16), origin.model, model)
-    with pytest.raises(PortingError, match=f"cannot carry a {technique} module"):
+    with pytest.raises(PortingError, match=needle):
         port_with_method(tensors, meta, spec, "align", inputs=MethodInputs(alignment=al))
 
 

@@ -253,27 +253,55 @@ def _module_part(key: str, receiver: ReceiverSpec) -> bool:
     return key not in receiver.head_keys
 
 
+# technique -> how `scaled` treats one module tensor: (tensor name, tensor, factor) -> the scaled
+# tensor, or None to leave it as it is. A technique missing here is refused with NOT_SCALED's
+# reason: which tensors carry "the module's output" is a per-technique fact.
+def _scale_b(key: str, v: torch.Tensor, f: float) -> torch.Tensor | None:
+    return v * f if key.endswith(".lora_B") else None  # the update B @ A, times f
+
+
+def _scale_towards_one(key: str, v: torch.Tensor, f: float) -> torch.Tensor | None:
+    return 1 + f * (v - 1) if key.endswith(".lora_B") else None  # IA3 keeps its vectors in B
+
+
+def _scale_up(key: str, v: torch.Tensor, f: float) -> torch.Tensor | None:
+    return v * f if ".adapter_up." in key else None  # the adapter's output: up(...), times f
+
+
+def _scale_phm_up(key: str, v: torch.Tensor, f: float) -> torch.Tensor | None:
+    # the up PHM layer is (sum_i rule_i x W_left_i W_right_i) + b: W_left and b carry f once
+    return v * f if re.search(r"\.adapter_up\.(W_left|b)$", key) else None
+
+
+SCALE: dict[str, Callable[[str, torch.Tensor, float], torch.Tensor | None]] = {
+    "lora": _scale_b,
+    "ia3": _scale_towards_one,
+    "adapter": _scale_up,
+    "compacter": _scale_phm_up,
+}
+NOT_SCALED = {
+    "prefix": "a prefix has no neutral value to scale towards (a zero key still takes attention)",
+    "prompt": "a prompt has no neutral value to scale towards (a zero soft token is a token)",
+}
+
+
 def _scaled(
     state: dict[str, torch.Tensor], receiver: ReceiverSpec, f: float
 ) -> dict[str, torch.Tensor]:
     t = receiver.technique
-    if t in ("prefix", "prompt"):
+    rule = SCALE.get(t)
+    if rule is None:
         raise PortingError(
-            f"scaled: {t} tuning has no neutral value to scale towards (a zero key still takes "
-            "attention, a zero soft token is still a token); port it with copy"
+            f"scaled cannot scale a {t} module: "
+            + NOT_SCALED.get(t, "no rule says which of its tensors carry its output")
+            + "; port it with copy"
         )
     out = dict(state)
     for key, v in state.items():
         if not _module_part(key, receiver):
             continue  # the head reads the output; the module's contribution is what is scaled
-        if t == "lora" and key.endswith(".lora_B"):
-            out[key] = v * f
-        elif t == "ia3" and key.endswith(".lora_B"):
-            out[key] = 1 + f * (v - 1)
-        elif t == "adapter" and ".adapter_up." in key:
-            out[key] = v * f
-        elif t == "compacter" and re.search(r"\.adapter_up\.(W_left|b)$", key):
-            out[key] = v * f  # the up PHM layer is (sum_i rule_i x W_left_i W_right_i) + b
+        if (scaled := rule(key, v, f)) is not None:
+            out[key] = scaled
     return out
 
 
@@ -299,13 +327,17 @@ def _lora_pairs(
     return pairs
 
 
+# technique -> whether its module is a low-rank update B @ A of host weights (subspace)
+WEIGHT_UPDATE = {"lora": True, "ia3": False}
+
+
 def _subspace(
     state: dict[str, torch.Tensor],
     receiver: ReceiverSpec,
     rank: int | None,
     weights: Mapping[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    if receiver.technique != "lora":
+    if not WEIGHT_UPDATE.get(receiver.technique, False):
         raise PortingError(
             f"subspace projects a weight update onto the receiving weight's singular subspaces; "
             f"a {receiver.technique} module is not a weight update (LoRA only)"
@@ -395,6 +427,120 @@ PREFIX_KV = {"bert": ("attention.self.key.weight", "attention.self.value.weight"
 HEAD_INPUT = {"bert": "bert.pooler.dense.weight"}
 
 
+@dataclass(frozen=True)
+class _Carry:
+    """What a technique's align rule sees: the module's tensors by receiver name, the layer
+    pairing and the fitted maps."""
+
+    src: Callable[[str], torch.Tensor]  # receiver tensor name -> the module's tensor (float64)
+    origin_name: Callable[[str], str]  # receiver tensor name -> its origin tensor name
+    origin_layer: Callable[[int], int]  # receiver layer -> origin layer (the layer map)
+    receiver: ReceiverSpec
+    al: Alignment
+    stack: str
+    n_layers: int
+
+
+def _carry_lora(key: str, split: tuple[str, int, str] | None, c: _Carry) -> dict:
+    if split is None or not key.endswith((".lora_A", ".lora_B")):
+        raise PortingError(f"align: {key} is not a per-layer LoRA factor")
+    a_key = key[: -len("lora_B")] + "lora_A" if key.endswith("lora_B") else key
+    b_key = a_key[: -len("lora_A")] + "lora_B"
+    a, b = c.src(a_key), c.src(b_key)
+    if a.shape[0] != b.shape[1]:
+        raise PortingError(
+            f"align: {a_key} is a fused LoRA (A {tuple(a.shape)}, B {tuple(b.shape)}, as on "
+            "GPT-2's c_attn); align needs one A (r x in) and one B (out x r) per weight"
+        )
+    j = split[1]
+    o = c.origin_layer(j)
+    w_o = _weight(c.al.origin_weights, _base_weight(c.origin_name(a_key)), "origin")
+    w_r = _weight(c.al.receiver_weights, _base_weight(a_key), "receiver")
+    d_o, d_r = c.al.get(o, j).forward.shape
+    if w_o.shape[1] == d_o and w_r.shape[1] == d_r:  # reads the residual stream
+        p = c.al.get(o, j).backward
+        q = _out_map(p, w_o, w_r)
+        return {a_key: a @ p.T, b_key: q.T @ b}
+    if w_o.shape[0] == d_o and w_r.shape[0] == d_r:  # writes the residual stream
+        m = c.al.get(o + 1, j + 1).forward
+        p_in = (_pinv(m.T @ w_o.to(torch.float64)) @ w_r.to(torch.float64)).T
+        return {a_key: a @ p_in.T, b_key: m.T @ b}
+    raise PortingError(f"align: {_base_weight(a_key)} neither reads nor writes the hidden space")
+
+
+def _carry_adapter(key: str, split: tuple[str, int, str] | None, c: _Carry) -> dict:
+    if split is None or ".adapter_" not in key:
+        raise PortingError(f"align: {key} is not a per-layer bottleneck adapter tensor")
+    j = split[1]
+    o = c.origin_layer(j)
+    # an adapter after attention reads the block's middle: the block input's map is the
+    # nearest fitted one; after the feed-forward block it reads the block output
+    hm = c.al.get(o, j) if "attention" in key else c.al.get(o + 1, j + 1)
+    base = key.split(".adapter_")[0]
+    dwn, dbn, uwn, ubn = (
+        f"{base}.{s}"
+        for s in (
+            "adapter_down.0.weight",
+            "adapter_down.0.bias",
+            "adapter_up.weight",
+            "adapter_up.bias",
+        )
+    )
+    dw, db, uw, ub = c.src(dwn), c.src(dbn), c.src(uwn), c.src(ubn)
+    width_r = c.receiver.shapes[dwn][0]
+    if width_r < dw.shape[0]:
+        raise PortingError(
+            f"align: the receiver's adapter bottleneck ({width_r}) is narrower than the "
+            f"module's ({dw.shape[0]}); a bottleneck cannot shrink without loss"
+        )
+    pad = width_r - dw.shape[0]  # a wider bottleneck: extra units read nothing, write nothing
+    dw_r = dw @ hm.backward.T
+    uw_r = hm.forward.T @ uw
+    return {
+        dwn: torch.cat([dw_r, dw.new_zeros(pad, dw_r.shape[1])]),
+        dbn: torch.cat([db, db.new_zeros(pad)]),
+        uwn: torch.cat([uw_r, uw.new_zeros(uw_r.shape[0], pad)], dim=1),
+        ubn: ub @ hm.forward,
+    }
+
+
+def _carry_prompt(key: str, split: tuple[str, int, str] | None, c: _Carry) -> dict:
+    if not key.endswith("prompt_embedding.weight"):
+        raise PortingError(f"align: {key} is not a prompt embedding")
+    return {key: c.src(key) @ c.al.get(0, 0).forward}  # soft tokens live in embedding space
+
+
+# technique -> (its align rule, the families it is implemented for). Compacter and IA3: ALIGN_REFUSES.
+ALIGN: dict[str, tuple[Callable[[str, Any, _Carry], dict], tuple[str, ...]]] = {
+    "lora": (_carry_lora, ("bert", "llama")),  # GPT-2: a fused c_attn LoRA in a Conv1D
+    "adapter": (_carry_adapter, ("bert", "gpt2", "llama")),
+    "prompt": (_carry_prompt, ("bert",)),
+    "prefix": (lambda key, split, c: _carry_prefix(key, c), ("bert",)),  # PREFIX_KV's families
+}
+ALIGN_REFUSES = {
+    "compacter": "its projections are sums of Kronecker products that a general linear map "
+    "does not keep",
+    "ia3": "its vectors rescale coordinates, and a rescaling stays one only under a permutation "
+    "of the coordinates",
+}
+
+
+def align_problem(technique: str, family: str, stacks: int = 1) -> str | None:
+    """Why align cannot carry this technique on this family (None: it can)."""
+    if technique in ALIGN_REFUSES:
+        return f"align cannot carry a {technique} module: {ALIGN_REFUSES[technique]}"
+    rule = ALIGN.get(technique)
+    if rule is None:
+        return f"align has no rule for {technique} modules"
+    if family not in rule[1]:
+        return (
+            f"align carries {technique} modules on {', '.join(rule[1])} hosts only, not on {family}"
+        )
+    if stacks != 1:
+        return f"align is implemented for hosts with one layer stack; {family} has {stacks}"
+    return None
+
+
 def _align(
     tensors: Mapping[str, torch.Tensor],
     meta: Mapping[str, Any],
@@ -407,30 +553,13 @@ def _align(
 
     check_header(meta, receiver, layer_map)
     t = receiver.technique
-    if t in ("compacter", "ia3"):
-        why = (
-            "its projections are sums of Kronecker products that a general linear map does not keep"
-            if t == "compacter"
-            else "its vectors rescale coordinates, and a rescaling stays one only under a "
-            "permutation of the coordinates"
-        )
-        raise PortingError(
-            f"align cannot carry a {t} module between hidden spaces: {why}; "
-            "port it with copy, scaled or a host of the same width"
-        )
-    if t == "lora" and receiver.family == "gpt2":
-        raise PortingError(
-            "align cannot carry a lora module on gpt2 hosts: GPT-2 keeps q, k and v in one fused "
-            "Conv1D (c_attn), whose LoRA is not one A and one B per weight")
     stacks = receiver.layer_stacks
-    if len(stacks) != 1:
-        raise PortingError(
-            f"align is implemented for hosts with one layer stack; "
-            f"{receiver.family} has {', '.join(stacks)}"
-        )
+    problem = align_problem(t, receiver.family, len(stacks))
+    if problem:
+        raise PortingError(problem + "; port it with copy or scaled between hosts of one width")
     stack = stacks[0]
-    origin_name = meta.get("adapter_name", receiver.name)
-    renamed = {_rename(k, origin_name, receiver.name): k for k in tensors}
+    origin_module = meta.get("adapter_name", receiver.name)
+    renamed = {_rename(k, origin_module, receiver.name): k for k in tensors}
     exclude = set(receiver.head_keys) if keep_receiver_head else set()
     wanted, unmapped = origin_names(receiver, layer_map, exclude)
     if unmapped:
@@ -440,10 +569,6 @@ def _align(
         )
     per_stack = normalise_layer_map(layer_map, stacks)
     lmap = per_stack[stack] if per_stack is not None else None
-    n_r = (receiver.dims.get("layers") or {}).get(stack)
-
-    def origin_layer(j: int) -> int:
-        return lmap[j] if lmap is not None else j
 
     def src(key: str) -> torch.Tensor:
         name = wanted[key]
@@ -451,99 +576,29 @@ def _align(
             raise PortingError(f"align: the module has no tensor {name} for receiver {key}")
         return tensors[renamed[name]].detach().to(torch.float64)
 
-    ow, rw = al.origin_weights, al.receiver_weights
+    carry = _Carry(
+        src=src,
+        origin_name=lambda key: wanted[key],
+        origin_layer=lambda j: lmap[j] if lmap is not None else j,
+        receiver=receiver,
+        al=al,
+        stack=stack,
+        n_layers=int((receiver.dims.get("layers") or {}).get(stack) or 0),
+    )
+    rule = ALIGN[t][0]
     out: dict[str, torch.Tensor] = {}
-    done: set[str] = set()
     for key in wanted:
-        if key in done:
+        if key in out:
             continue
-        shape = receiver.shapes[key]
-        split = split_layer(key, stacks)
         if key in receiver.head_keys:
-            out[key] = _align_head(key, src(key), receiver, al, n_r, origin_layer)
-        elif t == "lora" and key.endswith((".lora_A", ".lora_B")) and split is not None:
-            a_key = key[: -len("lora_B")] + "lora_A" if key.endswith("lora_B") else key
-            b_key = a_key[: -len("lora_A")] + "lora_B"
-            a, b = src(a_key), src(b_key)
-            if a.shape[0] != b.shape[1]:
-                raise PortingError(
-                    f"align: {a_key} is a fused LoRA (A {tuple(a.shape)}, B "
-                    f"{tuple(b.shape)}, as on GPT-2's c_attn); align needs one "
-                    "A (r x in) and one B (out x r) per weight"
-                )
-            j = split[1]
-            o = origin_layer(j)
-            w_o = _weight(ow, _base_weight(wanted[a_key]), "origin")
-            w_r = _weight(rw, _base_weight(a_key), "receiver")
-            d_o, d_r = al.get(o, j).forward.shape
-            if w_o.shape[1] == d_o and w_r.shape[1] == d_r:  # reads the residual stream
-                p = al.get(o, j).backward
-                q = _out_map(p, w_o, w_r)
-                out[a_key], out[b_key] = a @ p.T, q.T @ b
-            elif w_o.shape[0] == d_o and w_r.shape[0] == d_r:  # writes the residual stream
-                m = al.get(o + 1, j + 1).forward
-                p_in = (_pinv(m.T @ w_o.to(torch.float64)) @ w_r.to(torch.float64)).T
-                out[a_key], out[b_key] = a @ p_in.T, m.T @ b
-            else:
-                raise PortingError(
-                    f"align: {_base_weight(a_key)} neither reads nor writes the hidden space"
-                )
-            done |= {a_key, b_key}
-        elif t == "adapter" and split is not None and ".adapter_" in key:
-            j = split[1]
-            o = origin_layer(j)
-            # an adapter after attention reads the block's middle: the block input's map is the
-            # nearest fitted one; after the feed-forward block it reads the block output
-            i_o, i_r = (o, j) if "attention" in key else (o + 1, j + 1)
-            hm = al.get(i_o, i_r)
-            base = key.split(".adapter_")[0]
-            names = {
-                s: f"{base}.{s}"
-                for s in (
-                    "adapter_down.0.weight",
-                    "adapter_down.0.bias",
-                    "adapter_up.weight",
-                    "adapter_up.bias",
-                )
-            }
-            dw, db = src(names["adapter_down.0.weight"]), src(names["adapter_down.0.bias"])
-            uw, ub = src(names["adapter_up.weight"]), src(names["adapter_up.bias"])
-            width_r = receiver.shapes[names["adapter_down.0.weight"]][0]
-            if width_r < dw.shape[0]:
-                raise PortingError(
-                    f"align: the receiver's adapter bottleneck ({width_r}) is narrower than "
-                    f"the module's ({dw.shape[0]}); a bottleneck cannot shrink without loss"
-                )
-            pad = width_r - dw.shape[0]
-            dw_r = hm.backward @ dw.T  # (d_r x b): rows of W_down^T, then transposed
-            out[names["adapter_down.0.weight"]] = torch.cat(
-                [dw_r.T, dw.new_zeros(pad, dw_r.shape[0])]
-            )
-            out[names["adapter_down.0.bias"]] = torch.cat([db, db.new_zeros(pad)])
-            uw_r = hm.forward.T @ uw
-            out[names["adapter_up.weight"]] = torch.cat(
-                [uw_r, uw.new_zeros(uw_r.shape[0], pad)], dim=1
-            )
-            out[names["adapter_up.bias"]] = ub @ hm.forward
-            done |= set(names.values())
-        elif t == "prompt" and key.endswith("prompt_embedding.weight"):
-            out[key] = src(key) @ al.get(0, 0).forward
-        elif (
-            t == "prefix"
-            and ".control_trans." in key
-            or t == "prefix"
-            and key.endswith(".wte.weight")
-        ):
-            out.update(_align_prefix(key, src, receiver, al, n_r, stack, ow, rw, done))
+            out[key] = _align_head(key, src(key), carry)
         else:
+            out.update(rule(key, split_layer(key, stacks), carry))
+    for key, v in out.items():
+        if tuple(v.shape) != receiver.shapes.get(key):
             raise PortingError(
-                f"align does not know how to carry {key} ({t}) between hidden spaces"
-            )
-        if key not in done:
-            done.add(key)
-        if key in out and tuple(out[key].shape) != shape:
-            raise PortingError(
-                f"align: {key} came out {tuple(out[key].shape)}, the receiver has {shape}"
+                f"align: {key} came out {tuple(v.shape)}, the receiver has "
+                f"{receiver.shapes.get(key)}"
             )
     aligned = {k: v.to(receiver.fresh[k].dtype) for k, v in out.items()}
     # the shape-by-shape check of the result (same names as the receiver, identity map)
@@ -567,23 +622,16 @@ def _semi_orthogonal(m: torch.Tensor) -> torch.Tensor:
     return u @ vh
 
 
-def _align_prefix(
-    key: str,
-    src: Callable[[str], torch.Tensor],
-    receiver: ReceiverSpec,
-    al: Alignment,
-    n_r: int | None,
-    stack: str,
-    ow: Mapping[str, torch.Tensor],
-    rw: Mapping[str, torch.Tensor],
-    done: set[str],
-) -> dict[str, torch.Tensor]:
-    if receiver.family not in PREFIX_KV:
+def _carry_prefix(key: str, c: _Carry) -> dict:
+    if ".control_trans." not in key and not key.endswith(".wte.weight"):
+        raise PortingError(f"align: {key} is not part of a prefix pool")
+    family = c.receiver.family
+    if family not in PREFIX_KV:
         raise PortingError(
             f"align carries prefixes on {', '.join(PREFIX_KV)} hosts only; "
-            f"{receiver.family} keeps its keys and values in another layout"
+            f"{family} keeps its keys and values in another layout"
         )
-    k_name, v_name = PREFIX_KV[receiver.family]
+    k_name, v_name = PREFIX_KV[family]
     pool = (
         key.split(".control_trans.")[0] if ".control_trans." in key else key[: -len(".wte.weight")]
     )
@@ -594,20 +642,22 @@ def _align_prefix(
         f"{pool}.control_trans.2.weight",
         f"{pool}.control_trans.2.bias",
     ]
-    wte, w0, b0, w2, b2 = (src(n) for n in names)
+    wte, w0, b0, w2, b2 = (c.src(n) for n in names)
     # the MLP's input space is the prefix's own: any map with E E^T = I leaves it unchanged
-    e = _semi_orthogonal(al.get(0, 0).forward)
+    e = _semi_orthogonal(c.al.get(0, 0).forward)
     chunks_w, chunks_b = [], []
-    d_o = w2.shape[0] // (2 * n_r)
-    for c in range(2 * n_r):
-        j = c // 2
-        wname = f"{stack}.{j}.{k_name if c % 2 == 0 else v_name}"
+    n = c.n_layers
+    d_o = w2.shape[0] // (2 * n)
+    for part in range(2 * n):  # layer j's key part is 2j, its value part 2j + 1 (adapters)
+        j = part // 2
+        wname = f"{c.stack}.{j}.{k_name if part % 2 == 0 else v_name}"
         q = _out_map(
-            al.get(j, j).backward, _weight(ow, wname, "origin"), _weight(rw, wname, "receiver")
+            c.al.get(j, j).backward,
+            _weight(c.al.origin_weights, wname, "origin"),
+            _weight(c.al.receiver_weights, wname, "receiver"),
         )
-        chunks_w.append(q.T @ w2[c * d_o : (c + 1) * d_o])
-        chunks_b.append(b2[c * d_o : (c + 1) * d_o] @ q)
-    done.update(names)
+        chunks_w.append(q.T @ w2[part * d_o : (part + 1) * d_o])
+        chunks_b.append(b2[part * d_o : (part + 1) * d_o] @ q)
     return {
         names[0]: wte @ e,
         names[1]: w0 @ e,
@@ -617,26 +667,21 @@ def _align_prefix(
     }
 
 
-def _align_head(
-    key: str,
-    t: torch.Tensor,
-    receiver: ReceiverSpec,
-    al: Alignment,
-    n_r: int | None,
-    origin_layer: Callable[[int], int],
-) -> torch.Tensor:
-    if receiver.family not in HEAD_INPUT or n_r is None:
+def _align_head(key: str, t: torch.Tensor, c: _Carry) -> torch.Tensor:
+    family = c.receiver.family
+    if family not in HEAD_INPUT or not c.n_layers:
         raise PortingError(
-            f"align: no rule for the head {key} on {receiver.family} hosts; "
+            f"align: no rule for the head {key} on {family} hosts; "
             "keep the receiver's own head (--keep-receiver-head)"
         )
     if key.endswith(".bias"):
         return t  # the labels do not move
-    wname = HEAD_INPUT[receiver.family]
-    p = al.get(origin_layer(n_r - 1) + 1, n_r).backward
+    wname = HEAD_INPUT[family]
+    last = c.n_layers - 1
+    p = c.al.get(c.origin_layer(last) + 1, last + 1).backward
     qb = _back_out_map(
         p,
-        _weight(al.origin_weights, wname, "origin"),
-        _weight(al.receiver_weights, wname, "receiver"),
+        _weight(c.al.origin_weights, wname, "origin"),
+        _weight(c.al.receiver_weights, wname, "receiver"),
     )
     return t @ qb.T

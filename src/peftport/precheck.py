@@ -7,8 +7,8 @@ depth, hidden width, attention heads, vocabulary and label words. Each finding s
 is fine, what would make it work (a layer map for a depth change, the `align` porting method for
 a width change) or why nothing here can.
 
-Which techniques `align` can carry, and on which families, is `peftport.methods`' rule; it is
-restated here as a small table (`ALIGN_CARRIES`) so the check needs no tensors.
+Which techniques `align` can carry, and on which families, is `peftport.methods`' rule
+(`align_problem`); whether a module has per-layer tensors is read from its tensor file's header.
 """
 
 from __future__ import annotations
@@ -16,25 +16,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from peftport.errors import PeftportError
 
-__all__ = ["Finding", "HostFacts", "PortCheck", "check_port", "host_facts"]
+__all__ = ["Finding", "HostFacts", "PortCheck", "check_port", "host_facts", "module_is_per_layer"]
 
 OK, FIX, BLOCK, NOTE = "ok", "fixable", "blocking", "note"
-# technique -> families whose modules `align` carries between hidden widths (see methods.py)
-ALIGN_CARRIES = {
-    "lora": ("bert", "llama"),  # GPT-2's fused c_attn LoRA is not one A and one B per weight
-    "adapter": ("bert", "gpt2", "llama"),
-    "prefix": ("bert",),
-    "prompt": ("bert",),
-}
-ALIGN_REFUSES = {
-    "compacter": "its projections are sums of Kronecker products that a general linear map "
-    "does not keep",
-    "ia3": "its vectors rescale coordinates, which stays a rescaling only under a permutation",
-}
 HEADS_KEYS = ("num_attention_heads", "num_heads", "n_head")
 
 
@@ -92,9 +81,14 @@ class PortCheck:
         return f"ports into {self.host} as it is (--method copy)"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"module": self.module, "host": self.host, "portable": self.portable,
-                "needs": self.needs, "verdict": self.verdict(),
-                "findings": [asdict(f) for f in self.findings]}
+        return {
+            "module": self.module,
+            "host": self.host,
+            "portable": self.portable,
+            "needs": self.needs,
+            "verdict": self.verdict(),
+            "findings": [asdict(f) for f in self.findings],
+        }
 
 
 def _stack_layers(cfg: Mapping[str, Any], family: str) -> dict[str, int]:
@@ -120,8 +114,10 @@ def host_facts(host: str, label_words: list[str] | None = None) -> HostFacts:
     cfg = json.loads((folder / "config.json").read_text())
     family = spec.family or cfg.get("model_type", "")
     if family not in LAYOUTS:
-        raise PeftportError(f"{host}: model_type {family!r} is not a supported family "
-                            f"(supported: {', '.join(sorted(LAYOUTS))})")
+        raise PeftportError(
+            f"{host}: model_type {family!r} is not a supported family "
+            f"(supported: {', '.join(sorted(LAYOUTS))})"
+        )
     layout = LAYOUTS[family]
     hidden = cfg.get(layout.hidden_key)
     heads = next((cfg[k] for k in HEADS_KEYS if k in cfg), None)
@@ -136,36 +132,79 @@ def host_facts(host: str, label_words: list[str] | None = None) -> HostFacts:
             label_ids = candidate_ids(tok, Framing.for_host(layout.kind, tuple(label_words)))
         except PeftportError as e:
             problem = str(e)
-    return HostFacts(id=spec.id, family=family, kind=layout.kind,
-                     hidden_size=int(hidden) if hidden is not None else None,
-                     layers=_stack_layers(cfg, family), heads=heads,
-                     vocab_size=cfg.get("vocab_size"), label_ids=label_ids,
-                     label_problem=problem)
+    return HostFacts(
+        id=spec.id,
+        family=family,
+        kind=layout.kind,
+        hidden_size=int(hidden) if hidden is not None else None,
+        layers=_stack_layers(cfg, family),
+        heads=heads,
+        vocab_size=cfg.get("vocab_size"),
+        label_ids=label_ids,
+        label_problem=problem,
+    )
 
 
-def check_port(meta: Mapping[str, Any], host: HostFacts, origin: HostFacts | None = None,
-               module: str = "module") -> PortCheck:
-    """Every aspect of porting this module into this host (pure: metadata and facts in)."""
-    from peftport.techniques import make_config, supports, unsupported_message
+def check_port(
+    meta: Mapping[str, Any],
+    host: HostFacts,
+    origin: HostFacts | None = None,
+    module: str = "module",
+    per_layer: bool = True,
+) -> PortCheck:
+    """Every aspect of porting this module into this host (pure: metadata and facts in).
+    `per_layer`: the module has tensors inside the layer stacks (`module_is_per_layer`)."""
+    from peftport.methods import align_problem
+    from peftport.techniques import (
+        TECHNIQUES,
+        get_technique,
+        make_config,
+        supports,
+        unsupported_message,
+    )
 
     technique = meta.get("technique")
     out: list[Finding] = []
     kind, family = meta.get("host_kind"), meta.get("host_family")
-    out.append(Finding("kind", OK if kind == host.kind else BLOCK, kind, host.kind,
-                       "" if kind == host.kind else "a module only ports between hosts of one "
-                       "kind (the task framing and the head differ)"))
-    out.append(Finding("family", OK if family == host.family else BLOCK, family, host.family,
-                       "" if family == host.family else "tensor names and layouts differ "
-                       "between families; no porting method maps one family onto another"))
+    out.append(
+        Finding(
+            "kind",
+            OK if kind == host.kind else BLOCK,
+            kind,
+            host.kind,
+            ""
+            if kind == host.kind
+            else "a module only ports between hosts of one "
+            "kind (the task framing and the head differ)",
+        )
+    )
+    out.append(
+        Finding(
+            "family",
+            OK if family == host.family else BLOCK,
+            family,
+            host.family,
+            ""
+            if family == host.family
+            else "tensor names and layouts differ "
+            "between families; no porting method maps one family onto another",
+        )
+    )
     if supports(technique, host.kind):
         out.append(Finding("technique", OK, technique, "supported"))
     else:
-        out.append(Finding("technique", BLOCK, technique, "unsupported",
-                           unsupported_message(technique, host.kind)))
+        out.append(
+            Finding(
+                "technique",
+                BLOCK,
+                technique,
+                "unsupported",
+                unsupported_message(technique, host.kind),
+            )
+        )
     try:
         if host.hidden_size is not None:
-            make_config(technique, meta.get("config") or {}).check_host(host.hidden_size,
-                                                                        host.id)
+            make_config(technique, meta.get("config") or {}).check_host(host.hidden_size, host.id)
         out.append(Finding("config", OK, meta.get("config"), "fits"))
     except PeftportError as e:
         out.append(Finding("config", BLOCK, meta.get("config"), "does not fit", str(e)))
@@ -175,70 +214,167 @@ def check_port(meta: Mapping[str, Any], host: HostFacts, origin: HostFacts | Non
     if origin is not None:
         o_layers, o_hidden = o_layers or origin.layers, o_hidden or origin.hidden_size
     depth_differs = [s for s in host.layers if s in o_layers and o_layers[s] != host.layers[s]]
+    mappable = get_technique(technique).layer_mappable if technique in TECHNIQUES else True
     if not o_layers:
-        out.append(Finding("depth", NOTE, None, host.layers, "the module records no host_dims; "
-                           "the port itself checks every tensor"))
+        out.append(
+            Finding(
+                "depth",
+                NOTE,
+                None,
+                host.layers,
+                "the module records no host_dims; the port itself checks every tensor",
+            )
+        )
     elif not depth_differs:
         out.append(Finding("depth", OK, o_layers, host.layers))
-    elif technique == "prompt":
-        out.append(Finding("depth", OK, o_layers, host.layers, "a prompt has no per-layer "
-                           "tensors: it ports whole"))
-    elif technique == "prefix":
-        out.append(Finding("depth", BLOCK, o_layers, host.layers, "prefix tuning keeps every "
-                           "layer's prefix in one MLP output tensor: no layer map applies"))
+    elif not mappable:
+        out.append(
+            Finding(
+                "depth",
+                BLOCK,
+                o_layers,
+                host.layers,
+                f"a {technique} module keeps every layer in shared tensors: no layer map applies",
+            )
+        )
+    elif not per_layer:
+        out.append(
+            Finding(
+                "depth",
+                OK,
+                o_layers,
+                host.layers,
+                f"a {technique} module has no per-layer tensors: it ports whole",
+            )
+        )
     else:
-        out.append(Finding("depth", FIX, o_layers, host.layers, "a layer map pairs the layers: "
-                           "--layer-map stride (spread evenly), first_k, cka or explicit"))
+        out.append(
+            Finding(
+                "depth",
+                FIX,
+                o_layers,
+                host.layers,
+                "a layer map pairs the layers: "
+                "--layer-map stride (spread evenly), first_k, cka or explicit",
+            )
+        )
 
+    problem = align_problem(technique, host.family, len(host.layers))
     if o_hidden is None or host.hidden_size is None:
         out.append(Finding("width", NOTE, o_hidden, host.hidden_size, "unknown on one side"))
     elif o_hidden == host.hidden_size:
         out.append(Finding("width", OK, o_hidden, host.hidden_size))
-    elif technique in ALIGN_REFUSES:
-        out.append(Finding("width", BLOCK, o_hidden, host.hidden_size,
-                           f"the module's tensors are {o_hidden} wide and align cannot carry a "
-                           f"{technique} module: {ALIGN_REFUSES[technique]}"))
-    elif host.family not in ALIGN_CARRIES.get(technique, ()):
-        out.append(Finding("width", BLOCK, o_hidden, host.hidden_size,
-                           f"align carries {technique} modules on "
-                           f"{', '.join(ALIGN_CARRIES.get(technique, ())) or 'no'} hosts only"))
-    elif technique == "prefix" and depth_differs:
-        out.append(Finding("width", BLOCK, o_hidden, host.hidden_size,
-                           "a prefix ports between widths only at the same depth"))
-    elif technique == "adapter" and _bottleneck(meta, host.hidden_size) < _bottleneck(
-            meta, o_hidden):
-        out.append(Finding("width", BLOCK, o_hidden, host.hidden_size,
-                           "the receiver's bottleneck would be narrower than the module's"))
+    elif problem:
+        out.append(
+            Finding(
+                "width",
+                BLOCK,
+                o_hidden,
+                host.hidden_size,
+                f"the module's tensors are {o_hidden} wide and {problem}",
+            )
+        )
+    elif depth_differs and not mappable:
+        out.append(
+            Finding(
+                "width",
+                BLOCK,
+                o_hidden,
+                host.hidden_size,
+                f"a {technique} module ports between widths only at the same depth",
+            )
+        )
+    elif _bottleneck(meta, host.hidden_size) < _bottleneck(meta, o_hidden):
+        out.append(
+            Finding(
+                "width",
+                BLOCK,
+                o_hidden,
+                host.hidden_size,
+                "the receiver's bottleneck would be narrower than the module's",
+            )
+        )
     else:
-        out.append(Finding("width", FIX, o_hidden, host.hidden_size,
-                           "the porting method align (--method align) maps the module between "
-                           "the two hidden spaces, fitted on shared unlabelled text"))
+        out.append(
+            Finding(
+                "width",
+                FIX,
+                o_hidden,
+                host.hidden_size,
+                "the porting method align (--method align) maps the module between "
+                "the two hidden spaces, fitted on shared unlabelled text",
+            )
+        )
 
     o_heads = origin.heads if origin is not None else None
     if o_heads is not None and host.heads is not None and o_heads != host.heads:
-        out.append(Finding("heads", NOTE, o_heads, host.heads, "attention is split into other "
-                           "heads: shapes may still match, what a head attends to does not"))
+        out.append(
+            Finding(
+                "heads",
+                NOTE,
+                o_heads,
+                host.heads,
+                "attention is split into other "
+                "heads: shapes may still match, what a head attends to does not",
+            )
+        )
     else:
         out.append(Finding("heads", OK if o_heads else NOTE, o_heads, host.heads))
     o_vocab = origin.vocab_size if origin is not None else None
     if o_vocab is not None and host.vocab_size is not None and o_vocab != host.vocab_size:
-        out.append(Finding("vocabulary", NOTE, o_vocab, host.vocab_size, "the hosts tokenize "
-                           "differently: the module sees other token ids (no tensor depends on "
-                           "the vocabulary; prompts and prefixes were trained on other inputs)"))
+        out.append(
+            Finding(
+                "vocabulary",
+                NOTE,
+                o_vocab,
+                host.vocab_size,
+                "the hosts tokenize "
+                "differently: the module sees other token ids (no tensor depends on "
+                "the vocabulary; prompts and prefixes were trained on other inputs)",
+            )
+        )
     else:
         out.append(Finding("vocabulary", OK if o_vocab else NOTE, o_vocab, host.vocab_size))
 
     words = list(meta.get("label_words") or [])
     if host.label_problem:
         out.append(Finding("label words", BLOCK, words, None, host.label_problem))
-    elif host.label_ids is not None and origin is not None and origin.label_ids is not None \
-            and origin.label_ids != host.label_ids:
-        out.append(Finding("label words", NOTE, origin.label_ids, host.label_ids,
-                           "the label words are other token ids on this host"))
+    elif (
+        host.label_ids is not None
+        and origin is not None
+        and origin.label_ids is not None
+        and origin.label_ids != host.label_ids
+    ):
+        out.append(
+            Finding(
+                "label words",
+                NOTE,
+                origin.label_ids,
+                host.label_ids,
+                "the label words are other token ids on this host",
+            )
+        )
     else:
         out.append(Finding("label words", OK, words, host.label_ids or "head"))
     return PortCheck(module=module, host=host.id, findings=out)
 
 
 def _bottleneck(meta: Mapping[str, Any], hidden: int) -> int:
-    return hidden // int((meta.get("config") or {}).get("reduction_factor", 16))
+    """The bottleneck width a reduction-factor config gives on a host (0: no bottleneck)."""
+    factor = (meta.get("config") or {}).get("reduction_factor")
+    return hidden // int(factor) if factor else 0
+
+
+def module_is_per_layer(folder: str | Path, meta: Mapping[str, Any]) -> bool:
+    """Whether the module has tensors inside the layer stacks, from its tensor file's header
+    (no tensor is read)."""
+    from safetensors import safe_open
+
+    from peftport.hosts.spec import LAYOUTS
+    from peftport.layermap import split_layer
+
+    stacks = LAYOUTS[meta["host_family"]].layer_stacks
+    path = Path(folder) / meta.get("tensor_file", "module.safetensors")
+    with safe_open(str(path), "pt") as f:
+        names = f.keys()  # the header only
+    return any(split_layer(k, stacks) is not None for k in names)

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         (a layer map, --method align) or why nothing can. Loads no weights, trains nothing."""
         from peftport.errors import PeftportError
         from peftport.module import read_meta
-        from peftport.precheck import check_port, host_facts
+        from peftport.precheck import check_port, host_facts, module_is_per_layer
 
         meta = read_meta(module)
         words = list(meta.get("label_words") or [])
@@ -30,15 +30,18 @@ def register(app: typer.Typer) -> None:
             origin = host_facts(meta["origin_host"], words)
         except PeftportError:
             origin = None
-        result = check_port(meta, host, origin, module=str(module))
+        result = check_port(
+            meta, host, origin, module=str(module), per_layer=module_is_per_layer(module, meta)
+        )
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
             return
         typer.echo(f"{meta['technique']} module from {meta['origin_host']} -> {host.id}")
         for f in result.findings:
             shown = f"{f.module} -> {f.host}" if f.module is not None or f.host is not None else ""
-            typer.echo(f"  {MARK[f.status]} {f.aspect}: {shown}" + (f"  ({f.say})" if f.say
-                                                                     else ""))
+            typer.echo(
+                f"  {MARK[f.status]} {f.aspect}: {shown}" + (f"  ({f.say})" if f.say else "")
+            )
         typer.echo(result.verdict())
         if not result.portable:
             raise typer.Exit(1)
