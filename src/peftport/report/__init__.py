@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from peftport.errors import PeftportError
 
 if TYPE_CHECKING:
-    from peftport.report.distance import DistanceSection
+    from peftport.report.model import DistanceSection
 
 __all__ = ["ReportPaths", "build_report"]
 

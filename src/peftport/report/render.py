@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from peftport.report.aggregate import Aggregates, Stat, Table, stat_from
 from peftport.report.distance import CORRELATION_TABLE, NOT_ABOVE, NOT_PLANNED
 from peftport.report.distance import TABLE as DISTANCE_TABLE
 from peftport.report.load import StoreData
+from peftport.report.model import Aggregates, Stat, Table, stat_from
 
 Cell = tuple[str, str]  # (text, css class)
 UNDEFINED = (NOT_ABOVE, NOT_PLANNED)  # retention without a missing result
