@@ -282,8 +282,8 @@ def test_fitted_alignment_recovers_the_rotation():
 @pytest.mark.parametrize(
     "technique,family,needle",
     [
-        ("compacter", "bert", "cannot carry a compacter module"),
-        ("ia3", "bert", "cannot carry a ia3 module"),
+        ("compacter", "bert", "cannot carry compacter modules"),
+        ("ia3", "bert", "cannot carry ia3 modules"),
         ("lora", "gpt2", "on bert, llama hosts only"),
         ("lora", "t5", "on bert, llama hosts only"),
         ("adapter", "t5", "on bert, gpt2, llama hosts only"),

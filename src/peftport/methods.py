@@ -191,7 +191,8 @@ METHODS.add(
 
 
 def parse_method(text: str | ParsedMethod) -> ParsedMethod:
-    """ "copy", "scaled:0.5", "subspace", "subspace:4", "align", "align:lstsq"."""
+    """Parse a method's text: "copy", "scaled:0.5", "subspace", "subspace:4", "align",
+    "align:lstsq"."""
     if isinstance(text, ParsedMethod):
         return text
     name, _, arg = str(text).strip().partition(":")
@@ -292,7 +293,7 @@ def _scaled(
     rule = SCALE.get(t)
     if rule is None:
         raise PortingError(
-            f"scaled cannot scale a {t} module: "
+            f"scaled cannot scale {t} modules: "
             + NOT_SCALED.get(t, "no rule says which of its tensors carry its output")
             + "; port it with copy"
         )
@@ -310,9 +311,8 @@ def _base_weight(key: str) -> str:
     return key.split(".loras.")[0] + ".weight"
 
 
-def _lora_pairs(
-    state: Mapping[str, Any], receiver: ReceiverSpec, what: str
-) -> list[tuple[str, str]]:
+def _lora_pairs(state: Mapping[str, Any], what: str) -> list[tuple[str, str]]:
+    """(A name, B name) of every adapted weight; a fused LoRA is refused."""
     pairs = []
     for key in state:
         if key.endswith(".lora_A"):
@@ -321,7 +321,7 @@ def _lora_pairs(
             if a_shape[0] != b_shape[1]:
                 raise PortingError(
                     f"{what}: {key} is a fused LoRA (A {a_shape}, B {b_shape}, as on GPT-2's "
-                    f"c_attn); {what} needs one A ({'r'} x in) and one B (out x r) per weight"
+                    "c_attn); {what} needs one A (r x in) and one B (out x r) per weight"
                 )
             pairs.append((key, b))
     return pairs
@@ -340,10 +340,10 @@ def _subspace(
     if not WEIGHT_UPDATE.get(receiver.technique, False):
         raise PortingError(
             f"subspace projects a weight update onto the receiving weight's singular subspaces; "
-            f"a {receiver.technique} module is not a weight update (LoRA only)"
+            f"{receiver.technique} modules are not weight updates (LoRA only)"
         )
     out = dict(state)
-    for a_key, b_key in _lora_pairs(state, receiver, "subspace"):
+    for a_key, b_key in _lora_pairs(state, "subspace"):
         w = weights.get(_base_weight(a_key))
         a, b = state[a_key], state[b_key]
         if w is None or w.dim() != 2 or tuple(w.shape) != (b.shape[0], a.shape[1]):
@@ -528,7 +528,7 @@ ALIGN_REFUSES = {
 def align_problem(technique: str, family: str, stacks: int = 1) -> str | None:
     """Why align cannot carry this technique on this family (None: it can)."""
     if technique in ALIGN_REFUSES:
-        return f"align cannot carry a {technique} module: {ALIGN_REFUSES[technique]}"
+        return f"align cannot carry {technique} modules: {ALIGN_REFUSES[technique]}"
     rule = ALIGN.get(technique)
     if rule is None:
         return f"align has no rule for {technique} modules"

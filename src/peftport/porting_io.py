@@ -121,7 +121,13 @@ def port_module(
     `method` (`peftport.methods`): how the `ported` condition carries the module; `align` first
     fits maps between the plain hosts' hidden spaces on `align_texts` texts."""
     from peftport.hosts import ENCODER_CLASSIFIER, get_host, load_host
-    from peftport.methods import MethodInputs, method_record, parse_method, port_with_method
+    from peftport.methods import (
+        METHODS,
+        MethodInputs,
+        method_record,
+        parse_method,
+        port_with_method,
+    )
     from peftport.module import FILLED, load_module, save_module
     from peftport.porting import PortingError, ReceiverSpec, port
     from peftport.techniques import attach, check_supported, load_module_state
@@ -146,13 +152,14 @@ def port_module(
     num_labels = len(meta["label_words"]) if meta["host_kind"] == ENCODER_CLASSIFIER else 2
     host = load_host(spec, num_labels=max(num_labels, 1))
     inputs = MethodInputs()
-    if parsed.name == "align":  # on the plain hosts, before a module changes what they compute
+    needs = METHODS.get(parsed.name)
+    if needs.needs_alignment:  # on the plain hosts, before a module changes what they compute
         from peftport.alignfit import fit_alignment
 
         origin = load_host(get_host(meta["origin_host"]), num_labels=max(num_labels, 1))
         inputs = MethodInputs(alignment=fit_alignment(origin, host, fit=parsed.params["fit"],
                                                       texts=align_texts))
-    elif parsed.name == "subspace":
+    elif needs.needs_receiver_weights:
         inputs = MethodInputs(receiver_weights={k: v.detach().clone()
                                                 for k, v in host.model.state_dict().items()})
     name = meta.get("adapter_name", "peftport")

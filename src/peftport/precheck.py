@@ -234,7 +234,7 @@ def check_port(
                 BLOCK,
                 o_layers,
                 host.layers,
-                f"a {technique} module keeps every layer in shared tensors: no layer map applies",
+                f"{technique} modules keep every layer in shared tensors: no layer map applies",
             )
         )
     elif not per_layer:
@@ -244,7 +244,7 @@ def check_port(
                 OK,
                 o_layers,
                 host.layers,
-                f"a {technique} module has no per-layer tensors: it ports whole",
+                f"{technique} modules have no per-layer tensors: they port whole",
             )
         )
     else:
@@ -281,7 +281,7 @@ def check_port(
                 BLOCK,
                 o_hidden,
                 host.hidden_size,
-                f"a {technique} module ports between widths only at the same depth",
+                f"{technique} modules port between widths only at the same depth",
             )
         )
     elif _bottleneck(meta, host.hidden_size) < _bottleneck(meta, o_hidden):
