@@ -111,3 +111,66 @@ def test_check_command_prints_and_exits(tmp_path):
     assert res.exit_code == 0 and "--method align" in res.output
     res = CliRunner().invoke(app, ["check", str(module), "--to", "tiny-gpt2"])
     assert res.exit_code == 1 and "cannot port" in res.output
+
+
+# --- predicted retention ----------------------------------------------------------------------
+
+
+def points(pairs):
+    from peftport.precheck import RetentionPoint
+
+    return [RetentionPoint("s", "a", f"r{i}", d, r, 2) for i, (d, r) in enumerate(pairs)]
+
+
+def test_prediction_follows_the_line_with_a_prediction_interval():
+    from peftport.precheck import predict_retention
+
+    exact = predict_retention(points([(0.1, 0.9), (0.2, 0.7), (0.3, 0.5)]), 0.25)
+    assert exact["predicted"] == pytest.approx(0.6)
+    assert exact["low"] == pytest.approx(0.6) and exact["high"] == pytest.approx(0.6)
+    noisy = predict_retention(points([(0.1, 0.95), (0.2, 0.65), (0.3, 0.52), (0.4, 0.2)]), 0.5)
+    assert noisy["low"] < noisy["predicted"] < noisy["high"] and noisy["extrapolated"]
+    # the interval for a new pair is wider than the line's own uncertainty near the centre
+    inside = predict_retention(points([(0.1, 0.95), (0.2, 0.65), (0.3, 0.52), (0.4, 0.2)]), 0.25)
+    assert inside["high"] - inside["low"] < noisy["high"] - noisy["low"]
+
+
+@pytest.mark.parametrize("pairs", [[], [(0.1, 0.9), (0.2, 0.8)], [(0.1, 0.9)] * 3])
+def test_too_few_pairs_say_there_is_not_enough_data(pairs):
+    from peftport.precheck import predict_retention
+
+    got = predict_retention(points(pairs), 0.2)
+    assert got["predicted"] is None and "not enough data" in got["why"]
+
+
+def test_a_stored_study_gives_its_points(tmp_path):
+    from peftport.precheck import prediction, retention_points
+    from peftport.study import make_plan
+    from peftport.study.executors import InlineExecutor, run_plan
+    from peftport.study.spec import parse_study
+    from peftport.study.store import Store
+    from test_golden import write_toy
+
+    data = write_toy(tmp_path / "toy.csv", n=80)
+    text = (
+        "name: one-pair\ntechniques: {lora: {config: {r: 2}}}\n"
+        "pairs: [[tiny-bert, tiny-bert]]\n"
+        f"data: [[{data}, {data}]]\npre_steps: [6]\npost_steps: [1]\nseeds: [0, 1]\n"
+        "train: {lr: 5.0e-2, batch_size: 8, max_length: 32, max_eval_examples: 24}\n"
+        "compare: {texts: 8, max_length: 16}\n"
+    )
+    store = Store(tmp_path / "s.sqlite")
+    try:
+        run_plan(store, make_plan(parse_study(text, "one.yaml")), InlineExecutor(),
+                 progress=False, echo=lambda s: None, threads=1)  # fmt: skip
+    finally:
+        store.close()
+    pts, notes = retention_points(tmp_path / "s.sqlite", "lora")
+    # a point, or the reason there is none (on this toy the origin may not beat random)
+    assert pts or notes == ["tiny-bert -> tiny-bert: no retention (2 origin not above random)"]
+    for p in pts:
+        assert (p.origin, p.receiver) == ("tiny-bert", "tiny-bert") and p.distance >= 0
+    assert retention_points(tmp_path / "s.sqlite", "adapter") == ([], [])
+    meta = {"technique": "lora", "origin_host": "tiny-bert"}
+    got = prediction(meta, "tiny-bert", [tmp_path / "s.sqlite"])
+    assert got["predicted"] is None and "not enough data" in got["why"]

@@ -378,3 +378,138 @@ def module_is_per_layer(folder: str | Path, meta: Mapping[str, Any]) -> bool:
     with safe_open(str(path), "pt") as f:
         names = f.keys()  # the header only
     return any(split_layer(k, stacks) is not None for k in names)
+
+
+# --- predicted zero-shot retention --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetentionPoint:
+    """One host pair of a stored study: its CKA distance and the technique's zero-shot retention
+    there (mean over seeds, pre-porting steps and data of (ported - random) / (origin - random))."""
+
+    store: str
+    origin: str
+    receiver: str
+    distance: float
+    retention: float
+    seeds: int
+
+
+def retention_points(store: str | Path, technique: str) -> tuple[list[RetentionPoint], list[str]]:
+    """A store's (distance, retention) points for one technique, read-only through the report's
+    loader; and notes on what could not be used."""
+    from peftport.report.distance import pair_distance, retention_stat
+    from peftport.report.load import load_store
+
+    data = load_store(store)
+    if data.host_pairs is None:
+        return [], [f"{store}: {data.host_pairs_problem or 'no host pairs recorded'}"]
+    obs = [o for o in data.observations if o.technique == technique]
+    by_key = {
+        (o.origin, o.receiver, o.pre_data, o.post_data, o.seed, o.condition, o.pre_steps,
+         o.post_steps): o
+        for o in obs
+    }  # fmt: skip
+    origin_runs = {
+        (o.origin, o.pre_data, o.seed, o.pre_steps): o for o in obs if o.condition == "origin"
+    }
+    points, notes, seen = [], [], set()
+    for rec in data.host_pairs:
+        if (rec.origin, rec.receiver) in seen:
+            continue
+        seen.add((rec.origin, rec.receiver))
+        pair = pair_distance(rec)
+        ported = [
+            o for o in obs
+            if (o.origin, o.receiver) == (rec.origin, rec.receiver)
+            and o.condition == "ported" and o.post_steps == 0
+        ]  # fmt: skip
+        if not ported:
+            continue
+        if pair.cka_distance is None:
+            notes.append(f"{rec.origin} -> {rec.receiver}: {pair.cka_note or 'no CKA distance'}")
+            continue
+        triples = [
+            (
+                o,
+                by_key.get((o.origin, o.receiver, o.pre_data, o.post_data, o.seed, "random", 0, 0)),
+                origin_runs.get((o.origin, o.pre_data, o.seed, o.pre_steps)),
+            )
+            for o in ported
+        ]
+        stat = retention_stat(triples)
+        if stat.mean is None:
+            notes.append(f"{rec.origin} -> {rec.receiver}: no retention ({stat.missing_text()})")
+            continue
+        points.append(
+            RetentionPoint(str(store), rec.origin, rec.receiver, pair.cka_distance, stat.mean,
+                           stat.n)
+        )  # fmt: skip
+    return points, notes
+
+
+def predict_retention(points: list[RetentionPoint], distance: float) -> dict[str, Any]:
+    """Least-squares line of retention on CKA distance over host pairs, evaluated at `distance`
+    with its 95% prediction interval (a new pair, not the mean line); or why not."""
+    from scipy import stats as sstats
+
+    n = len(points)
+    xs = [p.distance for p in points]
+    if n < 3 or len(set(xs)) < 2:
+        return {
+            "predicted": None,
+            "pairs": n,
+            "why": f"not enough data to predict: {n} host pair(s) with a retention and a CKA "
+            "distance; a line with an interval needs 3 or more at 2 or more distances",
+        }
+    ys = [p.retention for p in points]
+    fit = sstats.linregress(xs, ys)
+    xbar = sum(xs) / n
+    sxx = sum((x - xbar) ** 2 for x in xs)
+    resid = sum((y - (fit.intercept + fit.slope * x)) ** 2 for x, y in zip(xs, ys, strict=True))
+    s = (resid / (n - 2)) ** 0.5
+    half = sstats.t.ppf(0.975, n - 2) * s * (1 + 1 / n + (distance - xbar) ** 2 / sxx) ** 0.5
+    predicted = fit.intercept + fit.slope * distance
+    return {
+        "predicted": predicted,
+        "low": predicted - half,
+        "high": predicted + half,
+        "distance": distance,
+        "pairs": n,
+        "slope": fit.slope,
+        "intercept": fit.intercept,
+        "extrapolated": not min(xs) <= distance <= max(xs),
+    }
+
+
+def pair_cka_distance(origin: str, receiver: str, stores: list[str | Path]) -> tuple[float, str]:
+    """The CKA distance of a host pair: a stored comparison of that pair when a store has one,
+    else a fresh `compare_hosts` (stride map, as the report's default). -> (distance, source)."""
+    from peftport.report.distance import pair_distance
+    from peftport.report.load import load_store
+
+    for store in stores:
+        for rec in load_store(store).host_pairs or []:
+            if (rec.origin, rec.receiver) == (origin, receiver):
+                d = pair_distance(rec).cka_distance
+                if d is not None:
+                    return d, f"stored comparison in {store}"
+    from peftport.hostcompare import compare_hosts
+
+    return compare_hosts(origin, receiver).distance(), "compared now (256 texts of rt_plots)"
+
+
+def prediction(meta: Mapping[str, Any], receiver: str, stores: list[str | Path]) -> dict[str, Any]:
+    """Predicted zero-shot retention of this module's technique on origin -> receiver from the
+    retention-against-distance points of the stores' studies."""
+    points, notes = [], []
+    for store in stores:
+        p, n = retention_points(store, meta["technique"])
+        points += p
+        notes += n
+    if len(points) < 3:
+        out = predict_retention(points, 0.0)
+        return {**out, "notes": notes}
+    distance, source = pair_cka_distance(meta["origin_host"], receiver, stores)
+    return {**predict_retention(points, distance), "distance_source": source, "notes": notes}
