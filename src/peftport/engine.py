@@ -16,44 +16,54 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from peftport import tasks
+from peftport.configfields import check_bounds, setting
 from peftport.errors import PeftportError
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int  # optimizer steps to run
-    lr: float = 1e-3  # a pilot reached 0.81 on minilm-l6 + Rotten Tomatoes at 1e-3
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    max_length: int = 64  # tokens per example; 128 halves the speed on CPU
-    warmup_ratio: float = 0.06  # share of the horizon spent warming up linearly
-    horizon: int | None = None  # schedule length; None = steps
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    eval_at: tuple[int, ...] = ()  # checkpoint steps to evaluate (0 = zero-shot)
-    eval_split: str = "test"
-    max_eval_examples: int | None = None  # evaluate on the first n (a seeded sample)
-    threads: int | None = None  # torch threads; None leaves torch's setting alone
-    bf16: bool = False  # bfloat16 autocast on CPU
+    """One run's settings. Each field's description (help, bounds) is the one source of the
+    CLI options of `peftport train/adapt/evaluate` and of a study file's training settings."""
+
+    steps: int = setting(help="Training steps.", ge=0)  # optimizer steps to run
+    # a pilot reached 0.81 on minilm-l6 + Rotten Tomatoes at 1e-3
+    lr: float = setting(1e-3, help="Peak learning rate (AdamW, warmup then linear decay).", gt=0)
+    batch_size: int = setting(16, help="Training batch size.", gt=0)
+    eval_batch_size: int = setting(64, help="Evaluation batch size.", gt=0)
+    # 128 tokens halves the speed on CPU
+    max_length: int = setting(64, help="Maximum tokens per example.", gt=0)
+    warmup_ratio: float = setting(
+        0.06, help="Share of the schedule's horizon spent warming up linearly.", ge=0
+    )
+    horizon: int | None = setting(
+        None, help="Schedule length in steps (default: the run's last step)."
+    )
+    weight_decay: float = setting(0.0, help="AdamW weight decay.", ge=0)
+    max_grad_norm: float = setting(1.0, help="Gradient clipping norm (0: no clipping).", ge=0)
+    seed: int = setting(0, help="Seed for initialisation, data order and dropout.")
+    eval_at: tuple[int, ...] = setting(
+        (), help="Checkpoint steps to evaluate (0 = zero-shot)."
+    )
+    eval_split: str = setting(
+        "test", help="Split to evaluate on.", choices=("train", "validation", "test"),
+        flags=("--split",),
+    )
+    max_eval_examples: int | None = setting(
+        None, help="Evaluate on the first N examples (a seeded sample).", gt=0,
+        flags=("--max-eval",),
+    )
+    threads: int | None = setting(
+        None, help="Torch threads (default: torch's choice).", ge=0
+    )
+    bf16: bool = setting(False, help="bfloat16 autocast on CPU (faster; see docs).")
 
     def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise PeftportError(f"steps must be >= 0, got {self.steps}")
-        for name in ("batch_size", "eval_batch_size", "max_length"):
-            if getattr(self, name) <= 0:
-                raise PeftportError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise PeftportError(f"lr must be positive, got {self.lr}")
+        check_bounds(self)
         bad = [s for s in self.eval_at if s < 0 or s > self.steps]
         if bad:
             raise PeftportError(f"eval step(s) {bad} outside the run (0..{self.steps} steps)")
         if self.horizon is not None and self.horizon < self.steps:
             raise PeftportError(f"horizon {self.horizon} is shorter than the run ({self.steps})")
-        if self.eval_split not in ("train", "validation", "test"):
-            raise PeftportError(
-                f"eval_split must be train, validation or test, got {self.eval_split!r}"
-            )
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step `step` (0-based)."""
