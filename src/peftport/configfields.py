@@ -103,12 +103,9 @@ class Setting:
                      ) -> tuple[Any, str | None]:
         """(the value as the field holds it, why its type is wrong or None). A whole number
         given for a float field becomes a float."""
-        from pydantic import ValidationError
-
-        try:
-            return _adapter(self.annotation).validate_python(value), None
-        except ValidationError:
-            return value, f"{self.key} must be {describe(self.annotation, words)}, got {value!r}"
+        ok, value = of_type(self.annotation, value)
+        return value, None if ok else (
+            f"{self.key} must be {describe(self.annotation, words)}, got {value!r}")
 
     def value_problem(self, value: Any, words: Mapping[type, str] | None = None
                       ) -> tuple[Any, str | None]:
@@ -145,6 +142,17 @@ def describe(annotation: Any, words: Mapping[type, str] | None = None) -> str:
 
 
 _UnionType = type(int | None)
+
+
+def of_type(annotation: Any, value: Any) -> tuple[bool, Any]:
+    """(whether `value` is of the type, strictly: no bool for a number, no "3" for 3; the value
+    as that type holds it: a whole number for a float becomes a float)."""
+    from pydantic import ValidationError
+
+    try:
+        return True, _adapter(annotation).validate_python(value)
+    except ValidationError:
+        return False, value
 
 
 @functools.cache
