@@ -24,6 +24,7 @@ def _sources(spec) -> str:
 
 def register(app: typer.Typer) -> None:
     from peftport.configfields import typer_options
+    from peftport.configs import CompareSettings
     from peftport.hosts.derive import DeriveConfig
 
     hosts = typer.Typer(help="Pretrained hosts: list, show, derive, compare.", no_args_is_help=True)
@@ -130,17 +131,15 @@ def register(app: typer.Typer) -> None:
             _print_drift(drift["drift"])
 
     @hosts.command("compare")
+    @typer_options(CompareSettings)
     def compare(
         origin: str = typer.Argument(..., help="Origin host: id, local folder or hub id."),
         receiver: str = typer.Argument(..., help="Receiving host (same family)."),
-        texts: int = typer.Option(256, "--texts", help="Texts sampled from the corpus."),
-        corpus: str = typer.Option("rt_plots", "--corpus", help="Unlabelled text corpus."),
-        max_length: int = typer.Option(64, "--max-length", help="Maximum tokens per text."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the text sample."),
         plot: Path | None = typer.Option(
             None, "--plot", help="Also write a PNG: CKA heatmap and weight-distance bars."
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+        settings: dict[str, Any] | None = None,
     ) -> None:
         """Compare two hosts layer by layer: weight distance where shapes match, linear CKA of
         hidden states on a text sample, and the layer maps for porting between them."""
@@ -148,15 +147,7 @@ def register(app: typer.Typer) -> None:
 
         if plot is not None and plot.suffix.lower() != ".png":
             raise PeftportError(f"--plot {plot}: the figure is a PNG; name it *.png")
-        c = compare_hosts(
-            origin,
-            receiver,
-            corpus=corpus,
-            texts=texts,
-            max_length=max_length,
-            seed=seed,
-            progress=True,
-        )
+        c = compare_hosts(origin, receiver, **(settings or {}), progress=True)
         if plot is not None:
             _write_atomic(plot, render_comparison_png(c))
         if as_json:

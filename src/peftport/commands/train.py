@@ -46,7 +46,7 @@ def _metrics_table(title: str, metrics: dict) -> Table:
 
 def _config(settings: dict[str, Any]) -> Any:
     """The TrainConfig of a command's options (`--eval-at` given as text)."""
-    from peftport.engine import TrainConfig
+    from peftport.configs import TrainConfig
 
     steps = settings["steps"]
     if steps <= 0:
@@ -91,7 +91,7 @@ EVALUATE_OPTIONS = ("max_length", "max_eval_examples", "eval_split")
 
 def register(app: typer.Typer) -> None:
     from peftport.configfields import typer_options
-    from peftport.engine import TrainConfig
+    from peftport.configs import TrainConfig
 
     @app.command()
     @typer_options(TrainConfig, overrides=TRAIN_OPTIONS)

@@ -23,12 +23,13 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from peftport.configfields import check_bounds, setting, settings
 from peftport.errors import PeftportError
+
+if TYPE_CHECKING:  # torch is imported where a host is built: `peftport --help` stays fast
+    import torch
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ def relative_drift(
 
 
 def build_derived(out: Path, recipe: dict[str, str]) -> None:
+    import torch
     from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling
 
     from peftport.data import unlabelled_texts

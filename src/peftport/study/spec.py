@@ -40,7 +40,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from peftport.configfields import by_key, setting
+from peftport.configfields import by_key
+from peftport.configs import CompareSettings
 from peftport.errors import PeftportError
 from peftport.hostcompare import LAYER_MAP_STRATEGIES
 from peftport.study.derived import DerivedHost, derived_hosts
@@ -121,20 +122,6 @@ class TechniqueSetting:
     config: dict[str, Any]  # the full technique config (defaults filled in): part of unit ids
     pre: dict[str, Any]  # TrainConfig fields before porting (study, then technique overrides)
     post: dict[str, Any]  # ... after porting
-
-
-@dataclass(frozen=True)
-class CompareSettings:
-    """How the driver compares the hosts of every directed pair (`peftport.hostcompare`)."""
-
-    texts: int = setting(256, help="Texts sampled from the corpus.", ge=2)
-    corpus: str = setting("rt_plots", help="Unlabelled text corpus.")
-    max_length: int = setting(64, help="Maximum tokens per text.", ge=4)
-    seed: int = setting(0, help="Seed of the text sample.", ge=0)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"corpus": self.corpus, "texts": self.texts, "max_length": self.max_length,
-                "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -238,7 +225,7 @@ class StudySpec:
 
 def _train_section(raw: Any, path: Path_, probs: _Problems) -> dict[str, tuple[Any, Path_]]:
     """A `train`/`pre`/`post` mapping -> {field: (value, path)}; bad keys and values reported."""
-    from peftport.engine import TrainConfig
+    from peftport.configs import TrainConfig
 
     if raw is None:
         return {}
@@ -252,7 +239,7 @@ def _train_section(raw: Any, path: Path_, probs: _Problems) -> dict[str, tuple[A
 def _check_train(merged: dict[str, tuple[Any, Path_]], steps: tuple[int, ...], phase_path: Path_,
                  probs: _Problems) -> dict[str, Any]:
     """Build the TrainConfig once to let it check ranges; report at the key that set a field."""
-    from peftport.engine import TrainConfig
+    from peftport.configs import TrainConfig
 
     values = {k: v for k, (v, _) in merged.items()}
     if not steps and "horizon" not in values:
@@ -874,6 +861,6 @@ def load_preset(name: str) -> StudySpec:
 
 def train_fields() -> list[str]:
     """TrainConfig fields a study may set (for docs and tests)."""
-    from peftport.engine import TrainConfig
+    from peftport.configs import TrainConfig
 
     return [k for k in by_key(TrainConfig) if k not in PLANNER_FIELDS]

@@ -136,29 +136,27 @@ def host_ok(name: Any, path: Path_, probs: Problems, cache: dict, base: Path | N
     """The HostSpec a study names (cached by name), or None with the problem reported."""
     from peftport.hosts import HOSTS, get_host
 
-    if not isinstance(name, str) or not name:
-        probs.add(path, f"a host must be a host id, a checkpoint folder or a hub id, got {name!r}")
-        return None
-    if name in cache:
-        return cache[name]
-    try:
-        cache[name] = get_host(name if name in HOSTS else local_path(name, base))
-    except PeftportError as e:
-        probs.add(path, str(e))
-        cache[name] = None
-    return cache[name]
+    return _named(name, path, probs, cache, base, HOSTS, get_host,
+                  "a host must be a host id, a checkpoint folder or a hub id")
 
 
 def dataset_ok(name: Any, path: Path_, probs: Problems, cache: dict, base: Path | None) -> Any:
     """The data set a study names (cached by name), or None with the problem reported."""
     from peftport.data import DATASETS, get_dataset
 
+    return _named(name, path, probs, cache, base, DATASETS, get_dataset,
+                  "a data set id or a CSV/JSONL file")
+
+
+def _named(name: Any, path: Path_, probs: Problems, cache: dict, base: Path | None,
+           registry: Any, get: Any, form: str) -> Any:
+    """A registered id, else a path relative to the study file (local_path) given to `get`."""
     if not isinstance(name, str) or not name:
-        probs.add(path, f"a data set id or a CSV/JSONL file, got {name!r}")
+        probs.add(path, f"{form}, got {name!r}")
         return None
     if name not in cache:
         try:
-            cache[name] = get_dataset(name if name in DATASETS else local_path(name, base))
+            cache[name] = get(name if name in registry else local_path(name, base))
         except PeftportError as e:
             probs.add(path, str(e))
             cache[name] = None
