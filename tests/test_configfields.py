@@ -85,17 +85,39 @@ def test_a_field_is_a_command_line_option():
     def run(
         name: str = typer.Option(...),
         as_json: bool = typer.Option(False, "--json"),
-        settings: dict | None = None,
+        *,
+        settings: dict,
     ) -> None:
-        seen.update(settings or {}, name=name, as_json=as_json)
+        seen.update(settings, name=name, as_json=as_json)
 
     res = CliRunner().invoke(
-        app, ["--name", "x", "--steps", "3", "--lr", "0.1", "--sp", "train", "--from", "p",
-              "--fast", "--json"]
+        app,
+        [
+            "--name",
+            "x",
+            "--steps",
+            "3",
+            "--lr",
+            "0.1",
+            "--sp",
+            "train",
+            "--from",
+            "p",
+            "--fast",
+            "--json",
+        ],
     )
     assert res.exit_code == 0, res.output
-    assert seen == {"name": "x", "as_json": True, "steps": 3, "lr": 0.1, "split": "train",
-                    "limit": 7, "parent": "p", "fast": True}
+    assert seen == {
+        "name": "x",
+        "as_json": True,
+        "steps": 3,
+        "lr": 0.1,
+        "split": "train",
+        "limit": 7,
+        "parent": "p",
+        "fast": True,
+    }
     res = CliRunner().invoke(app, ["--name", "x"])
     assert res.exit_code != 0 and "--steps" in res.output  # required: no default
     assert "--cache" not in CliRunner().invoke(app, ["--help"]).output

@@ -137,18 +137,65 @@ def test_every_trainconfig_field_is_a_train_and_adapt_option(monkeypatch):
         out = runner.invoke(app, [cmd, "--help"]).output
         for f in dataclasses.fields(TrainConfig):
             assert f"--{f.name.replace('_', '-')}" in out, (cmd, f.name)
-        args = [cmd, *head, "--host", "tiny-bert", "--data", "d", "--steps", "8",
-                "--warmup-ratio", "0.25", "--horizon", "12", "--weight-decay", "0.01",
-                "--max-grad-norm", "0.5", "--eval-batch-size", "8", "--split", "validation",
-                "--max-eval", "5", "--eval-at", "0,4", "--lr", "0.01"]
+        args = [
+            cmd,
+            *head,
+            "--host",
+            "tiny-bert",
+            "--data",
+            "d",
+            "--steps",
+            "8",
+            "--warmup-ratio",
+            "0.25",
+            "--horizon",
+            "12",
+            "--weight-decay",
+            "0.01",
+            "--max-grad-norm",
+            "0.5",
+            "--eval-batch-size",
+            "8",
+            "--split",
+            "validation",
+            "--max-eval",
+            "5",
+            "--eval-at",
+            "0,4",
+            "--lr",
+            "0.01",
+        ]
         res = runner.invoke(app, args)
         assert isinstance(res.exception, _Stop), res.output
     for cfg in seen:
-        assert cfg == TrainConfig(steps=8, lr=0.01, warmup_ratio=0.25, horizon=12,
-                                  weight_decay=0.01, max_grad_norm=0.5, eval_batch_size=8,
-                                  eval_split="validation", max_eval_examples=5, eval_at=(0, 4))
-    res = runner.invoke(app, ["train", "--technique", "lora", "--host", "h", "--data", "d",
-                              "--steps", "3", "--warmup-ratio", "-1"])
+        assert cfg == TrainConfig(
+            steps=8,
+            lr=0.01,
+            warmup_ratio=0.25,
+            horizon=12,
+            weight_decay=0.01,
+            max_grad_norm=0.5,
+            eval_batch_size=8,
+            eval_split="validation",
+            max_eval_examples=5,
+            eval_at=(0, 4),
+        )
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--technique",
+            "lora",
+            "--host",
+            "h",
+            "--data",
+            "d",
+            "--steps",
+            "3",
+            "--warmup-ratio",
+            "-1",
+        ],
+    )
     assert "warmup_ratio must be >= 0, got -1.0" in str(res.exception)
 
 

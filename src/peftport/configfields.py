@@ -48,8 +48,16 @@ def setting(
     key: the name in files and on the command line when the field's name cannot be it
     (`parent` is `from`); flags: further command-line spellings kept for old scripts;
     internal: set by the code, never by a user (not in the CLI, not in study files)."""
-    meta = {"help": help, "ge": ge, "gt": gt, "lt": lt, "choices": choices, "key": key,
-            "flags": flags, "internal": internal}
+    meta = {
+        "help": help,
+        "ge": ge,
+        "gt": gt,
+        "lt": lt,
+        "choices": choices,
+        "key": key,
+        "flags": flags,
+        "internal": internal,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -95,22 +103,24 @@ class Setting:
         if self.choices:
             ok = value in self.choices
         else:
-            ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-                  and (self.lt is None or value < self.lt))
+            ok = (
+                (self.ge is None or value >= self.ge)
+                and (self.gt is None or value > self.gt)
+                and (self.lt is None or value < self.lt)
+            )
         return None if ok else f"{self.key} must be {self.bounds()}, got {value!r}"
 
-    def type_problem(self, value: Any, words: Mapping[type, str] | None = None
-                     ) -> tuple[Any, str | None]:
+    def type_problem(self, value: Any) -> tuple[Any, str | None]:
         """(the value as the field holds it, why its type is wrong or None). A whole number
         given for a float field becomes a float."""
         ok, value = of_type(self.annotation, value)
         return value, None if ok else (
-            f"{self.key} must be {describe(self.annotation, words)}, got {value!r}")
+            f"{self.key} must be {describe(self.annotation)}, got {value!r}"
+        )
 
-    def value_problem(self, value: Any, words: Mapping[type, str] | None = None
-                      ) -> tuple[Any, str | None]:
+    def value_problem(self, value: Any) -> tuple[Any, str | None]:
         """Type, then bounds: (the value as the field holds it, the problem or None)."""
-        value, problem = self.type_problem(value, words)
+        value, problem = self.type_problem(value)
         return value, problem or self.bound_problem(value)
 
 
@@ -119,8 +129,14 @@ def _num(x: float) -> str:
 
 
 PLAIN: dict[type, str] = {  # for people writing study files
-    int: "a whole number", float: "a number", str: "a string", bool: "true or false",
-    type(None): "null", dict: "a mapping", list: "a list", tuple: "a list",
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    type(None): "null",
+    dict: "a mapping",
+    list: "a list",
+    tuple: "a list",
 }
 
 
@@ -170,13 +186,23 @@ def settings(cls: type) -> dict[str, Setting]:
     for f in dataclasses.fields(cls):
         m = f.metadata
         if "help" not in m:
-            raise TypeError(f"{cls.__name__}.{f.name} has no description: declare it with "
-                            "setting(...)")
+            raise TypeError(
+                f"{cls.__name__}.{f.name} has no description: declare it with setting(...)"
+            )
         default = f.default if f.default_factory is MISSING else f.default_factory()
         out[f.name] = Setting(
-            name=f.name, key=m["key"] or f.name, annotation=hints[f.name], default=default,
-            help=m["help"], ge=m["ge"], gt=m["gt"], lt=m["lt"], choices=m["choices"],
-            flags=m["flags"], internal=m["internal"])
+            name=f.name,
+            key=m["key"] or f.name,
+            annotation=hints[f.name],
+            default=default,
+            help=m["help"],
+            ge=m["ge"],
+            gt=m["gt"],
+            lt=m["lt"],
+            choices=m["choices"],
+            flags=m["flags"],
+            internal=m["internal"],
+        )
     return out
 
 
@@ -209,14 +235,18 @@ def typer_options(
     cannot be typed on a command line, e.g. a tuple given as "0,100,300")."""
     import typer
 
-    chosen = [s for s in settings(cls).values() if not s.internal
-              and (only is None or s.name in only)]
+    chosen = [
+        s for s in settings(cls).values() if not s.internal and (only is None or s.name in only)
+    ]
     overrides = overrides or {}
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         hints = typing.get_type_hints(func, include_extras=True)
-        own = [p.replace(annotation=hints.get(p.name, p.annotation))
-               for p in inspect.signature(func).parameters.values() if p.name != "settings"]
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in inspect.signature(func).parameters.values()
+            if p.name != "settings"
+        ]
         made = []
         for s in chosen:
             o = overrides.get(s.name, {})
@@ -228,8 +258,14 @@ def typer_options(
             if s.choices:
                 text = f"{text.rstrip('.')}: {', '.join(s.choices)}."
             option = typer.Option(default, flag, *s.flags, help=text)
-            made.append(inspect.Parameter(s.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                          default=option, annotation=o.get("type", s.annotation)))
+            made.append(
+                inspect.Parameter(
+                    s.name,
+                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                    default=option,
+                    annotation=o.get("type", s.annotation),
+                )
+            )
         at = next((i for i, p in enumerate(own) if p.name == "as_json"), len(own))
         params = own[:at] + made + own[at:]
 

@@ -34,20 +34,20 @@ class TrainConfig:
     weight_decay: float = setting(0.0, help="AdamW weight decay.", ge=0)
     max_grad_norm: float = setting(1.0, help="Gradient clipping norm (0: no clipping).", ge=0)
     seed: int = setting(0, help="Seed for initialisation, data order and dropout.")
-    eval_at: tuple[int, ...] = setting(
-        (), help="Checkpoint steps to evaluate (0 = zero-shot)."
-    )
+    eval_at: tuple[int, ...] = setting((), help="Checkpoint steps to evaluate (0 = zero-shot).")
     eval_split: str = setting(
-        "test", help="Split to evaluate on.", choices=("train", "validation", "test"),
+        "test",
+        help="Split to evaluate on.",
+        choices=("train", "validation", "test"),
         flags=("--split",),
     )
     max_eval_examples: int | None = setting(
-        None, help="Evaluate on the first N examples (a seeded sample).", gt=0,
+        None,
+        help="Evaluate on the first N examples (a seeded sample).",
+        gt=0,
         flags=("--max-eval",),
     )
-    threads: int | None = setting(
-        None, help="Torch threads (default: torch's choice).", ge=0
-    )
+    threads: int | None = setting(None, help="Torch threads (default: torch's choice).", ge=0)
     bf16: bool = setting(False, help="bfloat16 autocast on CPU (faster; see docs).")
 
     def __post_init__(self) -> None:
@@ -77,5 +77,9 @@ class CompareSettings:
     seed: int = setting(0, help="Seed of the text sample.", ge=0)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"corpus": self.corpus, "texts": self.texts, "max_length": self.max_length,
-                "seed": self.seed}
+        return {
+            "corpus": self.corpus,
+            "texts": self.texts,
+            "max_length": self.max_length,
+            "seed": self.seed,
+        }

@@ -113,13 +113,14 @@ def register(app: typer.Typer) -> None:
     @typer_options(DeriveConfig)
     def derive(
         name: str = typer.Option(..., "--name", help="Id for the new host."),
-        settings: dict[str, Any] | None = None,
+        *,
+        settings: dict[str, Any],
     ) -> None:
         """Derive a same-shape receiving host by continued masked-LM training (cached)."""
         from peftport.hosts import derived_recipe, get_host
         from peftport.hosts.derive import install_derived_host, read_drift
 
-        kw = dict(settings or {})
+        kw = dict(settings)
         parent_spec = get_host(kw.pop("parent"))
         recipe = derived_recipe(name, parent_spec.id, **kw)
         target = install_derived_host(
@@ -139,7 +140,8 @@ def register(app: typer.Typer) -> None:
             None, "--plot", help="Also write a PNG: CKA heatmap and weight-distance bars."
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
-        settings: dict[str, Any] | None = None,
+        *,
+        settings: dict[str, Any],
     ) -> None:
         """Compare two hosts layer by layer: weight distance where shapes match, linear CKA of
         hidden states on a text sample, and the layer maps for porting between them."""
@@ -147,7 +149,7 @@ def register(app: typer.Typer) -> None:
 
         if plot is not None and plot.suffix.lower() != ".png":
             raise PeftportError(f"--plot {plot}: the figure is a PNG; name it *.png")
-        c = compare_hosts(origin, receiver, **(settings or {}), progress=True)
+        c = compare_hosts(origin, receiver, **settings, progress=True)
         if plot is not None:
             _write_atomic(plot, render_comparison_png(c))
         if as_json:

@@ -102,13 +102,14 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, help="Folder to save the trained module in."),
         config: str = typer.Option("", help="Technique settings as JSON, e.g. '{\"r\": 16}'."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-        settings: dict[str, Any] | None = None,
+        *,
+        settings: dict[str, Any],
     ) -> None:
         """Train a fresh PEFT module on a host and evaluate it at checkpoints."""
         from peftport.runs import train_run
 
         tech_cfg = _parse_config(config)
-        cfg = _config(settings or {})
+        cfg = _config(settings)
         res = train_run(host, technique, data, cfg, technique_config=tech_cfg, progress=not as_json)
         _finish(res, as_json, f"{technique} on {host}, {data}", out)
 
@@ -120,12 +121,13 @@ def register(app: typer.Typer) -> None:
         data: str = typer.Option(..., help="Data set id or a CSV/JSONL file."),
         out: Path = typer.Option(None, help="Folder to save the adapted module in."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-        settings: dict[str, Any] | None = None,
+        *,
+        settings: dict[str, Any],
     ) -> None:
         """Adapt a ported (or sampled, or random) module on its receiving host for a few steps."""
         from peftport.runs import adapt_run
 
-        res = adapt_run(module, host, data, _config(settings or {}), progress=not as_json)
+        res = adapt_run(module, host, data, _config(settings), progress=not as_json)
         _finish(res, as_json, f"adapting {module} on {host}, {data}", out)
 
     @app.command()
@@ -135,18 +137,25 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option(..., help="Host to evaluate the module in."),
         data: str = typer.Option(..., help="Data set id or a CSV/JSONL file."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-        settings: dict[str, Any] | None = None,
+        *,
+        settings: dict[str, Any],
     ) -> None:
         """Evaluate a module in a host: accuracy, macro-F1, ROC-AUC."""
         from peftport.runs import evaluate_run
 
-        s = settings or {}
-        m = evaluate_run(module, host, data, split=s["eval_split"],
-                         max_examples=s["max_eval_examples"], max_length=s["max_length"])
+        split = settings["eval_split"]
+        m = evaluate_run(
+            module,
+            host,
+            data,
+            split=split,
+            max_examples=settings["max_eval_examples"],
+            max_length=settings["max_length"],
+        )
         if as_json:
             typer.echo(json.dumps(m, indent=2))
         else:
-            title = f"{module} in {host}, {data} ({s['eval_split']})"
+            title = f"{module} in {host}, {data} ({split})"
             Console().print(_metrics_table(title, {0: m}))
 
 

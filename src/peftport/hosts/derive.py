@@ -63,8 +63,13 @@ class DeriveConfig:
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, str]) -> DeriveConfig:
         """The config a recipe (`as_recipe`, all text) was written from."""
-        return cls(**{s.name: s.annotation(recipe[s.name])
-                      for s in settings(cls).values() if not s.internal})
+        return cls(
+            **{
+                s.name: s.annotation(recipe[s.name])
+                for s in settings(cls).values()
+                if not s.internal
+            }
+        )
 
 
 class DerivedHostConflict(PeftportError):

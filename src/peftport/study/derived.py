@@ -69,12 +69,12 @@ def _derived_host(
         probs.add(hpath, f"a host name is letters, digits, '-', '_' or '.', got {name!r}")
         return None
     if name in HOSTS:
-        probs.add(hpath, f"{name!r} is a built-in host; choose another name for a host the "
-                  "study derives")
+        probs.add(
+            hpath, f"{name!r} is a built-in host; choose another name for a host the study derives"
+        )
         return None
     if not isinstance(body, dict) or "derive" not in body:
-        probs.add(hpath, f"a study host is {FORM} (`peftport hosts derive` settings), got "
-                  f"{body!r}")
+        probs.add(hpath, f"a study host is {FORM} (`peftport hosts derive` settings), got {body!r}")
         return None
     check_keys(body, ("derive",), hpath, "host key", probs)
     dpath = hpath + ("derive",)
@@ -93,8 +93,11 @@ def _derived_host(
         return None
     if parent.family != "bert":
         fam = parent.family or "unknown-family"
-        probs.add(dpath + ("from",), f"derive: parent {parent.id!r} is a {fam} host; "
-                  "masked-LM derivation is implemented for BERT-family hosts")
+        probs.add(
+            dpath + ("from",),
+            f"derive: parent {parent.id!r} is a {fam} host; "
+            "masked-LM derivation is implemented for BERT-family hosts",
+        )
         return None
     kw = {k: v for k, (v, _) in given.items() if k != "parent"}
     d = DerivedHost(name=name, parent=parent.id, settings=tuple(sorted(kw.items())))
@@ -111,8 +114,11 @@ def _derived_host(
         except (OSError, ValueError):
             old = None
         if old != dict(recipe):
-            probs.add(hpath, f"a derived host named {name!r} exists with another recipe "
-                      f"({installed.parent}); rename the study's host or delete that folder")
+            probs.add(
+                hpath,
+                f"a derived host named {name!r} exists with another recipe "
+                f"({installed.parent}); rename the study's host or delete that folder",
+            )
             return None
     host_cache[name] = _declared_spec(name, parent, recipe)
     return d
@@ -133,11 +139,14 @@ def _declared_spec(name: str, parent: Any, recipe: tuple[tuple[str, str], ...]) 
     from peftport.hosts.spec import Built, HostSpec
 
     r = dict(recipe)
-    return HostSpec(id=name, family=parent.family, parent=parent.id,
-                    description=f"derived from {parent.id} by the study: masked-LM on "
-                                f"{r['corpus']}, {r['steps']} steps, lr {r['lr']}, seed {r['seed']}",
-                    sources=(LocalPath("", str(_derived_home() / name)),
-                             Built(recipe, _build_derived)))
+    return HostSpec(
+        id=name,
+        family=parent.family,
+        parent=parent.id,
+        description=f"derived from {parent.id} by the study: masked-LM on "
+        f"{r['corpus']}, {r['steps']} steps, lr {r['lr']}, seed {r['seed']}",
+        sources=(LocalPath("", str(_derived_home() / name)), Built(recipe, _build_derived)),
+    )
 
 
 def study_host(spec: StudySpec, name: str) -> Any:

@@ -96,8 +96,7 @@ def _walk_yaml(node: yaml.Node, path: Path_, src: Source) -> None:
             _walk_yaml(item, path + (i,), src)
 
 
-def parse_text(text: str, name: str, fmt: str, base: Path | None = None
-                ) -> tuple[Any, Source]:
+def parse_text(text: str, name: str, fmt: str, base: Path | None = None) -> tuple[Any, Source]:
     src = Source(name, text, fmt, base)
     if fmt == "toml":
         try:

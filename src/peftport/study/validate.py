@@ -136,20 +136,37 @@ def host_ok(name: Any, path: Path_, probs: Problems, cache: dict, base: Path | N
     """The HostSpec a study names (cached by name), or None with the problem reported."""
     from peftport.hosts import HOSTS, get_host
 
-    return _named(name, path, probs, cache, base, HOSTS, get_host,
-                  "a host must be a host id, a checkpoint folder or a hub id")
+    return _named(
+        name,
+        path,
+        probs,
+        cache,
+        base,
+        HOSTS,
+        get_host,
+        "a host must be a host id, a checkpoint folder or a hub id",
+    )
 
 
 def dataset_ok(name: Any, path: Path_, probs: Problems, cache: dict, base: Path | None) -> Any:
     """The data set a study names (cached by name), or None with the problem reported."""
     from peftport.data import DATASETS, get_dataset
 
-    return _named(name, path, probs, cache, base, DATASETS, get_dataset,
-                  "a data set id or a CSV/JSONL file")
+    return _named(
+        name, path, probs, cache, base, DATASETS, get_dataset, "a data set id or a CSV/JSONL file"
+    )
 
 
-def _named(name: Any, path: Path_, probs: Problems, cache: dict, base: Path | None,
-           registry: Any, get: Any, form: str) -> Any:
+def _named(
+    name: Any,
+    path: Path_,
+    probs: Problems,
+    cache: dict,
+    base: Path | None,
+    registry: Any,
+    get: Any,
+    form: str,
+) -> Any:
     """A registered id, else a path relative to the study file (local_path) given to `get`."""
     if not isinstance(name, str) or not name:
         probs.add(path, f"{form}, got {name!r}")
@@ -168,8 +185,9 @@ def read_data(data: dict, src: Source, probs: Problems) -> list[tuple[str, str]]
     data_combos: list[tuple[str, str]] = []
     raw_d = data.get("data")
     if "data" in data and (not isinstance(raw_d, list) or not raw_d):
-        probs.add(("data",), f"data must be a non-empty list of [pre, post] data sets, got "
-                  f"{raw_d!r}")
+        probs.add(
+            ("data",), f"data must be a non-empty list of [pre, post] data sets, got {raw_d!r}"
+        )
         raw_d = []
     ds_cache: dict[str, Any] = {}
     for i, d in enumerate(raw_d or []):
@@ -182,18 +200,25 @@ def read_data(data: dict, src: Source, probs: Problems) -> list[tuple[str, str]]
             check_keys(d, ("pre", "post"), dpath, "data key", probs)
             combo, paths = (d.get("pre"), d.get("post")), (dpath + ("pre",), dpath + ("post",))
         else:
-            probs.add(dpath, f"a data combination is [pre, post], {{pre: ..., post: ...}} or one "
-                      f"data set for both, got {d!r}")
+            probs.add(
+                dpath,
+                f"a data combination is [pre, post], {{pre: ..., post: ...}} or one "
+                f"data set for both, got {d!r}",
+            )
             continue
-        specs = [dataset_ok(n, p, probs, ds_cache, src.base)
-                 for n, p in zip(combo, paths, strict=True)]
+        specs = [
+            dataset_ok(n, p, probs, ds_cache, src.base) for n, p in zip(combo, paths, strict=True)
+        ]
         if None in specs:
             continue
         combo = (specs[0].id, specs[1].id)  # local files: their absolute path
         if tuple(specs[0].label_words) != tuple(specs[1].label_words):
-            probs.add(dpath, f"{combo[0]!r} has labels {list(specs[0].label_words)} and "
-                      f"{combo[1]!r} has {list(specs[1].label_words)}: a module trained on one "
-                      "cannot be evaluated on the other")
+            probs.add(
+                dpath,
+                f"{combo[0]!r} has labels {list(specs[0].label_words)} and "
+                f"{combo[1]!r} has {list(specs[1].label_words)}: a module trained on one "
+                "cannot be evaluated on the other",
+            )
             continue
         if combo in data_combos:
             probs.add(dpath, f"data combination {combo[0]} -> {combo[1]} is listed twice")
