@@ -215,7 +215,7 @@ def test_status_and_export(tmp_path, toy):
 def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
     import builtins
 
-    from peftport.commands.study import write_parquet
+    from peftport.study.export import write_parquet
 
     real_import = builtins.__import__
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -217,26 +216,13 @@ def register(app: typer.Typer) -> None:
                                           "Parquet here (needs pandas and pyarrow)."),
     ) -> None:
         """Write the results (one row per study run, zero-shot and origin result) to a file."""
-        from peftport.study.store import Store
+        from peftport.study.export import export_results
 
-        if (csv_path is None) == (parquet_path is None):
-            raise PeftportError("give exactly one of --csv PATH or --parquet PATH")
         spec = _spec(file, preset, default_quick=store is None)
-        path = _store_path(store, spec)
-        if not path.exists():
-            raise PeftportError(f"no study store at {path}")
-        st = Store(path)
-        try:
-            rows = st.results(spec.id if spec else None)
-        finally:
-            st.close()
-        if parquet_path is not None:
-            write_parquet(rows, parquet_path)
-            out = parquet_path
-        else:
-            write_csv(rows, csv_path)
-            out = csv_path
-        typer.echo(f"wrote {len(rows)} rows to {out}")
+        n = export_results(_store_path(store, spec), spec.id if spec else None,
+                           csv_path=csv_path, parquet_path=parquet_path)
+        out = parquet_path or csv_path
+        typer.echo(f"wrote {n} rows to {out}")
 
     @study.command("presets")
     def presets_cmd(
@@ -254,32 +240,3 @@ def register(app: typer.Typer) -> None:
             spec = load_preset(n)
             first = spec.description.splitlines()[0] if spec.description else ""
             typer.echo(f"{n:<{width}} {first}")
-
-
-COLUMNS = ("study_id", "technique", "origin", "receiver", "pre_data", "post_data", "seed",
-           "condition", "pre_steps", "post_steps", "accuracy", "macro_f1", "auc",
-           "majority_share", "n", "unit_id", "step", "kind", "status", "horizon", "seconds",
-           "git")
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
-def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
-    try:
-        import pandas as pd
-        import pyarrow  # noqa: F401 - pandas' Parquet engine
-    except ImportError:
-        raise PeftportError("--parquet needs pandas and pyarrow (pip install pandas pyarrow); "
-                            "--csv needs nothing") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows, columns=list(COLUMNS)).to_parquet(tmp, index=False)
-    tmp.replace(path)

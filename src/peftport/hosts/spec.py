@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftport.assets import Source, locked, peftport_home
+from peftport.atomic import staged_folder
 
 # Host kinds: how a task is put to the host and how it is scored.
 ENCODER_CLASSIFIER = "encoder-classifier"  # BERT family: a classification head on the pooled output
@@ -130,15 +128,11 @@ class Built:
         return out
 
     def _build_locked(self, out: Path) -> None:
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
-            stage = Path(tmp) / "host"
-            stage.mkdir()
+        # replace: an incomplete folder at `out` is a killed build's
+        with staged_folder(out, replace=True) as stage:
             self.build(stage, dict(self.recipe))
             (stage / "peftport-recipe.json").write_text(json.dumps(dict(self.recipe), indent=2))
             (stage / ".complete").write_text("ok")
-            if out.exists():  # an incomplete folder from a killed build
-                shutil.rmtree(out)
-            stage.rename(out)
 
 
 @dataclass(frozen=True)
@@ -160,7 +154,3 @@ class HostSpec:
 
     def env_var(self) -> str:
         return "PEFTPORT_HOST_" + "".join(c if c.isalnum() else "_" for c in self.id).upper()
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in {"1", "true", "yes"}

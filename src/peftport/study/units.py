@@ -28,27 +28,21 @@ import os
 import platform
 import socket
 import time
-from collections import OrderedDict
 from typing import Any
 
 from peftport.errors import PeftportError
+from peftport.lru import LRU
 
 HOST_CACHE_SIZE = 2  # a pair: origin and receiver
-_HOSTS: OrderedDict[tuple[str, int], Any] = OrderedDict()
+_HOSTS: LRU[Any] = LRU(HOST_CACHE_SIZE)
 
 
 def fresh_host(host_id: str, num_labels: int) -> Any:
     """A LoadedHost with its own copy of the model (the pristine one stays cached)."""
     from peftport.hosts import LoadedHost, get_host, load_host
 
-    key = (host_id, num_labels)
-    base = _HOSTS.get(key)
-    if base is None:
-        base = load_host(get_host(host_id), num_labels=num_labels)
-        _HOSTS[key] = base
-        while len(_HOSTS) > HOST_CACHE_SIZE:
-            _HOSTS.popitem(last=False)
-    _HOSTS.move_to_end(key)
+    base = _HOSTS.get((host_id, num_labels),
+                      lambda: load_host(get_host(host_id), num_labels=num_labels))
     return LoadedHost(spec=base.spec, folder=base.folder, model=copy.deepcopy(base.model),
                       tokenizer=base.tokenizer, fingerprint=base.fingerprint)
 
