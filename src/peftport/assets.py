@@ -207,9 +207,17 @@ class PackageMember:
         inner = f" -> {self.inner}" if self.inner else ""
         return f"{self.archive.describe()}: {self.member}{inner}"
 
-    def resolve(self) -> Path:
+    def _folder(self) -> Path:
         tag = hashlib.sha256(f"{self.member}|{self.inner}".encode()).hexdigest()[:10]
-        out = peftport_home() / "assets" / f"{self.archive.key}-{tag}"
+        return peftport_home() / "assets" / f"{self.archive.key}-{tag}"
+
+    def cached(self) -> Path | None:
+        """The member's path if it is extracted already, else None; never fetches anything."""
+        out = self._folder()
+        return self._result(out) if (out / ".complete").exists() else None
+
+    def resolve(self) -> Path:
+        out = self._folder()
         if (out / ".complete").exists():
             return self._result(out)
         with locked(out):

