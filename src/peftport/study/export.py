@@ -8,30 +8,13 @@ from typing import Any
 
 from peftport.atomic import staged_file
 from peftport.errors import PeftportError
+from peftport.study.plan import CELL_KEY
 
 COLUMNS = (
     "study_id",
-    "technique",
-    "origin",
-    "receiver",
-    "pre_data",
-    "post_data",
-    "seed",
-    "condition",
-    "pre_steps",
-    "post_steps",
-    "accuracy",
-    "macro_f1",
-    "auc",
-    "majority_share",
-    "n",
-    "unit_id",
-    "step",
-    "kind",
-    "status",
-    "horizon",
-    "seconds",
-    "git",
+    *CELL_KEY,
+    *("accuracy", "macro_f1", "auc", "majority_share", "n"),
+    *("unit_id", "step", "kind", "status", "horizon", "seconds", "git"),
 )
 
 
