@@ -58,9 +58,9 @@ from typing import Any
 
 import torch
 
+from peftport.atomic import write_folder
 from peftport.errors import PeftportError
 from peftport.hosts.spec import DECODER_LM, ENCODER_CLASSIFIER, LAYOUTS, TEXT_TO_TEXT
-from peftport.module import write_folder
 
 __all__ = [
     "FORMATS",
@@ -110,14 +110,6 @@ PEFT_TASK_TYPES = {
     TEXT_TO_TEXT: "SEQ_2_SEQ_LM",
     DECODER_LM: "CAUSAL_LM",
 }
-# The transformers class peftport loads per family; AdapterHub's head loader compares it by name.
-MODEL_CLASSES = {
-    "bert": "BertForSequenceClassification",
-    "t5": "T5ForConditionalGeneration",
-    "gpt2": "GPT2LMHeadModel",
-    "llama": "LlamaForCausalLM",
-}
-
 # Tensor names, AdapterHub (= peftport) pattern -> PEFT pattern, in the manner of torchtune's
 # _FROM_HF tables. {path}: the adapted module's path in the task model (the same module in both
 # libraries); {name}: the peftport module name; {head}: a head tensor's name.
@@ -147,7 +139,12 @@ PREFIX_MLP_PARTS = (
 PREFIX_FLAT_PART = "control_trans"
 PEFT_PREFIX = "prompt_embeddings"
 PEFT_POSITION_TABLE = "base_model.{table}.weight"
-POSITION_TABLES = {"bert": "bert.embeddings.position_embeddings", "gpt2": "transformer.wpe"}
+
+
+def _position_table(family: str) -> str:
+    """The family's absolute position table ("" if it has none, or is unknown)."""
+    return LAYOUTS[family].position_table if family in LAYOUTS else ""
+
 
 # technique -> why PEFT has no faithful counterpart (export refuses with this).
 PEFT_REFUSED = {
@@ -624,7 +621,7 @@ def _prefix_to_peft(
             f"{where}: prefix_length {p} leaves no room in a position table of "
             f"{position_table.shape[0]} rows"
         )
-    table = POSITION_TABLES[family]
+    table = _position_table(family)
     out = {
         PEFT_PREFIX: prefix.contiguous(),
         _fill(PEFT_POSITION_TABLE, table=table): shift_positions(position_table, p),
@@ -649,7 +646,7 @@ def check_peft_exportable(technique: str, family: str) -> None:
     """Raise (with the step that differs) if PEFT cannot reproduce this technique here."""
     if technique in PEFT_REFUSED:
         raise PeftportError(f"no faithful PEFT export for {technique!r}: {PEFT_REFUSED[technique]}")
-    if technique == "prefix" and family not in POSITION_TABLES:
+    if technique == "prefix" and not _position_table(family):
         why = PREFIX_REFUSED.get(family, f"no position table is known for {family!r}")
         raise PeftportError(f"no faithful PEFT export for 'prefix' on {family}: {why}")
 
@@ -691,7 +688,7 @@ def adapterhub_export(
     hidden = target.dims.get("hidden_size")
     common = {
         "hidden_size": hidden,
-        "model_class": MODEL_CLASSES[meta["host_family"]],
+        "model_class": LAYOUTS[meta["host_family"]].model_class,
         "model_name": base_model_name(target.host_id),
         "model_type": meta["host_family"],
         "version": ADAPTERS_VERSION,
@@ -861,7 +858,7 @@ def export_peft(
                     "positions; only an absolute position table can be "
                     "shifted for PEFT's prefix"
                 )
-            table = h.model.get_submodule(POSITION_TABLES[meta["host_family"]])
+            table = h.model.get_submodule(_position_table(meta["host_family"]))
             position_table = table.weight.detach().clone()
             num_heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
     config, out = peft_export(
@@ -1060,7 +1057,7 @@ def _check_peft_fields(config: Mapping[str, Any], path: Path) -> None:
     save = [
         m
         for m in (config.get("modules_to_save") or [])
-        if m not in ("classifier", "score", *POSITION_TABLES.values())
+        if m not in ("classifier", "score", *(lay.position_table for lay in LAYOUTS.values() if lay.position_table))
     ]
     if save:
         raise PeftportError(
@@ -1300,7 +1297,7 @@ def _peft_prefix_state(
     config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], h: Any, name: str, where: str
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], set[str]]:
     family = h.spec.family
-    if family not in POSITION_TABLES:
+    if not _position_table(family):
         why = PREFIX_REFUSED.get(family, "no position table is known for it")
         raise PeftportError(
             f"{where}: a PEFT prefix on {family} computes another function than AdapterHub's: {why}"
@@ -1319,8 +1316,8 @@ def _peft_prefix_state(
             f"({p}, {layers * 2 * hidden}) (num_virtual_tokens x layers * 2 * "
             "hidden)"
         )
-    table_name = _fill(PEFT_POSITION_TABLE, table=POSITION_TABLES[family])
-    own = h.model.get_submodule(POSITION_TABLES[family]).weight.detach()
+    table_name = _fill(PEFT_POSITION_TABLE, table=_position_table(family))
+    own = h.model.get_submodule(_position_table(family)).weight.detach()
     given = tensors.get(table_name)
     if given is None or given.shape != own.shape or not torch.equal(given, shift_positions(own, p)):
         raise PeftportError(
@@ -1597,10 +1594,10 @@ def _adapterhub_head(folder: Path, h: Any, where: str) -> dict[str, torch.Tensor
         )
     head_cfg = _read_json(cfg_path)
     cls = head_cfg.get("model_class")
-    if cls != MODEL_CLASSES[h.spec.family]:
+    if cls != h.spec.layout.model_class:
         raise PeftportError(
             f"{cfg_path}: field 'model_class' is {cls!r}; peftport's head is the static head of "
-            f"{MODEL_CLASSES[h.spec.family]} (a flexible AdapterHub head replaces the host's "
+            f"{h.spec.layout.model_class} (a flexible AdapterHub head replaces the host's "
             "pooler with layers of its own, which a peftport module cannot carry)"
         )
     head = _read_safetensors(
