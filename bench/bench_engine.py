@@ -107,7 +107,7 @@ def _quality(technique: str, steps: int, lr: float, q) -> None:
 def _zero_shot(module: str, q) -> None:
     import torch
 
-    from peftport.commands.port import port_module
+    from peftport.porting_io import port_module
     from peftport.runs import evaluate_run
 
     torch.set_num_threads(2)

@@ -27,13 +27,14 @@ from peftport.hostcompare import (
     host_depth,
     layer_group,
     render_comparison_png,
-    resolve_layer_map,
     sample_texts,
 )
 from peftport.hosts import LAYOUTS, load_host
 from peftport.hosts.tiny import SPECIALS, _vocab, write_tokenizer
+from peftport.layermap import LayerMap, parse_layer_map, split_layer
 from peftport.module import load_module, module_meta, save_module
-from peftport.porting import ReceiverSpec, _split_layer, port
+from peftport.porting import ReceiverSpec, port
+from peftport.porting_io import choose_layer_map
 from peftport.techniques import attach, load_module_state, module_state
 from test_techniques import one_thread, perturb, small_config  # noqa: F401 - autouse fixture
 
@@ -64,7 +65,7 @@ def bert_host(out, layers: int, seed: int, source: BertModel | None = None):
         state = {
             k: v
             for k, v in source.state_dict().items()
-            if (s := _split_layer(k, ("encoder.layer",))) is None or s[1] < layers
+            if (s := split_layer(k, ("encoder.layer",))) is None or s[1] < layers
         }
         model.load_state_dict(state)
     model.save_pretrained(out, safe_serialization=True)
@@ -228,41 +229,17 @@ def test_compare_errors():
 # --- layer maps -------------------------------------------------------------------------------
 
 
-def test_resolve_layer_map_forms(deep_vs_shallow):
-    assert resolve_layer_map("identity", 3, 3) == [0, 1, 2]
-    assert resolve_layer_map("first_k", 6, 3) == resolve_layer_map("First-K", 6, 3) == [0, 1, 2]
-    assert resolve_layer_map("stride", 6, 3) == [1, 3, 5]
-    assert resolve_layer_map("stride", 3, 6) == [0, 0, 1, 1, 2, 2]  # a deeper receiver repeats
+def resolve_layer_map(value, n_origin, n_receiver, comparison=None) -> list[int]:
+    return list(parse_layer_map(value).resolve(n_origin, n_receiver, comparison))
+
+
+def test_layer_maps_from_a_comparison(deep_vs_shallow):
+    """The strategy table and the errors are in test_layermap; here: cka from a real
+    comparison, by the comparison or by its matrix, and the strategies it names."""
     assert resolve_layer_map("cka", 6, 3, deep_vs_shallow) == [0, 1, 2]
-    assert resolve_layer_map("1,3,5", 6, 3) == [1, 3, 5]
-    assert resolve_layer_map("[5, 0, 2]", 6, 3) == [5, 0, 2]
-    assert resolve_layer_map("2:0, 0:5,1=1", 6, 3) == [5, 1, 0]
-    assert resolve_layer_map([4, 4, 4], 6, 3) == [4, 4, 4]
-    assert resolve_layer_map({0: 2, 1: 1, 2: 0}, 6, 3) == [2, 1, 0]
+    assert resolve_layer_map("cka", 6, 3, deep_vs_shallow.cka) == [0, 1, 2]
+    assert deep_vs_shallow.layer_map("Stride") == [1, 3, 5]
     assert LAYER_MAP_STRATEGIES == ("identity", "first_k", "stride", "cka")
-
-
-@pytest.mark.parametrize(
-    "spec,n_o,n_r,match",
-    [
-        ("bogus", 6, 3, "unknown layer map strategy 'bogus'"),
-        ("identity", 6, 3, "identity layer map needs equal depths"),
-        ("first_k", 3, 6, "receiver has 6 layers but the origin only 3"),
-        ("cka", 6, 3, "needs a host comparison"),
-        ("1,3", 6, 3, "layer map has 2 entries but the receiver has 3 layers"),
-        ("1,3,6", 6, 3, r"entry 2 is 6: must be an origin layer in \[0, 6\)"),
-        ("1,x,3", 6, 3, "'x' is neither a strategy"),
-        ("0:1,1:3", 6, 3, r"no origin layer for receiver layer\(s\) \[2\]"),
-        ("0:1,1:3,2:5,3:0", 6, 3, r"names receiver layer\(s\) \[3\], but the receiver has 3"),
-        ("0:1,0:2,1:1,2:1", 6, 3, "gives receiver layer 0 twice"),
-        ("", 6, 3, "layer map is empty"),
-        ([1, 2, -1], 6, 3, "entry 2 is -1"),
-        (3.5, 6, 3, "got float"),
-    ],
-)
-def test_resolve_layer_map_errors(spec, n_o, n_r, match):
-    with pytest.raises(PeftportError, match=match):
-        resolve_layer_map(spec, n_o, n_r)
 
 
 def test_cka_map_needs_a_comparison_of_these_depths(deep_vs_shallow):
@@ -272,7 +249,7 @@ def test_cka_map_needs_a_comparison_of_these_depths(deep_vs_shallow):
         r"is wanted for 6 -> 2",
     ):
         resolve_layer_map("cka", 6, 2, deep_vs_shallow)
-    with pytest.raises(PeftportError, match="identity layer map needs equal depths"):
+    with pytest.raises(PeftportError, match="identity gives receiver layer i origin layer i"):
         deep_vs_shallow.layer_map("identity")
 
 
@@ -360,7 +337,7 @@ def assert_layers_taken(out: dict, tensors: dict, layer_map: list[int]) -> None:
     the layer stack (head, Compacter's shared rules) is as trained."""
     got: dict[int, int] = {}
     for key, t in out.items():
-        split = _split_layer(key, (STACK,))
+        split = split_layer(key, (STACK,))
         if split is None:
             assert torch.equal(t, tensors[key]), key
             continue
@@ -412,7 +389,7 @@ def test_port_identity_on_equal_depths_and_stride_into_a_deeper_receiver(hosts, 
 
 def test_prompt_ports_whole_across_depths(hosts):
     tensors, meta = trained_on(hosts["deep"], "prompt")
-    assert not any(_split_layer(k, (STACK,)) for k in tensors), "no per-layer tensors"
+    assert not any(split_layer(k, (STACK,)) for k in tensors), "no per-layer tensors"
     model, spec = receiver_on(hosts["other3"], "prompt")
     out = port(tensors, meta, spec, "ported", seed=5)
     assert out.keys() == tensors.keys()
@@ -430,19 +407,24 @@ def test_choose_layer_map_per_stack_for_t5():
         for s in stacks
         for i in range(2)
     }
-    lmap, info = port_command.choose_layer_map(
-        "stride", meta, tensors, "r", {"encoder.block": 2, "decoder.block": 2}, stacks
+    lmap, info = choose_layer_map(
+        LayerMap("stride"), meta, tensors, "r", {"encoder.block": 2, "decoder.block": 2}, stacks
     )
     assert lmap == {"encoder.block": {0: 1, 1: 3}, "decoder.block": {0: 0, 1: 1}}
     assert info["layer_map"] == {
         "encoder.block": {"0": 1, "1": 3},
         "decoder.block": {"0": 0, "1": 1},
     }
-    with pytest.raises(PeftportError, match=r"for encoder.block \(4 origin -> 2 receiver"):
-        port_command.choose_layer_map(
-            "identity", meta, tensors, "r", {"encoder.block": 2, "decoder.block": 2}, stacks
+    with pytest.raises(PeftportError, match=r"r \(encoder.block\) ports 4 origin layers into 2"):
+        choose_layer_map(
+            LayerMap("identity"),
+            meta,
+            tensors,
+            "r",
+            {"encoder.block": 2, "decoder.block": 2},
+            stacks,
         )
-    assert port_command.choose_layer_map("", meta, tensors, "r", {}, stacks) == (
+    assert choose_layer_map(None, meta, tensors, "r", {}, stacks) == (
         None,
         {"layer_map": None},
     )
@@ -545,7 +527,9 @@ def test_port_command_layer_map_stride_across_depths(hosts, tmp_path):
         ],
     )
     assert isinstance(result.exception, PeftportError)
-    assert "for bert.encoder.layer (6 origin -> 3 receiver layers)" in str(result.exception)
+    assert "(bert.encoder.layer) ports 6 origin layers into 3 receiver layers" in str(
+        result.exception
+    )
     assert not never.exists()
 
 

@@ -20,7 +20,6 @@ from peftport.module import load_module, module_meta, save_module
 from peftport.porting import (
     PortingError,
     ReceiverSpec,
-    parse_layer_map,
     port,
     sample_like,
 )
@@ -290,14 +289,6 @@ def test_layer_map_per_stack_on_t5():
     dec = "decoder.block.{}.layer.0.SelfAttention.q.loras.peftport.lora_A"
     assert torch.equal(out[enc.format(0)], tensors[enc.format(1)])
     assert torch.equal(out[dec.format(0)], tensors[dec.format(0)])
-
-
-def test_parse_layer_map():
-    assert parse_layer_map("0:0, 1:2,2=4") == {0: 0, 1: 2, 2: 4}
-    with pytest.raises(PeftportError, match="RECEIVER:ORIGIN"):
-        parse_layer_map("0-1")
-    with pytest.raises(PeftportError, match="twice"):
-        parse_layer_map("0:1,0:2")
 
 
 # --- the port command ------------------------------------------------------------------------

@@ -9,9 +9,8 @@ of unlabelled text:
 
 The result, a `HostComparison`, chooses layer maps for porting a per-layer module between hosts
 of different depth (`layer_map("cka")`: each receiver layer gets the origin layer whose
-representations are most similar) and gives one summary distance. `resolve_layer_map` turns a
-strategy name or an explicit map into the list form `porting.port` takes (index = receiver
-layer, value = origin layer).
+representations are most similar) and gives one summary distance; `peftport.layermap` parses
+and resolves every layer map (a cka map from this comparison).
 
 CKA is computed from streamed second moments: per batch, X^T Y for every pair of layers is added
 up in float64, and centring happens at the end (Xc^T Yc = X^T Y - n mx my^T). That is the same
@@ -29,15 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from peftport.diagnostics import (
-    check_layer_map,
-    cka_layer_map,
-    compare_state_dicts,
-    first_k_map,
-    identity_map,
-    stride_map,
-)
+from peftport.diagnostics import check_layer_map, compare_state_dicts, stride_map
 from peftport.errors import PeftportError
+from peftport.layermap import STRATEGIES as LAYER_MAP_STRATEGIES
+from peftport.layermap import parse_layer_map, split_layer
 
 __all__ = [
     "FEATURES",
@@ -47,11 +41,9 @@ __all__ = [
     "host_depth",
     "layer_group",
     "render_comparison_png",
-    "resolve_layer_map",
     "sample_texts",
 ]
 
-LAYER_MAP_STRATEGIES = ("identity", "first_k", "stride", "cka")
 FEATURES = ("tokens", "mean-pooled")
 
 _BATCH = 16
@@ -132,7 +124,8 @@ class HostComparison:
     def layer_map(self, strategy: str) -> list[int]:
         """The layer map a strategy gives for these two hosts (index = receiver layer, value =
         origin layer); "cka" uses this comparison. Errors say why a strategy does not fit."""
-        return resolve_layer_map(strategy, self.origin_layers, self.receiver_layers, self)
+        m = parse_layer_map(strategy)
+        return list(m.resolve(self.origin_layers, self.receiver_layers, self))
 
     def distance(self, layer_map: Sequence[int] | None = None) -> float:
         """1 - mean over receiver layers j of cka[map[j]][j]: 0 when every receiver layer has a
@@ -196,105 +189,6 @@ class HostComparison:
 
 
 # --------------------------------------------------------------------------------------------
-# Layer maps
-# --------------------------------------------------------------------------------------------
-
-
-def _explicit(values: Any, n_receiver: int) -> list[Any]:
-    """A mapping {receiver: origin} or a sequence indexed by receiver layer, as a list."""
-    if isinstance(values, Mapping):
-        keys = list(values)
-        for k in keys:
-            if isinstance(k, bool) or not isinstance(k, int | np.integer):
-                raise PeftportError(f"layer map: receiver layer {k!r} is not an integer")
-        out_of_range = sorted(int(k) for k in keys if not 0 <= int(k) < n_receiver)
-        if out_of_range:
-            raise PeftportError(
-                f"layer map names receiver layer(s) {out_of_range}, but the receiver has "
-                f"{n_receiver} layers (0 to {n_receiver - 1})"
-            )
-        missing = [j for j in range(n_receiver) if j not in {int(k) for k in keys}]
-        if missing:
-            raise PeftportError(
-                f"layer map gives no origin layer for receiver layer(s) {missing}: every one "
-                f"of the receiver's {n_receiver} layers needs one"
-            )
-        by_index = {int(k): v for k, v in values.items()}
-        return [by_index[j] for j in range(n_receiver)]
-    return list(values)
-
-
-def _parse(text: str, n_receiver: int) -> list[Any]:
-    from peftport.porting import parse_layer_map
-
-    body = text.strip().removeprefix("[").removesuffix("]").strip()
-    if not body:
-        raise PeftportError("layer map is empty")
-    if ":" in body or "=" in body:
-        return _explicit(parse_layer_map(body), n_receiver)
-    out: list[int] = []
-    for part in (p.strip() for p in body.split(",")):
-        if not part.isdigit():
-            raise PeftportError(
-                f"layer map {text!r}: {part!r} is neither a strategy ("
-                f"{', '.join(LAYER_MAP_STRATEGIES)}) nor an origin layer number; write a "
-                "strategy name, origin layers per receiver layer ('1,3,5') or RECEIVER:ORIGIN "
-                "pairs ('0:1,1:3,2:5')"
-            )
-        out.append(int(part))
-    return out
-
-
-def resolve_layer_map(
-    spec: str | Sequence[int] | Mapping[int, int],
-    n_origin: int,
-    n_receiver: int,
-    comparison: HostComparison | None = None,
-) -> list[int]:
-    """A layer map as a list (index = receiver layer, value = origin layer), validated.
-
-    `spec`: a strategy in `LAYER_MAP_STRATEGIES` ("cka" needs `comparison` of hosts with these
-    depths), an explicit list, or a string: "1,3,5" (origin layer per receiver layer) or
-    "0:1,1:3,2:5" (RECEIVER:ORIGIN pairs, every receiver layer once).
-    """
-    if isinstance(spec, str):
-        name = spec.strip().lower().replace("-", "_")
-        if name == "identity":
-            return identity_map(n_receiver, n_origin)
-        if name == "first_k":
-            return first_k_map(n_receiver, n_origin)
-        if name == "stride":
-            return stride_map(n_receiver, n_origin)
-        if name == "cka":
-            if comparison is None:
-                raise PeftportError(
-                    "the cka layer map needs a host comparison (compare_hosts(origin, "
-                    "receiver)): it pairs each receiver layer with the most similar origin layer"
-                )
-            if (comparison.origin_layers, comparison.receiver_layers) != (n_origin, n_receiver):
-                raise PeftportError(
-                    f"the host comparison is of {comparison.origin} ({comparison.origin_layers} "
-                    f"layers) and {comparison.receiver} ({comparison.receiver_layers} layers), "
-                    f"but the layer map is wanted for {n_origin} -> {n_receiver} layers"
-                )
-            return cka_layer_map(np.asarray(comparison.cka, dtype=np.float64))
-        if name.isidentifier():
-            raise PeftportError(
-                f"unknown layer map strategy {spec!r}: choose one of "
-                f"{', '.join(LAYER_MAP_STRATEGIES)}, or give the map explicitly ('1,3,5' or "
-                "'0:1,1:3,2:5')"
-            )
-        values = _parse(spec, n_receiver)
-    elif isinstance(spec, Mapping | Sequence):
-        values = _explicit(spec, n_receiver)
-    else:
-        raise PeftportError(
-            f"layer map must be a strategy name, a list or a mapping, got {type(spec).__name__}"
-        )
-    return check_layer_map(values, n_receiver, n_origin)
-
-
-# --------------------------------------------------------------------------------------------
 # Hosts: depth, weights, hidden states
 # --------------------------------------------------------------------------------------------
 
@@ -341,11 +235,9 @@ def host_depth(host: Any) -> int:
 def layer_group(name: str, layout: Any) -> str:
     """A weight's group for the distance table: "layer.<i>" in the main stack ("<stack>.<i>" in
     another, e.g. T5's decoder), "embeddings", or "other"."""
-    for k, stack in enumerate(layout.layer_stacks):
-        if name.startswith(stack + "."):
-            idx = name[len(stack) + 1 :].split(".", 1)[0]
-            if idx.isdigit():
-                return f"layer.{idx}" if k == 0 else f"{stack}.{idx}"
+    if (split := split_layer(name, layout.layer_stacks)) is not None:
+        stack, idx, _ = split
+        return f"layer.{idx}" if stack == layout.layer_stacks[0] else f"{stack}.{idx}"
     emb = layout.embeddings
     if emb and (name == emb or name.startswith(emb + ".")):
         return "embeddings"

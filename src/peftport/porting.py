@@ -16,8 +16,8 @@ kind and family, with the same technique and config; after the layer map, every 
 must find a module tensor of the same name and shape and every module tensor must be used. A
 mismatch lists each offending tensor (name, origin shape, receiver shape) and says why.
 
-Layer maps: `{receiver layer index: origin layer index}` (or a list indexed by receiver layer,
-as `peftport.diagnostics` builds them), applied by rewriting the layer index
+Layer maps, resolved (`peftport.layermap` parses and resolves them): `{receiver layer index:
+origin layer index}` (or a list indexed by receiver layer), applied by rewriting the layer index
 in tensor names under the host layout's layer stacks (T5 has two: `encoder.block` and
 `decoder.block`; a plain mapping applies to both, or give `{stack: {i: j}}`). Identity by
 default. Tensors outside the layer stacks (the Compacter rule matrices, prefix pool, prompt,
@@ -27,21 +27,16 @@ head) are not renamed.
 from __future__ import annotations
 
 import hashlib
-import operator
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from peftport.errors import PeftportError
+from peftport.layermap import ResolvedMap, normalise_layer_map, split_layer
 
 CONDITIONS = ("ported", "sampled", "random")
-
-# receiver layer -> origin layer, as a mapping or as a list indexed by receiver layer (the form
-# peftport.diagnostics builds); or per layer stack: {stack path: one of those}
-LayerMap = Mapping[int, int] | Sequence[int] | Mapping[str, Mapping[int, int] | Sequence[int]]
 
 
 class PortingError(PeftportError):
@@ -86,72 +81,11 @@ class ReceiverSpec:
                    dims=dict(att.dims))
 
 
-def normalise_layer_map(layer_map: LayerMap | None, stacks: tuple[str, ...]
-                        ) -> dict[str, dict[int, int]] | None:
-    """None for identity; else {stack: {receiver index: origin index}} for every stack."""
-    if layer_map is None:
-        return None
-
-    def as_dict(m: Any) -> dict[int, int]:
-        if isinstance(m, Mapping):
-            return dict(m)
-        if isinstance(m, Sequence) and not isinstance(m, str):
-            return dict(enumerate(m))  # index = receiver layer
-        raise PeftportError(f"layer map must be a mapping or a list, got {type(m).__name__}")
-
-    if isinstance(layer_map, Mapping) and layer_map and \
-            all(isinstance(k, str) for k in layer_map):
-        unknown = sorted(set(layer_map) - set(stacks))
-        if unknown:
-            raise PeftportError(f"layer map names unknown layer stacks {unknown}; this host has "
-                                f"{list(stacks)}")
-        per_stack = {s: as_dict(layer_map.get(s, {})) for s in stacks}
-    else:
-        per_stack = {s: as_dict(layer_map) for s in stacks}
-    out: dict[str, dict[int, int]] = {}
-    for s, m in per_stack.items():
-        out[s] = {}
-        for r, o in m.items():
-            try:  # numpy integers are fine, floats and strings are not
-                ri, oi = operator.index(r), operator.index(o)
-            except TypeError:
-                ri = oi = -1
-            if ri < 0 or oi < 0 or isinstance(r, bool) or isinstance(o, bool):
-                raise PeftportError(f"layer map for {s}: entries must be non-negative "
-                                    f"integers (receiver -> origin), got {r!r}: {o!r}")
-            out[s][ri] = oi
-    return out
-
-
-def parse_layer_map(text: str) -> dict[int, int]:
-    """"0:0,1:2" -> {0: 0, 1: 2} (receiver:origin)."""
-    out: dict[int, int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        m = re.fullmatch(r"(\d+)\s*[:=]\s*(\d+)", part)
-        if not m:
-            raise PeftportError(f"layer map entry {part!r} is not RECEIVER:ORIGIN (e.g. 0:0,1:2)")
-        r, o = int(m.group(1)), int(m.group(2))
-        if r in out:
-            raise PeftportError(f"layer map gives receiver layer {r} twice")
-        out[r] = o
-    return out
-
-
-def _split_layer(key: str, stacks: tuple[str, ...]) -> tuple[str, int, str] | None:
-    """'bert.encoder.layer.3.output...' -> ('bert.encoder.layer', 3, 'output...')."""
-    for stack in stacks:
-        if key.startswith(stack + "."):
-            idx, _, rest = key[len(stack) + 1:].partition(".")
-            if idx.isdigit():
-                return stack, int(idx), rest
-    return None
-
-
 def _rename_part(key: str, old: str, new: str) -> str:
     return ".".join(new if part == old else part for part in key.split("."))
 
 
-def origin_names(receiver: ReceiverSpec, layer_map: LayerMap | None, exclude: set[str]
+def origin_names(receiver: ReceiverSpec, layer_map: ResolvedMap | None, exclude: set[str]
                  ) -> tuple[dict[str, str], list[str]]:
     """receiver tensor name -> the origin tensor name it takes (origin naming, receiver's module
     name); and the receiver tensors that the layer map leaves without a source."""
@@ -161,7 +95,7 @@ def origin_names(receiver: ReceiverSpec, layer_map: LayerMap | None, exclude: se
     for key in receiver.shapes:
         if key in exclude:
             continue
-        split = _split_layer(key, receiver.layer_stacks) if per_stack is not None else None
+        split = split_layer(key, receiver.layer_stacks) if per_stack is not None else None
         if split is None:
             mapping[key] = key
             continue
@@ -196,7 +130,7 @@ def _why(meta: Mapping[str, Any], receiver: ReceiverSpec) -> str:
 
 
 def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
-                     receiver: ReceiverSpec, layer_map: LayerMap | None = None,
+                     receiver: ReceiverSpec, layer_map: ResolvedMap | None = None,
                      keep_receiver_head: bool = False) -> dict[str, str]:
     """Raise PortingError unless the module fits the receiver; return receiver name -> module
     tensor name (the module's own naming)."""
@@ -254,7 +188,7 @@ def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any
             problems.append(f"{shown}: origin {_fmt(o)}, receiver {_fmt(r)}")
     used = set(wanted.values()) | (exclude & set(renamed))
     leftover = sorted(k for k in set(renamed) - used
-                      if layer_map is None or _split_layer(k, receiver.layer_stacks) is None)
+                      if layer_map is None or split_layer(k, receiver.layer_stacks) is None)
     for key in leftover:
         problems.append(f"{key}: origin {_fmt(tuple(tensors[renamed[key]].shape))}, "
                         "receiver absent")
@@ -285,7 +219,7 @@ def sample_like(t: torch.Tensor, seed: int, name: str) -> torch.Tensor:
 
 
 def port(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], receiver: ReceiverSpec,
-         condition: str, seed: int, layer_map: LayerMap | None = None, *,
+         condition: str, seed: int, layer_map: ResolvedMap | None = None, *,
          keep_receiver_head: bool = False) -> dict[str, torch.Tensor]:
     """The tensors to load into the receiver (names as the receiver has them).
 

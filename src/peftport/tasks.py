@@ -16,6 +16,7 @@ import hashlib
 from dataclasses import dataclass
 
 import torch
+from adapters.context import ForwardContext
 
 from peftport.errors import PeftportError
 from peftport.hosts import DECODER_LM, ENCODER_CLASSIFIER, TEXT_TO_TEXT
@@ -184,7 +185,11 @@ def scores(model, kind: str, enc: Encoded, idx: list[int]) -> torch.Tensor:
     out = torch.empty(len(idx), len(enc.candidates))
     if kind == TEXT_TO_TEXT:
         ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id)
-        encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        # The encoder runs once for all candidates. Called on its own it is outside the
+        # ForwardContext that adapters opens in the model's forward, and Compacter's shared
+        # parameters and the prefix states live in that context: open it here.
+        with ForwardContext(model, input_ids=ids, attention_mask=mask):
+            encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
         for c, cand in enumerate(enc.candidates):
             tgt = torch.tensor([cand] * len(idx))
             logits = model(

@@ -40,6 +40,7 @@ import numpy as np
 
 from peftport import stats
 from peftport.errors import PeftportError
+from peftport.layermap import load_resolved
 from peftport.report.aggregate import (
     CONFIDENCE,
     Axes,
@@ -147,18 +148,6 @@ class PairDistance:
     about: str = ""  # what the comparison was made from (stack, texts, corpus, ...)
 
 
-def _parse_layer_map(text: str | None, stack: Any) -> list[Any]:
-    try:
-        value = json.loads(text) if text is not None else None
-    except (TypeError, ValueError):
-        raise PeftportError(f"its layer_map is not JSON: {str(text)[:60]!r}") from None
-    if isinstance(value, dict) and stack in value:  # one list per stack (encoder-decoder hosts)
-        value = value[stack]
-    if not isinstance(value, list) or not value:
-        raise PeftportError(f"its layer_map is not a list of origin layers: {str(text)[:60]!r}")
-    return value
-
-
 def _about(comp: dict[str, Any]) -> str:
     """What a comparison was made from: "encoder stack, 64 texts of wiki, max_length 64, seed 0"."""
     texts = comp.get("texts")
@@ -217,7 +206,7 @@ def pair_distance(rec: HostPairRecord) -> PairDistance:
     wd, n_layers, wd_note = layer_weight_distance(comp.get("weight_distance"))
     dist, note = None, ""
     try:
-        layer_map = _parse_layer_map(rec.layer_map, comp.get("stack"))
+        layer_map = load_resolved(rec.layer_map, comp.get("stack"))
         if isinstance(cka, list) and isinstance(n_orig, int) and isinstance(n_recv, int):
             shape = (len(cka), len(cka[0]) if cka and isinstance(cka[0], list) else 0)
             if shape != (n_orig, n_recv):

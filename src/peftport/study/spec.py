@@ -44,7 +44,7 @@ from typing import Any
 import yaml
 
 from peftport.errors import PeftportError
-from peftport.hostcompare import LAYER_MAP_STRATEGIES
+from peftport.layermap import IDENTITY, LayerMap, parse_layer_map
 
 TOP_KEYS = {
     "name": "the study's name (default: the file name)",
@@ -67,9 +67,9 @@ TOP_KEYS = {
 }
 TECHNIQUE_KEYS = ("config", "train", "pre", "post")
 PAIR_KEYS = ("origin", "receiver", "both_directions", "layer_map")
-# Layer maps (receiver layer -> origin layer, per directed pair) are named by these strategies
-# (`peftport.hostcompare.LAYER_MAP_STRATEGIES`); an explicit list is strategy "explicit" (in the
-# store's host_pairs table too).
+# Layer maps (receiver layer -> origin layer, per directed pair) are named by the strategies of
+# `peftport.layermap`; an explicit list is strategy "explicit" (in the store's host_pairs table
+# too).
 COMPARE_KEYS: dict[str, tuple[type, int]] = {  # key -> (type, minimum)
     "texts": (int, 2),
     "corpus": (str, 0),
@@ -138,22 +138,13 @@ class CompareSettings:
 
 
 @dataclass(frozen=True)
-class PairMap:
+class PairMap(LayerMap):
     """A directed pair's layer map as the study file gives it (resolved at run time)."""
 
-    strategy: str  # identity | first_k | stride | cka | explicit
-    layers: tuple[int, ...] | None = None  # explicit: receiver layer -> origin layer
-
-    def describe(self) -> str:
-        return f"explicit {list(self.layers or ())}" if self.strategy == "explicit" else \
-            self.strategy
-
     def as_config(self, compare: CompareSettings | None) -> dict[str, Any]:
-        """What a post unit's id hashes: the strategy, the explicit list, and for cka the
+        """What a post unit's id hashes: the stored form of the map, and for cka the
         comparison settings the map is computed from (so changing them makes new units)."""
-        out: dict[str, Any] = {"strategy": self.strategy}
-        if self.strategy == "explicit":
-            out["layers"] = list(self.layers or ())
+        out = self.as_dict()
         if self.strategy == "cka" and compare is not None:
             out["compare"] = compare.as_dict()
         return out
@@ -766,46 +757,15 @@ def _pairs(data: dict, src: _Source, probs: _Problems, host_cache: dict[str, Any
 
 
 def _layer_map_value(raw: Any, path: Path_, probs: _Problems) -> PairMap | None:
-    """`layer_map:` a strategy name, a list of origin layers indexed by receiver layer, or that
-    list as text ("1,3,5" or "0:1,1:3,2:5", receiver:origin)."""
-    import difflib
-
-    forms = (f"a layer map is one of {', '.join(LAYER_MAP_STRATEGIES)}, or the origin layer of "
-             "every receiver layer as a list ([1, 3, 5]) or text ('1,3,5' or '0:1,1:3,2:5')")
-    if isinstance(raw, str) and raw.strip() in LAYER_MAP_STRATEGIES:
-        return PairMap(raw.strip())
-    if isinstance(raw, str) and re.fullmatch(r"[\d\s,:=]*\d[\d\s,:=]*", raw):
-        try:
-            return PairMap("explicit", tuple(_explicit_layers(raw)))
-        except StudyFileError as e:
-            probs.add(path, str(e))
-            return None
-    if isinstance(raw, list) and raw and all(_int(v) and v >= 0 for v in raw):
-        return PairMap("explicit", tuple(raw))
-    close = difflib.get_close_matches(str(raw), LAYER_MAP_STRATEGIES, n=1, cutoff=0.5) \
-        if isinstance(raw, str) else []
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    probs.add(path, f"unknown layer map {raw!r}.{hint} {forms[0].upper()}{forms[1:]}")
-    return None
-
-
-def _explicit_layers(text: str) -> list[int]:
-    parts = [x.strip() for x in text.split(",") if x.strip()]
-    if all(x.isdigit() for x in parts):
-        return [int(x) for x in parts]
-    pairs: dict[int, int] = {}
-    for part in parts:
-        m = re.fullmatch(r"(\d+)\s*[:=]\s*(\d+)", part)
-        if not m:
-            raise StudyFileError(f"layer map entry {part!r} is not RECEIVER:ORIGIN (e.g. "
-                                 "0:1,1:3,2:5)")
-        if int(m.group(1)) in pairs:
-            raise StudyFileError(f"layer map gives receiver layer {m.group(1)} twice")
-        pairs[int(m.group(1))] = int(m.group(2))
-    if sorted(pairs) != list(range(len(pairs))):
-        raise StudyFileError(f"layer map {text!r} names receiver layers {sorted(pairs)}; every "
-                             f"receiver layer 0..{len(pairs) - 1} needs an origin layer")
-    return [pairs[k] for k in range(len(pairs))]
+    """`layer_map:` any form `peftport.layermap.parse_layer_map` reads: a strategy name, a list
+    of origin layers indexed by receiver layer, or that list as text ("1,3,5" or
+    "0:1,1:3,2:5", receiver:origin)."""
+    try:
+        m = parse_layer_map(raw)
+    except PeftportError as e:
+        probs.add(path, str(e))
+        return None
+    return PairMap(m.strategy, m.layers)
 
 
 def _compare(data: dict, probs: _Problems) -> CompareSettings | None:
@@ -1067,46 +1027,14 @@ def map_problem(origin: str, receiver: str, family: str, o_config: dict | None,
     n_o, n_r = host_layers(family, o_config), host_layers(family, r_config)
     if n_o is None or n_r is None:
         return None
-    what = f"{origin} -> {receiver} ports {n_o} origin layers into {n_r} receiver layers"
-    if pm.strategy == "identity" and n_o != n_r:
-        return (f"layer_map identity gives receiver layer i origin layer i, but {what}: use "
-                "stride or cka")
-    if pm.strategy == "first_k" and n_r > n_o:
-        return (f"layer_map first_k gives receiver layer i origin layer i, but {what} (the "
-                "receiver is deeper): use stride (which repeats origin layers) or cka")
-    if pm.strategy == "explicit":
-        layers = list(pm.layers or ())
-        if len(layers) != n_r:
-            return (f"layer map {layers} has {len(layers)} entries, but {what}: give one origin "
-                    "layer per receiver layer")
-        bad = [v for v in layers if v >= n_o]
-        if bad:
-            return (f"layer map {layers} names origin layer(s) {bad}, but {what} (origin layers "
-                    f"0..{n_o - 1})")
-    return None
+    return pm.problem(n_o, n_r, subject=f"{origin} -> {receiver}", name="layer_map")
 
 
 def resolve_pair_map(pm: PairMap | None, n_origin: int, n_receiver: int,
                      comparison: Any = None) -> list[int]:
     """A directed pair's resolved map (receiver layer -> origin layer): identity when it has
     none; cka needs the pair's `HostComparison`. Plain ints (the payload goes to Ray too)."""
-    from peftport import diagnostics as dg
-
-    if pm is not None and pm.strategy == "cka":
-        from peftport.hostcompare import resolve_layer_map
-
-        if comparison is None:
-            raise StudyFileError("a cka layer map needs the host comparison (compare: false?)")
-        layers = resolve_layer_map("cka", n_origin, n_receiver, comparison)
-    elif pm is None or pm.strategy == "identity":
-        layers = dg.identity_map(n_receiver, n_origin)
-    elif pm.strategy == "first_k":
-        layers = dg.first_k_map(n_receiver, n_origin)
-    elif pm.strategy == "stride":
-        layers = dg.stride_map(n_receiver, n_origin)
-    else:
-        layers = list(pm.layers or ())
-    return dg.check_layer_map(layers, n_receiver, n_origin)
+    return list((pm or IDENTITY).resolve(n_origin, n_receiver, comparison))
 
 
 def cheap_host_config(spec: Any) -> dict[str, Any] | None:
