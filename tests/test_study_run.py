@@ -350,9 +350,9 @@ def test_local_and_ray_executors_give_the_same_results(tmp_path):
 def test_units_give_what_the_cli_path_gives(tmp_path, toy):
     """pretrain == `train_run`; a post unit == `peftport port` then `peftport adapt`; random ==
     `train_run` on the receiver: the study and the CLI run one pipeline, to the last bit."""
-    from peftport.commands.port import port_module
     from peftport.data import load_dataset
     from peftport.module import load_module, save_module
+    from peftport.porting_io import port_module
     from peftport.runs import adapt_run, train_run
     from peftport.study.units import _train_config, execute
 

@@ -304,6 +304,16 @@ class Store:
                     break
         return out
 
+    def blocked_among(self, ids: list[str]) -> int:
+        """How many of the pending units `ids` wait for a snapshot that can never come (its
+        producer failed): `blocked` without the plan, from the store's edges."""
+        want = set(ids)
+        rows = self.db.execute(
+            "SELECT e.unit_id FROM edges e JOIN units p ON p.id = e.depends_on "
+            "JOIN units u ON u.id = e.unit_id WHERE p.status = 'failed' AND u.status = 'pending' "
+            "AND e.snapshot_key NOT IN (SELECT key FROM artifacts)").fetchall()
+        return len({r[0] for r in rows if r[0] in want})
+
     def metrics(self, unit_id: str) -> dict[int, dict[str, float]]:
         out: dict[int, dict[str, float]] = {}
         for r in self.db.execute("SELECT step, name, value FROM metrics WHERE unit_id = ? "
