@@ -22,7 +22,11 @@ from peftport.hosts import load_host
 from peftport.module import load_module, module_meta, save_module
 from peftport.techniques import attach, load_module_state, make_config, module_state
 
-peft = pytest.importorskip("peft")
+try:
+    import peft
+except ImportError:  # only the tests that run peft itself need it (needs_peft)
+    peft = None
+needs_peft = pytest.mark.skipif(peft is None, reason="peft is not installed")
 
 TINY = {"bert": "tiny-bert", "t5": "tiny-t5", "gpt2": "tiny-gpt2", "llama": "tiny-llama"}
 WORDS = ["negative", "positive"]
@@ -149,6 +153,7 @@ PEFT_CASES = [
 ]
 
 
+@needs_peft
 @pytest.mark.parametrize("family,case", PEFT_CASES, ids=[f"{c}-{f}" for f, c in PEFT_CASES])
 def test_peft_export_loads_in_peft_with_the_same_outputs(tmp_path, family, case):
     module, ref = make_module(tmp_path, family, case)
@@ -232,6 +237,7 @@ def test_gpt2_fused_qkv_lora_is_block_diagonal_at_rank_n_times_r(tmp_path):
     assert not b[:16, 4:].any() and not b[32:, :4].any(), "q and v use their own rank groups"
 
 
+@needs_peft
 def test_prefix_export_needs_the_shifted_position_table(tmp_path):
     """The one step where the libraries differ: PEFT's text starts at position prefix_length.
     With the host's own (unshifted) table the PEFT model gives other outputs."""
@@ -251,6 +257,7 @@ def test_prefix_export_needs_the_shifted_position_table(tmp_path):
         )
 
 
+@needs_peft
 def test_ia3_feedforward_is_output_scaling_not_peft_feedforward_modules(tmp_path):
     """AdapterHub scales the up-projection's output (before GELU); PEFT's feedforward_modules
     would scale the down-projection's input (after GELU) with the same vector: another
@@ -313,6 +320,7 @@ def peft_trained(tmp_path: Path, family: str, config) -> tuple[Path, torch.Tenso
     return tmp_path / "from-peft", ref
 
 
+@needs_peft
 def test_import_a_peft_lora_on_some_layers_and_matrices(tmp_path):
     cfg = peft.LoraConfig(
         task_type="SEQ_CLS", r=2, lora_alpha=5, target_modules=["query"], layers_to_transform=[1]
@@ -326,6 +334,7 @@ def test_import_a_peft_lora_on_some_layers_and_matrices(tmp_path):
     assert close(peftport_logits("bert", out), ref)
 
 
+@needs_peft
 def test_import_a_peft_lora_with_a_fractional_alpha_folds_the_scale(tmp_path):
     cfg = peft.LoraConfig(
         task_type="CAUSAL_LM", r=2, lora_alpha=3.5, target_modules=["c_attn"], fan_in_fan_out=True
@@ -340,6 +349,7 @@ def test_import_a_peft_lora_with_a_fractional_alpha_folds_the_scale(tmp_path):
     assert close(peftport_logits("gpt2", out), ref)
 
 
+@needs_peft
 def test_import_a_peft_ia3_on_t5(tmp_path):
     cfg = peft.IA3Config(
         task_type="SEQ_2_SEQ_LM", target_modules=["k", "v", "wi"], feedforward_modules=[]
@@ -464,6 +474,7 @@ def test_import_refuses_other_peft_types_and_tasks(bert_lora_folder, tmp_path, c
         do_import(bert_lora_folder, tmp_path)
 
 
+@needs_peft
 def test_import_refuses_a_peft_prefix_on_llama(tmp_path):
     cfg = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)
     folder, _ = peft_trained(tmp_path, "llama", cfg)
@@ -541,6 +552,7 @@ def saved_by_adapters(tmp_path: Path, family: str, case: str) -> tuple[Path, tor
     return tmp_path / "saved", ref
 
 
+@needs_peft
 @pytest.mark.parametrize("case", ["lora", "compacter"])
 def test_import_a_folder_saved_by_adapters_itself(tmp_path, case):
     folder, ref = saved_by_adapters(tmp_path, "bert", case)
@@ -725,6 +737,7 @@ def test_cli_export_then_import(tmp_path, monkeypatch, capsys):
     assert "unknown format 'onnx'" in err and "Traceback" not in err
 
 
+@needs_peft
 @pytest.mark.slow
 def test_minilm_lora_export_matches_peft(tmp_path):
     """The real host: a LoRA on minilm-l6 exported to PEFT gives the same logits in peft."""
@@ -793,6 +806,7 @@ def test_import_refuses_empty_label_words(bert_lora_folder, tmp_path):
         )
 
 
+@needs_peft
 def test_import_refuses_a_peft_ia3_on_an_output_site(tmp_path):
     cfg = peft.IA3Config(
         task_type="SEQ_CLS", target_modules=r".*\.(key|\d+\.output\.dense)", feedforward_modules=[]
@@ -859,3 +873,31 @@ def test_adapterhub_import_refuses_tensors_of_another_module(bert_ah_folder, tmp
     save_file(weights, str(bert_ah_folder / interop.AH_WEIGHTS))
     with pytest.raises(PeftportError, match="not part of this module.*output.dense"):
         ah_import(bert_ah_folder, tmp_path)
+
+
+def test_adapterhub_tests_run_without_peft():
+    """peft is an optional dependency: with it missing, only the tests that run peft itself are
+    skipped (an AdapterHub test and a PEFT export test, which needs no peft, still pass)."""
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['peft'] = None; import pytest; sys.exit(pytest.main(["
+        f"{__file__!r}, '-q', '-p', 'no:cacheprovider', '-m', 'not slow', '-k', "
+        "'adapterhub_import_refuses_pickled_weights or peft_export_records_the_mapping "
+        "or import_a_peft_ia3_on_t5']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed, 1 skipped" in done.stdout, done.stdout
+
+
+def test_every_technique_peft_takes_has_a_codec():
+    """A technique that names a PEFT type and is not refused converts through a codec of that
+    type; every refused one says why."""
+    from peftport.techniques import ordered
+
+    for tech in ordered():
+        if tech.peft_exportable:
+            assert interop.CODECS[tech.peft_type].peft_type == tech.peft_type
+        else:
+            assert interop.PEFT_REFUSED[tech.name] == tech.peft_refused

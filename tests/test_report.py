@@ -311,6 +311,34 @@ def test_html_and_markdown_show_the_table_numbers(report):
     assert "missing (" not in html  # a complete study has nothing missing
 
 
+def test_html_and_markdown_have_the_same_sections_in_the_same_order(report):
+    html = report.html.read_text()
+    md = report.markdown.read_text()
+    h2 = re.findall(r'<h2 id="[^"]+">([^<]+)</h2>', html)
+    nav = re.findall(r'<li><a href="#([^"]+)">', html)
+    assert h2 == re.findall(r"^## (.+)$", md, re.M)
+    assert nav == re.findall(r'<h2 id="([^"]+)">', html) and "missing" in nav
+    # the page's folded tables are the Markdown's subsections, in the same places
+    folded = "By direction and data combination"
+    assert html.count(f"<details><summary>{folded}") == md.count(f"### {folded}") == 4
+    assert html.count("<table>") == md.count("\n|---|")  # every table in both
+
+
+def test_the_page_escapes_what_the_store_says():
+    """Text with markup (a failed unit's error, a study name) is shown as text, never run."""
+    from peftport.report.render import Page, Section, TableBlock, note, render_html
+
+    evil = '<script>alert("x")</script> & <b>'
+    blocks = [note(evil), TableBlock(["h"], [[(evil, "missing")]])]
+    page = Page(
+        evil, "s", "accuracy", "now", "0", [], True, "ok", [Section("x", evil, evil, blocks)]
+    )
+    html = render_html(page)
+    assert evil not in html and "<script" not in html
+    # title, heading, contents, section title, note, table cell
+    assert html.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &lt;b&gt;") == 6
+
+
 def test_html_is_self_contained(report):
     html = report.html.read_text()
     assert "<script" not in html.lower()

@@ -494,3 +494,65 @@ def test_midranks():
 def test_errors_are_value_errors_too():
     with pytest.raises(ValueError):
         S.holm([2.0])
+
+
+# --------------------------------------------------------------------------------------------
+# The library-backed metrics give the stored numbers of the hand-written ones, bit for bit
+# --------------------------------------------------------------------------------------------
+
+
+def _old_macro_f1(y: np.ndarray, p: np.ndarray, k: int) -> float:
+    """peftport's hand-written macro F1 before it used scikit-learn (the stored numbers)."""
+    cm = np.bincount(y * k + p, minlength=k * k).reshape(k, k)
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(axis=0) + cm.sum(axis=1)
+    defined = denom > 0
+    return float(np.mean(2.0 * tp[defined] / denom[defined]))
+
+
+def _old_midranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    counts = np.diff(np.append(starts, x.size))
+    ranks = np.empty(x.size)
+    ranks[order] = np.repeat(starts + (counts + 1) / 2.0, counts)
+    return ranks
+
+
+def _old_roc_auc(y: np.ndarray, s: np.ndarray) -> float:
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    r_pos = float(_old_midranks(s.astype(np.float64))[y == 1].sum())
+    return (r_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def _old_holm(q: np.ndarray) -> np.ndarray:
+    m = q.size
+    order = np.argsort(q, kind="mergesort")
+    adjusted = np.minimum(np.maximum.accumulate((m - np.arange(m)) * q[order]), 1.0)
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
+@pytest.mark.filterwarnings("error")
+def test_library_metrics_equal_the_hand_written_ones_bit_for_bit():
+    rng = np.random.default_rng(11)
+    for i in range(150):
+        n, k = int(rng.integers(1, 120)), int(rng.integers(2, 6))
+        y, p = rng.integers(0, k, n), rng.integers(0, k, n)
+        assert S.accuracy(y, p) == float(np.mean(y == p))
+        assert S.macro_f1(y, p, k) == _old_macro_f1(y, p, k)
+        # scores as the engine makes them: float32 logit differences, often tied
+        s = rng.normal(size=n).astype(np.float32)
+        if i % 2:
+            s = np.round(s, 1)
+        yb = rng.integers(0, 2, n)
+        if 0 < yb.sum() < n:
+            assert S.roc_auc(yb, s) == _old_roc_auc(yb, s)
+            assert np.array_equal(S.midranks(s)[0], _old_midranks(s.astype(np.float64)))
+    for _ in range(20):  # few: statsmodels' multipletests runs a garbage collection per call
+        q = rng.uniform(size=int(rng.integers(1, 60))) ** 3
+        q[-1] = q[0]  # a tie
+        assert np.array_equal(S.holm(q), _old_holm(q))

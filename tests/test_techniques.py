@@ -370,6 +370,131 @@ def test_prefix_on_decoders_switches_to_eager_and_learns_with_padding(family):
     assert sum(float(g.abs().sum()) for g in grads) > 0, "prefix gradients vanished (sdpa?)"
 
 
+# --- capabilities: what a technique declares, checked against what it does ------------------
+
+# technique -> (layer_mappable, eager_attention kinds, neutral_fill, peft_type, PEFT refuses it)
+# Adding a technique: its file in src/peftport/techniques/ and one row here.
+CAPABILITIES = {
+    "adapter": (True, set(), None, None, True),
+    "lora": (True, set(), 0.0, "LORA", False),
+    "prefix": (False, {DECODER_LM}, None, "PREFIX_TUNING", False),
+    "compacter": (True, set(), None, None, True),
+    "prompt": (True, set(), None, "PROMPT_TUNING", True),
+    "ia3": (True, set(), 1.0, "IA3", False),
+}
+
+
+def test_every_technique_declares_its_capabilities():
+    assert set(CAPABILITIES) == set(TECHNIQUES)
+    for name, (mappable, eager, neutral, peft_type, refused) in CAPABILITIES.items():
+        t = get_technique(name)
+        assert set(t.support) == set(KINDS), name
+        assert (t.layer_mappable, set(t.eager_attention), t.neutral_fill, t.peft_type) == \
+            (mappable, eager, neutral, peft_type), name
+        assert bool(t.peft_refused) == refused, name
+        assert t.peft_exportable == (peft_type is not None and not refused), name
+
+
+def test_no_code_outside_techniques_tells_techniques_apart_by_name():
+    """Behaviour per technique is asked of the technique: a name compared outside
+    src/peftport/techniques/ would be a second place to edit when a technique is added."""
+    src = Path(__file__).resolve().parents[1] / "src" / "peftport"
+    names = "|".join(re.escape(t) for t in TECHNIQUES)
+    quoted = rf"""["']({names})["']"""
+    compare = re.compile(rf"(==|!=|\bin)\s*[(\[{{]?\s*{quoted}|{quoted}\s*(==|!=|\bin\b)")
+    found = [f"{path.relative_to(src)}:{i}: {line.strip()}"
+             for path in sorted(src.rglob("*.py")) if "techniques" not in path.parts
+             for i, line in enumerate(path.read_text().splitlines(), 1) if compare.search(line)]
+    assert not found, found
+
+
+@pytest.mark.parametrize("technique", ORDER)
+def test_from_adapters_inverts_to_adapters_and_only_for_its_own(technique):
+    """Each technique reads back its own AdapterHub config (a non-default one, so a reader
+    that ignored the config could not pass) and no other technique claims it."""
+    changed = {"adapter": {"variant": "houlsby", "reduction_factor": 8},
+               "lora": {"r": 4, "alpha": 8, "targets": ["q", "k"], "output": True},
+               "prefix": {"prefix_length": 7, "flat": True},
+               "compacter": {"variant": "pfeiffer", "phm_dim": 2, "reduction_factor": 8},
+               "prompt": {"prompt_length": 3, "combine": "prefix_after_bos"},
+               "ia3": {"targets": ["q"], "intermediate": False}}[technique]
+    cfg = make_config(technique, changed)
+    theirs = cfg.to_adapters().to_dict()
+    assert make_config(technique, get_technique(technique).config_cls.from_adapters(theirs)) == cfg
+    claimed = [t for t in ORDER if get_technique(t).config_cls.from_adapters(theirs) is not None]
+    assert claimed == [technique]
+
+
+@pytest.mark.parametrize("technique", [t for t in ORDER if CAPABILITIES[t][2] is not None])
+def test_the_neutral_fill_leaves_the_host_unchanged(technique):
+    """Every module tensor set to the declared neutral value computes the host alone."""
+    host = load("bert")
+    attach(host.model, "bert", technique, small_config(technique), seed=0)
+    perturb(host.model)  # a fresh module may already be neutral: move it off first
+    state = module_state(host.model, include_head=False)
+    neutral = get_technique(technique).neutral_fill
+    load_module_state(host.model, {k: torch.full_like(v, neutral) for k, v in state.items()})
+    with_module = forward(host.model, "bert")
+    set_module_active(host.model, False)
+    assert torch.allclose(with_module, forward(host.model, "bert"), atol=1e-6)
+
+
+def test_a_new_technique_is_one_file(monkeypatch):
+    """A technique registered with its declarations alone (no edit elsewhere) is listed,
+    supported where it says, attached (switching to eager attention where it says), refused by
+    PEFT export with its reason and kept away from layer maps that move layers."""
+    from dataclasses import dataclass
+
+    from peftport.interop import check_peft_exportable
+    from peftport.module import module_meta
+    from peftport.porting import PortingError, ReceiverSpec, port
+    from peftport.techniques import Support, Technique, TechniqueConfig, supported_kinds
+    from peftport.techniques.base import YES, doc
+
+    @dataclass(frozen=True)
+    class FakeConfig(TechniqueConfig):
+        technique = "fake"
+
+        r: int = doc(2, "rank")
+
+        def to_adapters(self):
+            import adapters
+
+            return adapters.LoRAConfig(r=self.r, alpha=self.r)
+
+        @classmethod
+        def from_adapters(cls, c):
+            return None
+
+    fake = Technique(
+        name="fake", config_cls=FakeConfig, summary="a LoRA under another name",
+        reference="this test", order=99,
+        support={ENCODER_CLASSIFIER: YES, TEXT_TO_TEXT: Support(False, "not here"),
+                 DECODER_LM: YES},
+        layer_mappable=False, eager_attention=frozenset({ENCODER_CLASSIFIER}),
+        peft_refused="PEFT has no fake",
+    )
+    monkeypatch.setitem(TECHNIQUES._entries, "fake", fake)
+    assert "`fake`" in support_table_markdown() and "| `fake` | `r` | 2 |" in defaults_markdown()
+    assert supported_kinds("fake") == [ENCODER_CLASSIFIER, DECODER_LM]
+    with pytest.raises(PeftportError, match="not supported on text-to-text hosts .not here."):
+        attach(load("t5").model, "t5", "fake")
+    host = load("bert")
+    assert host.model.config._attn_implementation != "eager"
+    att = attach(host.model, "bert", "fake", {"r": 3})
+    assert host.model.config._attn_implementation == "eager" and att.config.r == 3
+    with pytest.raises(PeftportError, match="no faithful PEFT export for 'fake': PEFT has no"):
+        check_peft_exportable("fake", "bert")
+    meta = module_meta(att, host, task="toy", label_words=["a", "b"], steps=1)
+    tensors = module_state(host.model)
+    other = load("bert")
+    spec = ReceiverSpec.from_attached(attach(other.model, "bert", "fake", {"r": 3}))
+    with pytest.raises(PortingError, match="cannot be applied"):
+        port(tensors, meta, spec, "ported", seed=0, layer_map={0: 1, 1: 0})
+    assert set(port(tensors, meta, spec, "ported", seed=0, layer_map={0: 0, 1: 1})) == \
+        set(tensors)
+
+
 # --- real host -------------------------------------------------------------------------------
 
 

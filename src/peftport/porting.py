@@ -148,7 +148,7 @@ def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any
     if meta.get("technique") != receiver.technique:
         raise PortingError(f"the module is {meta.get('technique')!r} but the receiver was "
                            f"prepared with {receiver.technique!r}")
-    from peftport.techniques import make_config
+    from peftport.techniques import get_technique, make_config
 
     config = make_config(receiver.technique, meta.get("config") or {}).as_dict()  # + defaults
     if config != receiver.config:
@@ -158,7 +158,7 @@ def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any
             "the receiver must carry the same technique config as the module; differing fields: "
             + ", ".join(f"{k} (module {config.get(k)!r}, receiver {receiver.config.get(k)!r})"
                         for k in diff))
-    if layer_map is not None and receiver.technique == "prefix" and \
+    if layer_map is not None and not get_technique(receiver.technique).layer_mappable and \
             any(r != o for m in (normalise_layer_map(layer_map, receiver.layer_stacks) or {})
                 .values() for r, o in m.items()):
         raise PortingError(

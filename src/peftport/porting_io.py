@@ -57,7 +57,9 @@ def choose_layer_map(
     if layer_map is None:
         return None, info
     info["layer_map_strategy"] = layer_map.strategy
-    per_layer = meta["technique"] == "prefix" or any(
+    from peftport.techniques import get_technique
+
+    per_layer = not get_technique(meta["technique"]).layer_mappable or any(
         split_layer(k, stacks) is not None for k in tensors
     )
     if not per_layer:  # its depth-free tensors fit any depth of the same width

@@ -1,6 +1,7 @@
 """Statistics for the porting study: intervals, paired tests, multiplicity, ranks, metrics.
 
-Pure functions over numbers (numpy only, no scipy, no I/O). Everything that can be undefined
+Pure functions over numbers (no I/O), thin wrappers over scipy.stats, statsmodels and
+scikit-learn that fix the NaN policy. Everything that can be undefined
 returns `nan` (never raises) when the *data* make it undefined (too few values, zero variance,
 one class absent); a malformed *call* (mismatched lengths, a confidence of 2, labels out of range)
 raises `StatsError`, a `PeftportError` that is also a `ValueError`.
@@ -8,10 +9,13 @@ raises `StatsError`, a `PeftportError` that is also a `ValueError`.
 Conventions:
 - NaN values are dropped before any computation, and the `n` that is returned counts what was
   used. Paired functions drop a pair when either side is NaN.
-- Distributions are implemented here: the regularized incomplete beta function (continued
-  fraction, modified Lentz), Student's t CDF/SF and quantile (safeguarded Newton on the CDF), the
-  standard normal tail (`math.erfc`), and the exact Wilcoxon signed-rank null distribution (a
-  subset-sum count over doubled ranks).
+- The libraries compute: Student's t and the normal distribution (scipy.stats), the incomplete
+  beta function (scipy.special), midranks (scipy.stats.rankdata), Holm (statsmodels), accuracy
+  and macro F1 (scikit-learn), the AUC as the Mann-Whitney U (scipy.stats; scikit-learn's
+  trapezoid rule gives the same value in other last bits, and stored metrics must not move).
+  Written here: what they do not compute the same way, the exact Wilcoxon signed-rank null
+  distribution *with ties* (a subset-sum count over doubled midranks), the round-off guard
+  before it, and the seeded resamplers (their draws are part of the reported numbers).
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy import special
+from scipy import stats as sst
+from sklearn.metrics import accuracy_score, f1_score
+from statsmodels.stats.multitest import multipletests
 
 from peftport.errors import PeftportError
 
@@ -91,96 +99,19 @@ def _check_confidence(confidence: float) -> float:
 # Distributions
 # --------------------------------------------------------------------------------------------
 
-_FPMIN = 1e-300
-_EPS = 1e-16
 
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz; converges for
-    x < (a+1)/(a+b+2), in O(sqrt(max(a, b))) terms)."""
-    max_iter = 1000 + int(20.0 * math.sqrt(max(a, b)))
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    if abs(d) < _FPMIN:
-        d = _FPMIN
-    d = 1.0 / d
-    h = d
-    for m in range(1, max_iter + 1):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        if abs(d) < _FPMIN:
-            d = _FPMIN
-        c = 1.0 + aa / c
-        if abs(c) < _FPMIN:
-            c = _FPMIN
-        d = 1.0 / d
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        if abs(d) < _FPMIN:
-            d = _FPMIN
-        c = 1.0 + aa / c
-        if abs(c) < _FPMIN:
-            c = _FPMIN
-        d = 1.0 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < _EPS:
-            return h
-    raise ArithmeticError(f"incomplete beta continued fraction did not converge (a={a}, b={b})")
-
-
-def _stirling_tail(x: float) -> float:
-    """lgamma(x) - [(x - 0.5) log x - x + 0.5 log(2 pi)], asymptotic series (x >= 100)."""
-    x2 = x * x
-    return (1.0 / 12.0 - (1.0 / 360.0 - (1.0 / 1260.0 - 1.0 / (1680.0 * x2)) / x2) / x2) / x
-
-
-def _log_beta(a: float, b: float) -> float:
-    """log B(a, b) = lgamma(a) + lgamma(b) - lgamma(a + b), without the cancellation of two
-    huge lgamma values when one argument is large (as for the t distribution at large df)."""
-    small, big = min(a, b), max(a, b)
-    if big < 100.0:
-        return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
-    # lgamma(big + small) - lgamma(big) by Stirling, with the log ratio taken by log1p.
-    ratio = (
-        (big - 0.5) * math.log1p(small / big)
-        + small * math.log(big + small)
-        - small
-        + _stirling_tail(big + small)
-        - _stirling_tail(big)
-    )
-    return math.lgamma(small) - ratio
-
-
-def betainc(a: float, b: float, x: float, *, complement: float | None = None) -> float:
-    """Regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 <= x <= 1.
-
-    `complement` may pass 1 - x computed without cancellation (used by the t distribution).
-    """
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
     if not (a > 0 and b > 0):
         raise StatsError(f"betainc needs a > 0 and b > 0, got a={a}, b={b}")
     if math.isnan(x) or not 0.0 <= x <= 1.0:
         raise StatsError(f"betainc needs 0 <= x <= 1, got x={x}")
-    y = 1.0 - x if complement is None else complement
-    if x == 0.0:
-        return 0.0
-    if y == 0.0:
-        return 1.0
-    log_x = math.log1p(-y) if y < 0.5 else math.log(x)
-    log_y = math.log1p(-x) if x < 0.5 else math.log(y)
-    log_front = -_log_beta(a, b) + a * log_x + b * log_y
-    front = math.exp(log_front)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, y) / b
+    return float(special.betainc(a, b, x))
 
 
 def normal_sf(z: float) -> float:
     """Upper tail P(Z > z) of the standard normal distribution."""
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
+    return float(sst.norm.sf(z))
 
 
 def _check_df(df: float) -> float:
@@ -192,21 +123,9 @@ def _check_df(df: float) -> float:
 
 def t_sf(t: float, df: float) -> float:
     """Upper tail P(T > t) of Student's t with `df` (> 0, may be non-integer or inf) degrees of
-    freedom: 0.5 * I_{df/(df+t^2)}(df/2, 1/2) for t >= 0, by symmetry otherwise.
-
-    Relative accuracy ~1e-12 up to df = 1e5 (checked against 40-digit arithmetic), degrading
-    slowly beyond (~1e-9 at df = 3e7, where the continued fraction needs thousands of terms)."""
+    freedom; nan for t = nan."""
     df = _check_df(df)
-    t = float(t)
-    if math.isnan(t):
-        return math.nan
-    if math.isinf(df):
-        return normal_sf(t)
-    if math.isinf(t):
-        return 0.0 if t > 0 else 1.0
-    t2 = t * t
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t2), complement=t2 / (df + t2))
-    return tail if t >= 0 else 1.0 - tail
+    return float(sst.t.sf(float(t), df))
 
 
 def t_cdf(t: float, df: float) -> float:
@@ -214,62 +133,13 @@ def t_cdf(t: float, df: float) -> float:
     return t_sf(-float(t), df)
 
 
-def _t_pdf(t: float, df: float) -> float:
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    return math.exp(log_c - (df + 1) / 2 * math.log1p(t * t / df))
-
-
-def _normal_isf(q: float) -> float:
-    """z with P(Z > z) = q (bisection on erfc; only used for df = inf)."""
-    lo, hi = -40.0, 40.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if normal_sf(mid) > q:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
 def t_ppf(p: float, df: float) -> float:
-    """Quantile of Student's t: the t with P(T <= t) = p, for 0 < p < 1.
-
-    Solved on the upper tail (t >= 0, symmetry for p < 0.5) by Newton's method on the CDF,
-    safeguarded by a bracket that falls back to (geometric) bisection; relative accuracy ~1e-14.
-    """
+    """Quantile of Student's t: the t with P(T <= t) = p, for 0 < p < 1."""
     df = _check_df(df)
     p = float(p)
     if math.isnan(p) or not 0.0 < p < 1.0:
         raise StatsError(f"t quantile needs 0 < p < 1, got {p!r}")
-    if p == 0.5:
-        return 0.0
-    q = 1.0 - p if p > 0.5 else p  # upper-tail probability of |t|, q < 0.5
-    sign = 1.0 if p > 0.5 else -1.0
-    if math.isinf(df):
-        return sign * _normal_isf(q)
-    lo, hi = 0.0, 1.0
-    while t_sf(hi, df) > q:
-        lo, hi = hi, hi * 2.0
-        if hi > 1e300:
-            return sign * math.inf
-    t = 0.5 * (lo + hi)
-    for _ in range(500):
-        f = t_sf(t, df) - q  # decreasing in t
-        if f == 0.0:
-            break
-        if f > 0:
-            lo = t
-        else:
-            hi = t
-        step = f / _t_pdf(t, df)
-        new = t + step
-        if not lo < new < hi:
-            new = math.sqrt(lo * hi) if lo > 0 and hi / lo > 4.0 else 0.5 * (lo + hi)
-        if abs(new - t) <= 1e-15 * max(abs(new), 1e-300) or hi - lo <= 1e-15 * hi:
-            t = new
-            break
-        t = new
-    return sign * t
+    return float(sst.t.ppf(p, df))
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,20 +218,10 @@ def midranks(values: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.int64]]
     x = _as_1d(values)
     if np.isnan(x).any():
         raise StatsError("cannot rank NaN values")
-    n = x.size
-    if n == 0:
+    if x.size == 0:
         return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    starts_mask = np.empty(n, dtype=bool)
-    starts_mask[0] = True
-    np.not_equal(xs[1:], xs[:-1], out=starts_mask[1:])
-    starts = np.flatnonzero(starts_mask)
-    counts = np.diff(np.append(starts, n))
-    group_rank = starts + (counts + 1) / 2.0
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = np.repeat(group_rank, counts)
-    return ranks, counts.astype(np.int64)
+    _, counts = np.unique(x, return_counts=True)  # tie groups in ascending order of value
+    return sst.rankdata(x).astype(np.float64), counts.astype(np.int64)
 
 
 def _signed_rank_null_counts(doubled_ranks: NDArray[np.int64]) -> NDArray[np.float64]:
@@ -568,15 +428,8 @@ def holm(pvalues: ArrayLike) -> NDArray[np.float64]:
     q = p[ok]
     if ((q < 0) | (q > 1)).any():
         raise StatsError("p-values must lie in [0, 1]")
-    m = q.size
-    if m == 0:
-        return out
-    order = np.argsort(q, kind="mergesort")
-    scaled = (m - np.arange(m)) * q[order]
-    adjusted = np.minimum(np.maximum.accumulate(scaled), 1.0)
-    res = np.empty(m, dtype=np.float64)
-    res[order] = adjusted
-    out[ok] = res
+    if q.size:
+        out[ok] = multipletests(q, method="holm")[1]
     return out
 
 
@@ -656,9 +509,7 @@ def steps_saved(
 
 def _row_midranks_desc(boot: NDArray[np.float64]) -> NDArray[np.float64]:
     """Per row, rank 1 = largest, ties share the average rank."""
-    greater = (boot[:, None, :] > boot[:, :, None]).sum(axis=2)
-    equal = (boot[:, None, :] == boot[:, :, None]).sum(axis=2)  # includes itself
-    return 1.0 + greater + (equal - 1) / 2.0
+    return sst.rankdata(-boot, axis=1).astype(np.float64)
 
 
 def rank_with_uncertainty(
@@ -765,7 +616,7 @@ def accuracy(labels: ArrayLike, preds: ArrayLike) -> float:
         raise StatsError(f"labels and preds must be 1-D of equal length, got {y.shape}, {p.shape}")
     if y.size == 0:
         return math.nan
-    return float(np.mean(y == p))
+    return float(accuracy_score(y, p))
 
 
 def macro_f1(labels: ArrayLike, preds: ArrayLike, num_labels: int) -> float:
@@ -789,18 +640,14 @@ def macro_f1(labels: ArrayLike, preds: ArrayLike, num_labels: int) -> float:
             )
     if y.size == 0:
         return math.nan
-    cm = np.bincount(y * k + p, minlength=k * k).reshape(k, k)  # rows: label, cols: pred
-    tp = np.diag(cm).astype(np.float64)
-    denom = cm.sum(axis=0) + cm.sum(axis=1)  # = 2TP + FP + FN
-    defined = denom > 0
-    return float(np.mean(2.0 * tp[defined] / denom[defined]))
+    # zero_division=nan: a class with 0/0 is left out of the mean
+    return float(f1_score(y, p, labels=range(k), average="macro", zero_division=np.nan))
 
 
 def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
     """Binary ROC AUC = P(score of a positive > score of a negative) + 0.5 P(tie).
 
-    Computed exactly as the Mann-Whitney U with midranks: (R+ - n+(n+ + 1)/2) / (n+ n-), where
-    R+ is the rank sum of the positives. `labels` are 0/1 (or bool), 1 = positive; scores may be
+    Computed exactly as the Mann-Whitney U of the positives (midranks for ties) / (n+ n-). `labels` are 0/1 (or bool), 1 = positive; scores may be
     +-inf but not NaN. nan when either class is absent.
     """
     y = _int_labels(labels, "labels")
@@ -815,9 +662,8 @@ def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
     n_neg = int(y.size - n_pos)
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    ranks, _ = midranks(s)
-    r_pos = float(ranks[y == 1].sum())
-    return (r_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    u = sst.mannwhitneyu(s[y == 1], s[y == 0], method="asymptotic").statistic
+    return float(u) / (n_pos * n_neg)
 
 
 def macro_auc_ovr(labels: ArrayLike, score_matrix: ArrayLike) -> float:

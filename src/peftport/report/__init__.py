@@ -15,7 +15,8 @@ distance (`distance`: how portability falls as hosts drift apart).
 
 Layers: `load` (the store, read-only, validated), `aggregate` and `distance` (pure:
 observations -> tables, figure specs; statistics from `peftport.stats`), `figures` (matplotlib),
-`render` (HTML, Markdown, CSV). docs/report.md defines every number.
+`render` (the page's sections, rendered through templates/ as HTML and Markdown; CSV),
+`model` (the records they pass on). docs/report.md defines every number.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from peftport.atomic import write_bytes
 from peftport.errors import PeftportError
 
 if TYPE_CHECKING:
-    from peftport.report.distance import DistanceSection
+    from peftport.report.model import DistanceSection
 
 __all__ = ["ReportPaths", "build_report"]
 
@@ -108,6 +109,7 @@ def build_report(
     from peftport.report.load import load_store
     from peftport.report.render import (
         RenderedFigure,
+        page,
         render_csv,
         render_html,
         render_markdown,
@@ -147,13 +149,9 @@ def build_report(
         csvs[name] = p
         written.append(p)
     html_path, md_path, json_path = out / "index.html", out / "report.md", out / "report.json"
-    _write(
-        md_path,
-        render_markdown(data, agg, figs, overview, generated_at, __version__, distance_figs),
-    )
-    _write(
-        html_path, render_html(data, agg, figs, overview, generated_at, __version__, distance_figs)
-    )
+    the_page = page(data, agg, figs, overview, generated_at, __version__, distance_figs)
+    _write(md_path, render_markdown(the_page))
+    _write(html_path, render_html(the_page))
     written += [html_path, md_path]
     files = sorted(str(p.relative_to(out)) for p in written + [json_path])
     for stale in _previous_files(out) - set(files):  # an earlier report's figures, gone now
@@ -177,12 +175,4 @@ def build_report(
         "files": files,
     }
     _write(json_path, json.dumps(meta, indent=2) + "\n")  # last: its presence means done
-    return ReportPaths(
-        out_dir=out,
-        html=html_path,
-        markdown=md_path,
-        json=json_path,
-        csv=csvs,
-        figures=fig_paths,
-        complete=agg.complete,
-    )
+    return ReportPaths(out, html_path, md_path, json_path, csvs, fig_paths, agg.complete)

@@ -20,101 +20,36 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from peftport import stats
+from peftport.report.distance import distance_section
 from peftport.report.load import CELL_KEY, Observation, StoreData
+from peftport.report.model import (
+    CONFIDENCE,
+    SETTING_COLUMNS,
+    Aggregates,
+    Axes,
+    FigureSpec,
+    Panel,
+    Stat,
+    Table,
+    number,
+    reasons,
+    slug,
+    stat_columns,
+    summarize,
+)
 
 CONDITIONS = ("ported", "sampled", "random")
 CONTROLS = ("sampled", "random")
-CONFIDENCE = 0.95
 N_BOOT = 1000
 SEED = 0  # bootstrap seed: the same store gives the same report
 
 
 # --- small pieces ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stat:
-    """A mean over the observations of a group, with its 95% t interval.
-
-    `n` values were used out of `expected` (the group's planned results); `missing` counts the
-    others by reason (pending, running, failed, no metric). n = 0: mean is None (missing, never
-    0); n = 1: no interval (low and high None).
-    """
-
-    mean: float | None
-    low: float | None
-    high: float | None
-    n: int
-    expected: int
-    missing: tuple[tuple[str, int], ...] = ()
-
-    @property
-    def complete(self) -> bool:
-        return self.n == self.expected and self.n > 0
-
-    def missing_text(self) -> str:
-        return ", ".join(f"{v} {k}" for k, v in self.missing)
-
-    def fields(self, prefix: str) -> dict[str, Any]:
-        return {
-            f"{prefix}mean": self.mean,
-            f"{prefix}ci_low": self.low,
-            f"{prefix}ci_high": self.high,
-            f"{prefix}n": self.n,
-            f"{prefix}expected": self.expected,
-            f"{prefix}missing": self.missing_text(),
-        }
-
-
-def stat_columns(prefix: str) -> list[str]:
-    return [f"{prefix}{k}" for k in ("mean", "ci_low", "ci_high", "n", "expected", "missing")]
-
-
-def stat_from(row: dict[str, Any], prefix: str) -> Stat:
-    miss = row.get(f"{prefix}missing") or ""
-    parts = [p.split(" ", 1) for p in miss.split(", ") if p]
-    return Stat(
-        row[f"{prefix}mean"],
-        row[f"{prefix}ci_low"],
-        row[f"{prefix}ci_high"],
-        row[f"{prefix}n"],
-        row[f"{prefix}expected"],
-        tuple((k, int(v)) for v, k in parts),
-    )
-
-
-def _num(x: Any) -> float | None:
-    """A float, or None for NaN/None (CSV and tables show None as empty, never as 0)."""
-    if x is None:
-        return None
-    x = float(x)
-    return None if math.isnan(x) else x
-
-
-def ordered_reasons(c: Counter) -> tuple[tuple[str, int], ...]:
-    """(reason, count) in a fixed order: the unit states first, then any other reason."""
-    order = ("failed", "running", "pending", "no metric")
-    return tuple(
-        (k, c[k]) for k in sorted(c, key=lambda k: (order.index(k) if k in order else 9, k))
-    )
-
-
-def _reasons(obs: Iterable[Observation]) -> tuple[tuple[str, int], ...]:
-    return ordered_reasons(Counter(o.missing for o in obs if o.missing is not None))
-
-
-def summarize(obs: Iterable[Observation]) -> Stat:
-    """Mean and 95% t interval of the values of `obs` (each unit checkpoint counted once)."""
-    unique = list({(o.unit_id, o.step): o for o in obs}.values())
-    values = [o.value for o in unique if o.value is not None]
-    mean, low, high, n = stats.mean_ci(values, CONFIDENCE) if values else (None, None, None, 0)
-    return Stat(_num(mean), _num(low), _num(high), n, len(unique), _reasons(unique))
 
 
 def ratio_stat(pairs: Sequence[tuple[Observation, Observation]]) -> Stat:
@@ -126,7 +61,7 @@ def ratio_stat(pairs: Sequence[tuple[Observation, Observation]]) -> Stat:
         else:
             values.append(a.value / b.value)
     mean, low, high, n = stats.mean_ci(values, CONFIDENCE) if values else (None, None, None, 0)
-    return Stat(_num(mean), _num(low), _num(high), n, len(pairs), _reasons(missing))
+    return Stat(number(mean), number(low), number(high), n, len(pairs), reasons(missing))
 
 
 def group(
@@ -136,29 +71,6 @@ def group(
     for o in obs:
         out[key(o)].append(o)
     return out
-
-
-@dataclass(frozen=True)
-class Axes:
-    """The study's axes, in the study file's order (techniques, directions, data sets)."""
-
-    techniques: tuple[str, ...]
-    directions: tuple[tuple[str, str], ...]
-    data: tuple[tuple[str, str], ...]
-    pre_steps: tuple[int, ...]
-    steps: tuple[int, ...]  # 0 (zero-shot) and every post-porting step count
-    conditions: tuple[str, ...]  # of ported, sampled, random: those in the study
-    seeds: tuple[int, ...]
-    names: dict[str, str] = field(default_factory=dict)  # host / data id -> short display name
-
-    def direction(self, origin: str, receiver: str) -> str:
-        return f"{self.name(origin)} -> {self.name(receiver)}"
-
-    def data_combo(self, pre: str, post: str) -> str:
-        return self.name(pre) if pre == post else f"{self.name(pre)} -> {self.name(post)}"
-
-    def name(self, x: str) -> str:
-        return self.names.get(x, x)
 
 
 def _ordered(values: Iterable[Any], preferred: Sequence[Any] = ()) -> tuple[Any, ...]:
@@ -204,50 +116,6 @@ def axes_of(data: StoreData) -> Axes:
 # --- the report's content ----------------------------------------------------------------------
 
 
-@dataclass
-class Table:
-    name: str  # file stem of its CSV
-    title: str
-    columns: list[str]
-    rows: list[dict[str, Any]]
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Panel:
-    """One bar chart: a data combination's bars per condition at every step."""
-
-    title: str
-    steps: tuple[int, ...]
-    bars: dict[str, list[Stat]]  # condition -> one Stat per step
-    origin: Stat | None = None  # the module on its origin (on the pre-porting data)
-    origin_label: str = ""
-
-
-@dataclass
-class FigureSpec:
-    stem: str  # file name without extension
-    title: str
-    panels: list[Panel]
-    caption: str
-    technique: str = ""
-    direction: str = ""
-    pre_steps: int | None = None
-
-
-@dataclass
-class Aggregates:
-    axes: Axes
-    metric: str
-    tables: dict[str, Table]
-    figures: list[FigureSpec]
-    overview: FigureSpec | None
-    glance: list[dict[str, Any]]  # one line per technique for the page's summary
-    complete: bool
-    # zero-shot retention against host distance (report.distance.DistanceSection), or None
-    distance: Any = None
-
-
 def _setting(o: Observation) -> tuple:
     return (o.technique, o.origin, o.receiver, o.pre_data, o.post_data)
 
@@ -260,14 +128,6 @@ def cell_stats(obs: list[Observation]) -> dict[tuple, Stat]:
         lambda o: (*_setting(o), o.condition, o.pre_steps, o.post_steps),
     )
     return {k: summarize(v) for k, v in g.items()}
-
-
-def _slug(*parts: Any) -> str:
-    text = "-".join(str(p) for p in parts)
-    keep = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text)
-    while "--" in keep:
-        keep = keep.replace("--", "-")
-    return keep.strip("-").lower()
 
 
 def figures(axes: Axes, obs: list[Observation], metric: str) -> list[FigureSpec]:
@@ -309,7 +169,7 @@ def figures(axes: Axes, obs: list[Observation], metric: str) -> list[FigureSpec]
                 d = axes.direction(o, r)
                 out.append(
                     FigureSpec(
-                        stem=_slug("fig", t, axes.name(o), "to", axes.name(r), f"pre{p}"),
+                        stem=slug("fig", t, axes.name(o), "to", axes.name(r), f"pre{p}"),
                         title=f"{t}: {d}, {p} pre-porting steps",
                         panels=panels,
                         caption=(
@@ -391,39 +251,18 @@ def accuracy_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
         ],
     )
     cells = cell_stats(obs)
-    cols2 = [
-        "technique",
-        "origin",
-        "receiver",
-        "pre_data",
-        "post_data",
-        "condition",
-        "pre_steps",
-        "post_steps",
-        *stat_columns(""),
-    ]
+    cols2 = [*SETTING_COLUMNS, "condition", "pre_steps", "post_steps", *stat_columns("")]
     rows2 = []
     for t in axes.techniques:
-        for o, r in axes.directions:
-            for pre, post in axes.data:
-                for c in axes.conditions:
-                    for p in [0] if c == "random" else axes.pre_steps:
-                        for s in axes.steps:
-                            st = cells.get((t, o, r, pre, post, c, p, s))
-                            if st is None:
-                                continue
+        for key, cols in axes.settings(t):
+            for c in axes.conditions:
+                for p in [0] if c == "random" else axes.pre_steps:
+                    for s in axes.steps:
+                        st = cells.get((*key, c, p, s))
+                        if st is not None:
                             rows2.append(
-                                {
-                                    "technique": t,
-                                    "origin": o,
-                                    "receiver": r,
-                                    "pre_data": pre,
-                                    "post_data": post,
-                                    "condition": c,
-                                    "pre_steps": p,
-                                    "post_steps": s,
-                                    **st.fields(""),
-                                }
+                                {**cols, "condition": c, "pre_steps": p, "post_steps": s}
+                                | st.fields("")
                             )
     b = Table(
         "accuracy_by_direction",
@@ -479,26 +318,15 @@ def zero_shot_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
     by_setting = group(ported0, lambda o: (*_setting(o), o.pre_steps))
     rows = []
     for t in axes.techniques:
-        for o, r in axes.directions:
-            for pre, post in axes.data:
-                for p in axes.pre_steps:
-                    sel = by_setting.get((t, o, r, pre, post, p))
-                    if sel:
-                        rows.append(
-                            {
-                                "technique": t,
-                                "origin": o,
-                                "receiver": r,
-                                "pre_data": pre,
-                                "post_data": post,
-                                "pre_steps": p,
-                                **row(sel),
-                            }
-                        )
+        for key, cols in axes.settings(t):
+            for p in axes.pre_steps:
+                sel = by_setting.get((*key, p))
+                if sel:
+                    rows.append({**cols, "pre_steps": p, **row(sel)})
     by_dir = Table(
         "zero_shot",
         "Zero-shot portability: accuracy right after porting, beside the origin's own",
-        ["technique", "origin", "receiver", "pre_data", "post_data", "pre_steps", *stat_cols],
+        [*SETTING_COLUMNS, "pre_steps", *stat_cols],
         rows,
         [
             "origin: the module on its origin host after the pre-porting steps, evaluated on the "
@@ -568,20 +396,20 @@ def _diff_row(pairs: list[tuple[Observation, Observation | None]]) -> dict[str, 
         "n_pairs": res["n"],
         "expected_pairs": len(pairs),
         "missing_pairs": ", ".join(f"{v} {k}" for k, v in sorted(miss.items())),
-        "mean_ported": _num(res.get("mean_a")),
-        "mean_control": _num(res.get("mean_b")),
-        "mean_diff": _num(res.get("mean_diff")),
-        "ci_low": _num(res.get("ci_low")),
-        "ci_high": _num(res.get("ci_high")),
-        "sd_diff": _num(res.get("sd_diff")),
-        "t": _num(res.get("t")),
-        "df": _num(res.get("df")),
-        "p_t": _num(res.get("p_t")),
+        "mean_ported": number(res.get("mean_a")),
+        "mean_control": number(res.get("mean_b")),
+        "mean_diff": number(res.get("mean_diff")),
+        "ci_low": number(res.get("ci_low")),
+        "ci_high": number(res.get("ci_high")),
+        "sd_diff": number(res.get("sd_diff")),
+        "t": number(res.get("t")),
+        "df": number(res.get("df")),
+        "p_t": number(res.get("p_t")),
         "p_holm": None,
-        "p_wilcoxon": _num(res.get("p_wilcoxon")),
+        "p_wilcoxon": number(res.get("p_wilcoxon")),
         "wilcoxon_method": res.get("wilcoxon_method", "undefined"),
-        "d_z": _num(res.get("d_z")),
-        "g_z": _num(res.get("g_z")),
+        "d_z": number(res.get("d_z")),
+        "g_z": number(res.get("g_z")),
         "test_notes": "; ".join(res.get("notes", [])),
     }
 
@@ -590,7 +418,7 @@ def _apply_holm(rows: list[dict[str, Any]]) -> None:
     p = np.array([np.nan if r["p_t"] is None else r["p_t"] for r in rows], dtype=float)
     if p.size:
         for r, q in zip(rows, stats.holm(p), strict=True):
-            r["p_holm"] = _num(q)
+            r["p_holm"] = number(q)
 
 
 def difference_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
@@ -616,23 +444,15 @@ def difference_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]
                                 **_diff_row(_pairs(sel, c, idx)),
                             }
                         )
-                    for o, r in axes.directions:
-                        for pre, post in axes.data:
-                            sel = dir_g.get((t, o, r, pre, post, p, s))
-                            if sel:
-                                rows_d.append(
-                                    {
-                                        "comparison": f"ported - {c}",
-                                        "technique": t,
-                                        "origin": o,
-                                        "receiver": r,
-                                        "pre_data": pre,
-                                        "post_data": post,
-                                        "pre_steps": p,
-                                        "post_steps": s,
-                                        **_diff_row(_pairs(sel, c, idx)),
-                                    }
-                                )
+                    for key, cols in axes.settings(t):
+                        sel = dir_g.get((*key, p, s))
+                        if sel:
+                            diff = _diff_row(_pairs(sel, c, idx))
+                            comparison = f"ported - {c}"
+                            rows_d.append(
+                                {"comparison": comparison, **cols, "pre_steps": p, "post_steps": s}
+                                | diff
+                            )
     _apply_holm(rows)
     _apply_holm(rows_d)
     note = (
@@ -651,17 +471,7 @@ def difference_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]
         Table(
             "differences_by_direction",
             "Ported minus controls, paired, by direction and data combination",
-            [
-                "comparison",
-                "technique",
-                "origin",
-                "receiver",
-                "pre_data",
-                "post_data",
-                "pre_steps",
-                "post_steps",
-                *DIFF_COLS,
-            ],
+            ["comparison", *SETTING_COLUMNS, "pre_steps", "post_steps", *DIFF_COLS],
             rows_d,
             [note.format("")],
         ),
@@ -785,15 +595,7 @@ def steps_saved_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table
             Table(
                 "steps_saved_by_direction",
                 "Steps saved by direction",
-                [
-                    "technique",
-                    "origin",
-                    "receiver",
-                    "pre_data",
-                    "post_data",
-                    "pre_steps",
-                    *SAVED_COLS,
-                ],
+                [*SETTING_COLUMNS, "pre_steps", *SAVED_COLS],
                 [],
                 note,
             ),
@@ -811,24 +613,13 @@ def steps_saved_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table
             if exp:
                 for r in steps_saved_rows(axes.steps, sel, exp):
                     rows.append({"technique": t, "pre_steps": p, **r})
-            for o, rc in axes.directions:
-                for pre, post in axes.data:
-                    exp = len(planned.get((t, o, rc, pre, post, p), []))
-                    if not exp:
-                        continue
-                    sel_d = [c for c in sel if c[0][:5] == (t, o, rc, pre, post)]
-                    for r in steps_saved_rows(axes.steps, sel_d, exp):
-                        rows_d.append(
-                            {
-                                "technique": t,
-                                "origin": o,
-                                "receiver": rc,
-                                "pre_data": pre,
-                                "post_data": post,
-                                "pre_steps": p,
-                                **r,
-                            }
-                        )
+            for key, cols in axes.settings(t):
+                exp = len(planned.get((*key, p), []))
+                if not exp:
+                    continue
+                sel_d = [c for c in sel if c[0][:5] == key]
+                for r in steps_saved_rows(axes.steps, sel_d, exp):
+                    rows_d.append({**cols, "pre_steps": p, **r})
     notes = [
         "For each checkpoint k: the mean ported curve's value at k, the post-porting step at "
         "which the mean random curve (the same runs' random modules) first reaches it, linearly "
@@ -914,9 +705,9 @@ def ranking_table(axes: Axes, obs: list[Observation]) -> Table:
                     "rank": r["rank"],
                     "technique": r["name"],
                     "n": r["n"],
-                    "mean": _num(m),
-                    "ci_low": _num(lo),
-                    "ci_high": _num(hi),
+                    "mean": number(m),
+                    "ci_low": number(lo),
+                    "ci_high": number(hi),
                     "mean_rank": r["mean_rank"],
                     "rank_low": r["rank_low"],
                     "rank_high": r["rank_high"],
@@ -1044,9 +835,6 @@ def aggregate(data: StoreData) -> Aggregates:
             missing,
         )
     }
-    # imported here: distance builds on this module's Stat, Table and summarize
-    from peftport.report.distance import distance_section
-
     distance = distance_section(data, axes)
     tables.update((t.name, t) for t in distance.tables)
     return Aggregates(

@@ -33,7 +33,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -41,19 +41,25 @@ import numpy as np
 from peftport import stats
 from peftport.errors import PeftportError
 from peftport.layermap import load_resolved
-from peftport.report.aggregate import (
+from peftport.report.load import CELL_KEY, HostPairRecord, Observation, StoreData
+from peftport.report.model import (
     CONFIDENCE,
     Axes,
+    DistanceFigureSpec,
+    DistancePanel,
+    DistancePoint,
+    DistanceSection,
+    DistanceStudy,
+    PairDistance,
     Stat,
     Table,
-    _num,
-    _slug,
+    number,
     ordered_reasons,
+    slug,
     stat_columns,
     stat_from,
     summarize,
 )
-from peftport.report.load import CELL_KEY, HostPairRecord, Observation, StoreData
 
 TABLE = "retention_vs_distance"
 CORRELATION_TABLE = "retention_distance_correlation"
@@ -131,23 +137,6 @@ def layer_weight_distance(weight_distance: Any) -> tuple[float | None, int, str]
     return sum(finite) / len(finite), len(finite), ""
 
 
-@dataclass(frozen=True)
-class PairDistance:
-    """A recorded host pair of a study and how far apart its hosts are."""
-
-    study_id: str
-    origin: str
-    receiver: str
-    strategy: str
-    comparison_key: str | None
-    cka_distance: float | None
-    cka_note: str  # why cka_distance is None ("" when it is there)
-    weight_distance: float | None
-    weight_layers: int  # layers averaged into weight_distance
-    weight_note: str  # why weight_distance is None
-    about: str = ""  # what the comparison was made from (stack, texts, corpus, ...)
-
-
 def _about(comp: dict[str, Any]) -> str:
     """What a comparison was made from: "encoder stack, 64 texts of wiki, max_length 64, seed 0"."""
     texts = comp.get("texts")
@@ -165,19 +154,21 @@ def _about(comp: dict[str, Any]) -> str:
 def pair_distance(rec: HostPairRecord) -> PairDistance:
     """The distances of one recorded pair; what cannot be computed is None with its reason."""
 
-    def na(why: str) -> PairDistance:  # no usable comparison: neither distance
-        return PairDistance(
-            rec.study_id,
-            rec.origin,
-            rec.receiver,
-            rec.strategy,
-            rec.comparison_key,
-            None,
-            why,
-            None,
-            0,
-            "no usable host comparison",
-        )
+    bare = PairDistance(  # no usable comparison: neither distance
+        rec.study_id,
+        rec.origin,
+        rec.receiver,
+        rec.strategy,
+        rec.comparison_key,
+        cka_distance=None,
+        cka_note="",
+        weight_distance=None,
+        weight_layers=0,
+        weight_note="no usable host comparison",
+    )
+
+    def na(why: str) -> PairDistance:
+        return replace(bare, cka_note=why)
 
     if rec.comparison_key is None:
         return na("no host comparison recorded (the study ran with comparisons off)")
@@ -217,18 +208,14 @@ def pair_distance(rec: HostPairRecord) -> PairDistance:
         dist = cka_distance(cka, layer_map)
     except PeftportError as e:
         note = f"host comparison {key}: {e}"
-    return PairDistance(
-        rec.study_id,
-        rec.origin,
-        rec.receiver,
-        rec.strategy,
-        rec.comparison_key,
-        dist,
-        note,
-        wd,
-        n_layers,
-        wd_note,
-        _about(comp),
+    return replace(
+        bare,
+        cka_distance=dist,
+        cka_note=note,
+        weight_distance=wd,
+        weight_layers=n_layers,
+        weight_note=wd_note,
+        about=_about(comp),
     )
 
 
@@ -261,7 +248,7 @@ def retention_stat(triples: Sequence[Triple]) -> Stat:
             continue
         values.append((ported.value - random.value) / den)
     mean, low, high, n = stats.mean_ci(values, CONFIDENCE) if values else (None, None, None, 0)
-    return Stat(_num(mean), _num(low), _num(high), n, len(triples), ordered_reasons(why))
+    return Stat(number(mean), number(low), number(high), n, len(triples), ordered_reasons(why))
 
 
 # --- rank correlation ---------------------------------------------------------------------------
@@ -309,57 +296,9 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float | None, floa
 # --- the section ----------------------------------------------------------------------------------
 
 
-@dataclass
-class DistancePoint:
-    x: float  # CKA distance of the pair
-    stat: Stat  # retention over seeds
-    label: str  # the pair, "a -> b"
-
-
-@dataclass
-class DistancePanel:
-    title: str  # the data combination
-    series: dict[str, list[DistancePoint]]  # technique -> points in distance order
-    pairs: list[tuple[float, str]]  # (distance, "a -> b") of the pairs drawn
-    rho: dict[str, tuple[float | None, int]] = field(default_factory=dict)  # technique -> (rho, n)
-
-
-@dataclass
-class DistanceFigureSpec:
-    stem: str
-    title: str
-    panels: list[DistancePanel]
-    caption: str
-    notes: list[str] = field(default_factory=list)  # known before drawing (one pair only)
-    technique: str = ""  # figures of this kind are not per technique
-
-
-@dataclass
-class DistanceStudy:
-    study_id: str
-    name: str
-    pairs: list[PairDistance]  # in distance order
-    notes: list[str]
-    figures: list[DistanceFigureSpec]
-
-
-@dataclass
-class DistanceSection:
-    """The section, or why it is left out (`omitted`, one line)."""
-
-    studies: list[DistanceStudy]
-    tables: list[Table]
-    omitted: str = ""
-    skipped: list[str] = field(default_factory=list)  # studies reported without a pair
-
-
+KEY_COLS = ["study", "study_id", "technique", "pre_data", "post_data", "pre_steps"]
 RETENTION_COLS = [
-    "study",
-    "study_id",
-    "technique",
-    "pre_data",
-    "post_data",
-    "pre_steps",
+    *KEY_COLS,
     "origin",
     "receiver",
     "strategy",
@@ -376,12 +315,7 @@ RETENTION_COLS = [
     *stat_columns("origin_"),
 ]
 CORRELATION_COLS = [
-    "study",
-    "study_id",
-    "technique",
-    "pre_data",
-    "post_data",
-    "pre_steps",
+    *KEY_COLS,
     "distance",
     "pairs",
     "spearman_rho",
@@ -587,7 +521,7 @@ def _figures(
         n_pairs = len({lbl for pnl in panels for _, lbl in pnl.pairs})
         out.append(
             DistanceFigureSpec(
-                stem=_slug("fig-distance", stem_name, f"pre{p}"),
+                stem=slug("fig-distance", stem_name, f"pre{p}"),
                 title=(
                     f"Zero-shot retention against host distance: {study['name']}, {p} "
                     "pre-porting steps"

@@ -18,8 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from peftport.report.aggregate import FigureSpec, Panel
-from peftport.report.distance import DistanceFigureSpec, DistancePanel
+from peftport.report.model import DistanceFigureSpec, DistancePanel, FigureSpec, Panel
 
 COLORS = {"ported": "#0072B2", "sampled": "#E69F00", "random": "#8C8C8C"}  # Okabe-Ito, grey
 HATCH = {"ported": "", "sampled": "//", "random": ".."}
@@ -42,6 +41,11 @@ def _step_label(step: int) -> str:
     return "0\n(zero-shot)" if step == 0 else str(step)
 
 
+def _flag(ax, x: float, y: float, text: str, **kw) -> None:
+    """A small red note over a bar: what is missing, or how many of the planned results it has."""
+    ax.text(x, y, text, ha="center", va="bottom", fontsize=6.5, color="#B00020", **kw)
+
+
 def _draw_panel(
     ax, panel: Panel, metric: str, show_ylabel: bool, tally: dict[str, Counter]
 ) -> None:
@@ -56,16 +60,7 @@ def _draw_panel(
                 continue  # not part of the study
             if st.mean is None:
                 why = st.missing_text() or "no result"
-                ax.text(
-                    x,
-                    0.02,
-                    f"missing ({why})",
-                    rotation=90,
-                    ha="center",
-                    va="bottom",
-                    fontsize=6.5,
-                    color="#B00020",
-                )
+                _flag(ax, x, 0.02, f"missing ({why})", rotation=90)
                 tally["bars"]["missing"] += 1
                 tally["missing"].update(dict(st.missing))
                 continue
@@ -92,15 +87,7 @@ def _draw_panel(
                 )
             if not st.complete:
                 top = st.high if st.high is not None else st.mean
-                ax.text(
-                    x,
-                    min(top + 0.02, 1.0),
-                    f"{st.n}/{st.expected}",
-                    ha="center",
-                    va="bottom",
-                    fontsize=6.5,
-                    color="#B00020",
-                )
+                _flag(ax, x, min(top + 0.02, 1.0), f"{st.n}/{st.expected}")
                 tally["bars"]["partial"] += 1
                 tally["partial"].update(dict(st.missing))
     if panel.origin is not None and panel.origin.mean is not None:

@@ -4,25 +4,29 @@ Pure: tables and figure bytes in, strings out (writing files is `build_report`'s
 has no script, no external reference (figures are embedded as base64 PNG; links go to the
 report's own CSV and SVG files beside it) and its style inline, so it opens anywhere, offline.
 One formatting layer serves HTML and Markdown: a missing result reads "missing (1 failed)",
-never 0.
+never 0. `page` lists the sections in order, as blocks (tables, notes, figures, ...); the
+jinja2 templates in templates/ render that one list as HTML (autoescaped) and as Markdown.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
-import html
+import functools
 import io
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from peftport.report.aggregate import Aggregates, Stat, Table, stat_from
+import jinja2
+
 from peftport.report.distance import CORRELATION_TABLE, NOT_ABOVE, NOT_PLANNED
 from peftport.report.distance import TABLE as DISTANCE_TABLE
 from peftport.report.load import StoreData
+from peftport.report.model import Aggregates, Stat, Table, stat_from
 
 Cell = tuple[str, str]  # (text, css class)
 UNDEFINED = (NOT_ABOVE, NOT_PLANNED)  # retention without a missing result
@@ -370,83 +374,251 @@ def apply(
     return [h for h, _ in columns], out
 
 
-# --- HTML ------------------------------------------------------------------------------------------
-
-CSS = """
-body{font:15px/1.5 -apple-system,'Segoe UI',Roboto,'DejaVu Sans',Arial,sans-serif;color:#1d1d1f;
-max-width:1180px;margin:0 auto;padding:24px 28px 60px;background:#fff}
-h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;margin:36px 0 8px;border-bottom:1px solid #ddd;
-padding-bottom:4px}h3{font-size:16px;margin:22px 0 6px}
-.meta{color:#555;font-size:13px}.meta code{font-size:12px}
-.warn{background:#fff4e5;border-left:4px solid #e69f00;padding:10px 14px;margin:14px 0}
-.ok{background:#eef7ee;border-left:4px solid #3a9a3a;padding:10px 14px;margin:14px 0}
-table{border-collapse:collapse;margin:8px 0 6px;font-size:13px;font-variant-numeric:tabular-nums}
-th,td{border-bottom:1px solid #e3e3e3;padding:4px 9px;text-align:left;vertical-align:top}
-th{background:#f5f5f7;font-weight:600}tr:hover td{background:#fafafa}
-td.missing{color:#b00020;font-style:italic}td.partial{color:#8a5a00}td.sig{font-weight:700}
-td.cond-ported{color:#0072b2;font-weight:600}td.cond-sampled{color:#a86f00}td.cond-random{color:#666}
-.note{color:#555;font-size:13px;margin:2px 0 8px}
-figure{margin:16px 0 26px}figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{font-size:13px;color:#444;margin-top:4px}
-details{margin:8px 0}summary{cursor:pointer;color:#0b5cad}
-nav ul{columns:2;font-size:14px}pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px}
-.tablewrap{overflow-x:auto}
-"""
+# --- the page: one ordered list of sections ---------------------------------------------------
+#
+# `page` decides what the report says and in which order; the templates (templates/report.html,
+# templates/report.md) only decide how each kind of block looks. So HTML and Markdown cannot
+# drift apart: a section added to `page` appears in both, in the same place.
 
 
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+@dataclass(frozen=True)
+class Span:
+    """A run of a note's text: plain, `code`, `bold` or a `link` to `href`."""
+
+    text: str
+    kind: str = ""
+    href: str = ""
 
 
-def html_table(header: list[str], rows: list[list[Cell]]) -> str:
-    if not rows:
-        return '<p class="note">(no rows: the study has no such results)</p>'
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="{_e(c)}">{_e(t)}</td>' if c else f"<td>{_e(t)}</td>" for t, c in r)
-        + "</tr>"
-        for r in rows
-    )
-    return f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+@dataclass(frozen=True)
+class Note:
+    spans: tuple[Span, ...]
+    kind: ClassVar[str] = "note"
 
 
-def _notes_html(notes: list[str]) -> str:
-    return "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
+@dataclass(frozen=True)
+class TableBlock:
+    header: list[str]
+    rows: list[list[Cell]]
+    kind: ClassVar[str] = "table"
 
 
-def _csv_link(name: str) -> str:
-    return f'<p class="note">CSV: <a href="tables/{_e(name)}.csv">tables/{_e(name)}.csv</a></p>'
+@dataclass(frozen=True)
+class CsvLinks:
+    names: tuple[str, ...]  # table names: tables/<name>.csv
+    kind: ClassVar[str] = "csv"
 
 
-def _figure_html(f: RenderedFigure) -> str:
-    b64 = base64.b64encode(f.png).decode("ascii")
-    notes = ""
-    if f.notes:
-        notes = '<p class="note"><b>Missing results:</b> ' + _e("; ".join(f.notes)) + "</p>"
-    return (
-        f'<figure id="{_e(f.stem)}"><img src="data:image/png;base64,{b64}" alt="{_e(f.title)}">'
-        f"<figcaption>{_e(f.caption)} "
-        f'(<a href="figures/{_e(f.stem)}.svg">SVG</a>, <a href="figures/{_e(f.stem)}.png">PNG</a>)'
-        f"</figcaption>{notes}</figure>"
-    )
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    kind: ClassVar[str] = "heading"
 
 
-def _status_html(data: StoreData, agg: Aggregates) -> str:
-    st = data.unit_status
+@dataclass(frozen=True)
+class Figure:
+    figure: RenderedFigure
+    notes_label: str  # what its notes are: "Missing results", "Notes"
+    kind: ClassVar[str] = "figure"
+
+    @property
+    def png_base64(self) -> str:
+        return base64.b64encode(self.figure.png).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Details:
+    """Blocks folded away under `summary` (HTML), a subsection (Markdown)."""
+
+    summary: str
+    blocks: list[Any]
+    kind: ClassVar[str] = "details"
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: list[str]
+    kind: ClassVar[str] = "bullets"
+
+
+@dataclass(frozen=True)
+class Code:
+    summary: str
+    text: str
+    kind: ClassVar[str] = "code"
+
+
+Block = Note | TableBlock | CsvLinks | Heading | Figure | Details | Bullets | Code
+
+
+@dataclass(frozen=True)
+class Section:
+    id: str  # the HTML anchor
+    nav: str  # its entry in the page's contents
+    title: str
+    blocks: list[Block]
+
+
+@dataclass(frozen=True)
+class Page:
+    title: str
+    store: str
+    metric: str
+    generated_at: str
+    version: str
+    git: list[str]
+    complete: bool
+    status: str  # one line: what is complete, or how much is missing
+    sections: list[Section]
+
+
+def note(*parts: str | Span) -> Note:
+    return Note(tuple(p if isinstance(p, Span) else Span(p) for p in parts))
+
+
+def notes(texts: Sequence[str]) -> list[Block]:
+    return [note(t) for t in texts]
+
+
+BY_DIRECTION = "By direction and data combination"
+
+
+def _pooled_and_by_direction(
+    agg: Aggregates,
+    names: tuple[str, str],
+    render: Callable[[Table, bool], tuple[list[str], list[list[Cell]]]],
+    *,
+    pooled_notes: Sequence[str],
+    direction_notes: bool = False,
+) -> list[Block]:
+    """A pooled table (names[0]), its notes and CSV, then its by-direction twin (names[1])
+    folded away."""
+    pooled, by_dir = agg.tables[names[0]], agg.tables[names[1]]
+    folded: list[Block] = [TableBlock(*render(by_dir, True))]
+    folded += notes(by_dir.notes) if direction_notes else []
+    return [
+        TableBlock(*render(pooled, False)),
+        *notes(pooled_notes),
+        CsvLinks((pooled.name,)),
+        Details(BY_DIRECTION, [*folded, CsvLinks((by_dir.name,))]),
+    ]
+
+
+def _columns(
+    spec: Callable[[Aggregates, bool], list[Column]], agg: Aggregates
+) -> Callable[[Table, bool], tuple[list[str], list[list[Cell]]]]:
+    return lambda table, by_direction: apply(spec(agg, by_direction), table.rows)
+
+
+def _figure_blocks(overview: RenderedFigure | None, figs: Sequence[RenderedFigure]) -> list[Block]:
+    out: list[Block] = [Figure(overview, "Missing results")] if overview is not None else []
+    current = None
+    for f in figs:
+        if f.technique != current:
+            current = f.technique
+            out.append(Heading(current))
+        out.append(Figure(f, "Missing results"))
+    return out
+
+
+def _distance_blocks(agg: Aggregates, figs: Sequence[RenderedFigure]) -> list[Block]:
+    omitted = distance_omitted(agg)
+    if omitted:
+        return [note(omitted)]
+    by_stem = {f.stem: f for f in figs}
+    blocks = distance_blocks(agg)
+    out = notes(agg.tables[DISTANCE_TABLE].notes)  # what the numbers are, first
+    for st, rows, corr in blocks:
+        if len(blocks) > 1:
+            out.append(Heading(f"Study {st.name}"))
+        out.append(TableBlock(*apply(distance_columns(agg), rows)))
+        if corr:
+            out.append(TableBlock(*apply(correlation_columns(agg), corr)))
+        out += notes(st.notes)
+        out += [Figure(by_stem[f.stem], "Notes") for f in st.figures if f.stem in by_stem]
+    if agg.distance.skipped:
+        out.append(note("Not shown: " + "; ".join(agg.distance.skipped)))
+    return [
+        *out,
+        *notes(agg.tables[CORRELATION_TABLE].notes),
+        CsvLinks((DISTANCE_TABLE, CORRELATION_TABLE)),
+    ]
+
+
+def _missing_blocks(data: StoreData) -> list[Block]:
     missing = [o for o in data.observations if o.value is None]
     if not missing:
-        return f'<div class="ok">Complete: all {st["done"]} units are done; every result is in the tables.</div>'
-    by = {}
-    for o in missing:
-        by[o.missing] = by.get(o.missing, 0) + 1
-    parts = ", ".join(f"{v} {k}" for k, v in sorted(by.items()))
+        return [note("None: every planned result is in the store.")]
+    out: list[Block] = [
+        note(
+            f"{len(missing)} result(s) missing. Failed units (rerun them with ",
+            Span("peftport study run --retry-failed", "code"),
+            "):",
+        )
+    ]
+    if data.failed_units:
+        rows = [
+            [(f["id"], ""), (f["label"], ""), (f["error"], "missing")] for f in data.failed_units
+        ]
+        out.append(TableBlock(["unit", "what", "error"], rows))
+    else:
+        out.append(note("(none failed)"))
+    by_status = Counter(o.missing or "" for o in missing)
+    reasons = ", ".join(f"{v} {k}" for k, v in sorted(by_status.items()))
+    out.append(note(f"Missing results by reason: {reasons}. The list is in tables/missing.csv."))
+    return out
+
+
+def _provenance_blocks(data: StoreData, generated_at: str, version: str) -> list[Block]:
+    p = data.provenance
+    rows = [
+        ("store", str(data.path)),
+        ("store created", data.created_at),
+        ("read at", data.read_at),
+        ("report generated", f"{generated_at} (peftport {version})"),
+        ("units", ", ".join(f"{v} {k}" for k, v in data.unit_status.items())),
+        (
+            "compute",
+            f"{p.get('unit_seconds', 0):,.0f} s in done units; first started "
+            f"{p.get('first_started') or '–'}, last finished {p.get('last_finished') or '–'}",
+        ),
+        (
+            "git revision(s)",
+            "; ".join(f"{g} ({n} units)" for g, n in p.get("git", {}).items()) or "–",
+        ),
+    ]
+    for name, versions in p.get("versions", {}).items():
+        txt = "; ".join(f"{v} ({n} units)" for v, n in versions.items())
+        if len(versions) > 1:
+            txt += "  — MIXED VERSIONS"
+        rows.append((f"version: {name}", txt))
+    for h, fps in p.get("host_fingerprints", {}).items():
+        rows.append((f"host {h}", ", ".join(f[:16] for f in fps)))
+    for d, fps in p.get("data_fingerprints", {}).items():
+        rows.append((f"data {d}", ", ".join(f[:16] for f in fps)))
+    out: list[Block] = [TableBlock(["what", "value"], [[(a, ""), (b, "")] for a, b in rows])]
+    for st in data.studies:
+        out.append(
+            Code(
+                f"study {st['name']} ({st['id']}), {st['source'] or ''}: "
+                f"{st['runs']} runs, {st['units']} units",
+                json.dumps(st.get("spec", {}), indent=2),
+            )
+        )
+    return out
+
+
+def _status(data: StoreData) -> str:
+    st = data.unit_status
+    missing = Counter(o.missing for o in data.observations if o.value is None)
+    if not missing:
+        return f"Complete: all {st['done']} units are done; every result is in the tables."
+    parts = ", ".join(f"{v} {k}" for k, v in sorted(missing.items()))
     return (
-        f'<div class="warn"><b>Incomplete study:</b> {len(missing)} of {len(data.observations)} '
-        f"results are missing ({_e(parts)}); units: {st['done']} done, {st['running']} running, "
-        f"{st['pending']} pending, {st['failed']} failed. Missing results are shown as "
-        '"missing", never as zero; means use the results that exist and say how many. '
-        '<a href="#missing">Details</a>.</div>'
+        f"{missing.total()} of {len(data.observations)} results are missing ({parts}); units: "
+        f"{st['done']} done, {st['running']} running, {st['pending']} pending, "
+        f'{st["failed"]} failed. Missing results are shown as "missing", never as zero; means '
+        "use the results that exist and say how many."
     )
 
 
@@ -475,353 +647,156 @@ METHODS = [
 ]
 
 
-def render_html(
+def page(
     data: StoreData,
     agg: Aggregates,
-    figs: list[RenderedFigure],
+    figs: Sequence[RenderedFigure],
     overview: RenderedFigure | None,
     generated_at: str,
     version: str,
     distance_figs: Sequence[RenderedFigure] = (),
-) -> str:
-    names = ", ".join(s["name"] for s in data.studies)
+) -> Page:
+    """The report's sections, in the order both formats show them."""
     t = agg.tables
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>peftport report: {_e(names)}</title><style>{CSS}</style></head><body>",
-        f"<h1>Portability report: {_e(names)}</h1>",
-        f'<p class="meta">Store <code>{_e(data.path)}</code> · metric: <b>{_e(agg.metric)}</b> · '
-        f"generated {_e(generated_at)} by peftport {_e(version)} · git "
-        + ", ".join(
-            f"<code>{_e(g)}</code>" for g in data.provenance.get("git", {}) or {"unknown": 0}
-        )
-        + "</p>",
-        _status_html(data, agg),
-        "<nav><ul>"
-        + "".join(
-            f'<li><a href="#{a}">{_e(b)}</a></li>'
-            for a, b in [
-                ("glance", "At a glance"),
-                ("figures", "Figures"),
-                ("zero-shot", "Zero-shot portability"),
-                ("distance", "Retention against host distance"),
-                ("accuracy", "Accuracy by condition and steps"),
-                ("differences", "Ported minus controls"),
-                ("steps-saved", "Steps saved"),
-                ("ranking", "Ranking"),
-                ("missing", "Missing results"),
-                ("methods", "Statistics"),
-                ("provenance", "Provenance"),
-            ]
-        )
-        + "</ul></nav>",
-        '<h2 id="glance">At a glance</h2>',
-        f'<p class="note">Per technique, modules trained {max(agg.axes.pre_steps) if agg.axes.pre_steps else "–"} '
-        "steps before porting, pooled over porting directions, data combinations and seeds.</p>",
-        html_table(*glance_rows(agg)),
-        '<h2 id="figures">Figures</h2>',
-    ]
-    if overview is not None:
-        parts.append(_figure_html(overview))
-    current = None
-    for f in figs:
-        if f.technique != current:
-            current = f.technique
-            parts.append(f"<h3>{_e(current)}</h3>")
-        parts.append(_figure_html(f))
-    parts += [
-        '<h2 id="zero-shot">Zero-shot portability</h2>',
-        html_table(*apply(zero_shot_columns(agg, False), t["zero_shot_by_technique"].rows)),
-        _notes_html(t["zero_shot_by_technique"].notes + t["zero_shot"].notes),
-        _csv_link("zero_shot_by_technique"),
-        "<details><summary>By direction and data combination</summary>",
-        html_table(*apply(zero_shot_columns(agg, True), t["zero_shot"].rows)),
-        _csv_link("zero_shot"),
-        "</details>",
-        *_distance_html(agg, distance_figs),
-        '<h2 id="accuracy">Accuracy by technique, condition and post-porting steps</h2>',
-        html_table(*pivot(agg, t["accuracy"], False)),
-        _notes_html(t["accuracy"].notes),
-        _csv_link("accuracy"),
-        "<details><summary>By direction and data combination</summary>",
-        html_table(*pivot(agg, t["accuracy_by_direction"], True)),
-        _csv_link("accuracy_by_direction"),
-        "</details>",
-        '<h2 id="differences">Ported minus sampled and ported minus random</h2>',
-        html_table(*apply(diff_columns(agg, False), t["differences"].rows)),
-        _notes_html(t["differences"].notes),
-        _csv_link("differences"),
-        "<details><summary>By direction and data combination</summary>",
-        html_table(*apply(diff_columns(agg, True), t["differences_by_direction"].rows)),
-        _notes_html(t["differences_by_direction"].notes),
-        _csv_link("differences_by_direction"),
-        "</details>",
-        '<h2 id="steps-saved">Steps saved: the training porting saves</h2>',
-        html_table(*apply(saved_columns(agg, False), t["steps_saved"].rows)),
-        _notes_html(t["steps_saved"].notes),
-        _csv_link("steps_saved"),
-        "<details><summary>By direction and data combination</summary>",
-        html_table(*apply(saved_columns(agg, True), t["steps_saved_by_direction"].rows)),
-        _csv_link("steps_saved_by_direction"),
-        "</details>",
-        '<h2 id="ranking">Techniques ranked by portability</h2>',
-        html_table(*apply(ranking_columns(), t["ranking"].rows)),
-        _notes_html(t["ranking"].notes),
-        _csv_link("ranking"),
-        '<h2 id="missing">Missing results</h2>',
-        _missing_html(data),
-        '<h2 id="methods">Statistics</h2>',
-        "<ul>" + "".join(f"<li>{_e(m)}</li>" for m in METHODS) + "</ul>",
-        '<p class="note">Exact definitions: docs/report.md in the peftport repository. Every '
-        'result the tables use: <a href="tables/results.csv">tables/results.csv</a>.</p>',
-        '<h2 id="provenance">Provenance</h2>',
-        _provenance_html(data, generated_at, version),
-        "</body></html>",
-    ]
-    return "\n".join(parts) + "\n"
-
-
-def _distance_html(agg: Aggregates, figs: Sequence[RenderedFigure]) -> list[str]:
-    parts = ['<h2 id="distance">Zero-shot retention against host distance</h2>']
-    omitted = distance_omitted(agg)
-    if omitted:
-        return parts + [f'<p class="note">{_e(omitted)}</p>']
-    by_stem = {f.stem: f for f in figs}
-    blocks = distance_blocks(agg)
-    parts.append(_notes_html(agg.tables[DISTANCE_TABLE].notes))  # what the numbers are, first
-    for st, rows, corr in blocks:
-        if len(blocks) > 1:
-            parts.append(f"<h3>Study {_e(st.name)}</h3>")
-        parts.append(html_table(*apply(distance_columns(agg), rows)))
-        if corr:
-            parts.append(html_table(*apply(correlation_columns(agg), corr)))
-        parts.append(_notes_html(st.notes))
-        parts += [_figure_html(by_stem[f.stem]) for f in st.figures if f.stem in by_stem]
-    if agg.distance.skipped:
-        parts.append(_notes_html(["Not shown: " + "; ".join(agg.distance.skipped)]))
-    return parts + [
-        _notes_html(agg.tables[CORRELATION_TABLE].notes),
-        _csv_link(DISTANCE_TABLE),
-        _csv_link(CORRELATION_TABLE),
-    ]
-
-
-def _missing_html(data: StoreData) -> str:
-    missing = [o for o in data.observations if o.value is None]
-    if not missing:
-        return '<p class="note">None: every planned result is in the store.</p>'
-    out = [
-        f'<p class="note">{len(missing)} result(s) missing. Failed units (rerun them with '
-        "<code>peftport study run --retry-failed</code>):</p>"
-    ]
-    if data.failed_units:
-        out.append(
-            html_table(
-                ["unit", "what", "error"],
-                [
-                    [(f["id"], ""), (f["label"], ""), (f["error"], "missing")]
-                    for f in data.failed_units
-                ],
-            )
-        )
-    else:
-        out.append('<p class="note">(none failed)</p>')
-    by_status: dict[str, int] = {}
-    for o in missing:
-        by_status[o.missing or ""] = by_status.get(o.missing or "", 0) + 1
-    out.append(
-        '<p class="note">Missing results by reason: '
-        + _e(", ".join(f"{v} {k}" for k, v in sorted(by_status.items())))
-        + ". The list is in tables/missing.csv.</p>"
-    )
-    return "".join(out)
-
-
-def _provenance_html(data: StoreData, generated_at: str, version: str) -> str:
-    p = data.provenance
-    rows = [
-        ("store", str(data.path)),
-        ("store created", data.created_at),
-        ("read at", data.read_at),
-        ("report generated", f"{generated_at} (peftport {version})"),
-        ("units", ", ".join(f"{v} {k}" for k, v in data.unit_status.items())),
-        (
-            "compute",
-            f"{p.get('unit_seconds', 0):,.0f} s in done units; first started "
-            f"{p.get('first_started') or '–'}, last finished {p.get('last_finished') or '–'}",
-        ),
-        (
-            "git revision(s)",
-            "; ".join(f"{g} ({n} units)" for g, n in p.get("git", {}).items()) or "–",
-        ),
-    ]
-    for name, versions in p.get("versions", {}).items():
-        txt = "; ".join(f"{v} ({n} units)" for v, n in versions.items())
-        if len(versions) > 1:
-            txt += "  — MIXED VERSIONS"
-        rows.append((f"version: {name}", txt))
-    for h, fps in p.get("host_fingerprints", {}).items():
-        rows.append((f"host {h}", ", ".join(f[:16] for f in fps)))
-    for d, fps in p.get("data_fingerprints", {}).items():
-        rows.append((f"data {d}", ", ".join(f[:16] for f in fps)))
-    out = [html_table(["what", "value"], [[(a, ""), (b, "")] for a, b in rows])]
-    for s in data.studies:
-        out.append(
-            f"<details><summary>study {_e(s['name'])} ({_e(s['id'])}), {_e(s['source'] or '')}: "
-            f"{s['runs']} runs, {s['units']} units</summary><pre>{_e(json.dumps(s.get('spec', {}), indent=2))}</pre></details>"
-        )
-    return "".join(out)
-
-
-# --- Markdown --------------------------------------------------------------------------------------
-
-
-def md_table(header: list[str], rows: list[list[Cell]]) -> str:
-    if not rows:
-        return "_(no rows: the study has no such results)_\n"
-
-    def esc(x: str) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(esc(t) for t, _ in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _md_figure(f: RenderedFigure, notes_label: str) -> list[str]:
-    """A figure in Markdown: the PNG, its caption with a link to the SVG, then its notes."""
-    out = [
-        f"![{f.title}](figures/{f.stem}.png)",
-        "",
-        f"_{f.caption}_ ([SVG](figures/{f.stem}.svg))",
-        "",
-    ]
-    if f.notes:
-        out += [f"{notes_label}: " + "; ".join(f.notes), ""]
-    return out
-
-
-def render_markdown(
-    data: StoreData,
-    agg: Aggregates,
-    figs: list[RenderedFigure],
-    overview: RenderedFigure | None,
-    generated_at: str,
-    version: str,
-    distance_figs: Sequence[RenderedFigure] = (),
-) -> str:
-    t = agg.tables
-    names = ", ".join(s["name"] for s in data.studies)
-    missing = sum(1 for o in data.observations if o.value is None)
-    out = [
-        f"# Portability report: {names}",
-        "",
-        f"Store `{data.path}`; metric **{agg.metric}**; generated {generated_at} by peftport {version}; "
-        f"git {', '.join(data.provenance.get('git', {})) or 'unknown'}.",
-        "",
-        (
-            f"**Incomplete study:** {missing} of {len(data.observations)} results are missing (shown as "
-            "missing, never as zero)."
-            if missing
-            else "Complete: every planned result is in the store."
-        ),
-        "",
-        "## At a glance",
-        "",
-        md_table(*glance_rows(agg)),
-        "## Figures",
-        "",
-    ]
-    for f in ([overview] if overview else []) + figs:
-        out += _md_figure(f, "Missing results")
+    pre = max(agg.axes.pre_steps) if agg.axes.pre_steps else "–"
     sections = [
-        ("Zero-shot portability", zero_shot_columns(agg, False), "zero_shot_by_technique"),
-        ("Zero-shot portability by direction and data", zero_shot_columns(agg, True), "zero_shot"),
-        ("Ported minus controls", diff_columns(agg, False), "differences"),
-        (
-            "Ported minus controls by direction and data",
-            diff_columns(agg, True),
-            "differences_by_direction",
+        Section(
+            "glance",
+            "At a glance",
+            "At a glance",
+            [
+                note(
+                    f"Per technique, modules trained {pre} steps before porting, pooled over "
+                    "porting directions, data combinations and seeds."
+                ),
+                TableBlock(*glance_rows(agg)),
+            ],
         ),
-        ("Steps saved", saved_columns(agg, False), "steps_saved"),
-        ("Steps saved by direction and data", saved_columns(agg, True), "steps_saved_by_direction"),
-        ("Ranking", ranking_columns(), "ranking"),
+        Section("figures", "Figures", "Figures", _figure_blocks(overview, figs)),
+        Section(
+            "zero-shot",
+            "Zero-shot portability",
+            "Zero-shot portability",
+            _pooled_and_by_direction(
+                agg,
+                ("zero_shot_by_technique", "zero_shot"),
+                _columns(zero_shot_columns, agg),
+                pooled_notes=t["zero_shot_by_technique"].notes + t["zero_shot"].notes,
+            ),
+        ),
+        Section(
+            "distance",
+            "Retention against host distance",
+            "Zero-shot retention against host distance",
+            _distance_blocks(agg, distance_figs),
+        ),
+        Section(
+            "accuracy",
+            "Accuracy by condition and steps",
+            "Accuracy by technique, condition and post-porting steps",
+            _pooled_and_by_direction(
+                agg,
+                ("accuracy", "accuracy_by_direction"),
+                lambda table, by_direction: pivot(agg, table, by_direction),
+                pooled_notes=t["accuracy"].notes,
+            ),
+        ),
+        Section(
+            "differences",
+            "Ported minus controls",
+            "Ported minus sampled and ported minus random",
+            _pooled_and_by_direction(
+                agg,
+                ("differences", "differences_by_direction"),
+                _columns(diff_columns, agg),
+                pooled_notes=t["differences"].notes,
+                direction_notes=True,
+            ),
+        ),
+        Section(
+            "steps-saved",
+            "Steps saved",
+            "Steps saved: the training porting saves",
+            _pooled_and_by_direction(
+                agg,
+                ("steps_saved", "steps_saved_by_direction"),
+                _columns(saved_columns, agg),
+                pooled_notes=t["steps_saved"].notes,
+            ),
+        ),
+        Section(
+            "ranking",
+            "Ranking",
+            "Techniques ranked by portability",
+            [
+                TableBlock(*apply(ranking_columns(), t["ranking"].rows)),
+                *notes(t["ranking"].notes),
+                CsvLinks(("ranking",)),
+            ],
+        ),
+        Section("missing", "Missing results", "Missing results", _missing_blocks(data)),
+        Section(
+            "methods",
+            "Statistics",
+            "Statistics",
+            [
+                Bullets(METHODS),
+                note(
+                    "Exact definitions: docs/report.md in the peftport repository. Every result "
+                    "the tables use: ",
+                    Span("tables/results.csv", "link", "tables/results.csv"),
+                    ".",
+                ),
+            ],
+        ),
+        Section(
+            "provenance",
+            "Provenance",
+            "Provenance",
+            _provenance_blocks(data, generated_at, version),
+        ),
     ]
-    out += [
-        "## Accuracy by technique, condition and post-porting steps",
-        "",
-        md_table(*pivot(agg, t["accuracy"], False)),
-    ]
-    out += [f"_{n}_" for n in t["accuracy"].notes] + [""]
-    out += [
-        "## Accuracy by direction and data",
-        "",
-        md_table(*pivot(agg, t["accuracy_by_direction"], True)),
-    ]
-    for title, cols, name in sections:
-        out += [f"## {title}", "", md_table(*apply(cols, t[name].rows))]
-        out += [f"_{n}_" for n in t[name].notes] + ["", f"CSV: `tables/{name}.csv`", ""]
-        if name == "zero_shot":  # then how zero-shot portability falls with host distance
-            out += _distance_markdown(agg, distance_figs)
-    out += ["## Missing results", ""]
-    if data.failed_units:
-        out.append(
-            md_table(
-                ["unit", "what", "error"],
-                [[(f["id"], ""), (f["label"], ""), (f["error"], "")] for f in data.failed_units],
-            )
-        )
-    out += [f"{missing} result(s) missing." if missing else "None.", ""]
-    out += ["## Statistics", ""] + [f"- {m}" for m in METHODS] + [""]
-    p = data.provenance
-    out += [
-        "## Provenance",
-        "",
-        f"- store: `{data.path}` (created {data.created_at}, read {data.read_at})",
-        "- studies: "
-        + "; ".join(f"{s['name']} ({s['id']}, {s['source'] or ''})" for s in data.studies),
-        "- units: " + ", ".join(f"{v} {k}" for k, v in data.unit_status.items()),
-        "- git: " + "; ".join(f"{g} ({n} units)" for g, n in p.get("git", {}).items()),
-    ]
-    for name, versions in p.get("versions", {}).items():
-        out.append(f"- {name}: " + "; ".join(f"{v} ({n} units)" for v, n in versions.items()))
-    return "\n".join(out) + "\n"
-
-
-def _distance_markdown(agg: Aggregates, figs: Sequence[RenderedFigure]) -> list[str]:
-    out = ["## Zero-shot retention against host distance", ""]
-    omitted = distance_omitted(agg)
-    if omitted:
-        return out + [omitted, ""]
-    by_stem = {f.stem: f for f in figs}
-    blocks = distance_blocks(agg)
-    out += [f"_{n}_\n" for n in agg.tables[DISTANCE_TABLE].notes]  # what the numbers are, first
-    for st, rows, corr in blocks:
-        if len(blocks) > 1:
-            out += [f"### Study {st.name}", ""]
-        out.append(md_table(*apply(distance_columns(agg), rows)))
-        if corr:
-            out.append(md_table(*apply(correlation_columns(agg), corr)))
-        out += [f"_{n}_" for n in st.notes] + ([""] if st.notes else [])
-        for spec in st.figures:
-            f = by_stem.get(spec.stem)
-            if f is None:
-                continue
-            out += _md_figure(f, "Notes")
-    if agg.distance.skipped:
-        out += ["Not shown: " + "; ".join(agg.distance.skipped), ""]
-    notes = agg.tables[CORRELATION_TABLE].notes
-    return (
-        out
-        + [f"_{n}_" for n in notes]
-        + [
-            "",
-            f"CSV: `tables/{DISTANCE_TABLE}.csv`, `tables/{CORRELATION_TABLE}.csv`",
-            "",
-        ]
+    return Page(
+        title=", ".join(s["name"] for s in data.studies),
+        store=str(data.path),
+        metric=agg.metric,
+        generated_at=generated_at,
+        version=version,
+        git=list(data.provenance.get("git", {})),
+        complete=all(o.value is not None for o in data.observations),
+        status=_status(data),
+        sections=sections,
     )
+
+
+# --- HTML and Markdown: the templates ------------------------------------------------------------
+
+
+def _md_text(x: Any) -> str:
+    """A Markdown table cell: no column break, no line break."""
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+@functools.cache
+def _templates(markdown: bool) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("peftport.report", "templates"),
+        autoescape=not markdown,  # HTML: every value escaped unless the template says otherwise
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["md_cell"] = _md_text
+    return env
+
+
+def render_html(report: Page) -> str:
+    return _templates(False).get_template("report.html").render(page=report)
+
+
+def render_markdown(report: Page) -> str:
+    return _templates(True).get_template("report.md").render(page=report)
 
 
 # --- CSV -----------------------------------------------------------------------------------------

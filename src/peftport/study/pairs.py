@@ -131,6 +131,7 @@ def prepare_pairs(
     from peftport.hosts import host_folder, weights_fingerprint
     from peftport.provenance import package_versions
     from peftport.study.spec import study_host
+    from peftport.techniques import TECHNIQUES
 
     keys: dict[tuple[str, str], str | None] = {o_r: None for o_r in spec.pairs}
     comparisons: dict[tuple[str, str], Any] = {}
@@ -205,7 +206,7 @@ def prepare_pairs(
         for (o, r), m in payload.items()
         if m is not None and m != list(range(len(m)))
     ]
-    if moved and any(t.name == "prefix" for t in spec.techniques):
+    if moved and any(not TECHNIQUES.get(t.name).layer_mappable for t in spec.techniques):
         raise StudyFileError(
             f"{spec.source}: prefix tuning keeps the prefixes of all layers in one tensor, so it "
             f"cannot take a layer map that moves layers ({'; '.join(moved)}): leave prefix out of "

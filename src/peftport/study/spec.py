@@ -481,7 +481,7 @@ def _hosts_ok(name: Any, path: Path_, probs: _Problems, cache: dict, base: Path 
 
 
 def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
-    from peftport.techniques import check_supported
+    from peftport.techniques import check_supported, get_technique
 
     probs = _Problems(src)
     if not isinstance(data, dict):
@@ -524,8 +524,8 @@ def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
         if pm.strategy == "cka" and compare is None:  # once per pair, not per direction
             probs.add(mpath, "layer_map cka is computed from the host comparison, and this "
                       "study sets `compare: false`: remove that, or choose stride")
-    if any(t.name == "prefix" for t in techniques):
-        _check_prefix_maps(read, host_cache, t_paths["prefix"], probs)
+    for t in (t for t in techniques if not get_technique(t.name).layer_mappable):
+        _check_prefix_maps(read, host_cache, t_paths[t.name], probs)
     for t in techniques:  # technique x host kind
         for h in dict.fromkeys(h for p in pairs for h in p):
             spec = host_cache.get(h)

@@ -1,9 +1,11 @@
 """The PEFT techniques of the study, and one way to attach any of them to any host.
 
 Every technique is AdapterHub `adapters` 1.3.0, so techniques differ only in themselves. Each
-lives in one small file (a frozen, documented config dataclass and a mapping to an `adapters`
-config) and is registered here by name. This module also holds the support table (technique x
-host kind, as data) and the shared API the training engine and porting use:
+lives in one small file: a frozen, documented config dataclass, its mapping to and from an
+`adapters` config, and a `TECHNIQUE` that declares what the rest of peftport asks of it (host
+kinds it supports, whether a layer map may move its layers, eager attention, its neutral value,
+its PEFT counterpart; see `base.Technique`). Every such file in this package is registered by
+name on import. This module holds the shared API the training engine and porting use:
 
     att = attach(model, family, "lora", {"r": 4}, seed=0)   # freeze the host, add the module
     state = module_state(model)                             # the module's tensors (+ head)
@@ -20,7 +22,9 @@ it is freshly initialised by `attach` with the same seed and travels with the mo
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -30,52 +34,35 @@ import torch
 from peftport.errors import PeftportError
 from peftport.hosts.spec import DECODER_LM, ENCODER_CLASSIFIER, KINDS, LAYOUTS, TEXT_TO_TEXT
 from peftport.registry import Registry
-from peftport.techniques import adapter, compacter, ia3, lora, prefix, prompt
-from peftport.techniques.base import Technique, TechniqueConfig
+from peftport.techniques.base import Support, Technique, TechniqueConfig
 
 __all__ = [
-    "TECHNIQUES", "SUPPORT", "Support", "Technique", "TechniqueConfig", "Attached",
-    "get_technique", "make_config", "supports", "supported_kinds", "attach", "module_state",
-    "load_module_state", "set_module_active", "trainable_parameters", "module_keys",
-    "head_keys", "host_dims", "support_table_markdown", "defaults_markdown",
+    "TECHNIQUES", "ORDER", "SUPPORT", "Support", "Technique", "TechniqueConfig", "Attached",
+    "get_technique", "ordered", "make_config", "supports", "supported_kinds", "attach",
+    "module_state", "load_module_state", "set_module_active", "trainable_parameters",
+    "module_keys", "head_keys", "host_dims", "support_table_markdown", "defaults_markdown",
 ]
 
 TECHNIQUES: Registry[Technique] = Registry("technique")
-for _mod in (adapter, lora, prefix, compacter, prompt, ia3):
-    TECHNIQUES.add(_mod.TECHNIQUE.name, _mod.TECHNIQUE)
+# Every module of this package that defines TECHNIQUE is a technique: adding one is one file.
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    _mod = importlib.import_module(f"{__name__}.{_info.name}")
+    if isinstance(getattr(_mod, "TECHNIQUE", None), Technique):
+        TECHNIQUES.add(_mod.TECHNIQUE.name, _mod.TECHNIQUE)
 
-# The paper's four first, then the extras: the order of tables and listings.
-ORDER = ("adapter", "lora", "prefix", "compacter", "prompt", "ia3")
+
+def ordered() -> list[Technique]:
+    """The registered techniques in the order of tables and listings (the paper's four first,
+    then the extras)."""
+    return sorted((t for _, t in TECHNIQUES.items()), key=lambda t: (t.order, t.name))
+
+
+# Snapshots of the registry as imported, for listings and study files.
+ORDER: tuple[str, ...] = tuple(t.name for t in ordered())
+# technique -> host kind -> support, declared by each technique. Checked against reality by
+# tests/test_techniques.py and printed into docs/techniques.md (a test compares the two).
+SUPPORT: dict[str, dict[str, Support]] = {t.name: dict(t.support) for t in ordered()}
 KIND_HOSTS = {ENCODER_CLASSIFIER: "BERT", TEXT_TO_TEXT: "T5", DECODER_LM: "GPT-2, Llama"}
-
-
-@dataclass(frozen=True)
-class Support:
-    ok: bool
-    note: str = ""
-
-    def cell(self) -> str:
-        word = "yes" if self.ok else "no"
-        return f"{word} ({self.note})" if self.note else word
-
-
-_YES = Support(True)
-_NO_PROMPT = Support(False, "adapters 1.3.0 refuses prompt tuning here")
-
-# technique -> host kind -> support. Checked against reality by tests/test_techniques.py and
-# printed into docs/techniques.md (a test compares the two).
-SUPPORT: dict[str, dict[str, Support]] = {
-    "adapter": {ENCODER_CLASSIFIER: _YES, TEXT_TO_TEXT: _YES, DECODER_LM: _YES},
-    "lora": {ENCODER_CLASSIFIER: _YES, TEXT_TO_TEXT: Support(True, "also cross-attention q, v"),
-             DECODER_LM: _YES},
-    "prefix": {ENCODER_CLASSIFIER: _YES,
-               TEXT_TO_TEXT: Support(True, "encoder, decoder and cross-attention prefixes"),
-               DECODER_LM: Support(True, "eager attention: attach switches the host to it")},
-    "compacter": {ENCODER_CLASSIFIER: _YES, TEXT_TO_TEXT: _YES, DECODER_LM: _YES},
-    "prompt": {ENCODER_CLASSIFIER: _YES, TEXT_TO_TEXT: _NO_PROMPT, DECODER_LM: _NO_PROMPT},
-    "ia3": {ENCODER_CLASSIFIER: _YES, TEXT_TO_TEXT: _YES, DECODER_LM: _YES},
-}
-assert set(SUPPORT) == set(TECHNIQUES) == set(ORDER), "one support row per technique"
 
 
 def get_technique(name: str) -> Technique:
@@ -98,16 +85,16 @@ def _kind_of(kind_or_family: str) -> str:
 
 def supports(technique: str, kind_or_family: str) -> bool:
     """Whether `technique` works on hosts of this kind (or family)."""
-    return SUPPORT[get_technique(technique).name][_kind_of(kind_or_family)].ok
+    return get_technique(technique).supports(_kind_of(kind_or_family))
 
 
 def supported_kinds(technique: str) -> list[str]:
-    return [k for k in KINDS if SUPPORT[get_technique(technique).name][k].ok]
+    return [k for k in KINDS if get_technique(technique).supports(k)]
 
 
 def unsupported_message(technique: str, kind: str) -> str:
-    why = SUPPORT[technique][kind].note
-    here = [t for t in ORDER if SUPPORT[t][kind].ok]
+    why = get_technique(technique).support[kind].note
+    here = [t.name for t in ordered() if t.supports(kind)]
     return (f"technique {technique!r} is not supported on {kind} hosts"
             f"{f' ({why})' if why else ''}. It works on: "
             f"{', '.join(supported_kinds(technique)) or 'nothing'}; on {kind} hosts use one "
@@ -219,8 +206,8 @@ def attach(model: Any, family: str, technique: str,
       the head is re-initialised (with `seed`, after the module) and trainable iff `train_head`;
     - the module's fresh initialisation is drawn under `torch.manual_seed(seed)` inside a forked
       RNG: the same seed gives the same tensors, and the caller's RNG stream is untouched;
-    - prefix tuning on decoders switches the host to eager attention (with sdpa a padded batch
-      masks the prefix out and its gradients are zero);
+    - a technique that needs eager attention on this host kind (prefix tuning on decoders: with
+      sdpa a padded batch masks the prefix out and its gradients are zero) switches the host;
     - the model's train/eval mode is left as it was.
     Raises PeftportError for an unknown technique, an unsupported (technique, host kind) pair,
     a config the host cannot take, or a name already in use.
@@ -244,13 +231,12 @@ def attach(model: Any, family: str, technique: str,
         adapters.init(model)
     if name in model.adapters_config:
         raise PeftportError(f"the model already carries a module named {name!r}")
-    if tech.name == "prefix" and layout.kind == DECODER_LM and \
-            model.config._attn_implementation != "eager":
+    if layout.kind in tech.eager_attention and model.config._attn_implementation != "eager":
         model.set_attn_implementation("eager")
         if model.config._attn_implementation != "eager":
             raise PeftportError(
-                "prefix tuning on a decoder needs eager attention and this model cannot switch "
-                "after loading; load the host with attn_implementation='eager'")
+                f"{tech.name} on a {layout.kind} host needs eager attention and this model "
+                "cannot switch after loading; load the host with attn_implementation='eager'")
 
     was_training = model.training
     quiet = logging.getLogger("adapters")
@@ -346,18 +332,17 @@ def trainable_parameters(model: Any) -> int:
 def support_table_markdown() -> str:
     head = "| technique | " + " | ".join(f"{k} ({KIND_HOSTS[k]})" for k in KINDS) + " |"
     rule = "|---" * (len(KINDS) + 1) + "|"
-    rows = [f"| `{t}` | " + " | ".join(SUPPORT[t][k].cell() for k in KINDS) + " |"
-            for t in ORDER]
+    rows = [f"| `{t.name}` | " + " | ".join(t.support[k].cell() for k in KINDS) + " |"
+            for t in ordered()]
     return "\n".join([head, rule, *rows])
 
 
 def defaults_markdown() -> str:
     lines = ["| technique | field | default | meaning |", "|---|---|---|---|"]
-    for t in ORDER:
-        cls = TECHNIQUES.get(t).config_cls
-        cfg = cls()
-        for f in fields(cls):
+    for t in ordered():
+        cfg = t.config_cls()
+        for f in fields(t.config_cls):
             value = getattr(cfg, f.name)
             shown = ", ".join(value) if isinstance(value, tuple) else str(value)
-            lines.append(f"| `{t}` | `{f.name}` | {shown} | {f.metadata.get('help', '')} |")
+            lines.append(f"| `{t.name}` | `{f.name}` | {shown} | {f.metadata.get('help', '')} |")
     return "\n".join(lines)

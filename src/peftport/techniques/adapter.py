@@ -11,11 +11,12 @@ T5-base (768 / 16).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.techniques.base import Technique, TechniqueConfig, doc
+from peftport.techniques.base import EVERY_KIND, USE_ADAPTERHUB, Technique, TechniqueConfig, doc
 
 # variant -> (adapters config class, its published non-linearity)
 VARIANTS = {"pfeiffer": ("SeqBnConfig", "relu"), "houlsby": ("DoubleSeqBnConfig", "swish")}
@@ -61,9 +62,30 @@ class BottleneckConfig(TechniqueConfig):
         return cls(reduction_factor=self.reduction_factor, non_linearity=self.non_linearity,
                    dropout=self.dropout)
 
+    @classmethod
+    def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
+        if not is_bottleneck(c) or c.get("phm_layer"):
+            return None
+        return {**bottleneck_fields(c), "dropout": c.get("dropout", 0.0)}
+
+
+def is_bottleneck(c: Mapping[str, Any]) -> bool:
+    """An AdapterHub bottleneck config (plain or PHM): no architecture name, a reduction."""
+    return c.get("architecture") is None and "reduction_factor" in c
+
+
+def bottleneck_fields(c: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields bottleneck adapters and Compacter share, from an AdapterHub config dict."""
+    rf = c["reduction_factor"]
+    return {"variant": "houlsby" if c.get("mh_adapter") else "pfeiffer",
+            "reduction_factor": int(rf) if isinstance(rf, float) and rf.is_integer() else rf,
+            "non_linearity": c.get("non_linearity", "")}
+
 
 TECHNIQUE = Technique(
     name="adapter", config_cls=BottleneckConfig,
     summary="bottleneck adapter in every layer (Pfeiffer: one, Houlsby: two)",
     reference="Houlsby et al. 2019 (arXiv 1902.00751); Pfeiffer et al. 2021 (arXiv 2005.00247)",
+    support=EVERY_KIND, order=1,
+    peft_refused=f"PEFT 0.21.2 has no bottleneck (Houlsby / Pfeiffer) adapters; {USE_ADAPTERHUB}",
 )

@@ -10,13 +10,17 @@ can take it (`check_host`), and maps itself to an AdapterHub `adapters` config (
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
+
+from pydantic import ConfigDict, Strict, TypeAdapter, ValidationError
 
 from peftport.errors import PeftportError
+from peftport.hosts.spec import KINDS
 
 
 def doc(default: Any, help: str) -> Any:  # noqa: A002 - "help" is the field's help text
@@ -25,44 +29,30 @@ def doc(default: Any, help: str) -> Any:  # noqa: A002 - "help" is the field's h
 
 
 def _check_value(technique: str, name: str, hint: Any, value: Any) -> Any:
-    """Check `value` against a simple annotation; returns it (ints widened to float, lists to
-    tuples) or raises a PeftportError naming the field."""
-    bad = PeftportError(f"{technique} config: field {name!r} must be {_describe(hint)}, "
-                        f"got {value!r}")
+    """Check `value` against a field's annotation with pydantic; returns it (ints widened to
+    float, lists to tuples) or raises a PeftportError naming the field and the expected type."""
+    try:
+        return _adapter(hint).validate_python(value)
+    except ValidationError:
+        raise PeftportError(f"{technique} config: field {name!r} must be {_describe(hint)}, "
+                            f"got {value!r}") from None
+
+
+@functools.cache
+def _adapter(hint: Any) -> TypeAdapter:
+    # Strict: "16" is no integer and True no number (a typo in a study file must not pass as a
+    # value); an int stands for a float. Tuple fields alone are lax about their container, since
+    # JSON and YAML give lists; their items stay strict.
+    return TypeAdapter(_lax_tuples(hint), config=ConfigDict(strict=True))
+
+
+def _lax_tuples(hint: Any) -> Any:
     origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _check_value(technique, name, option, value)
-            except PeftportError:
-                continue
-        raise bad
-    if hint is type(None):
-        if value is None:
-            return None
-        raise bad
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        (item,) = typing.get_args(hint)[:1]
-        return tuple(_check_value(technique, name, item, v) for v in value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise bad
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise bad
-    return value
+        return Annotated[hint, Strict(False)]
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_lax_tuples(a) for a in typing.get_args(hint))]  # noqa: UP007
+    return hint
 
 
 def _describe(hint: Any) -> str:
@@ -99,6 +89,13 @@ class TechniqueConfig:
         """The AdapterHub `adapters` config object this config stands for."""
         raise NotImplementedError
 
+    @classmethod
+    def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The inverse of `to_adapters`: the fields of this technique's config that stand for
+        the AdapterHub config dict `c`, or None if `c` is another technique's. Importers check
+        the answer by mapping it back and comparing."""
+        raise NotImplementedError
+
     # -- shared ------------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
         """JSON-able: tuples become lists. `from_dict(as_dict())` gives an equal config."""
@@ -128,13 +125,78 @@ class TechniqueConfig:
 
 
 @dataclass(frozen=True)
+class Support:
+    """Whether a technique works on one host kind, and what is special there."""
+
+    ok: bool
+    note: str = ""
+
+    def cell(self) -> str:
+        word = "yes" if self.ok else "no"
+        return f"{word} ({self.note})" if self.note else word
+
+
+YES = Support(True)
+EVERY_KIND: Mapping[str, Support] = types.MappingProxyType(dict.fromkeys(KINDS, YES))
+# the end of the reason a technique PEFT lacks gives
+USE_ADAPTERHUB = "export it as an AdapterHub folder (--format adapterhub)"
+
+
+@dataclass(frozen=True)
 class Technique:
-    """A registered technique: its name, its config class and where it comes from."""
+    """A registered technique: its name, its config class, where it comes from, and what the
+    rest of peftport asks of it (porting, attach, interop), so that no code outside
+    techniques/ tells techniques apart by name.
+
+    - `support`: host kind -> Support, for every kind (the support table of docs/techniques.md).
+    - `order`: its place in tables and listings (the paper's four first).
+    - `layer_mappable`: its layers' tensors are separate, so a layer map may move layers. False
+      when one tensor holds every layer's part (prefix tuning's MLP output): then only a map
+      that moves no layer applies, and hosts of other depth cannot take the module.
+    - `eager_attention`: host kinds on which `attach` switches the host to eager attention.
+    - `neutral_fill`: the value that makes its tensors at a site compute the identity (LoRA 0,
+      IA3 1); imports fill the sites a foreign folder leaves out with it. None: no such value.
+    - `peft_type`: PEFT's name for the same technique (its `peft_type`), if PEFT has one;
+      `peft_refused`: why no PEFT folder can compute what this technique computes ("" if one
+      can).
+    - `adapterhub_hints`: text of a loading error -> a hint appended to it, for known faults
+      of AdapterHub's own saved folders.
+    """
 
     name: str
     config_cls: type[TechniqueConfig]
     summary: str
     reference: str
+    support: Mapping[str, Support]
+    order: int
+    layer_mappable: bool = True
+    eager_attention: frozenset[str] = frozenset()
+    neutral_fill: float | None = None
+    peft_type: str | None = None
+    peft_refused: str = ""
+    adapterhub_hints: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A programming error in a technique file, caught when the registry imports it.
+        if set(self.support) != set(KINDS):
+            raise ValueError(f"technique {self.name!r}: support must name every host kind "
+                             f"{list(KINDS)}, got {sorted(self.support)}")
+        if not set(self.eager_attention) <= set(KINDS):
+            raise ValueError(f"technique {self.name!r}: eager_attention names unknown kinds")
+        if self.config_cls.technique != self.name:
+            raise ValueError(f"technique {self.name!r}: its config says "
+                             f"{self.config_cls.technique!r}")
+        if self.peft_type is None and not self.peft_refused:
+            raise ValueError(f"technique {self.name!r}: without a peft_type, peft_refused must "
+                             "say why PEFT cannot take it")
+
+    def supports(self, kind: str) -> bool:
+        return self.support[kind].ok
+
+    @property
+    def peft_exportable(self) -> bool:
+        """PEFT has a faithful counterpart (a codec in peftport.interop converts it)."""
+        return self.peft_type is not None and not self.peft_refused
 
     def make_config(self, config: Mapping[str, Any] | TechniqueConfig | None = None
                     ) -> TechniqueConfig:

@@ -14,11 +14,13 @@ reduction_factor 4).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.techniques.base import Technique, TechniqueConfig, doc
+from peftport.techniques.adapter import bottleneck_fields, is_bottleneck
+from peftport.techniques.base import EVERY_KIND, USE_ADAPTERHUB, Technique, TechniqueConfig, doc
 
 # variant -> adapters config class
 VARIANTS = {"houlsby": "CompacterConfig", "pfeiffer": "CompacterPlusPlusConfig"}
@@ -67,9 +69,20 @@ class CompacterConfig(TechniqueConfig):
                    non_linearity=self.non_linearity, phm_rank=self.phm_rank,
                    shared_phm_rule=self.shared_phm_rule)
 
+    @classmethod
+    def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
+        if not is_bottleneck(c) or not c.get("phm_layer"):
+            return None
+        return {**bottleneck_fields(c),
+                **{k: c[k] for k in ("phm_dim", "phm_rank", "shared_phm_rule") if k in c}}
+
 
 TECHNIQUE = Technique(
     name="compacter", config_cls=CompacterConfig,
     summary="bottleneck adapters built from shared Kronecker-product (PHM) layers",
     reference="Karimi Mahabadi et al. 2021 (arXiv 2106.04647)",
+    support=EVERY_KIND, order=4,
+    peft_refused=f"PEFT 0.21.2 has no Compacter (PHM bottleneck adapters); {USE_ADAPTERHUB}",
+    adapterhub_hints={"phm_rule": "adapters 1.3.0's save_adapter does not save T5 Compacter's "
+                      "shared phm_rule; export such modules with peftport"},
 )

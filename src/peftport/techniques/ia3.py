@@ -5,11 +5,12 @@ the host unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.techniques.base import Technique, TechniqueConfig, doc
+from peftport.techniques.base import EVERY_KIND, Technique, TechniqueConfig, doc
 
 ATTENTION_MATRICES = ("q", "k", "v")
 
@@ -36,9 +37,19 @@ class IA3Config(TechniqueConfig):
                                   attn_matrices=list(self.targets) or ["k"],
                                   intermediate_lora=self.intermediate)
 
+    @classmethod
+    def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
+        # adapters implements (IA)^3 as a LoRA that scales instead of adding
+        if c.get("architecture") != "lora" or c.get("composition_mode") != "scale":
+            return None
+        return {"targets": list(c.get("attn_matrices") or []) if c.get("selfattn_lora") else [],
+                "intermediate": bool(c.get("intermediate_lora"))}
+
 
 TECHNIQUE = Technique(
     name="ia3", config_cls=IA3Config,
     summary="learnt rescaling vectors on keys, values and feed-forward activations",
     reference="Liu et al. 2022 (arXiv 2205.05638)",
+    support=EVERY_KIND, order=6, peft_type="IA3",
+    neutral_fill=1.0,  # a vector of ones scales nothing
 )

@@ -7,11 +7,13 @@ GPT-2 the fused `c_attn` matrix carries the q/v parts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.techniques.base import Technique, TechniqueConfig, doc
+from peftport.hosts.spec import DECODER_LM, ENCODER_CLASSIFIER, TEXT_TO_TEXT
+from peftport.techniques.base import YES, Support, Technique, TechniqueConfig, doc
 
 ATTENTION_MATRICES = ("q", "k", "v")
 
@@ -62,10 +64,27 @@ class LoraConfig(TechniqueConfig):
             dropout=self.dropout,
         )
 
+    @classmethod
+    def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
+        if c.get("architecture") != "lora" or c.get("composition_mode") == "scale":
+            return None
+        return {
+            "r": c.get("r"),
+            "alpha": c.get("alpha"),
+            "targets": list(c.get("attn_matrices") or []) if c.get("selfattn_lora") else [],
+            "dropout": c.get("dropout", 0.0),
+            "intermediate": bool(c.get("intermediate_lora")),
+            "output": bool(c.get("output_lora")),
+        }
+
 
 TECHNIQUE = Technique(
     name="lora",
     config_cls=LoraConfig,
     summary="low-rank update of the attention query and value matrices",
     reference="Hu et al. 2021 (arXiv 2106.09685)",
+    support={ENCODER_CLASSIFIER: YES, TEXT_TO_TEXT: Support(True, "also cross-attention q, v"),
+             DECODER_LM: YES},
+    order=2, peft_type="LORA",
+    neutral_fill=0.0,  # B = 0: no update (A = 0 too, so nothing of the site is left)
 )

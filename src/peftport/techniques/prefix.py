@@ -20,11 +20,13 @@ cross-attention.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.techniques.base import Technique, TechniqueConfig, doc
+from peftport.hosts.spec import DECODER_LM, ENCODER_CLASSIFIER, TEXT_TO_TEXT
+from peftport.techniques.base import YES, Support, Technique, TechniqueConfig, doc
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,22 @@ class PrefixConfig(TechniqueConfig):
             cross_prefix=self.cross_prefix,
         )
 
+    @classmethod
+    def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
+        if c.get("architecture") != "prefix_tuning":
+            return None
+        return {k: c[k] for k in (f.name for f in fields(cls)) if k in c}
+
 
 TECHNIQUE = Technique(
     name="prefix", config_cls=PrefixConfig,
     summary="trainable attention prefixes, reparameterised by an MLP during training",
     reference="Li and Liang 2021 (arXiv 2101.00190)",
+    support={ENCODER_CLASSIFIER: YES,
+             TEXT_TO_TEXT: Support(True, "encoder, decoder and cross-attention prefixes"),
+             DECODER_LM: Support(True, "eager attention: attach switches the host to it")},
+    order=3, peft_type="PREFIX_TUNING",
+    layer_mappable=False,  # the MLP's last layer holds every layer's prefix (docstring)
+    # with sdpa a padded batch masks the prefix out and its gradients are zero
+    eager_attention=frozenset({DECODER_LM}),
 )

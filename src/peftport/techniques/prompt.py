@@ -8,13 +8,16 @@ that differ only in themselves.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.techniques.base import Technique, TechniqueConfig, doc
+from peftport.hosts.spec import DECODER_LM, ENCODER_CLASSIFIER, TEXT_TO_TEXT
+from peftport.techniques.base import YES, Support, Technique, TechniqueConfig, doc
 
 COMBINE = ("prefix", "prefix_after_bos")
+_REFUSED = Support(False, "adapters 1.3.0 refuses prompt tuning here")
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,24 @@ class PromptConfig(TechniqueConfig):
         return adapters.PromptTuningConfig(prompt_length=self.prompt_length,
                                            prompt_init="random_uniform", combine=self.combine)
 
+    @classmethod
+    def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
+        if c.get("architecture") != "prompt_tuning":
+            return None
+        return {k: c[k] for k in ("prompt_length", "combine") if k in c}
+
 
 TECHNIQUE = Technique(
     name="prompt", config_cls=PromptConfig,
     summary="trainable soft-token embeddings prepended to the input",
     reference="Lester et al. 2021 (arXiv 2104.08691)",
+    support={ENCODER_CLASSIFIER: YES, TEXT_TO_TEXT: _REFUSED, DECODER_LM: _REFUSED},
+    order=5,
+    peft_type="PROMPT_TUNING",
+    peft_refused="the two libraries put the soft tokens in different places: AdapterHub appends "
+    "them to the OUTPUT of the embedding layer (after the position and token-type embeddings "
+    "and LayerNorm; the text keeps positions 0..n-1), PEFT prepends them to the word embeddings "
+    "BEFORE that layer (they go through LayerNorm and the text moves to positions "
+    "prompt_length..), and no PEFT prompt passes LayerNorm unchanged. Export it as an AdapterHub "
+    "folder (--format adapterhub)",
 )

@@ -1,0 +1,244 @@
+"""The report's data model: the records every layer of the report passes on, and the small
+helpers that make them.
+
+`aggregate` and `distance` (pure: observations -> tables, figure specs) build these records;
+`figures` draws the figure specs; `render` turns tables and sections into text. Nothing here
+imports another report module but `load`, so no report module needs to import another one
+in a function to dodge a circle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from peftport import stats
+from peftport.report.load import Observation
+
+CONFIDENCE = 0.95
+SETTING_COLUMNS = ("technique", "origin", "receiver", "pre_data", "post_data")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A mean over the observations of a group, with its 95% t interval.
+
+    `n` values were used out of `expected` (the group's planned results); `missing` counts the
+    others by reason (pending, running, failed, no metric). n = 0: mean is None (missing, never
+    0); n = 1: no interval (low and high None).
+    """
+
+    mean: float | None
+    low: float | None
+    high: float | None
+    n: int
+    expected: int
+    missing: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return self.n == self.expected and self.n > 0
+
+    def missing_text(self) -> str:
+        return ", ".join(f"{v} {k}" for k, v in self.missing)
+
+    def fields(self, prefix: str) -> dict[str, Any]:
+        return {
+            f"{prefix}mean": self.mean,
+            f"{prefix}ci_low": self.low,
+            f"{prefix}ci_high": self.high,
+            f"{prefix}n": self.n,
+            f"{prefix}expected": self.expected,
+            f"{prefix}missing": self.missing_text(),
+        }
+
+
+def stat_columns(prefix: str) -> list[str]:
+    return [f"{prefix}{k}" for k in ("mean", "ci_low", "ci_high", "n", "expected", "missing")]
+
+
+def stat_from(row: dict[str, Any], prefix: str) -> Stat:
+    miss = row.get(f"{prefix}missing") or ""
+    parts = [p.split(" ", 1) for p in miss.split(", ") if p]
+    return Stat(
+        row[f"{prefix}mean"],
+        row[f"{prefix}ci_low"],
+        row[f"{prefix}ci_high"],
+        row[f"{prefix}n"],
+        row[f"{prefix}expected"],
+        tuple((k, int(v)) for v, k in parts),
+    )
+
+
+def number(x: Any) -> float | None:
+    """A float, or None for NaN/None (CSV and tables show None as empty, never as 0)."""
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def ordered_reasons(c: Counter) -> tuple[tuple[str, int], ...]:
+    """(reason, count) in a fixed order: the unit states first, then any other reason."""
+    order = ("failed", "running", "pending", "no metric")
+    return tuple(
+        (k, c[k]) for k in sorted(c, key=lambda k: (order.index(k) if k in order else 9, k))
+    )
+
+
+def reasons(obs: Iterable[Observation]) -> tuple[tuple[str, int], ...]:
+    return ordered_reasons(Counter(o.missing for o in obs if o.missing is not None))
+
+
+def summarize(obs: Iterable[Observation]) -> Stat:
+    """Mean and 95% t interval of the values of `obs` (each unit checkpoint counted once)."""
+    unique = list({(o.unit_id, o.step): o for o in obs}.values())
+    values = [o.value for o in unique if o.value is not None]
+    mean, low, high, n = stats.mean_ci(values, CONFIDENCE) if values else (None, None, None, 0)
+    return Stat(number(mean), number(low), number(high), n, len(unique), reasons(unique))
+
+
+@dataclass(frozen=True)
+class Axes:
+    """The study's axes, in the study file's order (techniques, directions, data sets)."""
+
+    techniques: tuple[str, ...]
+    directions: tuple[tuple[str, str], ...]
+    data: tuple[tuple[str, str], ...]
+    pre_steps: tuple[int, ...]
+    steps: tuple[int, ...]  # 0 (zero-shot) and every post-porting step count
+    conditions: tuple[str, ...]  # of ported, sampled, random: those in the study
+    seeds: tuple[int, ...]
+    names: dict[str, str] = field(default_factory=dict)  # host / data id -> short display name
+
+    def direction(self, origin: str, receiver: str) -> str:
+        return f"{self.name(origin)} -> {self.name(receiver)}"
+
+    def data_combo(self, pre: str, post: str) -> str:
+        return self.name(pre) if pre == post else f"{self.name(pre)} -> {self.name(post)}"
+
+    def name(self, x: str) -> str:
+        return self.names.get(x, x)
+
+    def settings(self, technique: str) -> Iterator[tuple[tuple, dict[str, str]]]:
+        """Every direction x data combination of `technique`, in the study's order, as (key
+        (technique, origin, receiver, pre data, post data), the row's columns of that key)."""
+        for o, r in self.directions:
+            for pre, post in self.data:
+                key = (technique, o, r, pre, post)
+                yield key, dict(zip(SETTING_COLUMNS, key, strict=True))
+
+
+@dataclass
+class Table:
+    name: str  # file stem of its CSV
+    title: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Panel:
+    """One bar chart: a data combination's bars per condition at every step."""
+
+    title: str
+    steps: tuple[int, ...]
+    bars: dict[str, list[Stat]]  # condition -> one Stat per step
+    origin: Stat | None = None  # the module on its origin (on the pre-porting data)
+    origin_label: str = ""
+
+
+@dataclass
+class FigureSpec:
+    stem: str  # file name without extension
+    title: str
+    panels: list[Panel]
+    caption: str
+    technique: str = ""
+    direction: str = ""
+    pre_steps: int | None = None
+
+
+def slug(*parts: Any) -> str:
+    text = "-".join(str(p) for p in parts)
+    keep = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text)
+    while "--" in keep:
+        keep = keep.replace("--", "-")
+    return keep.strip("-").lower()
+
+
+@dataclass(frozen=True)
+class PairDistance:
+    """A recorded host pair of a study and how far apart its hosts are."""
+
+    study_id: str
+    origin: str
+    receiver: str
+    strategy: str
+    comparison_key: str | None
+    cka_distance: float | None
+    cka_note: str  # why cka_distance is None ("" when it is there)
+    weight_distance: float | None
+    weight_layers: int  # layers averaged into weight_distance
+    weight_note: str  # why weight_distance is None
+    about: str = ""  # what the comparison was made from (stack, texts, corpus, ...)
+
+
+@dataclass
+class DistancePoint:
+    x: float  # CKA distance of the pair
+    stat: Stat  # retention over seeds
+    label: str  # the pair, "a -> b"
+
+
+@dataclass
+class DistancePanel:
+    title: str  # the data combination
+    series: dict[str, list[DistancePoint]]  # technique -> points in distance order
+    pairs: list[tuple[float, str]]  # (distance, "a -> b") of the pairs drawn
+    rho: dict[str, tuple[float | None, int]] = field(default_factory=dict)  # technique -> (rho, n)
+
+
+@dataclass
+class DistanceFigureSpec:
+    stem: str
+    title: str
+    panels: list[DistancePanel]
+    caption: str
+    notes: list[str] = field(default_factory=list)  # known before drawing (one pair only)
+    technique: str = ""  # figures of this kind are not per technique
+
+
+@dataclass
+class DistanceStudy:
+    study_id: str
+    name: str
+    pairs: list[PairDistance]  # in distance order
+    notes: list[str]
+    figures: list[DistanceFigureSpec]
+
+
+@dataclass
+class DistanceSection:
+    """The section, or why it is left out (`omitted`, one line)."""
+
+    studies: list[DistanceStudy]
+    tables: list[Table]
+    omitted: str = ""
+    skipped: list[str] = field(default_factory=list)  # studies reported without a pair
+
+
+@dataclass
+class Aggregates:
+    axes: Axes
+    metric: str
+    tables: dict[str, Table]
+    figures: list[FigureSpec]
+    overview: FigureSpec | None
+    glance: list[dict[str, Any]]  # one line per technique for the page's summary
+    complete: bool
+    distance: DistanceSection | None = None  # zero-shot retention against host distance
