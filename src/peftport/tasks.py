@@ -13,6 +13,7 @@ Batches are padded dynamically to their longest row.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +79,10 @@ def _tokenizer_key(tokenizer) -> str:
                    getattr(tokenizer, "truncation_side", None))).encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        h.update(backend.to_str().encode())
+        state = json.loads(backend.to_str())
+        for call_state in ("truncation", "padding"):  # set by each call, not the tokenizer's own
+            state.pop(call_state, None)
+        h.update(json.dumps(state, sort_keys=True).encode())
     else:
         h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
     return h.hexdigest()
