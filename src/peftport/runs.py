@@ -176,9 +176,8 @@ def load_into(
             f"the module was made for a {meta['host_kind']} host, but {h.spec.id!r} is a "
             f"{h.kind}: a module only goes into a host of the same kind"
         )
-    port_info = meta.get("port") or {}
     if condition is None:
-        _check_belongs(meta, port_info, h)
+        _check_belongs(meta, h)
     name = meta.get("adapter_name", "peftport")
     att = attach(h.model, h.spec.family, meta["technique"], meta["config"], name=name, seed=seed)
     if condition is not None:
@@ -188,8 +187,9 @@ def load_into(
     return h, att, meta
 
 
-def _check_belongs(meta: dict[str, Any], port_info: dict[str, Any], h: LoadedHost) -> None:
+def _check_belongs(meta: dict[str, Any], h: LoadedHost) -> None:
     """A module loads as it is only into the host it was trained on or ported into."""
+    port_info = meta.get("port") or {}
     if port_info.get("receiver_fingerprint") and port_info["receiver_fingerprint"] != h.fingerprint:
         raise PeftportError(
             f"the module was ported into {port_info.get('receiver_host')!r} but is being loaded "
