@@ -260,7 +260,7 @@ def test_store_errors(tmp_path):
     with pytest.raises(PeftportError, match="is a folder"):
         Store(tmp_path)
     (tmp_path / "junk.sqlite").write_bytes(b"this is not a database, just some bytes" * 100)
-    with pytest.raises(PeftportError, match="not a usable study store"):
+    with pytest.raises(PeftportError, match="is not a SQLite database"):
         Store(tmp_path / "junk.sqlite")
 
 

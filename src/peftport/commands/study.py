@@ -33,6 +33,12 @@ def _spec(file: Path | None, preset: str | None, *, default_quick: bool = True):
     return load_preset(preset)
 
 
+def _quoted(path: str) -> str:
+    import shlex
+
+    return shlex.quote(path)
+
+
 def _store_path(store: Path | None, spec) -> Path:
     if store is not None:
         return store
@@ -69,6 +75,12 @@ def _print_status(info: dict[str, Any]) -> None:
             typer.echo(f"  FAILED {r['id']} {r['label']}: {first[-1] if first else ''}")
         if s["failed"]:
             typer.echo("  (rerun with --retry-failed; full errors: study status --json)")
+        for d in s.get("damaged_artifacts", []):
+            typer.echo(f"  DAMAGED {d['kind']} {d['path']} (unit {d['unit_id']}, step "
+                       f"{d['step']}): {d['problem']}")
+        if s.get("damaged_artifacts"):
+            typer.echo("  (`peftport study run` with this study recomputes them: their units "
+                       "run again)")
 
 
 def register(app: typer.Typer) -> None:
@@ -106,8 +118,13 @@ def register(app: typer.Typer) -> None:
                                           "again."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every artifact "
+                                    "of the study against its sha256 first and recompute a "
+                                    "damaged one (--no-verify: only the snapshots that units "
+                                    "still to run need; the rest by size)."),
     ) -> None:
-        """Run every unit of a study that is not done yet (resumable; shared stores are fine)."""
+        """Run every unit of a study that is not done yet (resumable; shared stores are fine;
+        a damaged or missing artifact is recomputed by the unit that made it)."""
         from peftport.study.executors import run_study, summary_line
 
         if file is None and preset is None:
@@ -115,8 +132,11 @@ def register(app: typer.Typer) -> None:
         spec = _spec(file, preset)
         out = run_study(spec, _store_path(store, spec), executor=executor, workers=workers,
                         threads=threads, address=address, retry_failed=retry_failed,
-                        progress=progress, echo=lambda s: typer.echo(s, err=True))
+                        progress=progress, echo=lambda s: typer.echo(s, err=True),
+                        verify=verify)
         typer.echo(json.dumps(out, indent=2) if as_json else summary_line(out))
+        if not as_json:
+            typer.echo(f"next: peftport report {_quoted(out['store'])}")
         if out["failed"]:
             raise typer.Exit(1)
 
@@ -124,17 +144,24 @@ def register(app: typer.Typer) -> None:
     def status_cmd(
         file: Path = FILE_ARG, preset: str = PRESET_OPT, store: Path = STORE_OPT,
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every artifact's "
+                                    "tensors against its sha256 (--no-verify: only that its "
+                                    "folder is there with its size; faster on a large store)."),
     ) -> None:
-        """Progress of a study (or of every study in a store)."""
+        """Progress of a study (or of every study in a store). Reads the store only; exits 1
+        when an artifact is damaged or missing."""
         from peftport.study.plan import make_plan
         from peftport.study.status import study_status
 
         spec = _spec(file, preset, default_quick=store is None)
-        info = study_status(_store_path(store, spec), make_plan(spec) if spec else None)
+        info = study_status(_store_path(store, spec), make_plan(spec) if spec else None,
+                            verify=verify)
         if as_json:
             typer.echo(json.dumps(info, indent=2))
         else:
             _print_status(info)
+        if any(s["damaged_artifacts"] for s in info["studies"]):
+            raise typer.Exit(1)
 
     @study.command("export")
     def export_cmd(

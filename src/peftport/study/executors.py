@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from peftport.errors import PeftportError
+from peftport.progress import format_duration
 from peftport.study.store import LEASE_SECONDS, Store, plan_ids
 
 ENV_KEYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "PEFTPORT_HOME",
@@ -120,14 +121,70 @@ def _init_worker(threads: int, env: dict[str, str]) -> None:
     transformers.logging.set_verbosity_error()
 
 
-def _run_in_worker(payload: dict) -> dict:
+KILL_HOOK = "PEFTPORT_TEST_KILL_WORKER_OF"  # tests: a unit id whose worker SIGKILLs itself
+
+
+class _RemoteTraceback(Exception):
+    """The worker's traceback of a unit's error (the cause of the error the driver re-raises)."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def _worker_main(conn, threads: int, env: dict[str, str]) -> None:
+    """One worker process: runs the units the driver sends, one at a time, until told to stop
+    (None) or the driver is gone."""
+    _init_worker(threads, env)
     from peftport.study.units import execute
 
-    return execute(payload)
+    while True:
+        try:
+            payload = conn.recv()
+        except (EOFError, OSError):
+            return
+        if payload is None:
+            return
+        if os.environ.get(KILL_HOOK) and payload.get("unit_id") == os.environ[KILL_HOOK]:
+            os.kill(os.getpid(), signal.SIGKILL)  # a worker dying mid-unit (tests)
+        try:
+            msg = ("ok", execute(payload), None)
+        except Exception as e:  # noqa: BLE001 - sent to the driver, recorded as the unit's error
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            msg = ("error", e, tb)
+        try:
+            conn.send(msg)
+        except Exception as e:  # noqa: BLE001 - an error that does not pickle: its text goes
+            conn.send(("error", RuntimeError(f"{type(e).__name__}: {e}"), msg[2] or ""))
+
+
+class _Job:
+    """A unit handed to one worker process (the handle `LocalExecutor.submit` returns)."""
+
+    def __init__(self, worker: "_Worker") -> None:
+        self.worker = worker
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.finished = False
+
+
+class _Worker:
+    def __init__(self, ctx: Any, threads: int) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, threads, _env()), daemon=True,
+                                name="peftport-worker")
+        self.proc.start()
+        child.close()
+        self.job: _Job | None = None
 
 
 class LocalExecutor:
-    """N worker processes on this machine."""
+    """N worker processes on this machine, each its own pipe: when one dies (killed, out of
+    memory) only the unit it ran is lost (`WorkerLost`); the others' units go on, and the dead
+    worker is replaced."""
 
     name = "local"
 
@@ -139,43 +196,94 @@ class LocalExecutor:
         self.capacity = workers
         self.threads = threads
         self._ctx = mp.get_context(context)
-        self._pool = self._new_pool()
+        self._workers: list[_Worker] = []
 
-    def _new_pool(self):
-        from concurrent.futures import ProcessPoolExecutor
-
-        return ProcessPoolExecutor(max_workers=self.capacity, mp_context=self._ctx,
-                                   initializer=_init_worker, initargs=(self.threads, _env()))
-
-    def submit(self, payload: dict):
-        from concurrent.futures.process import BrokenProcessPool
-
+    def submit(self, payload: dict) -> _Job:
+        self._workers = [w for w in self._workers if w.proc.is_alive() or w.job is not None]
+        idle = [w for w in self._workers if w.job is None and w.proc.is_alive()]
+        if idle:
+            worker = idle[0]
+        elif len(self._workers) < self.capacity:
+            worker = _Worker(self._ctx, self.threads)
+            self._workers.append(worker)
+        else:
+            raise RuntimeError("no idle worker process (more units submitted than capacity)")
+        job = _Job(worker)
+        worker.job = job
         try:
-            return self._pool.submit(_run_in_worker, payload)
-        except BrokenProcessPool:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
-            return self._pool.submit(_run_in_worker, payload)
+            worker.conn.send(payload)
+        except (OSError, EOFError) as e:  # the worker died while idle: a new one takes it
+            worker.job = None
+            self._workers.remove(worker)
+            worker = _Worker(self._ctx, self.threads)
+            self._workers.append(worker)
+            job = _Job(worker)
+            worker.job = job
+            try:
+                worker.conn.send(payload)
+            except (OSError, EOFError):
+                raise WorkerLost(f"could not hand the unit to a worker process ({e})") from None
+        return job
+
+    def _collect(self, job: _Job) -> None:
+        w = job.worker
+        try:
+            kind, value, tb = w.conn.recv()
+        except (EOFError, OSError):
+            w.proc.join(timeout=5)
+            code = w.proc.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else \
+                f"exit code {code}"
+            job.error = WorkerLost(f"its worker process (pid {w.proc.pid}) died ({how})")
+        else:
+            if kind == "ok":
+                job.value = value
+            else:
+                value.__cause__ = _RemoteTraceback(tb or "")
+                job.error = value
+        job.finished = True
+        w.job = None
+        if job.error is not None and isinstance(job.error, WorkerLost):
+            w.conn.close()
 
     def wait(self, handles: list, timeout: float) -> list:
-        from concurrent.futures import FIRST_COMPLETED, wait
+        from multiprocessing.connection import wait as mp_wait
 
-        done, _ = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
-        return list(done)
+        pending = [j for j in handles if not j.finished]
+        if pending:
+            waitables: dict[Any, _Job] = {}
+            for j in pending:
+                waitables[j.worker.conn] = j
+                waitables[j.worker.proc.sentinel] = j
+            for ready in mp_wait(list(waitables), timeout=timeout):
+                j = waitables[ready]
+                if not j.finished:
+                    self._collect(j)
+        return [j for j in handles if j.finished]
 
-    def result(self, handle) -> dict:
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            return handle.result()
-        except BrokenProcessPool as e:
-            raise WorkerLost(str(e) or "a worker process died") from None
+    def result(self, handle: _Job) -> dict:
+        if not handle.finished:
+            self._collect(handle)
+        if handle.error is not None:
+            raise handle.error
+        return handle.value
 
     def close(self, cancel: bool = False) -> None:
-        if cancel:
-            for p in list(getattr(self._pool, "_processes", {}).values()):
-                p.terminate()
-        self._pool.shutdown(wait=True, cancel_futures=cancel)
+        for w in self._workers:
+            if cancel:
+                w.proc.terminate()
+            else:
+                try:
+                    w.conn.send(None)
+                except (OSError, EOFError):
+                    pass
+        for w in self._workers:
+            w.proc.join(timeout=30 if not cancel else 5)
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join()
+            w.conn.close()
+        self._workers = []
 
 
 def _ray_execute(payload: dict) -> dict:
@@ -241,6 +349,34 @@ class RayExecutor:
     def close(self, cancel: bool = False) -> None:
         if self._started:
             self.ray.shutdown()
+
+
+EXECUTORS = ("local", "ray", "inline")
+
+
+def check_executor(kind: str) -> None:
+    """Refuse an unknown executor, or ray without Ray installed (before a store is made)."""
+    if kind not in EXECUTORS:
+        raise PeftportError(f"unknown executor {kind!r}; choose local or ray")
+    if kind == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise PeftportError("the ray executor needs Ray: pip install 'peftport[ray]'") \
+                from None
+
+
+def check_store_file(path: Path) -> None:
+    """Refuse a --store that exists and is not a peftport store (read-only check)."""
+    from peftport.study.store import _foreign_store
+
+    path = path.expanduser()
+    if path.is_dir():
+        raise PeftportError(f"{path} is a folder; --store takes a .sqlite file")
+    if path.exists() and path.stat().st_size > 0:
+        why = _foreign_store(path)
+        if why:
+            raise PeftportError(why)
 
 
 def make_executor(kind: str, workers: int | None, threads: int = 1,
@@ -316,6 +452,40 @@ def _payload(store: Store, unit: Any, threads: int, keep_adapted: bool,
             "layer_map": list(layer_map) if layer_map is not None else None}
 
 
+def repair_artifacts(store: Store, ids: list[str], echo: Callable[[str], None],
+                     full: bool = True) -> int:
+    """Find the damaged or missing artifacts of the units `ids` and make them recomputable
+    (`Store.recompute`): the snapshots that units still to run need are checked in full (their
+    tensors' sha256), every other artifact in full too with `full`, else for its folder and
+    size. Says so in one line each; returns how many units run again."""
+    needed = store.needed_snapshots(ids)
+    keys = {r["key"] for r in needed}
+    damaged = store.damaged_artifacts(needed, full=True)
+    damaged += store.damaged_artifacts([r for r in store.artifact_rows(ids)
+                                        if r["key"] not in keys], full=full)
+    n = 0
+    for d in damaged:
+        got = store.recompute(d)
+        if got is None:
+            continue
+        uid, dependents = got
+        waiting = store.db.execute(
+            "SELECT COUNT(DISTINCT e.unit_id) FROM edges e JOIN units u ON u.id = e.unit_id "
+            "WHERE e.depends_on = ? AND u.status != 'done'", (uid,)).fetchone()[0]
+        n += 1
+        echo(f"{d['kind']} {d['path']} is damaged ({d['problem']}): unit {uid} runs again to "
+             f"rewrite it" + (f", then the {waiting} unit(s) that need it" if waiting else "")
+             + (f" ({dependents} failed one(s) among them retried)" if dependents else ""))
+    return n
+
+
+def _input_recomputed(store: Store, unit: Any, echo: Callable[[str], None]) -> bool:
+    """The snapshot `unit` starts from did not load: when it is damaged, make its producer run
+    again (True); the unit waits for it uncharged."""
+    rows = [r for k, r in store.snapshots().items() if k in set(unit.needs)]
+    return repair_artifacts(store, [unit.id], echo) > 0 if rows else False
+
+
 def _commit(store: Store, unit: Any, token: str, result: dict) -> bool:
     artifacts = []
     produces = dict(unit.produces)
@@ -332,14 +502,16 @@ def _commit(store: Store, unit: Any, token: str, result: dict) -> bool:
 def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
              retry_failed: bool = False, progress: bool = True, max_attempts: int = 3,
              poll: float = 1.0, echo: Callable[[str], None] | None = None,
-             check_first: bool = True) -> dict[str, Any]:
+             check_first: bool = True, verify: bool = True) -> dict[str, Any]:
     """Run every unit of the plan that is not done; returns counts. Safe to run again at any
     time (and from several drivers at once on one store): done units are never re-run.
     `check_first`: resolve hosts and data sets and compare the pairs' shapes before anything
     runs (`prepare`). Then, before any unit: every directed pair's host comparison (computed
     once, kept in the store), its resolved layer map and its host_pairs row
-    (`peftport.study.pairs.prepare_pairs`)."""
-    from tqdm import tqdm
+    (`peftport.study.pairs.prepare_pairs`). Then the artifacts of the plan's units are checked
+    (`repair_artifacts`; `verify`: every one's tensors against its sha256, else only those that
+    units still to run need): a damaged or missing one is recomputed."""
+    from peftport import progress as progress_lines
 
     echo = echo or (lambda s: print(s, file=sys.stderr))
     t0 = time.time()
@@ -362,6 +534,7 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
     reset = store.recover()
     if reset:
         echo(f"{len(reset)} unit(s) left running by a driver that is gone: back to pending")
+    repair_artifacts(store, ids, echo, full=verify)
     status = store.statuses(ids)
 
     def work(u: Any) -> int:
@@ -374,9 +547,15 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
     in_flight: dict[Any, tuple[Any, str]] = {}
     keeper = _LeaseKeeper(str(store.path), lambda: [t for _, t in list(in_flight.values())])
     keeper.start()
-    bar = tqdm(total=sum(work(u) for u in todo), desc=f"study {plan.spec.name}", unit="step",
-               disable=not progress, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+    bar = progress_lines.bar(total=sum(work(u) for u in todo), desc=f"study {plan.spec.name}",
+                             unit="step", enabled=progress, leave=True)
     counts = {"done": 0, "failed": 0, "released": 0}
+
+    def say(line: str) -> None:  # above a terminal's bar; else the echo (stderr, a log)
+        if progress and progress_lines.is_terminal():
+            bar.write(line, file=sys.stderr)
+        else:
+            echo(line)
 
     def note() -> None:
         bar.set_postfix(done=counts["done"], running=len(in_flight), failed=counts["failed"],
@@ -399,6 +578,9 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
                                            layer_maps.get((u.origin, u.receiver))
                                            if u.kind == "post" else None)
                     except Exception as e:  # noqa: BLE001 - e.g. a damaged artifact
+                        if _input_recomputed(store, u, echo):  # not this unit's fault
+                            store.release(u.id, token, "its input is recomputed", charge=False)
+                            continue
                         store.fail(u.id, token, "could not load its input: " + format_error(e))
                         counts["failed"] += 1
                         continue
@@ -432,12 +614,12 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
                 except WorkerLost as e:
                     new = store.release(u.id, token, f"worker process died: {e}", max_attempts)
                     counts["released" if new == "pending" else "failed"] += 1
-                    bar.write(f"unit {u.id} ({u.label}): worker died; {new}")
+                    say(f"unit {u.id} ({u.label}): worker died; {new}")
                     continue
                 except Exception as e:  # noqa: BLE001 - recorded, the study goes on
                     store.fail(u.id, token, format_error(e))
                     counts["failed"] += 1
-                    bar.write(f"unit {u.id} failed ({u.label}): "
+                    say(f"unit {u.id} failed ({u.label}): "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
                     bar.update(work(u))
                     continue
@@ -476,7 +658,8 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
 def run_study(spec: Any, store_path: Path, *, executor: str = "local",
               workers: int | None = None, threads: int = 1, address: str | None = None,
               retry_failed: bool = False, progress: bool = True,
-              echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+              echo: Callable[[str], None] | None = None, verify: bool = True
+              ) -> dict[str, Any]:
     """Plan `spec`, check and prepare it (hosts, shapes, data: before the store is touched),
     then run every unit that is not done in the store at `store_path` (`run_plan`). Returns
     `run_plan`'s summary with the store's path."""
@@ -488,6 +671,9 @@ def run_study(spec: Any, store_path: Path, *, executor: str = "local",
         raise PeftportError(f"--workers must be >= 0, got {workers}")
     if address and executor != "ray":
         raise PeftportError("--address is for --executor ray")
+    # everything that can be refused is refused before anything is created or computed
+    check_executor(executor)
+    check_store_file(Path(store_path))
     echo = echo or (lambda s: print(s, file=sys.stderr))
     plan = make_plan(spec)
     prepare(plan, echo)
@@ -495,7 +681,7 @@ def run_study(spec: Any, store_path: Path, *, executor: str = "local",
     try:
         ex = make_executor(executor, workers, threads, address)
         out = run_plan(st, plan, ex, threads=threads, retry_failed=retry_failed,
-                       progress=progress, echo=echo, check_first=False)
+                       progress=progress, echo=echo, check_first=False, verify=verify)
     finally:
         st.close()
     out["store"] = str(st.path)
@@ -507,4 +693,4 @@ def summary_line(out: dict[str, Any]) -> str:
     blocked = f" ({out['blocked']} blocked by a failed unit)" if out["blocked"] else ""
     return (f"study {out['study']}: {out['done']}/{out['units']} units done, {out['failed']} "
             f"failed, {out['pending']} pending{blocked}; ran {out['ran']} unit(s) in "
-            f"{out['seconds']:.0f} s; store {out['store']}")
+            f"{format_duration(out['seconds'])}; store {out['store']}")

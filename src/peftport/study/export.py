@@ -52,7 +52,7 @@ def export_results(
         raise PeftportError("give exactly one of --csv PATH or --parquet PATH")
     if not store_path.exists():
         raise PeftportError(f"no study store at {store_path}")
-    st = Store(store_path)
+    st = Store(store_path, readonly=True)  # export reads: the store stays as it is
     try:
         rows = st.results(study_id)
     finally:

@@ -8,15 +8,17 @@ from typing import Any
 from peftport.errors import PeftportError
 
 
-def study_status(store_path: Path, plan: Any = None) -> dict[str, Any]:
+def study_status(store_path: Path, plan: Any = None, verify: bool = True) -> dict[str, Any]:
     """Progress of `plan`'s study in the store (or of every study in it, without a plan): units
     per status and kind, training steps done, units blocked by a failed one, the failed ones with
-    their errors and the running ones with their drivers."""
+    their errors, the running ones with their drivers, and the damaged artifacts (missing,
+    or with `verify` their tensors' sha256 not their address: `study run` recomputes them).
+    The store is opened read-only: nothing in it changes."""
     from peftport.study.store import Store
 
     if not store_path.exists():
         raise PeftportError(f"no study store at {store_path} (run `peftport study run` first)")
-    st = Store(store_path)
+    st = Store(store_path, readonly=True)
     try:
         studies = []
         wanted = (
@@ -40,6 +42,7 @@ def study_status(store_path: Path, plan: Any = None) -> dict[str, Any]:
                     steps_total += r["steps"]
                     steps_done += r["steps"] if status == "done" else 0
             blocked = len(st.blocked(plan)) if plan else st.blocked_among(ids)
+            damaged = st.damaged_artifacts(st.artifact_rows(ids), full=verify)
             studies.append(
                 {
                     "id": sid,
@@ -49,6 +52,7 @@ def study_status(store_path: Path, plan: Any = None) -> dict[str, Any]:
                     "by_kind": by_kind,
                     "blocked": blocked,
                     "training_steps": {"done": steps_done, "total": steps_total},
+                    "damaged_artifacts": damaged,
                     "failed": [
                         {"id": r["id"], "label": r["label"], "error": r["error"]}
                         for r in rows.values()

@@ -32,7 +32,8 @@ Schema (version 1; `meta.schema_version`), which the report reads:
   post_steps, unit_id, step)`: every result of a study (the runs in the paper's sense, their
   zero-shot step 0, and the `origin` accuracy of each snapshot) and the unit step that holds it.
 - `events(id, unit_id, event, at, pid, hostname, detail)`: an append-only log (claimed, done,
-  failed, released, reset): "done exactly once" can be checked.
+  failed, released, reset, retry, recompute: a done unit's artifact was damaged or missing and
+  it runs again): "done exactly once" can be checked.
 - view `results`: cells joined with units and metrics, one row per cell, metrics as columns.
 - `comparisons(key, origin, receiver, comparison, seconds, versions, created_at)`: one host
   comparison (`peftport.hostcompare.compare_hosts`) per directed pair and settings; `key` is a
@@ -170,24 +171,79 @@ def artifacts_root(store_path: str | Path) -> Path:
         p.with_name(p.name + ".artifacts")
 
 
-class Store:
-    """A study store. One connection per process; the driver is the only writer."""
+PEFTPORT_TABLES = frozenset({"meta", "studies", "units", "study_units", "edges", "metrics",
+                             "artifacts", "cells", "events", "comparisons", "host_pairs",
+                             "results", "sqlite_sequence"})
 
-    def __init__(self, path: str | Path) -> None:
+
+def _foreign_store(path: Path) -> str | None:
+    """Why the existing, non-empty file `path` must not be turned into a store (read without
+    writing: SQLite's `mode=ro`), or None when it is a peftport store (or one being created by
+    another driver: only peftport's tables, or none yet)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head != b"SQLite format 3\x00":
+        return f"{path} is not a SQLite database, so not a peftport study store"
+    try:
+        con = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True,
+                              timeout=60.0)
+        try:
+            names = {r[0] for r in con.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+            version = None
+            if "meta" in names:
+                row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'") \
+                    .fetchone()
+                version = row[0] if row else None
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        return f"{path}: cannot read it as a SQLite database ({e})"
+    other = sorted(names - PEFTPORT_TABLES)
+    if other:
+        return (f"{path} is a SQLite database of another application, not a peftport study "
+                f"store (its tables: {', '.join(other[:8])}); give a new file to --store")
+    if version is not None and str(version) != str(SCHEMA_VERSION):
+        return (f"{path}: study store schema version {version}; this peftport reads version "
+                f"{SCHEMA_VERSION} (a newer peftport made it)")
+    return None
+
+
+class Store:
+    """A study store. One connection per process; the driver is the only writer.
+
+    `readonly=True` (status, export): opened with SQLite's `mode=ro`, never created, changed or
+    switched to WAL; a file that is not a peftport store (another application's database, an
+    empty file, a newer schema) is refused with what it is. For writing, an existing non-empty
+    file must be a peftport store (checked read-only first); a new or empty file becomes one.
+    """
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path).expanduser()
+        self.readonly = readonly
         if self.path.exists() and self.path.is_dir():
             raise PeftportError(f"{self.path} is a folder; --store takes a .sqlite file")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.root = artifacts_root(self.path)
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
+        if readonly:
+            from peftport.report.load import connect_readonly
+
+            self.db = connect_readonly(self.path)  # exists, SQLite, peftport tables, version
+            return
+        if self.path.exists() and self.path.stat().st_size > 0:
+            why = _foreign_store(self.path)
+            if why:
+                raise PeftportError(why)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(SCHEMA)  # idempotent (IF NOT EXISTS)
+            # one transaction: another driver sees all of the schema or none of it
+            self.db.executescript("BEGIN IMMEDIATE;\n" + SCHEMA + "\nCOMMIT;")
         except sqlite3.DatabaseError as e:
             raise PeftportError(f"{self.path}: not a usable study store ({e})") from None
         self._check_schema()
@@ -337,18 +393,22 @@ class Store:
             self._event(db, unit_id, "claimed", token)
         return token
 
-    def release(self, unit_id: str, token: str, why: str, max_attempts: int = 3) -> str:
+    def release(self, unit_id: str, token: str, why: str, max_attempts: int = 3,
+                charge: bool = True) -> str:
         """Give a claimed unit back (interrupted, or its worker died): pending, or failed when
-        it has been tried max_attempts times. Returns the new status."""
+        it has been tried max_attempts times. `charge=False`: the unit is not to blame (another
+        unit's worker died, its input is being recomputed): its claim's attempt is taken back
+        and it goes back to pending. Returns the new status."""
         with self.tx() as db:
             row = db.execute("SELECT attempts FROM units WHERE id = ? AND claimed_by = ? AND "
                              "status = 'running'", (unit_id, token)).fetchone()
             if row is None:
                 return "gone"
-            status = "failed" if row["attempts"] >= max_attempts else "pending"
+            attempts = row["attempts"] if charge else max(0, row["attempts"] - 1)
+            status = "failed" if charge and attempts >= max_attempts else "pending"
             db.execute("UPDATE units SET status = ?, claimed_by = NULL, lease_until = NULL, "
-                       "error = ? WHERE id = ?",
-                       (status, why if status == "failed" else None, unit_id))
+                       "error = ?, attempts = ? WHERE id = ?",
+                       (status, why if status == "failed" else None, attempts, unit_id))
             self._event(db, unit_id, "released" if status == "pending" else "failed", why)
         return status
 
@@ -390,21 +450,107 @@ class Store:
     def stage_artifact(self, tensors: dict, meta: dict) -> tuple[str, str, int]:
         """Write a module under STORE.artifacts/ab/<digest>/ (a temporary folder, then a rename)
         and return (digest, relative path, bytes). The digest is `tensor_digest` of the tensors
-        (the address: the same tensors twice are stored once, the first folder is kept)."""
+        (the address: the same tensors twice are stored once, the first folder is kept). A
+        folder already there is reused only when its content has this digest: a damaged one
+        is moved aside and written again."""
         from peftport.atomic import staged_folder
         from peftport.module import save_module
 
         digest = tensor_digest(tensors)
         rel = f"{digest[:2]}/{digest}"
         final = self.root / rel
+        if final.exists() and artifact_problem(final, digest) is not None:
+            self._quarantine(final)
         if not (final / "module.json").exists():
             # staged under .tmp/HOST-PID-UUID, which clean_temporary knows when the driver dies;
             # a folder already at `final` is another driver's copy of the same tensors: kept
             stage = self.root / ".tmp" / f"{self.hostname}-{self.pid}-{uuid.uuid4().hex}"
             with staged_folder(final, stage=stage):
                 save_module(stage, tensors, meta)
+            problem = artifact_problem(final, digest)
+            if problem is not None:  # another writer's folder won the rename and is bad
+                raise PeftportError(f"artifact {rel}: {problem}")
         size = sum(f.stat().st_size for f in final.iterdir())
         return digest, rel, size
+
+    def _quarantine(self, folder: Path) -> None:
+        """Move a damaged artifact folder out of its address (then remove it): the address is
+        free for a good copy; a concurrent quarantine by another driver is fine."""
+        trash = self.root / ".tmp" / f"{self.hostname}-{self.pid}-damaged-{uuid.uuid4().hex}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.rename(trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # --- damaged artifacts -----------------------------------------------------------------
+    def artifact_rows(self, unit_ids: Iterable[str] | None = None) -> list[sqlite3.Row]:
+        rows = self.db.execute("SELECT * FROM artifacts ORDER BY key").fetchall()
+        if unit_ids is None:
+            return rows
+        want = set(unit_ids)
+        return [r for r in rows if r["unit_id"] in want]
+
+    def damaged_artifacts(self, rows: Iterable[sqlite3.Row], full: bool = True
+                          ) -> list[dict[str, Any]]:
+        """The artifacts among `rows` whose folder is missing or whose content is not what the
+        row says (`full`: load it and compare the tensors' sha256; else only that the folder
+        is there with the recorded size). One dict per damaged row: key, kind, unit_id,
+        step, path, problem."""
+        out = []
+        for r in rows:
+            folder = self.root / r["path"]
+            problem = artifact_problem(folder, r["sha256"]) if full else \
+                _size_problem(folder, r["bytes"])
+            if problem is not None:
+                out.append({"key": r["key"], "kind": r["kind"], "unit_id": r["unit_id"],
+                            "step": r["step"], "path": r["path"], "sha256": r["sha256"],
+                            "problem": problem})
+        return out
+
+    def needed_snapshots(self, ids: list[str]) -> list[sqlite3.Row]:
+        """The snapshot rows that a unit of `ids` still needs (it is not done)."""
+        want = set(ids)
+        rows = self.db.execute(
+            "SELECT DISTINCT a.*, e.unit_id AS needed_by FROM artifacts a JOIN edges e ON "
+            "e.snapshot_key = a.key JOIN units u ON u.id = e.unit_id WHERE a.kind = 'snapshot' "
+            "AND u.status != 'done'").fetchall()
+        seen: dict[str, sqlite3.Row] = {}
+        for r in rows:
+            if r["needed_by"] in want:
+                seen.setdefault(r["key"], r)
+        return list(seen.values())
+
+    def recompute(self, damaged: dict[str, Any]) -> tuple[str, int] | None:
+        """Make a damaged artifact recomputable: the done unit that produced it goes back to
+        pending (its metrics and artifact rows go: its rerun writes them again, the same bits),
+        the folder is moved aside, and units that failed because they could not load it go back
+        to pending too. Returns (producer id, units reset besides it), or None when the
+        producer is not done (nothing to reset: it is running or will run)."""
+        uid = damaged["unit_id"]
+        why = f"artifact {damaged['key']} at {damaged['path']}: {damaged['problem']}"
+        with self.tx() as db:
+            cur = db.execute("UPDATE units SET status = 'pending', attempts = 0, error = NULL, "
+                             "claimed_by = NULL, lease_until = NULL, finished_at = NULL "
+                             "WHERE id = ? AND status = 'done'", (uid,))
+            if cur.rowcount != 1:
+                return None
+            db.execute("DELETE FROM metrics WHERE unit_id = ?", (uid,))
+            db.execute("DELETE FROM artifacts WHERE unit_id = ?", (uid,))
+            self._event(db, uid, "recompute", why)
+            dependents = [r[0] for r in db.execute(
+                "SELECT DISTINCT e.unit_id FROM edges e JOIN units u ON u.id = e.unit_id "
+                "WHERE e.depends_on = ? AND u.status = 'failed' AND "
+                "u.error LIKE 'could not load its input%'", (uid,))]
+            for dep in dependents:
+                db.execute("UPDATE units SET status = 'pending', attempts = 0, error = NULL "
+                           "WHERE id = ?", (dep,))
+                self._event(db, dep, "retry", f"its input is recomputed ({why})")
+        folder = self.root / damaged["path"]
+        if folder.exists() and artifact_problem(folder, damaged["sha256"]):
+            self._quarantine(folder)
+        return uid, len(dependents)
 
     def clean_temporary(self) -> None:
         """Remove staging folders of drivers that are gone (a killed run's half-written
@@ -514,6 +660,31 @@ class Store:
         sql += (" ORDER BY technique, origin, receiver, pre_data, post_data, seed, condition, "
                 "pre_steps, post_steps")
         return [dict(r) for r in self.db.execute(sql, args).fetchall()]
+
+
+def _size_problem(folder: Path, size: int) -> str | None:
+    try:
+        have = sum(f.stat().st_size for f in folder.iterdir())
+    except OSError:
+        return "no such module folder"
+    return None if have == size else f"{have} bytes on disk, {size} recorded"
+
+
+def artifact_problem(folder: Path, digest: str) -> str | None:
+    """None when `folder` is a module whose tensors have `tensor_digest` `digest`; else what is
+    wrong with it (missing, unreadable, failing its own sha256, other tensors)."""
+    from peftport.module import load_module
+
+    if not folder.is_dir():
+        return "no such module folder"
+    try:
+        tensors, _ = load_module(folder)
+    except Exception as e:  # noqa: BLE001 - any way of being unreadable is damage
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    have = tensor_digest(tensors)
+    if have != digest:
+        return f"its tensors' sha256 is {have[:12]}..., its address says {digest[:12]}..."
+    return None
 
 
 def tensor_digest(tensors: dict) -> str:
