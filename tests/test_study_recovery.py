@@ -9,7 +9,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner

@@ -18,6 +18,7 @@ Executors differ only in where `units.execute(payload)` runs:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -164,7 +165,7 @@ def _worker_main(conn, threads: int, env: dict[str, str]) -> None:
 class _Job:
     """A unit handed to one worker process (the handle `LocalExecutor.submit` returns)."""
 
-    def __init__(self, worker: "_Worker") -> None:
+    def __init__(self, worker: _Worker) -> None:
         self.worker = worker
         self.value: Any = None
         self.error: BaseException | None = None
@@ -273,10 +274,8 @@ class LocalExecutor:
             if cancel:
                 w.proc.terminate()
             else:
-                try:
+                with contextlib.suppress(OSError, EOFError):  # a worker gone already
                     w.conn.send(None)
-                except (OSError, EOFError):
-                    pass
         for w in self._workers:
             w.proc.join(timeout=30 if not cancel else 5)
             if w.proc.is_alive():
