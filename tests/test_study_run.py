@@ -57,7 +57,8 @@ def run_inline(store_path, text, **kw):
     plan = make_plan(parse_study(text, "tiny.yaml"))
     store = Store(store_path)
     try:
-        out = run_plan(store, plan, InlineExecutor(), progress=False, echo=lambda s: None, **kw)
+        out = run_plan(store, plan, InlineExecutor(), progress=False,
+                       **{"echo": lambda s: None, **kw})
     finally:
         store.close()
     return plan, out

@@ -20,6 +20,7 @@ number `diagnostics.linear_cka` gives on the stacked features (a test checks it)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,7 @@ __all__ = [
     "FEATURES",
     "LAYER_MAP_STRATEGIES",
     "HostComparison",
+    "compare_cached",
     "compare_hosts",
     "host_depth",
     "layer_group",
@@ -431,9 +433,15 @@ def compare_hosts(
     max_length: int = 64,
     seed: int = 0,
     progress: bool = False,
+    reverse_of: HostComparison | None = None,
 ) -> HostComparison:
     """Load both hosts and compare them (weights and hidden-state CKA) on `texts` texts of an
-    unlabelled corpus, each cut to `max_length` tokens. Deterministic for fixed inputs."""
+    unlabelled corpus, each cut to `max_length` tokens. Deterministic for fixed inputs.
+
+    `reverse_of`: the comparison receiver -> origin with the same settings. Linear CKA is
+    symmetric, so its matrices are transposed instead of running both hosts on the sample
+    again (the expensive part); only the weight distances, which divide by the origin's norm,
+    are computed. The numbers equal a direct computation up to float rounding."""
     from peftport.hosts import get_host, load_host
 
     for name, v, low in (("texts", texts, 2), ("max_length", max_length, 2)):
@@ -457,6 +465,9 @@ def compare_hosts(
     )
 
     o_run, r_run = _Hidden(o_host), _Hidden(r_host)
+    if reverse_of is not None:
+        return _reversed(reverse_of, origin, receiver, o_run, r_run, report,
+                         (corpus, len(sample), max_length, seed))
     o_ids = _encode(o_host.tokenizer, sample, max_length)
     r_ids = _encode(r_host.tokenizer, sample, max_length)
     tokens = o_ids == r_ids
@@ -464,16 +475,11 @@ def compare_hosts(
     # the sample, so the result is too.
     order = sorted(range(len(sample)), key=lambda k: (-max(len(o_ids[k]), len(r_ids[k])), k))
     batches = [order[s : s + _BATCH] for s in range(0, len(order), _BATCH)]
-    if progress:
-        from tqdm import tqdm
+    if progress:  # a bar on a terminal, a plain line every 30 s in a log
+        from peftport.progress import bar
 
-        batches = tqdm(
-            batches,
-            desc=f"{o_host.spec.id} vs {r_host.spec.id}",
-            unit="batch",
-            leave=False,
-            disable=None,
-        )  # None: silent when stderr is not a terminal
+        batches = bar(batches, desc=f"comparing {o_host.spec.id} with {r_host.spec.id}",
+                      unit="batch")
     moments = _Moments()
     for rows in batches:
         ids_a, mask_a = _pad([o_ids[k] for k in rows], o_run.pad_id)
@@ -509,6 +515,117 @@ def compare_hosts(
         weight_skipped=len(report.skipped),
         cka_full=tuple(tuple(float(v) for v in row) for row in full),
     )
+
+
+def _reversed(
+    rev: HostComparison, origin: str, receiver: str, o_run: Any, r_run: Any, report: Any,
+    settings: tuple[str, int, int, int],
+) -> HostComparison:
+    have = (rev.corpus, rev.texts, rev.max_length, rev.seed)
+    if have != settings or (rev.origin_layers, rev.receiver_layers) != (
+        len(r_run.blocks), len(o_run.blocks)
+    ):
+        raise PeftportError(
+            f"host comparison: the comparison {rev.origin} -> {rev.receiver} given to derive "
+            f"{origin} -> {receiver} has other settings or depths ({have} vs {settings})"
+        )
+    return HostComparison(
+        origin=origin,
+        receiver=receiver,
+        origin_layers=rev.receiver_layers,
+        receiver_layers=rev.origin_layers,
+        stack=o_run.stack,
+        cka=tuple(zip(*rev.cka, strict=True)),
+        embedding_cka=rev.embedding_cka,
+        weight_distance=dict(report.distances),
+        features=rev.features,
+        corpus=rev.corpus,
+        texts=rev.texts,
+        max_length=rev.max_length,
+        seed=rev.seed,
+        weight_compared=sum(report.tensors.values()),
+        weight_skipped=len(report.skipped),
+        cka_full=tuple(zip(*rev.cka_full, strict=True)) if rev.cka_full else (),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# One cache for `peftport hosts compare` and every study: $PEFTPORT_HOME/comparisons/
+# --------------------------------------------------------------------------------------------
+
+
+def cache_key(origin_fingerprint: str, receiver_fingerprint: str, settings: Mapping[str, Any]
+              ) -> str:
+    """The cache file's name: both hosts' weight fingerprints (in order) and the settings."""
+    import hashlib
+
+    blob = json.dumps({"what": "host comparison", "origin": origin_fingerprint,
+                       "receiver": receiver_fingerprint,
+                       "settings": {k: settings[k] for k in ("corpus", "texts", "max_length",
+                                                             "seed")}},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def cache_dir() -> Any:
+    from peftport.assets import peftport_home
+
+    return peftport_home() / "comparisons"
+
+
+def _cached(key: str, origin: str, receiver: str) -> HostComparison | None:
+    from dataclasses import replace
+
+    path = cache_dir() / f"{key}.json"
+    try:
+        c = HostComparison.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, PeftportError, TypeError):
+        return None  # none, or unreadable: computed (and written) again
+    return replace(c, origin=origin, receiver=receiver)  # the weights decide, not the names
+
+
+def host_fingerprint(name: str) -> str | None:
+    """The weight fingerprint of a host (None when its folder cannot be found: no caching)."""
+    from peftport.hosts import get_host, host_folder, weights_fingerprint
+
+    try:
+        return weights_fingerprint(host_folder(get_host(name)))
+    except Exception:  # noqa: BLE001 - a host only loadable otherwise is compared uncached
+        return None
+
+
+def compare_cached(
+    origin: str,
+    receiver: str,
+    *,
+    corpus: str = "rt_plots",
+    texts: int = 256,
+    max_length: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+    fingerprints: tuple[str | None, str | None] | None = None,
+) -> tuple[HostComparison, str]:
+    """`compare_hosts` through the shared cache: returns (comparison, how), how = "cached" (this
+    direction computed before, by `hosts compare` or a study), "reversed" (the other direction
+    was: derived from it, `reverse_of`) or "computed". `fingerprints`: the hosts' weight
+    fingerprints when the caller knows them (else found from the hosts' folders)."""
+    from peftport.atomic import write_json
+
+    settings = {"corpus": corpus, "texts": texts, "max_length": max_length, "seed": seed}
+    o_fp, r_fp = fingerprints or (host_fingerprint(origin), host_fingerprint(receiver))
+    kw: dict[str, Any] = dict(settings, progress=progress)
+    if o_fp is None or r_fp is None:
+        return compare_hosts(origin, receiver, **kw), "computed"
+    key = cache_key(o_fp, r_fp, settings)
+    hit = _cached(key, origin, receiver)
+    if hit is not None:
+        return hit, "cached"
+    rev = _cached(cache_key(r_fp, o_fp, settings), receiver, origin)
+    how = "reversed" if rev is not None else "computed"
+    c = compare_hosts(origin, receiver, **kw, reverse_of=rev)
+    with contextlib.suppress(OSError):  # a read-only home: the result stands, only not kept
+        write_json(cache_dir() / f"{key}.json", c.to_dict())
+    return c, how
 
 
 # --------------------------------------------------------------------------------------------

@@ -144,11 +144,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compare two hosts layer by layer: weight distance where shapes match, linear CKA of
         hidden states on a text sample, and the layer maps for porting between them."""
-        from peftport.hostcompare import compare_hosts, render_comparison_png
+        from peftport.hostcompare import compare_cached, render_comparison_png
 
         if plot is not None and plot.suffix.lower() != ".png":
             raise PeftportError(f"--plot {plot}: the figure is a PNG; name it *.png")
-        c = compare_hosts(origin, receiver, **settings, progress=True)
+        c, _ = compare_cached(origin, receiver, **settings, progress=True)  # shared cache
         if plot is not None:
             write_bytes(plot, render_comparison_png(c))
         if as_json:

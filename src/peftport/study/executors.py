@@ -303,17 +303,25 @@ class RayExecutor:
         except ImportError:
             raise PeftportError("the ray executor needs Ray: pip install 'peftport[ray]'") \
                 from None
+        from peftport.study.raylocal import LocalRay, clean_stale
+
         self.ray = ray
         self._started = False
+        self._local: LocalRay | None = None
         if not ray.is_initialized():
             kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
                                       runtime_env={"env_vars": _env()})
             if address:
                 kw["address"] = address
-            elif workers:
-                kw["num_cpus"] = workers * threads
+            else:
+                # a Ray left running by a killed peftport driver: its processes end first
+                clean_stale(lambda s: print(s, file=sys.stderr))
+                if workers:
+                    kw["num_cpus"] = workers * threads
             ray.init(**kw)
             self._started = True
+            if not address:  # ours: shut down on every exit path, recorded for a later clean
+                self._local = LocalRay(ray)
         resources = ray.cluster_resources()
         gpus = 1 if resources.get("GPU", 0) >= 1 else 0
         cpus = int(resources.get("CPU", 1))
@@ -346,8 +354,11 @@ class RayExecutor:
             raise WorkerLost(str(e)) from None
 
     def close(self, cancel: bool = False) -> None:
-        if self._started:
+        if self._local is not None:
+            self._local.shutdown()
+        elif self._started:
             self.ray.shutdown()
+        self._started = False
 
 
 EXECUTORS = ("local", "ray", "inline")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from peftport.errors import PeftportError
+from peftport.progress import format_duration
 from peftport.study.spec import StudyFileError, StudySpec, resolve_pair_map
 
 
@@ -71,7 +72,7 @@ def prepare_pairs(
 ) -> dict[tuple[str, str], list[int] | None]:
     """Comparisons (computed or reused), resolved layer maps, host_pairs rows. Returns the map
     each directed pair's post units port through: None for identity (no map, as before)."""
-    from peftport.hostcompare import HostComparison, compare_hosts
+    from peftport.hostcompare import HostComparison, compare_cached
     from peftport.hosts import host_folder, weights_fingerprint
     from peftport.provenance import package_versions
     from peftport.study.spec import study_host
@@ -102,8 +103,8 @@ def prepare_pairs(
             pm = spec.layer_map(o, r)
             echo(f"comparing hosts {o} -> {r} ({i} of {len(todo)})")
             t0 = time.perf_counter()
-            try:
-                comp = compare_hosts(
+            try:  # through the cache `hosts compare` shares; the reverse of a pair derived
+                comp, how = compare_cached(
                     o,
                     r,
                     corpus=settings["corpus"],
@@ -111,6 +112,7 @@ def prepare_pairs(
                     max_length=settings["max_length"],
                     seed=settings["seed"],
                     progress=progress,
+                    fingerprints=(prints[o], prints[r]),
                 )
             except Exception as e:  # noqa: BLE001 - without a cka map, only the report needs it
                 if pm is not None and pm.strategy == "cka":
@@ -129,9 +131,11 @@ def prepare_pairs(
             store.add_comparison(key, o, r, comp.to_dict(), seconds, package_versions())
             keys[(o, r)] = key
             comparisons[(o, r)] = comp
+            why = {"cached": ", from the comparison cache", "reversed": f", derived from {r} -> "
+                   f"{o}", "computed": ""}[how]
             echo(
                 f"  {o} -> {r}: distance {comp.distance():.3f} (1 - mean CKA over the stride "
-                f"map), {seconds:.0f} s"
+                f"map), {format_duration(seconds)}{why}"
             )
 
     rows = []
