@@ -151,17 +151,9 @@ def _train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded |
     model.train()
     bar = None
     if progress and cfg.steps > 0:
-        from tqdm import tqdm
+        from peftport.progress import bar as progress_bar
 
-        bar = tqdm(
-            total=cfg.steps,
-            desc=desc,
-            unit="step",
-            leave=False,
-            dynamic_ncols=True,
-            disable=None,
-            mininterval=1.0,
-        )  # no bar when not a terminal
+        bar = progress_bar(total=cfg.steps, desc=desc, unit="step")  # plain lines in a log
     stream = batches(train_enc.lengths(), cfg.batch_size, cfg.seed)
     for step in range(cfg.steps):
         for group in opt.param_groups:

@@ -42,14 +42,16 @@ def _metrics_table(title: str, metrics: dict) -> Table:
     return table
 
 
-def _config(settings: dict[str, Any]) -> Any:
-    """The TrainConfig of a command's options (`--eval-at` given as text)."""
+def _config(settings: dict[str, Any], zero_shot: bool = False) -> Any:
+    """The TrainConfig of a command's options (`--eval-at` given as text; default: the last
+    step, and with `zero_shot` step 0 too)."""
     from peftport.configs import TrainConfig
 
     steps = settings["steps"]
     if steps <= 0:
         raise PeftportError(f"--steps must be positive, got {steps}")
-    return TrainConfig(**{**settings, "eval_at": parse_steps(settings["eval_at"]) or (steps,)})
+    default = (0, steps) if zero_shot else (steps,)
+    return TrainConfig(**{**settings, "eval_at": parse_steps(settings["eval_at"]) or default})
 
 
 def _finish(out, as_json: bool, title: str, out_dir: Path | None) -> None:
@@ -63,13 +65,17 @@ def _finish(out, as_json: bool, title: str, out_dir: Path | None) -> None:
         "train_examples_per_second": round(out.result.examples_per_second, 1),
         "trainable_parameters": out.meta["trainable"],
     }
-    if as_json:
+    if as_json:  # "module": null says it is not kept
         typer.echo(json.dumps(summary, indent=2))
         return
+    if path is None:  # trained for its metrics only: say so, not silently
+        typer.echo("note: the module is not kept (give --out DIR to save it)", err=True)
+    from peftport.progress import format_duration
+
     Console().print(_metrics_table(title, out.meta["metrics"]))
     Console().print(
         f"{out.meta['trainable']:,} trainable parameters; "
-        f"{out.result.seconds:.1f} s, {out.result.examples_per_second:.1f} "
+        f"{format_duration(out.result.seconds)}, {out.result.examples_per_second:.1f} "
         "training examples/s" + (f"; module saved to {path}" if path else "")
     )
 
@@ -82,7 +88,8 @@ TRAIN_OPTIONS = {
 }
 ADAPT_OPTIONS = {
     "steps": {"help": "Post-porting training steps."},
-    "eval_at": {"type": str, "default": "0", "help": f"{_EVAL_AT} (0 = zero-shot)."},
+    "eval_at": {"type": str, "default": "", "help": f"{_EVAL_AT} (0 = zero-shot; default: "
+                "0 and the last step)."},
 }
 EVALUATE_OPTIONS = ("max_length", "max_eval_examples", "eval_split")
 
@@ -125,7 +132,8 @@ def register(app: typer.Typer) -> None:
         """Adapt a ported (or sampled, or random) module on its receiving host for a few steps."""
         from peftport.runs import adapt_run
 
-        res = adapt_run(module, host, data, _config(settings), progress=not as_json)
+        res = adapt_run(module, host, data, _config(settings, zero_shot=True),
+                        progress=not as_json)
         _finish(res, as_json, f"adapting {module} on {host}, {data}", out)
 
     @app.command()
@@ -139,17 +147,19 @@ def register(app: typer.Typer) -> None:
         settings: dict[str, Any],
     ) -> None:
         """Evaluate a module in a host: accuracy, macro-F1, ROC-AUC."""
+        from peftport.progress import ticker
         from peftport.runs import evaluate_run
 
         split = settings["eval_split"]
-        m = evaluate_run(
-            module,
-            host,
-            data,
-            split=split,
-            max_examples=settings["max_eval_examples"],
-            max_length=settings["max_length"],
-        )
+        with ticker(f"evaluating {module} in {host}"):  # a line every 30 s in a log
+            m = evaluate_run(
+                module,
+                host,
+                data,
+                split=split,
+                max_examples=settings["max_eval_examples"],
+                max_length=settings["max_length"],
+            )
         if as_json:
             typer.echo(json.dumps(m, indent=2))
         else:

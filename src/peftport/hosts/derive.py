@@ -222,16 +222,10 @@ def build_derived(out: Path, recipe: dict[str, str]) -> None:
     model.train()
     order: list[int] = []
     t0 = time.time()
-    from tqdm import tqdm
+    from peftport.progress import bar as progress_bar
 
-    bar = tqdm(
-        range(cfg.steps),
-        desc=f"deriving from {cfg.parent}",
-        unit="step",
-        leave=False,
-        disable=None,
-        mininterval=1.0,
-    )
+    # a bar on a terminal; in a log (CI, nohup) a plain line every 30 s: minutes of work
+    bar = progress_bar(range(cfg.steps), desc=f"deriving from {cfg.parent}", unit="step")
     losses = []
     for step in bar:
         if len(order) < cfg.batch_size:

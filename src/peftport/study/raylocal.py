@@ -108,9 +108,10 @@ class LocalRay:
         self._old: dict[int, Any] = {}
         atexit.register(self.shutdown)
         if threading.current_thread() is threading.main_thread():
+            # over whatever ray.init installed (its handler aborts the driver, skipping the
+            # cleanup); restored at shutdown
             for sig in (signal.SIGTERM, signal.SIGHUP):
-                if signal.getsignal(sig) in (signal.SIG_DFL, None):
-                    self._old[sig] = signal.signal(sig, self._on_signal)
+                self._old[sig] = signal.signal(sig, self._on_signal)
         self.record()
 
     def record(self) -> None:
@@ -140,5 +141,5 @@ class LocalRay:
             self.path.unlink(missing_ok=True)
             for sig, old in self._old.items():
                 with contextlib.suppress(ValueError, TypeError):
-                    signal.signal(sig, old)
+                    signal.signal(sig, old if old is not None else signal.SIG_DFL)
             atexit.unregister(self.shutdown)
