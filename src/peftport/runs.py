@@ -17,6 +17,7 @@ import torch
 
 from peftport import tasks
 from peftport.data import Dataset, load_dataset
+from peftport.device import Placement, resolve, resolve_config
 from peftport.engine import TrainConfig, TrainResult, evaluate, train
 from peftport.errors import PeftportError
 from peftport.hosts import ENCODER_CLASSIFIER, LoadedHost, get_host, load_host
@@ -76,6 +77,7 @@ def _extra(data: Dataset, cfg: TrainConfig, result: TrainResult | None, **more: 
             "train_seconds": round(result.train_seconds, 3),
             "examples_per_second": round(result.examples_per_second, 2),
         }
+        extra["placement"] = result.placement  # device, precision, GPU name
     extra.update(more)
     return extra
 
@@ -98,6 +100,7 @@ def train_run(
     from peftport.module import module_meta
     from peftport.techniques import attach, module_state
 
+    placement = resolve_config(cfg)  # a device or precision that cannot work: before any load
     data = as_dataset(data)
     h = host_for(host, technique, data)
     att = attach(h.model, h.spec.family, technique, technique_config, seed=cfg.seed)
@@ -118,6 +121,7 @@ def train_run(
         on_checkpoint=snap,
         save_at=save_at,
         desc=f"{technique} on {h.spec.id}",
+        placement=placement,
     )
     meta = module_meta(
         att,
@@ -182,6 +186,7 @@ def adapt_run(
     from peftport.module import FILLED
     from peftport.techniques import module_state
 
+    placement = resolve_config(cfg)  # a device or precision that cannot work: before any load
     data = as_dataset(data)
     h, att, meta = load_into(module, host, data, cfg.seed)
     tr, ev = encodings(h, data, cfg)
@@ -193,6 +198,7 @@ def adapt_run(
         cfg,
         progress=progress,
         desc=f"adapting {meta['technique']} on {h.spec.id}",
+        placement=placement,
     )
     out = {k: v for k, v in meta.items() if k not in FILLED}
     out["steps"] = int(meta["steps"]) + cfg.steps
@@ -212,7 +218,10 @@ def evaluate_run(
     max_examples: int | None = None,
     max_length: int = 64,
     batch_size: int = 64,
+    placement: Placement | None = None,
 ) -> dict[str, float]:
+    """The module's metrics in `host` on `placement` (default: auto device, auto precision)."""
+    placement = placement or resolve()  # a device that cannot work: before any load
     data = as_dataset(data)
     cfg = TrainConfig(
         steps=0,
@@ -223,7 +232,7 @@ def evaluate_run(
     )
     h, _att, _meta = load_into(module, host, data)
     _tr, ev = encodings(h, data, cfg)
-    return evaluate(h.model, h.kind, ev, batch_size)
+    return evaluate(h.model, h.kind, ev, batch_size, placement=placement)
 
 
 __all__ = [

@@ -95,6 +95,19 @@ def _blocked_from_rows(st, ids: list[str]) -> int:
     return len({r[0] for r in rows if r[0] in want})
 
 
+def _check_device(spec, device: str, executor: str) -> None:
+    """One PeftportError line if `device`, with each technique's precision, cannot work here."""
+    from peftport.device import resolve
+
+    if device != "auto" and executor == "ray":
+        raise PeftportError("--device is for the local executor: Ray workers resolve auto on "
+                            "their own node (the GPU Ray gives them, else CPU)")
+    for t in spec.techniques:
+        for values in (t.pre, t.post):
+            resolve(device, values.get("precision", "auto"), bf16=values.get("bf16", False),
+                    deterministic=values.get("deterministic", False))
+
+
 def _print_status(info: dict[str, Any]) -> None:
     typer.echo(f"store {info['store']} (artifacts in {info['artifacts']})")
     if not info["studies"]:
@@ -153,6 +166,8 @@ def register(app: typer.Typer) -> None:
                                     "(default: cores / threads; 0 = in this process); ray: "
                                     "tasks (default: the cluster's CPUs / threads)."),
         threads: int = typer.Option(1, help="Torch threads per unit (1 is fastest per core)."),
+        device: str = typer.Option("auto", help="Device of every unit: auto (CUDA, else MPS, "
+                                   "else CPU), cpu, cuda, cuda:N or mps (local executor)."),
         address: str = typer.Option(None, help="ray: the cluster to join (default: a local "
                                     "Ray instance)."),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed units "
@@ -161,6 +176,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Run every unit of a study that is not done yet (resumable; shared stores are fine)."""
+        from peftport.device import default_device
         from peftport.study.executors import make_executor, prepare, run_plan
         from peftport.study.plan import make_plan
         from peftport.study.store import Store
@@ -168,6 +184,7 @@ def register(app: typer.Typer) -> None:
         if file is None and preset is None:
             typer.echo("no study file given: running the quick preset", err=True)
         spec = _spec(file, preset)
+        _check_device(spec, device, executor)  # before any host loads or the store is made
         if threads < 1:
             raise PeftportError(f"--threads must be >= 1, got {threads}")
         if workers is not None and workers < 0:
@@ -178,9 +195,10 @@ def register(app: typer.Typer) -> None:
         prepare(plan, lambda s: typer.echo(s, err=True))  # hosts, shapes, data: before anything
         st = Store(_store_path(store, spec))
         try:
-            ex = make_executor(executor, workers, threads, address)
-            out = run_plan(st, plan, ex, threads=threads, retry_failed=retry_failed,
-                           progress=progress, check_first=False)
+            with default_device(device):  # workers started here inherit it
+                ex = make_executor(executor, workers, threads, address)
+                out = run_plan(st, plan, ex, threads=threads, retry_failed=retry_failed,
+                               progress=progress, check_first=False)
         finally:
             st.close()
         out["store"] = str(st.path)
