@@ -191,7 +191,7 @@ def test_a_study_file_may_not_set_the_device():
 
 def test_options_appear_on_the_commands():
     for cmd in ("train", "adapt", "evaluate"):
-        out = runner.invoke(app, [cmd, "--help"], terminal_width=200).output
+        out = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "200"}).output
         for flag in ("--device", "--precision", "--deterministic"):
             assert flag in out, (cmd, flag)
     assert "--device" in runner.invoke(app, ["study", "run", "--help"]).output
