@@ -107,9 +107,22 @@ def study_check(args: argparse.Namespace, tmp: Path) -> tuple[bool, str]:
         f"train: {{batch_size: 16, max_length: 64, max_eval_examples: {args.max_eval}}}\n"
         "compare: {texts: 16, max_length: 32}\n"
     )
-    cmd = [sys.executable, "-m", "peftport", "study", "run", str(study),
-           "--store", str(tmp / "gpu-check.sqlite"), "--device", args.device,
-           "--workers", "1", "--no-progress", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "peftport",
+        "study",
+        "run",
+        str(study),
+        "--store",
+        str(tmp / "gpu-check.sqlite"),
+        "--device",
+        args.device,
+        "--workers",
+        "1",
+        "--no-progress",
+        "--json",
+    ]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -118,8 +131,10 @@ def study_check(args: argparse.Namespace, tmp: Path) -> tuple[bool, str]:
         return False, f"study run failed (exit {res.returncode}): {tail}"
     out = json.loads(res.stdout)
     ok = out["units"] == 4 and out["done"] == 4 and out["failed"] == 0
-    return ok, (f"{out['done']}/{out['units']} units done, {out['failed']} failed, "
-                f"in {seconds:.0f} s on {args.device}")
+    return ok, (
+        f"{out['done']}/{out['units']} units done, {out['failed']} failed, "
+        f"in {seconds:.0f} s on {args.device}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,18 +168,24 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             gap = abs(r["accuracy"] - cpu["accuracy"])
             if gap > TOLERANCE:
-                problems.append(f"{technique} {precision} on {r['device']}: accuracy "
-                                f"{r['accuracy']:.4f} vs CPU {cpu['accuracy']:.4f} "
-                                f"(gap {100 * gap:.1f} points > 1)")
+                problems.append(
+                    f"{technique} {precision} on {r['device']}: accuracy "
+                    f"{r['accuracy']:.4f} vs CPU {cpu['accuracy']:.4f} "
+                    f"(gap {100 * gap:.1f} points > 1)"
+                )
 
     print(f"\n{args.steps} steps, batch 16, length 64, {args.host} + {args.data}")
-    print(f"{'technique':<10}{'device':<10}{'precision':<10}{'accuracy':>9}"
-          f"{'examples/s':>12}{'vs CPU':>8}{'peak GPU MB':>13}")
+    print(
+        f"{'technique':<10}{'device':<10}{'precision':<10}{'accuracy':>9}"
+        f"{'examples/s':>12}{'vs CPU':>8}{'peak GPU MB':>13}"
+    )
     for r in rows:
         speed = f"{r['speedup']:.1f}x" if "speedup" in r else "-"
         peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
-        print(f"{r['technique']:<10}{r['device']:<10}{r['precision']:<10}{r['accuracy']:>9.4f}"
-              f"{r['examples_per_second']:>12.1f}{speed:>8}{peak:>13}")
+        print(
+            f"{r['technique']:<10}{r['device']:<10}{r['precision']:<10}{r['accuracy']:>9.4f}"
+            f"{r['examples_per_second']:>12.1f}{speed:>8}{peak:>13}"
+        )
 
     if not args.skip_study:
         with tempfile.TemporaryDirectory() as tmp:
@@ -178,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in problems:
             print(f"  - {line}")
         return 1
-    print("\nverdict: OK (GPU accuracy within 1 point of CPU"
-          + ("" if args.skip_study else "; the study ran on the device") + ")")
+    print(
+        "\nverdict: OK (GPU accuracy within 1 point of CPU"
+        + ("" if args.skip_study else "; the study ran on the device")
+        + ")"
+    )
     return 0
 
 

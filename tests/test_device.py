@@ -119,14 +119,37 @@ def no_loading(monkeypatch):
 
 GPU_NO_BF16 = {"name": "Tesla T4", "bf16": False}
 ONE_GPU = {"name": "NVIDIA A100", "bf16": True, "count": 1}
-TRAIN = ["train", "--host", "tiny-bert", "--technique", "lora", "--data", "toy.csv",
-         "--steps", "2", "--out", "OUT"]
-ADAPT = ["adapt", "MODULE", "--host", "tiny-bert", "--data", "toy.csv", "--steps", "2",
-         "--out", "OUT"]
+TRAIN = [
+    "train",
+    "--host",
+    "tiny-bert",
+    "--technique",
+    "lora",
+    "--data",
+    "toy.csv",
+    "--steps",
+    "2",
+    "--out",
+    "OUT",
+]
+ADAPT = [
+    "adapt",
+    "MODULE",
+    "--host",
+    "tiny-bert",
+    "--data",
+    "toy.csv",
+    "--steps",
+    "2",
+    "--out",
+    "OUT",
+]
 EVALUATE = ["evaluate", "MODULE", "--host", "tiny-bert", "--data", "toy.csv"]
 STUDY_RUN = ["study", "run", "--preset", "quick", "--store", "OUT/s.sqlite"]
-STUDY_FP16 = "name: s\ntechniques: [lora]\npairs: [[tiny-bert, tiny-bert]]\ndata: [toy.csv]\n" \
+STUDY_FP16 = (
+    "name: s\ntechniques: [lora]\npairs: [[tiny-bert, tiny-bert]]\ndata: [toy.csv]\n"
     "pre_steps: [2]\npost_steps: [1]\nseeds: [0]\ntrain: {precision: fp16}\n"
+)
 
 REFUSALS = [
     # (arguments, fake GPU or None, study file text or None, message fragment)
@@ -136,19 +159,35 @@ REFUSALS = [
     (TRAIN + ["--device", "gpu"], None, None, "device must be one of auto, cpu, cuda"),
     (TRAIN + ["--precision", "fp8"], None, None, "precision must be one of auto, fp32"),
     (TRAIN + ["--bf16", "--precision", "fp32"], None, None, "contradicts precision fp32"),
-    (TRAIN + ["--device", "cuda", "--precision", "bf16"], GPU_NO_BF16, None,
-     "the GPU Tesla T4 has no native bfloat16"),
+    (
+        TRAIN + ["--device", "cuda", "--precision", "bf16"],
+        GPU_NO_BF16,
+        None,
+        "the GPU Tesla T4 has no native bfloat16",
+    ),
     (TRAIN + ["--device", "cuda:1"], ONE_GPU, None, "only 1 CUDA GPU(s) are visible"),
     (ADAPT + ["--device", "cuda"], None, None, "no CUDA GPU"),
     (ADAPT + ["--precision", "fp16"], None, None, "fp16 needs a CUDA GPU"),
     (EVALUATE + ["--device", "mps"], None, None, "MPS backend is not available"),
-    (EVALUATE + ["--precision", "bf16", "--device", "cuda"], GPU_NO_BF16, None,
-     "no native bfloat16"),
+    (
+        EVALUATE + ["--precision", "bf16", "--device", "cuda"],
+        GPU_NO_BF16,
+        None,
+        "no native bfloat16",
+    ),
     (STUDY_RUN + ["--device", "cuda"], None, None, "no CUDA GPU"),
-    (STUDY_RUN + ["--device", "cpu", "--executor", "ray"], None, None,
-     "--device is for the local executor"),
-    (["study", "run", "STUDY", "--store", "OUT/s.sqlite", "--device", "cpu"], None, STUDY_FP16,
-     "fp16 needs a CUDA GPU"),
+    (
+        STUDY_RUN + ["--device", "cpu", "--executor", "ray"],
+        None,
+        None,
+        "--device is for the local executor",
+    ),
+    (
+        ["study", "run", "STUDY", "--store", "OUT/s.sqlite", "--device", "cpu"],
+        None,
+        STUDY_FP16,
+        "fp16 needs a CUDA GPU",
+    ),
 ]
 
 
@@ -156,12 +195,17 @@ def _args(args: list[str], tmp: Path, study: str | None) -> list[str]:
     if study is not None:
         write_toy(tmp / "toy.csv")
         (tmp / "study.yaml").write_text(study)
-    return [a.replace("OUT", str(tmp / "out")).replace("MODULE", str(tmp / "module"))
-            .replace("STUDY", str(tmp / "study.yaml")) for a in args]
+    return [
+        a.replace("OUT", str(tmp / "out"))
+        .replace("MODULE", str(tmp / "module"))
+        .replace("STUDY", str(tmp / "study.yaml"))
+        for a in args
+    ]
 
 
-@pytest.mark.parametrize("args, gpu, study, fragment", REFUSALS,
-                         ids=[" ".join(r[0][:1] + r[0][-2:]) for r in REFUSALS])
+@pytest.mark.parametrize(
+    "args, gpu, study, fragment", REFUSALS, ids=[" ".join(r[0][:1] + r[0][-2:]) for r in REFUSALS]
+)
 def test_refusals(args, gpu, study, fragment, tmp_path, monkeypatch, capsys, no_loading):
     if gpu:
         fake_gpu(monkeypatch, **gpu)
@@ -212,16 +256,23 @@ def write_toy(path: Path, n: int = 80) -> Path:
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(steps=5, eval_at=(0, 3, 5), lr=1e-2, batch_size=8, max_length=32,
-                max_eval_examples=16, seed=2, threads=1)
+    base = dict(
+        steps=5,
+        eval_at=(0, 3, 5),
+        lr=1e-2,
+        batch_size=8,
+        max_length=32,
+        max_eval_examples=16,
+        seed=2,
+        threads=1,
+    )
     return TrainConfig(**{**base, **kw})
 
 
 def _run(data: Path, cfg: TrainConfig):
     from peftport.runs import train_run
 
-    return train_run("tiny-bert", "lora", str(data), cfg, technique_config={"r": 2},
-                     progress=False)
+    return train_run("tiny-bert", "lora", str(data), cfg, technique_config={"r": 2}, progress=False)
 
 
 def test_cpu_fp32_spellings_give_identical_numbers_and_record_the_placement(tmp_path):
@@ -254,8 +305,7 @@ def test_study_ids_leave_out_the_device_and_unset_new_settings():
     from peftport.study.plan import train_dict
 
     d = train_dict({}, 5, (5,), 0)
-    before = set(asdict(TrainConfig(steps=1))) - {"threads", "device", "precision",
-                                                  "deterministic"}
+    before = set(asdict(TrainConfig(steps=1))) - {"threads", "device", "precision", "deterministic"}
     assert set(d) == before  # the ids of existing studies do not move
     assert train_dict({"precision": "bf16"}, 5, (5,), 0)["precision"] == "bf16"
     assert train_dict({"deterministic": True}, 5, (5,), 0)["deterministic"] is True
@@ -278,8 +328,21 @@ def test_study_run_device_reaches_the_units(tmp_path, monkeypatch):
         return real(device, *a, **k)
 
     monkeypatch.setattr(devmod, "resolve", spy)
-    res = runner.invoke(app, ["study", "run", "s.yaml", "--store", "s.sqlite", "--workers", "0",
-                              "--device", "cpu", "--no-progress"])
+    res = runner.invoke(
+        app,
+        [
+            "study",
+            "run",
+            "s.yaml",
+            "--store",
+            "s.sqlite",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     runs = [s for s in seen if s[0] == "auto"]  # each unit's run resolves its auto device ...
     assert runs and all(env == "cpu" for _, env in runs)  # ... to the command's --device
@@ -291,8 +354,13 @@ def test_study_run_device_reaches_the_units(tmp_path, monkeypatch):
 
 def test_gpu_check_says_skipped_without_a_gpu():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].startswith("CPU: ") and lines[1].startswith("torch ")
@@ -302,13 +370,35 @@ def test_gpu_check_says_skipped_without_a_gpu():
 @pytest.mark.slow
 def test_gpu_check_runs_end_to_end_with_cpu_in_the_gpus_place(tmp_path):
     data = write_toy(tmp_path / "toy.csv", n=120)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     res = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu", "--host",
-         "tiny-bert", "--data", str(data), "--steps", "4", "--max-eval", "24",
-         "--study-steps", "2"],
-        capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--host",
+            "tiny-bert",
+            "--data",
+            str(data),
+            "--steps",
+            "4",
+            "--max-eval",
+            "24",
+            "--study-steps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=tmp_path,
     )
     assert "verdict:" in res.stdout, res.stdout + res.stderr
     assert "4/4 units done, 0 failed" in res.stdout, res.stdout + res.stderr

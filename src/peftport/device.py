@@ -126,8 +126,9 @@ def _no_cuda(asked: str) -> str:
     import torch
 
     build = (
-        "a CPU-only build of torch" if torch.version.cuda is None else
-        f"torch built with CUDA {torch.version.cuda}, but no GPU is visible"
+        "a CPU-only build of torch"
+        if torch.version.cuda is None
+        else f"torch built with CUDA {torch.version.cuda}, but no GPU is visible"
     )
     return f"device {asked!r} asked for, but there is no CUDA GPU here ({build}): use cpu or auto"
 
