@@ -18,6 +18,7 @@ Exit status: 0 when every check passes (or skipped), 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -59,6 +60,7 @@ def one_run(args: argparse.Namespace, technique: str, device: str, precision: st
     )
     on_cuda = device.startswith("cuda")
     if on_cuda:
+        gc.collect()  # the previous run's model (reference cycles) off the GPU first
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -66,7 +68,6 @@ def one_run(args: argparse.Namespace, technique: str, device: str, precision: st
     seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None
     placement = out.result.placement
-    del out.tensors
     return {
         "technique": technique,
         "device": placement["device"],

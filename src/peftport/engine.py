@@ -76,7 +76,7 @@ def evaluate(
     from peftport import stats
 
     if placement is None:
-        placement = resolve(_model_device(model), bf16=bf16)
+        placement = resolve(_model_device(model), "bf16" if bf16 else "fp32")
     model.to(placement.device)
     # fork_rng covers the CPU generator and, on CUDA, only the run's device
     rng_devices = [torch.device(placement.device).index or 0] if placement.type == "cuda" else None
