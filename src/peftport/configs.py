@@ -92,9 +92,4 @@ class CompareSettings:
     seed: int = setting(0, help="Seed of the text sample.", ge=0)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "corpus": self.corpus,
-            "texts": self.texts,
-            "max_length": self.max_length,
-            "seed": self.seed,
-        }
+        return {k: getattr(self, k) for k in ("corpus", "texts", "max_length", "seed")}

@@ -107,12 +107,7 @@ class Placement:
 
     def provenance(self) -> dict[str, Any]:
         """What a result records about where it was computed."""
-        return {
-            "device": self.device,
-            "precision": self.precision,
-            "gpu": self.gpu,
-            "tf32": self.tf32,
-        }
+        return {k: getattr(self, k) for k in ("device", "precision", "gpu", "tf32")}
 
 
 def _mps_available() -> bool:
