@@ -312,6 +312,61 @@ def test_steps_saved_equal_a_direct_computation(study, report):
     assert "not reached" in md or "steps saved" in md.lower()
 
 
+# the range each CSV interval must stay in: a metric's mean in [0, 1], a difference of two in
+# [-1, 1]; retained = ported / origin is not negative; retention is a ratio of differences
+METRIC_RANGE = (0.0, 1.0)
+DIFFERENCE_RANGE = (-1.0, 1.0)
+
+
+def interval_range(table: str, prefix: str) -> tuple[float, float] | None:
+    if prefix == "retained_":
+        return (0.0, math.inf)
+    if prefix == "retention_":
+        return (-math.inf, math.inf)  # finite, and within its seeds' own ratios (below)
+    if prefix == "saved_":
+        return None  # steps, not a metric
+    if table.startswith("differences") or table == "ranking":
+        return DIFFERENCE_RANGE
+    return METRIC_RANGE
+
+
+def test_no_interval_leaves_its_range_and_not_learned_origins_have_no_ratio(report):
+    """Every interval of every CSV lies in its metric's range; a module that did not learn on
+    its origin has no retained share and no retention anywhere."""
+    checked = 0
+    for name, path in report.csv.items():
+        rows = read_csv(path)
+        lows = [c for c in (rows[0] if rows else {}) if c.endswith("ci_low")]
+        for col in lows:
+            prefix = col[: -len("ci_low")]
+            bounds = interval_range(name, prefix)
+            if bounds is None:
+                continue
+            for r in rows:
+                low, high = r[col], r[f"{prefix}ci_high"]
+                assert (low == "") == (high == ""), (name, col, r)
+                if low == "":
+                    continue
+                lo, hi = float(low), float(high)
+                assert math.isfinite(lo) and math.isfinite(hi), (name, col, r)
+                assert bounds[0] <= lo <= hi <= bounds[1], (name, col, r)
+                mean_col = f"{prefix}mean" if f"{prefix}mean" in r else "mean_diff"
+                if r.get(mean_col, "") != "":
+                    assert lo - 1e-12 <= float(r[mean_col]) <= hi + 1e-12, (name, col, r)
+                checked += 1
+    assert checked > 20  # the study has intervals to check (pooled cells have 4 runs)
+    not_learned = 0
+    for name in ("zero_shot", "zero_shot_by_technique", "retention_vs_distance"):
+        for r in read_csv(report.csv[name]) if name in report.csv else []:
+            if r["origin_learned"].startswith("not learned"):
+                not_learned += 1
+                ratio = "retention_" if name == "retention_vs_distance" else "retained_"
+                assert r[f"{ratio}mean"] == "" and r[f"{ratio}ci_low"] == "", (name, r)
+    assert not_learned  # the adapter does not learn the toy in 60 steps: the check ran
+    glance = report.markdown.read_text().split("## Figures")[0]
+    assert "not measured (did not learn on its origin)" in glance
+
+
 def test_html_and_markdown_show_the_table_numbers(report):
     html = report.html.read_text()
     md = report.markdown.read_text()

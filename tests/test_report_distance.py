@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import sqlite3
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -622,3 +623,30 @@ def test_a_study_without_random_has_no_retention(tmp_path):
     html = paths.html.read_text()
     assert "undefined (2 not planned)" in html
     assert "the study has no random condition: retention needs random zero-shot" in html
+
+
+def test_lines_join_only_a_series_never_the_two_directions_of_a_pair():
+    """Two directions of one pair are two points; a line joins only receivers of one origin."""
+    from matplotlib.figure import Figure
+
+    from peftport.report.figures import SERIES_COLORS, _draw_distance_panel
+    from peftport.report.model import DistancePanel, DistancePoint, Stat
+
+    def pt(x: float, y: float, label: str, origin: str) -> DistancePoint:
+        return DistancePoint(x, Stat(y, None, None, 2, 2), label, origin)
+
+    def lines(points: list[DistancePoint]) -> int:
+        ax = Figure().subplots()
+        panel = DistancePanel("data", {"lora": points}, sorted({(p.x, p.label) for p in points}))
+        _draw_distance_panel(ax, panel, ["lora"], True, Counter())
+        # the technique's lines (its colour, no marker), not the reference lines at 0 and 1
+        return sum(
+            1
+            for ln in ax.get_lines()
+            if ln.get_color() == SERIES_COLORS[0] and ln.get_marker() in ("None", "", None)
+        )
+
+    both = [pt(0.2, 0.8, "a -> b", "a"), pt(0.2, 0.6, "b -> a", "b")]
+    assert lines(both) == 0
+    drift = [pt(0.1, 0.9, "a -> b", "a"), pt(0.3, 0.7, "a -> c", "a"), pt(0.5, 0.5, "a -> d", "a")]
+    assert lines(drift) == 1

@@ -71,15 +71,18 @@ CHANCE_TEXT = {
 
 def _learned_of(sel: list[Observation], learned: dict[ModuleKey, Learned]) -> str:
     """One word on whether the modules behind `sel` learned on their origin, with why not."""
-    got = [learned.get((o.technique, o.origin, o.pre_data, o.pre_steps)) for o in sel]
-    known = [g for g in got if g is not None]
+    keys = dict.fromkeys((o.technique, o.origin, o.pre_data, o.pre_steps) for o in sel)
+    known = [learned[k] for k in keys if k in learned]  # one per module, not per result
     if not known:
         return "unknown"
     bad = [g for g in known if not g.learned]
     if not bad:
         return "yes"
-    whys = "; ".join(dict.fromkeys(g.why for g in bad))
-    return f"{NOT_LEARNED} ({whys})" if len(bad) == len(known) else f"partly ({whys})"
+    if len(bad) == 1:  # one module: its numbers
+        why = bad[0].why
+    else:
+        why = f"{len(bad)} of {len(known)} origins: " + "; ".join(dict.fromkeys(g.short for g in bad))
+    return f"{NOT_LEARNED} ({why})" if len(bad) == len(known) else f"partly ({why})"
 
 
 # --- small pieces ------------------------------------------------------------------------------

@@ -74,7 +74,8 @@ class Learned:
     auc: float | None
     base: float | None  # the majority-class rate of its test split (None: unknown)
     learned: bool
-    why: str  # "" when learned; else what failed
+    why: str  # "" when learned; else what failed, with the numbers
+    short: str = ""  # "" when learned; else what failed, in words without numbers
 
     def text(self) -> str:
         if self.learned:
@@ -99,12 +100,16 @@ def learned_modules(obs: Iterable[Observation]) -> dict[ModuleKey, Learned]:
         acc = _mean([o.accuracy for o in sel if o.accuracy is not None])
         auc = _mean([o.auc for o in sel if o.auc is not None])
         br = base.get(key[2])
-        why = []
+        why, short = [], []
         if acc is not None and br is not None and acc <= br.share + NOT_LEARNED_MARGIN:
             why.append(f"accuracy {acc:.3f}, majority class {br.share:.3f}")
+            short.append("accuracy at the majority class")
         if auc is not None and auc < NOT_LEARNED_AUC:
             why.append(f"AUC {auc:.3f} < {NOT_LEARNED_AUC:.2f}")
-        out[key] = Learned(acc, auc, br.share if br else None, not why, "; ".join(why))
+            short.append(f"AUC < {NOT_LEARNED_AUC:.2f}")
+        out[key] = Learned(
+            acc, auc, br.share if br else None, not why, "; ".join(why), ", ".join(short)
+        )
     return out
 
 
