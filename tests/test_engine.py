@@ -124,6 +124,89 @@ def test_bad_config(kwargs, match):
         TrainConfig(**kwargs)
 
 
+def test_every_trainconfig_field_is_a_train_and_adapt_option(monkeypatch):
+    """The options come from TrainConfig's field descriptions: a field needs no CLI edit."""
+    import dataclasses
+
+    import peftport.runs as runs
+
+    seen = []
+    monkeypatch.setattr(runs, "train_run", lambda *a, **k: seen.append(a[3]) or _stop())
+    monkeypatch.setattr(runs, "adapt_run", lambda *a, **k: seen.append(a[3]) or _stop())
+    for cmd, head in (("train", ["--technique", "lora"]), ("adapt", ["m"])):
+        out = runner.invoke(app, [cmd, "--help"]).output
+        for f in dataclasses.fields(TrainConfig):
+            assert f"--{f.name.replace('_', '-')}" in out, (cmd, f.name)
+        args = [
+            cmd,
+            *head,
+            "--host",
+            "tiny-bert",
+            "--data",
+            "d",
+            "--steps",
+            "8",
+            "--warmup-ratio",
+            "0.25",
+            "--horizon",
+            "12",
+            "--weight-decay",
+            "0.01",
+            "--max-grad-norm",
+            "0.5",
+            "--eval-batch-size",
+            "8",
+            "--split",
+            "validation",
+            "--max-eval",
+            "5",
+            "--eval-at",
+            "0,4",
+            "--lr",
+            "0.01",
+        ]
+        res = runner.invoke(app, args)
+        assert isinstance(res.exception, _Stop), res.output
+    for cfg in seen:
+        assert cfg == TrainConfig(
+            steps=8,
+            lr=0.01,
+            warmup_ratio=0.25,
+            horizon=12,
+            weight_decay=0.01,
+            max_grad_norm=0.5,
+            eval_batch_size=8,
+            eval_split="validation",
+            max_eval_examples=5,
+            eval_at=(0, 4),
+        )
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--technique",
+            "lora",
+            "--host",
+            "h",
+            "--data",
+            "d",
+            "--steps",
+            "3",
+            "--warmup-ratio",
+            "-1",
+        ],
+    )
+    assert "warmup_ratio must be >= 0, got -1.0" in str(res.exception)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop():
+    raise _Stop
+
+
 def test_bad_input_fails_before_training(small_rt, monkeypatch):
     import peftport.runs as runs
 

@@ -183,7 +183,25 @@ def test_missing_file_and_suffix(tmp_path):
 
 
 def test_train_fields_are_trainconfig_fields():
-    assert "lr" in train_fields() and "steps" not in train_fields()
+    """Every TrainConfig field but the planner's may be set, checked from its description."""
+    import dataclasses
+
+    from peftport.engine import TrainConfig
+    from peftport.study.spec import PLANNER_FIELDS
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert train_fields() == [n for n in names if n not in PLANNER_FIELDS]
+    text = GOOD.replace("train: {lr: 1e-2,", "train: {warmup_ratio: -0.5, eval_split: dev, "
+                        "weight_decay: 1, lr: 1e-2,", 1)
+    with pytest.raises(StudyFileError) as e:
+        parse_study(text, "s.yaml")
+    msg = str(e.value)
+    assert "2 problems" in msg, msg
+    assert "key 'train.warmup_ratio': warmup_ratio must be >= 0, got -0.5" in msg
+    assert "key 'train.eval_split': eval_split must be one of train, validation, test" in msg
+    spec = parse_study(GOOD.replace("train: {lr: 1e-2,", "train: {weight_decay: 1, lr: 1e-2,"))
+    assert spec.techniques[0].pre["weight_decay"] == 1.0  # held as TrainConfig holds it
+    assert isinstance(spec.techniques[0].pre["weight_decay"], float)
 
 
 def test_run_time_shape_check(tmp_path):

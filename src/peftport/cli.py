@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 # Each module adds its commands to `app` with a `register(app)` function.
-COMMAND_MODULES = ["hosts", "data", "port", "train", "study", "report", "demo", "interop"]
+COMMAND_MODULES = ["hosts", "data", "port", "check", "train", "study", "report", "demo", "interop"]
 
 
 def _version(value: bool) -> None:

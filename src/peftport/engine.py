@@ -16,52 +16,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from peftport import tasks
+from peftport.configs import TrainConfig
 from peftport.errors import PeftportError
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int  # optimizer steps to run
-    lr: float = 1e-3  # a pilot reached 0.81 on minilm-l6 + Rotten Tomatoes at 1e-3
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    max_length: int = 64  # tokens per example; 128 halves the speed on CPU
-    warmup_ratio: float = 0.06  # share of the horizon spent warming up linearly
-    horizon: int | None = None  # schedule length; None = steps
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    eval_at: tuple[int, ...] = ()  # checkpoint steps to evaluate (0 = zero-shot)
-    eval_split: str = "test"
-    max_eval_examples: int | None = None  # evaluate on the first n (a seeded sample)
-    threads: int | None = None  # torch threads; None leaves torch's setting alone
-    bf16: bool = False  # bfloat16 autocast on CPU
-
-    def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise PeftportError(f"steps must be >= 0, got {self.steps}")
-        for name in ("batch_size", "eval_batch_size", "max_length"):
-            if getattr(self, name) <= 0:
-                raise PeftportError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise PeftportError(f"lr must be positive, got {self.lr}")
-        bad = [s for s in self.eval_at if s < 0 or s > self.steps]
-        if bad:
-            raise PeftportError(f"eval step(s) {bad} outside the run (0..{self.steps} steps)")
-        if self.horizon is not None and self.horizon < self.steps:
-            raise PeftportError(f"horizon {self.horizon} is shorter than the run ({self.steps})")
-        if self.eval_split not in ("train", "validation", "test"):
-            raise PeftportError(
-                f"eval_split must be train, validation or test, got {self.eval_split!r}"
-            )
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate for optimizer step `step` (0-based)."""
-        horizon = self.horizon or self.steps
-        warm = max(1, round(self.warmup_ratio * horizon))
-        if step < warm:
-            return self.lr * (step + 1) / warm
-        return self.lr * max(0.0, (horizon - step) / max(1, horizon - warm))
 
 
 @dataclass

@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from peftport.configfields import describe, of_type
 from peftport.errors import PeftportError
 from peftport.provenance import package_versions
 
@@ -55,27 +56,28 @@ FORMAT = "peftport-module"
 TENSOR_FILE = "module.safetensors"
 META_FILE = "module.json"
 
-# field -> (accepted types, description for messages)
-REQUIRED: dict[str, tuple[tuple[type, ...], str]] = {
-    "technique": ((str,), "a string"),
-    "config": ((dict,), "an object"),
-    "host_kind": ((str,), "a string"),
-    "host_family": ((str,), "a string"),
-    "origin_host": ((str,), "a string"),
-    "origin_fingerprint": ((str,), "a string"),
-    "task": ((str,), "a string"),
-    "label_words": ((list,), "a list of strings"),
-    "steps": ((int,), "an integer"),
-    "seed": ((int,), "an integer"),
+# field -> its type, checked strictly (pydantic): a bool is not an integer, "8" is not 8
+REQUIRED: dict[str, Any] = {
+    "technique": str,
+    "config": dict,
+    "host_kind": str,
+    "host_family": str,
+    "origin_host": str,
+    "origin_fingerprint": str,
+    "task": str,
+    "label_words": list[str],
+    "steps": int,
+    "seed": int,
 }
-OPTIONAL: dict[str, tuple[tuple[type, ...], str]] = {
-    "adapter_name": ((str,), "a string"),
-    "metrics": ((dict,), "an object"),
-    "trainable": ((int,), "an integer"),
-    "host_dims": ((dict,), "an object"),
-    "port": ((dict, type(None)), "an object"),
-    "extra": ((dict,), "an object"),
+OPTIONAL: dict[str, Any] = {
+    "adapter_name": str,
+    "metrics": dict,
+    "trainable": int,
+    "host_dims": dict,
+    "port": dict | None,
+    "extra": dict,
 }
+JSON_WORDS = {int: "an integer", dict: "an object"}  # module.json speaks JSON
 FILLED = ("schema_version", "format", "sha256", "tensor_file", "num_tensors", "num_parameters",
           "head_keys", "versions", "created")
 
@@ -113,15 +115,10 @@ def _check_fields(meta: Mapping[str, Any], where: str) -> None:
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise PeftportError(f"{where}: missing required field(s) {', '.join(missing)}")
-    for table in (REQUIRED, OPTIONAL):
-        for key, (types, desc) in table.items():
-            if key not in meta:
-                continue
-            value = meta[key]
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                raise PeftportError(f"{where}: field {key!r} must be {desc}, got {value!r}")
-    if not all(isinstance(w, str) for w in meta["label_words"]):
-        raise PeftportError(f"{where}: field 'label_words' must be a list of strings")
+    for key, annotation in {**REQUIRED, **OPTIONAL}.items():
+        if key in meta and not of_type(annotation, meta[key])[0]:
+            raise PeftportError(f"{where}: field {key!r} must be "
+                                f"{describe(annotation, JSON_WORDS)}, got {meta[key]!r}")
     if meta["steps"] < 0:
         raise PeftportError(f"{where}: field 'steps' must be >= 0, got {meta['steps']}")
     if meta["technique"] not in TECHNIQUES:

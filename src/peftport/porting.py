@@ -116,7 +116,8 @@ def _why(meta: Mapping[str, Any], receiver: ReceiverSpec) -> str:
     reasons = []
     oh, rh = origin_dims.get("hidden_size"), receiver.dims.get("hidden_size")
     if oh is not None and rh is not None and oh != rh:
-        reasons.append(f"the hosts' hidden sizes differ (origin {oh}, receiver {rh})")
+        reasons.append(f"the hosts' hidden sizes differ (origin {oh}, receiver {rh}) and only "
+                       "the porting method align (--method align) maps a module between widths")
     ol, rl = origin_dims.get("layers") or {}, receiver.dims.get("layers") or {}
     for stack in receiver.layer_stacks:
         if stack in ol and stack in rl and ol[stack] != rl[stack]:
@@ -129,11 +130,10 @@ def _why(meta: Mapping[str, Any], receiver: ReceiverSpec) -> str:
             "receiver; " + "; ".join(reasons) + ", so these tensors have no place to go.")
 
 
-def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
-                     receiver: ReceiverSpec, layer_map: ResolvedMap | None = None,
-                     keep_receiver_head: bool = False) -> dict[str, str]:
-    """Raise PortingError unless the module fits the receiver; return receiver name -> module
-    tensor name (the module's own naming)."""
+def check_header(meta: Mapping[str, Any], receiver: ReceiverSpec,
+                 layer_map: ResolvedMap | None = None) -> None:
+    """Raise PortingError unless the module's host kind, family, technique and config (and, for
+    a prefix, the layer map) fit the receiver: everything but the tensors' shapes."""
     kind, family = meta.get("host_kind"), meta.get("host_family")
     if kind != receiver.kind:
         raise PortingError(
@@ -165,6 +165,13 @@ def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any
             "prefix tuning keeps every layer's prefix in one MLP output tensor; a layer map that "
             "moves layers cannot be applied to it (port between hosts of the same depth)")
 
+
+def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                     receiver: ReceiverSpec, layer_map: ResolvedMap | None = None,
+                     keep_receiver_head: bool = False) -> dict[str, str]:
+    """Raise PortingError unless the module fits the receiver; return receiver name -> module
+    tensor name (the module's own naming)."""
+    check_header(meta, receiver, layer_map)
     origin_name = meta.get("adapter_name", receiver.name)
     # the module's tensors, renamed to the receiver's module name
     renamed = {_rename_part(k, origin_name, receiver.name): k for k in tensors}

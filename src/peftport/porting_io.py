@@ -112,15 +112,31 @@ def port_module(
     layer_map: LayerMap | None = None,
     force: bool = False,
     progress: bool = False,
+    method: str = "copy",
+    align_texts: int = 256,
 ) -> tuple[Path, dict[str, Any]]:
     """Load the module, check it against the receiver, choose the layer map, port, verify by
-    loading into the receiver, save to `out`. Returns the saved folder and its metadata."""
+    loading into the receiver, save to `out`. Returns the saved folder and its metadata.
+
+    `method` (`peftport.methods`): how the `ported` condition carries the module; `align` first
+    fits maps between the plain hosts' hidden spaces on `align_texts` texts."""
     from peftport.hosts import ENCODER_CLASSIFIER, get_host, load_host
+    from peftport.methods import (
+        METHODS,
+        MethodInputs,
+        method_record,
+        parse_method,
+        port_with_method,
+    )
     from peftport.module import FILLED, load_module, save_module
     from peftport.porting import PortingError, ReceiverSpec, port
     from peftport.techniques import attach, check_supported, load_module_state
 
     tensors, meta = load_module(module)
+    parsed = parse_method(method)
+    if parsed.name != "copy" and condition != "ported":
+        raise PeftportError(f"--method {method} applies to the ported condition; {condition} is "
+                            "a control and is drawn as it is (use --method copy)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise PeftportError(f"{out} already exists; choose another --out or pass --force")
     spec = get_host(to)
@@ -135,6 +151,17 @@ def port_module(
 
     num_labels = len(meta["label_words"]) if meta["host_kind"] == ENCODER_CLASSIFIER else 2
     host = load_host(spec, num_labels=max(num_labels, 1))
+    inputs = MethodInputs()
+    needs = METHODS.get(parsed.name)
+    if needs.needs_alignment:  # on the plain hosts, before a module changes what they compute
+        from peftport.alignfit import fit_alignment
+
+        origin = load_host(get_host(meta["origin_host"]), num_labels=max(num_labels, 1))
+        inputs = MethodInputs(alignment=fit_alignment(origin, host, fit=parsed.params["fit"],
+                                                      texts=align_texts))
+    elif needs.needs_receiver_weights:
+        inputs = MethodInputs(receiver_weights={k: v.detach().clone()
+                                                for k, v in host.model.state_dict().items()})
     name = meta.get("adapter_name", "peftport")
     att = attach(
         host.model, host.spec.family, meta["technique"], meta["config"], name=name, seed=seed
@@ -149,9 +176,13 @@ def port_module(
         receiver.layer_stacks,
         progress=progress,
     )
-    state = port(
-        tensors, meta, receiver, condition, seed, lmap, keep_receiver_head=keep_receiver_head
-    )
+    if condition == "ported" and parsed.name != "copy":
+        state = port_with_method(tensors, meta, receiver, parsed, lmap,
+                                 keep_receiver_head=keep_receiver_head, inputs=inputs)
+    else:  # copy is the ported condition itself, bit for bit
+        state = port(
+            tensors, meta, receiver, condition, seed, lmap, keep_receiver_head=keep_receiver_head
+        )
     load_module_state(host.model, state, name)  # proves the result loads, strictly
 
     new_meta = {k: v for k, v in meta.items() if k not in FILLED}
@@ -167,6 +198,7 @@ def port_module(
         "source_metrics": source_metrics,
         **map_info,
         "keep_receiver_head": keep_receiver_head,
+        **method_record(parsed, inputs.alignment),
     }
     path = save_module(out, state, new_meta, overwrite=force)
     return path, new_meta

@@ -7,6 +7,7 @@ import math
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -22,6 +23,10 @@ def _sources(spec) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    from peftport.configfields import typer_options
+    from peftport.configs import CompareSettings
+    from peftport.hosts.derive import DeriveConfig
+
     hosts = typer.Typer(help="Pretrained hosts: list, show, derive, compare.", no_args_is_help=True)
     app.add_typer(hosts, name="hosts")
 
@@ -105,79 +110,38 @@ def register(app: typer.Typer) -> None:
             _print_drift(drift["drift"])
 
     @hosts.command("derive")
+    @typer_options(DeriveConfig)
     def derive(
         name: str = typer.Option(..., "--name", help="Id for the new host."),
-        parent: str = typer.Option("minilm-l6", "--from", help="Parent host (BERT family)."),
-        steps: int = typer.Option(300, help="Masked-LM steps: more steps, more drift."),
-        lr: float = typer.Option(1e-4, help="Learning rate: higher, more drift."),
-        seed: int = typer.Option(0, help="Seed for masking and batch order."),
-        corpus: str = typer.Option("rt_plots", help="Unlabelled text corpus."),
-        batch_size: int = typer.Option(16, help="Batch size."),
-        max_length: int = typer.Option(64, help="Maximum tokens per text."),
+        *,
+        settings: dict[str, Any],
     ) -> None:
         """Derive a same-shape receiving host by continued masked-LM training (cached)."""
-        import shutil
+        from peftport.hosts import derived_recipe, get_host
+        from peftport.hosts.derive import install_derived_host, read_drift
 
-        from peftport.hosts import HOSTS, _build_derived, _derived_home, derived_recipe, get_host
-        from peftport.hosts.derive import read_drift
-        from peftport.hosts.spec import Built
-
-        if name in HOSTS or not name or "/" in name or name.startswith("."):
-            raise PeftportError(f"--name {name!r}: choose a new plain name (not a built-in id)")
-        parent_spec = get_host(parent)
-        built = Built(
-            derived_recipe(
-                name,
-                parent_spec.id,
-                steps=steps,
-                lr=lr,
-                seed=seed,
-                corpus=corpus,
-                batch_size=batch_size,
-                max_length=max_length,
-            ),
-            _build_derived,
+        kw = dict(settings)
+        parent_spec = get_host(kw.pop("parent"))
+        recipe = derived_recipe(name, parent_spec.id, **kw)
+        target = install_derived_host(
+            name, recipe, parent_spec, echo=lambda s: console.print(s, markup=False)
         )
-        folder = built.resolve()
-        target = _derived_home() / name
-        meta = {
-            "family": parent_spec.family,
-            "parent": parent_spec.id,
-            "description": f"derived from {parent_spec.id}: masked-LM on {corpus}, "
-            f"{steps} steps, lr {lr}, seed {seed}",
-            "recipe": dict(built.recipe),
-        }
-        if target.exists():
-            old = json.loads((target / "peftport-host.json").read_text())
-            if old.get("recipe") != meta["recipe"]:
-                raise PeftportError(
-                    f"a derived host named {name!r} exists with another recipe "
-                    f"({target}); choose another --name or delete it"
-                )
-        else:
-            tmp = target.with_name(f".{name}.tmp")
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            shutil.copytree(folder, tmp)
-            (tmp / "peftport-host.json").write_text(json.dumps(meta, indent=2))
-            tmp.rename(target)
-        drift = read_drift(folder)
-        console.print(f"host [bold]{name}[/bold] ready at {target}")
+        drift = read_drift(target)
+        console.print(f"host [bold]{name}[/bold] ready at {target}", highlight=False)
         if drift:
             _print_drift(drift["drift"])
 
     @hosts.command("compare")
+    @typer_options(CompareSettings)
     def compare(
         origin: str = typer.Argument(..., help="Origin host: id, local folder or hub id."),
         receiver: str = typer.Argument(..., help="Receiving host (same family)."),
-        texts: int = typer.Option(256, "--texts", help="Texts sampled from the corpus."),
-        corpus: str = typer.Option("rt_plots", "--corpus", help="Unlabelled text corpus."),
-        max_length: int = typer.Option(64, "--max-length", help="Maximum tokens per text."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the text sample."),
         plot: Path | None = typer.Option(
             None, "--plot", help="Also write a PNG: CKA heatmap and weight-distance bars."
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+        *,
+        settings: dict[str, Any],
     ) -> None:
         """Compare two hosts layer by layer: weight distance where shapes match, linear CKA of
         hidden states on a text sample, and the layer maps for porting between them."""
@@ -185,15 +149,7 @@ def register(app: typer.Typer) -> None:
 
         if plot is not None and plot.suffix.lower() != ".png":
             raise PeftportError(f"--plot {plot}: the figure is a PNG; name it *.png")
-        c = compare_hosts(
-            origin,
-            receiver,
-            corpus=corpus,
-            texts=texts,
-            max_length=max_length,
-            seed=seed,
-            progress=True,
-        )
+        c = compare_hosts(origin, receiver, **settings, progress=True)
         if plot is not None:
             _write_atomic(plot, render_comparison_png(c))
         if as_json:

@@ -38,6 +38,14 @@ def register(app: typer.Typer) -> None:
             "unlabelled text; compares the hosts first), or explicit: origin layers per "
             "receiver layer (1,3,5) or RECEIVER:ORIGIN pairs (0:1,1:3,2:5). Default: identity."),
         force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+        method: str = typer.Option(
+            "copy", "--method", help="How the ported condition carries the module: copy (as "
+            "trained), scaled:F (its contribution times F), subspace[:K] (LoRA: the update "
+            "projected onto the receiving weights' top singular vectors), align[:lstsq] "
+            "(through maps between the hosts' hidden spaces fitted on shared text; also "
+            "between hidden widths). See docs/porting-methods.md."),
+        align_texts: int = typer.Option(
+            256, "--align-texts", help="align: texts of the unlabelled corpus to fit on."),
     ) -> None:
         """Port a module into another host (checked tensor by tensor) and save the result."""
         from peftport.layermap import parse_layer_map
@@ -46,7 +54,8 @@ def register(app: typer.Typer) -> None:
         lmap = parse_layer_map(layer_map) if layer_map.strip() else None
         path, meta = port_module(module, to, condition.value, seed, out,
                                  keep_receiver_head=keep_receiver_head, layer_map=lmap,
-                                 force=force, progress=True)
+                                 force=force, progress=True, method=method,
+                                 align_texts=align_texts)
         info = meta["port"]
         if info.get("layer_map") is not None:
             typer.echo(f"layer map ({info['layer_map_strategy']}, receiver <- origin): "
@@ -59,7 +68,9 @@ def register(app: typer.Typer) -> None:
         if info.get("layer_map_note"):
             typer.echo(f"note: {info['layer_map_note']}")
         typer.echo(f"{meta['technique']} module from {meta['origin_host']} -> "
-                   f"{info['receiver_host']} ({condition.value}, seed {seed}): {path}")
+                   f"{info['receiver_host']} ({condition.value}, "
+                   + (f"method {method}, " if info.get("method", "copy") != "copy" else "")
+                   + f"seed {seed}): {path}")
 
     @app.command("techniques")
     def techniques_cmd(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -43,26 +44,14 @@ def _metrics_table(title: str, metrics: dict) -> Table:
     return table
 
 
-def _config(
-    steps, eval_at, lr, batch_size, max_length, seed, threads, bf16, max_eval, split, horizon=None
-):
-    from peftport.engine import TrainConfig
+def _config(settings: dict[str, Any]) -> Any:
+    """The TrainConfig of a command's options (`--eval-at` given as text)."""
+    from peftport.configs import TrainConfig
 
+    steps = settings["steps"]
     if steps <= 0:
         raise PeftportError(f"--steps must be positive, got {steps}")
-    return TrainConfig(
-        steps=steps,
-        lr=lr,
-        batch_size=batch_size,
-        max_length=max_length,
-        seed=seed,
-        eval_at=parse_steps(eval_at) or (steps,),
-        threads=threads,
-        bf16=bf16,
-        max_eval_examples=max_eval,
-        eval_split=split,
-        horizon=horizon,
-    )
+    return TrainConfig(**{**settings, "eval_at": parse_steps(settings["eval_at"]) or (steps,)})
 
 
 def _finish(out, as_json: bool, title: str, out_dir: Path | None) -> None:
@@ -87,96 +76,87 @@ def _finish(out, as_json: bool, title: str, out_dir: Path | None) -> None:
     )
 
 
+# The TrainConfig fields as `train` and `adapt` take them; every other field is an option too,
+# generated from its description on TrainConfig.
+_EVAL_AT = "Checkpoint steps to evaluate, e.g. 0,100,300"
+TRAIN_OPTIONS = {
+    "eval_at": {"type": str, "default": "", "help": f"{_EVAL_AT} (default: the last step)."},
+}
+ADAPT_OPTIONS = {
+    "steps": {"help": "Post-porting training steps."},
+    "eval_at": {"type": str, "default": "0", "help": f"{_EVAL_AT} (0 = zero-shot)."},
+}
+EVALUATE_OPTIONS = ("max_length", "max_eval_examples", "eval_split")
+
+
 def register(app: typer.Typer) -> None:
-    common = dict(
-        lr=typer.Option(1e-3, help="Peak learning rate (AdamW, warmup then linear decay)."),
-        batch_size=typer.Option(16, help="Training batch size."),
-        max_length=typer.Option(64, help="Maximum tokens per example."),
-        seed=typer.Option(0, help="Seed for initialisation, data order and dropout."),
-        threads=typer.Option(None, help="Torch threads (default: torch's choice)."),
-        bf16=typer.Option(False, help="bfloat16 autocast on CPU (faster; see docs)."),
-        max_eval=typer.Option(None, "--max-eval", help="Evaluate on the first N examples."),
-        split=typer.Option("test", help="Split to evaluate on: test or validation."),
-    )
+    from peftport.configfields import typer_options
+    from peftport.configs import TrainConfig
 
     @app.command()
+    @typer_options(TrainConfig, overrides=TRAIN_OPTIONS)
     def train(
         host: str = typer.Option(..., help="Host id, local folder or hub id."),
         technique: str = typer.Option(..., help="PEFT technique (see `peftport techniques`)."),
         data: str = typer.Option(..., help="Data set id or a CSV/JSONL file."),
-        steps: int = typer.Option(..., help="Training steps."),
-        eval_at: str = typer.Option(
-            "", help="Checkpoint steps to evaluate, e.g. 0,100,300 (default: the last step)."
-        ),
         out: Path = typer.Option(None, help="Folder to save the trained module in."),
         config: str = typer.Option("", help="Technique settings as JSON, e.g. '{\"r\": 16}'."),
-        lr: float = common["lr"],
-        batch_size: int = common["batch_size"],
-        max_length: int = common["max_length"],
-        seed: int = common["seed"],
-        threads: int = common["threads"],
-        bf16: bool = common["bf16"],
-        max_eval: int = common["max_eval"],
-        split: str = common["split"],
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        *,
+        settings: dict[str, Any],
     ) -> None:
         """Train a fresh PEFT module on a host and evaluate it at checkpoints."""
         from peftport.runs import train_run
 
         tech_cfg = _parse_config(config)
-        cfg = _config(
-            steps, eval_at, lr, batch_size, max_length, seed, threads, bf16, max_eval, split
-        )
+        cfg = _config(settings)
         res = train_run(host, technique, data, cfg, technique_config=tech_cfg, progress=not as_json)
         _finish(res, as_json, f"{technique} on {host}, {data}", out)
 
     @app.command()
+    @typer_options(TrainConfig, overrides=ADAPT_OPTIONS)
     def adapt(
         module: Path = typer.Argument(..., help="Module folder (from train or port)."),
         host: str = typer.Option(..., help="Receiving host."),
         data: str = typer.Option(..., help="Data set id or a CSV/JSONL file."),
-        steps: int = typer.Option(..., help="Post-porting training steps."),
-        eval_at: str = typer.Option("0", help="Checkpoints, e.g. 0,100,300 (0 = zero-shot)."),
         out: Path = typer.Option(None, help="Folder to save the adapted module in."),
-        lr: float = common["lr"],
-        batch_size: int = common["batch_size"],
-        max_length: int = common["max_length"],
-        seed: int = common["seed"],
-        threads: int = common["threads"],
-        bf16: bool = common["bf16"],
-        max_eval: int = common["max_eval"],
-        split: str = common["split"],
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        *,
+        settings: dict[str, Any],
     ) -> None:
         """Adapt a ported (or sampled, or random) module on its receiving host for a few steps."""
         from peftport.runs import adapt_run
 
-        cfg = _config(
-            steps, eval_at, lr, batch_size, max_length, seed, threads, bf16, max_eval, split
-        )
-        res = adapt_run(module, host, data, cfg, progress=not as_json)
+        res = adapt_run(module, host, data, _config(settings), progress=not as_json)
         _finish(res, as_json, f"adapting {module} on {host}, {data}", out)
 
     @app.command()
+    @typer_options(TrainConfig, only=EVALUATE_OPTIONS)
     def evaluate(
         module: Path = typer.Argument(..., help="Module folder."),
         host: str = typer.Option(..., help="Host to evaluate the module in."),
         data: str = typer.Option(..., help="Data set id or a CSV/JSONL file."),
-        max_length: int = common["max_length"],
-        max_eval: int = common["max_eval"],
-        split: str = common["split"],
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        *,
+        settings: dict[str, Any],
     ) -> None:
         """Evaluate a module in a host: accuracy, macro-F1, ROC-AUC."""
         from peftport.runs import evaluate_run
 
+        split = settings["eval_split"]
         m = evaluate_run(
-            module, host, data, split=split, max_examples=max_eval, max_length=max_length
+            module,
+            host,
+            data,
+            split=split,
+            max_examples=settings["max_eval_examples"],
+            max_length=settings["max_length"],
         )
         if as_json:
             typer.echo(json.dumps(m, indent=2))
         else:
-            Console().print(_metrics_table(f"{module} in {host}, {data} ({split})", {0: m}))
+            title = f"{module} in {host}, {data} ({split})"
+            Console().print(_metrics_table(title, {0: m}))
 
 
 def _parse_config(text: str) -> dict | None:

@@ -16,42 +16,139 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from peftport.configfields import check_bounds, setting, settings
 from peftport.errors import PeftportError
+
+if TYPE_CHECKING:  # torch is imported where a host is built: `peftport --help` stays fast
+    import torch
 
 
 @dataclass(frozen=True)
 class DeriveConfig:
-    parent: str = "minilm-l6"
-    corpus: str = "rt_plots"  # unlabelled text in no evaluation split
-    steps: int = 300  # 300 steps at lr 1e-4 moves each layer about 3% (relative Frobenius)
-    lr: float = 1e-4
-    batch_size: int = 16
-    max_length: int = 64  # plots are long: 64 tokens keeps a step under a second on 2 cores
-    mask_prob: float = 0.15
-    warmup_steps: int = 30
-    seed: int = 0
-    threads: int = 2
+    """How a host is derived. Each field's description is the one source of the options of
+    `peftport hosts derive` and of a study file's `hosts: {NAME: {derive: {...}}}` keys."""
+
+    parent: str = setting("minilm-l6", help="Parent host (BERT family).", key="from")
+    # unlabelled text in no evaluation split
+    corpus: str = setting("rt_plots", help="Unlabelled text corpus.")
+    # 300 steps at lr 1e-4 moves each layer about 3% (relative Frobenius)
+    steps: int = setting(300, help="Masked-LM steps: more steps, more drift.", gt=0)
+    lr: float = setting(1e-4, help="Learning rate: higher, more drift.", gt=0, lt=1)
+    batch_size: int = setting(16, help="Batch size.", gt=0)
+    # plots are long: 64 tokens keeps a step under a second on 2 cores
+    max_length: int = setting(64, help="Maximum tokens per text.", gt=0)
+    mask_prob: float = setting(0.15, help="Share of the tokens masked.", gt=0, lt=1)
+    warmup_steps: int = setting(30, help="Linear warmup steps.", ge=0)
+    seed: int = setting(0, help="Seed for masking and batch order.")
+    # speed only: not part of the recipe, so not a user's setting
+    threads: int = setting(2, help="Torch threads while deriving.", internal=True)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "max_length"):
-            if getattr(self, name) <= 0:
-                raise PeftportError(f"derive: {name} must be positive, got {getattr(self, name)}")
-        if not 0 < self.lr < 1:
-            raise PeftportError(f"derive: lr must be in (0, 1), got {self.lr}")
-        if not 0 < self.mask_prob < 1:
-            raise PeftportError(f"derive: mask_prob must be in (0, 1), got {self.mask_prob}")
+        check_bounds(self, prefix="derive: ")
 
     def as_recipe(self) -> dict[str, str]:
         d = {k: str(v) for k, v in asdict(self).items() if k != "threads"}  # threads: speed only
         d["version"] = "3"  # 3: masked positions only, plots cut into windows
         return d
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, str]) -> DeriveConfig:
+        """The config a recipe (`as_recipe`, all text) was written from."""
+        return cls(
+            **{
+                s.name: s.annotation(recipe[s.name])
+                for s in settings(cls).values()
+                if not s.internal
+            }
+        )
+
+
+class DerivedHostConflict(PeftportError):
+    """A derived host of that name is installed with another recipe."""
+
+
+def install_derived_host(
+    name: str,
+    recipe: tuple[tuple[str, str], ...],
+    parent: Any = None,
+    echo: Callable[[str], None] | None = None,
+) -> Path:
+    """Build (or find cached) the host `recipe` describes (`peftport.hosts.derived_recipe`)
+    and install it as the user-derived host NAME under $PEFTPORT_HOME/hosts/derived, where
+    `get_host(NAME)` finds it in any process (local workers, and Ray workers on nodes that
+    share $PEFTPORT_HOME). Returns its folder.
+
+    `peftport hosts derive` and a study's derived hosts both install through here, so either
+    finds the other's host. The same recipe again is a no-op; another recipe under an
+    installed name is refused (DerivedHostConflict). parent: the parent's HostSpec (default:
+    `get_host` of the recipe's parent); echo: progress lines."""
+    from peftport.hosts import HOSTS, _build_derived, _derived_home, get_host
+    from peftport.hosts.spec import Built
+
+    if name in HOSTS or not name or "/" in name or name.startswith("."):
+        raise PeftportError(f"derived host {name!r}: choose a new plain name (not a built-in id)")
+    r = dict(recipe)
+    target = _derived_home() / name
+    meta_path = target / "peftport-host.json"
+    if meta_path.exists():
+        _check_same_recipe(name, meta_path, r)
+        return target
+    built = Built(recipe, _build_derived)
+    if echo is not None and not (built.folder() / ".complete").exists():
+        echo(
+            f"deriving host {name} from {r['parent']}: {r['steps']} masked-LM steps at lr "
+            f"{r['lr']} (about a second per step on 2 cores; built once and cached)"
+        )
+    folder = built.resolve()
+    parent = parent if parent is not None else get_host(r["parent"])
+    meta = {
+        "family": parent.family,
+        "parent": parent.id,
+        "description": f"derived from {parent.id}: masked-LM on {r['corpus']}, "
+        f"{r['steps']} steps, lr {r['lr']}, seed {r['seed']}",
+        "recipe": r,
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    shutil.copytree(folder, tmp, copy_function=_link_or_copy)
+    (tmp / "peftport-host.json").write_text(json.dumps(meta, indent=2))
+    try:
+        tmp.rename(target)
+    except OSError:  # another process installed it first: theirs stays if it is the same
+        shutil.rmtree(tmp, ignore_errors=True)
+        _check_same_recipe(name, meta_path, r)
+    if echo is not None:
+        drift = read_drift(folder) or {}
+        layers = [v for k, v in (drift.get("drift") or {}).items() if k.startswith("layer.")]
+        how = f"; mean layer drift {sum(layers) / len(layers):.3f}" if layers else ""
+        echo(f"host {name}: derived from {r['parent']}, installed at {target}{how}")
+    return target
+
+
+def _check_same_recipe(name: str, meta_path: Path, recipe: dict[str, str]) -> None:
+    if json.loads(meta_path.read_text()).get("recipe") != recipe:
+        raise DerivedHostConflict(
+            f"a derived host named {name!r} exists with another recipe ({meta_path.parent}); "
+            "choose another name or delete that folder"
+        )
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard links where the file system allows (a host's weights are ~90 MB; nothing writes to
+    a built host folder), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def relative_drift(
@@ -74,22 +171,13 @@ def relative_drift(
 
 
 def build_derived(out: Path, recipe: dict[str, str]) -> None:
+    import torch
     from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling
 
     from peftport.data import unlabelled_texts
     from peftport.hosts import get_host, host_folder
 
-    cfg = DeriveConfig(
-        parent=recipe["parent"],
-        corpus=recipe["corpus"],
-        steps=int(recipe["steps"]),
-        lr=float(recipe["lr"]),
-        batch_size=int(recipe["batch_size"]),
-        max_length=int(recipe["max_length"]),
-        mask_prob=float(recipe["mask_prob"]),
-        warmup_steps=int(recipe["warmup_steps"]),
-        seed=int(recipe["seed"]),
-    )
+    cfg = DeriveConfig.from_recipe(recipe)
     parent_spec = get_host(cfg.parent)
     if parent_spec.family != "bert":
         raise PeftportError(

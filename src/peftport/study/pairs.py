@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,71 +25,18 @@ from peftport.errors import PeftportError
 from peftport.study.spec import StudyFileError, StudySpec, resolve_pair_map
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    """Hard links where the file system allows (a host's weights are ~90 MB; nothing writes to
-    a built host folder), else a copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def install_derived_hosts(spec: StudySpec, echo: Callable[[str], None] = print) -> list[Path]:
     """Build (or find cached) and install every host the study derives, in file order (a parent
     declared above its child is installed first). Returns their folders."""
-    from peftport.hosts import _build_derived, _derived_home
-    from peftport.hosts.derive import read_drift
-    from peftport.hosts.spec import Built
+    from peftport.hosts.derive import DerivedHostConflict, install_derived_host
     from peftport.study.spec import study_host
 
     out = []
     for d in spec.derived_hosts:
-        recipe = d.recipe()
-        r = dict(recipe)
-        target = _derived_home() / d.name
-        meta_path = target / "peftport-host.json"
-        if meta_path.exists():
-            old = json.loads(meta_path.read_text()).get("recipe")
-            if old != r:
-                raise StudyFileError(
-                    f"{spec.source}: a derived host named {d.name!r} exists with another recipe "
-                    f"({target}); rename the study's host or delete that folder"
-                )
-            out.append(target)
-            continue
-        built = Built(recipe, _build_derived)
-        if not (built.folder() / ".complete").exists():
-            echo(
-                f"deriving host {d.name} from {d.parent}: {r['steps']} masked-LM steps at lr "
-                f"{r['lr']} (about a second per step on 2 cores; built once and cached)"
-            )
-        folder = built.resolve()
-        parent = study_host(spec, d.parent)
-        meta = {  # what `peftport hosts derive` writes, so either one finds the other's host
-            "family": parent.family,
-            "parent": parent.id,
-            "description": f"derived from {parent.id}: masked-LM on {r['corpus']}, "
-            f"{r['steps']} steps, lr {r['lr']}, seed {r['seed']}",
-            "recipe": r,
-        }
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{d.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-        shutil.copytree(folder, tmp, copy_function=_link_or_copy)
-        (tmp / "peftport-host.json").write_text(json.dumps(meta, indent=2))
         try:
-            tmp.rename(target)
-        except OSError:  # another driver installed it first: theirs stays if it is the same
-            shutil.rmtree(tmp, ignore_errors=True)
-            if json.loads(meta_path.read_text()).get("recipe") != r:
-                raise StudyFileError(
-                    f"{spec.source}: a derived host named {d.name!r} appeared "
-                    f"with another recipe ({target})"
-                ) from None
-        drift = read_drift(folder) or {}
-        layers = [v for k, v in (drift.get("drift") or {}).items() if k.startswith("layer.")]
-        how = f"; mean layer drift {sum(layers) / len(layers):.3f}" if layers else ""
-        echo(f"host {d.name}: derived from {d.parent}, installed at {target}{how}")
-        out.append(target)
+            out.append(install_derived_host(d.name, d.recipe(), study_host(spec, d.parent), echo))
+        except DerivedHostConflict as e:
+            raise StudyFileError(f"{spec.source}: {e}") from None
     return out
 
 

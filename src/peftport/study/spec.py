@@ -35,16 +35,28 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from peftport.configfields import by_key
+from peftport.configs import CompareSettings
 from peftport.errors import PeftportError
 from peftport.layermap import IDENTITY, LayerMap, parse_layer_map
+from peftport.study.derived import DerivedHost, derived_hosts
+from peftport.study.derived import study_host as study_host  # where callers import it from
+from peftport.study.source import Path_, Source, StudyFileError, parse_text
+from peftport.study.validate import Problems as _Problems
+from peftport.study.validate import (
+    check_keys,
+    config_section,
+    did_you_mean,
+    host_ok,
+    int_list,
+    read_data,
+)
+from peftport.study.validate import is_int as _int
 
 TOP_KEYS = {
     "name": "the study's name (default: the file name)",
@@ -70,40 +82,12 @@ PAIR_KEYS = ("origin", "receiver", "both_directions", "layer_map")
 # Layer maps (receiver layer -> origin layer, per directed pair) are named by the strategies of
 # `peftport.layermap`; an explicit list is strategy "explicit" (in the store's host_pairs table
 # too).
-COMPARE_KEYS: dict[str, tuple[type, int]] = {  # key -> (type, minimum)
-    "texts": (int, 2),
-    "corpus": (str, 0),
-    "max_length": (int, 4),
-    "seed": (int, 0),
-}
-# `peftport hosts derive` options a study's `hosts: {NAME: {derive: {...}}}` may set
-DERIVE_KEYS: dict[str, tuple[type, ...]] = {
-    "from": (str,),
-    "steps": (int,),
-    "lr": (float, int),
-    "seed": (int,),
-    "corpus": (str,),
-    "batch_size": (int,),
-    "max_length": (int,),
-}
-DATA_KEYS = ("pre", "post")
+
 CONDITIONS = ("ported", "sampled", "random")
 
-# TrainConfig fields a study may set; steps, horizon's default, eval_at, seed and threads are the
-# planner's (the study's step axes and seeds decide them; threads are the executor's).
-TRAIN_FIELDS: dict[str, tuple[type, ...]] = {
-    "lr": (float, int),
-    "batch_size": (int,),
-    "eval_batch_size": (int,),
-    "max_length": (int,),
-    "warmup_ratio": (float, int),
-    "horizon": (int, type(None)),
-    "weight_decay": (float, int),
-    "max_grad_norm": (float, int),
-    "eval_split": (str,),
-    "max_eval_examples": (int, type(None)),
-    "bf16": (bool,),
-}
+# TrainConfig fields a study may not set (why not): the planner's (the study's step axes and
+# seeds decide them; threads are the executor's). Every other field may be set, checked from its
+# description on TrainConfig (`train_fields`).
 PLANNER_FIELDS = {
     "steps": "the study's pre_steps / post_steps set it",
     "eval_at": "every step count of the study is evaluated",
@@ -132,30 +116,12 @@ DEPTH_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-class StudyFileError(PeftportError):
-    """One or more problems in a study file; the message lists each with its line and key."""
-
-
 @dataclass(frozen=True)
 class TechniqueSetting:
     name: str
     config: dict[str, Any]  # the full technique config (defaults filled in): part of unit ids
     pre: dict[str, Any]  # TrainConfig fields before porting (study, then technique overrides)
     post: dict[str, Any]  # ... after porting
-
-
-@dataclass(frozen=True)
-class CompareSettings:
-    """How the driver compares the hosts of every directed pair (`peftport.hostcompare`)."""
-
-    texts: int = 256
-    corpus: str = "rt_plots"
-    max_length: int = 64
-    seed: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"corpus": self.corpus, "texts": self.texts, "max_length": self.max_length,
-                "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -169,21 +135,6 @@ class PairMap(LayerMap):
         if self.strategy == "cka" and compare is not None:
             out["compare"] = compare.as_dict()
         return out
-
-
-@dataclass(frozen=True)
-class DerivedHost:
-    """A host the study derives itself (`hosts: {NAME: {derive: {...}}}`), by the recipe code
-    of `peftport hosts derive`, installed as a user-derived host under that name."""
-
-    name: str
-    parent: str
-    settings: tuple[tuple[str, Any], ...]  # DeriveConfig fields given in the file
-
-    def recipe(self) -> tuple[tuple[str, str], ...]:
-        from peftport.hosts import derived_recipe
-
-        return derived_recipe(self.name, self.parent, **dict(self.settings))
 
 
 @dataclass(frozen=True)
@@ -260,206 +211,26 @@ class StudySpec:
         return tuple(dict.fromkeys(d for c in self.data for d in c))
 
 
-# --- reading files, with line numbers -----------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-3` as a string; learning rates are written that way, so read it as a
-    float (a number with an exponent and no dot)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-Path_ = tuple[str | int, ...]
-
-
-def key_name(path: Path_) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-class _Source:
-    """The text of a study file and where each key sits in it."""
-
-    def __init__(self, name: str, text: str, fmt: str, base: Path | None = None) -> None:
-        self.name = name
-        self.text = text
-        self.fmt = fmt
-        self.base = base  # the file's folder: relative paths in it are relative to it
-        self.lines: dict[Path_, int] = {}
-        self.duplicates: list[tuple[Path_, int, int]] = []
-
-    def line(self, path: Path_) -> int | None:
-        for n in range(len(path), 0, -1):  # the key itself, else its nearest parent
-            if path[:n] in self.lines:
-                return self.lines[path[:n]]
-            if self.fmt == "toml":
-                found = _toml_line(self.text, path[:n])
-                if found:
-                    return found
-        return None
-
-    def where(self, path: Path_) -> str:
-        line = self.line(path)
-        at = f", line {line}" if line else ""
-        return f"{self.name}{at}, key {key_name(path)!r}" if path else self.name
-
-
-def _toml_line(text: str, path: Path_) -> int | None:
-    """TOML keeps no positions: find the line that names the key (a heuristic for messages)."""
-    names = [p for p in path if isinstance(p, str)]
-    if not names:
-        return None
-    key = re.escape(names[-1])
-    pattern = re.compile(rf'(^|[\s.\[{{,])"?{key}"?\s*(=|\]|\.)')
-    for i, line in enumerate(text.splitlines(), 1):
-        if pattern.search(line.split("#", 1)[0]):
-            return i
-    return None
-
-
-def _walk_yaml(node: yaml.Node, path: Path_, src: _Source) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for knode, vnode in node.value:
-            key = knode.value
-            line = knode.start_mark.line + 1
-            if key in seen:
-                src.duplicates.append((path + (key,), seen[key], line))
-            seen[key] = line
-            src.lines[path + (key,)] = line
-            _walk_yaml(vnode, path + (key,), src)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            src.lines[path + (i,)] = item.start_mark.line + 1
-            _walk_yaml(item, path + (i,), src)
-
-
-def _parse_text(text: str, name: str, fmt: str, base: Path | None = None
-                ) -> tuple[Any, _Source]:
-    src = _Source(name, text, fmt, base)
-    if fmt == "toml":
-        try:
-            return tomllib.loads(text), src
-        except tomllib.TOMLDecodeError as e:
-            raise StudyFileError(f"{name}: not valid TOML: {e}") from None
-    try:
-        node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f", line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise StudyFileError(f"{name}{at}: not valid YAML: {problem}") from None
-    if node is not None:
-        _walk_yaml(node, (), src)
-    return data, src
-
-
 # --- validation ---------------------------------------------------------------------------
 
 
-class _Problems:
-    def __init__(self, src: _Source) -> None:
-        self.src = src
-        self.items: list[tuple[int, str]] = []
-
-    def add(self, path: Path_, message: str) -> None:
-        line = self.src.line(path) or 0
-        item = (line, f"{self.src.where(path)}: {message}")
-        if item not in self.items:  # a study-level setting is checked once per technique
-            self.items.append(item)
-
-    def raise_if_any(self) -> None:
-        if not self.items:
-            return
-        msgs = [m for _, m in sorted(self.items, key=lambda x: x[0])]
-        if len(msgs) == 1:
-            raise StudyFileError(msgs[0])
-        raise StudyFileError(f"{len(msgs)} problems in {self.src.name}:\n  - " + "\n  - ".join(msgs))
-
-
-def _did_you_mean(name: str, known: list[str] | tuple[str, ...]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.6)
-    initials = "".join(w[:1] for w in name.split("_"))  # learning_rate -> lr
-    if not close and "_" in name and initials in known:
-        close = [initials]
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return f"{hint} Known keys: {', '.join(known)}."
-
-
-def _check_keys(obj: dict, allowed, path: Path_, what: str, probs: _Problems) -> None:
-    for key in obj:
-        if key not in allowed:
-            probs.add(path + (str(key),), f"unknown {what} {key!r}." + _did_you_mean(
-                str(key), tuple(allowed)))
-
-
-def _int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _int_list(raw: Any, path: Path_, probs: _Problems, *, minimum: int, what: str,
-              allow_zero_drop: bool = False) -> tuple[int, ...]:
-    if not isinstance(raw, list) or not raw:
-        probs.add(path, f"{what} must be a non-empty list of whole numbers, got {raw!r}")
-        return ()
-    out: list[int] = []
-    for i, v in enumerate(raw):
-        if not _int(v):
-            probs.add(path + (i,), f"{what} must be whole numbers, got {v!r}")
-        elif v < minimum:
-            probs.add(path + (i,), f"{what} must be >= {minimum}, got {v}")
-        elif v in out:
-            probs.add(path + (i,), f"{v} is listed twice")
-        else:
-            out.append(v)
-    if allow_zero_drop:
-        out = [v for v in out if v != 0]
-    return tuple(sorted(out))
-
-
 def _train_section(raw: Any, path: Path_, probs: _Problems) -> dict[str, tuple[Any, Path_]]:
-    """A `train`/`pre`/`post` mapping -> {field: (value, path)}; bad keys and types reported."""
+    """A `train`/`pre`/`post` mapping -> {field: (value, path)}; bad keys and values reported."""
+    from peftport.configs import TrainConfig
+
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         probs.add(path, f"must be a mapping of training settings, got {raw!r}")
         return {}
-    out: dict[str, tuple[Any, Path_]] = {}
-    for key, value in raw.items():
-        p = path + (str(key),)
-        if key in PLANNER_FIELDS:
-            probs.add(p, f"{key!r} cannot be set here: {PLANNER_FIELDS[key]}")
-            continue
-        if key not in TRAIN_FIELDS:
-            probs.add(p, f"unknown training setting {key!r}." + _did_you_mean(
-                str(key), tuple(TRAIN_FIELDS)))
-            continue
-        types = TRAIN_FIELDS[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            names = " or ".join({float: "a number", int: "a whole number", str: "a string",
-                                 bool: "true/false", type(None): "null"}[t] for t in types)
-            probs.add(p, f"{key} must be {names}, got {value!r}")
-            continue
-        if float in types and not isinstance(value, bool) and value is not None:
-            value = float(value)
-        out[key] = (value, p)
-    return out
+    return config_section(TrainConfig, raw, path, probs, what="training setting",
+                          refused=PLANNER_FIELDS)
 
 
 def _check_train(merged: dict[str, tuple[Any, Path_]], steps: tuple[int, ...], phase_path: Path_,
                  probs: _Problems) -> dict[str, Any]:
     """Build the TrainConfig once to let it check ranges; report at the key that set a field."""
-    from peftport.engine import TrainConfig
+    from peftport.configs import TrainConfig
 
     values = {k: v for k, (v, _) in merged.items()}
     if not steps and "horizon" not in values:
@@ -478,37 +249,14 @@ def _check_train(merged: dict[str, tuple[Any, Path_]], steps: tuple[int, ...], p
     return values
 
 
-def _local(name: str, base: Path | None) -> str:
-    """A relative path in a study file is relative to the file's folder."""
-    if base is None or Path(name).is_absolute() or not (base / name).exists():
-        return name
-    return str((base / name).resolve())
-
-
-def _hosts_ok(name: Any, path: Path_, probs: _Problems, cache: dict, base: Path | None) -> Any:
-    from peftport.hosts import HOSTS, get_host
-
-    if not isinstance(name, str) or not name:
-        probs.add(path, f"a host must be a host id, a checkpoint folder or a hub id, got {name!r}")
-        return None
-    if name in cache:
-        return cache[name]
-    try:
-        cache[name] = get_host(name if name in HOSTS else _local(name, base))
-    except PeftportError as e:
-        probs.add(path, str(e))
-        cache[name] = None
-    return cache[name]
-
-
-def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
+def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
     from peftport.techniques import check_supported, get_technique
 
     probs = _Problems(src)
     if not isinstance(data, dict):
         probs.add((), "a study file must be a mapping of keys (techniques, pairs, data, ...)")
         probs.raise_if_any()
-    _check_keys(data, TOP_KEYS, (), "key", probs)
+    check_keys(data, TOP_KEYS, (), "key", probs)
     for dup_path, first, second in src.duplicates:
         probs.add(dup_path, f"given twice (lines {first} and {second})")
     for required in ("techniques", "pairs", "data", "pre_steps", "post_steps", "seeds"):
@@ -524,9 +272,9 @@ def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
         description = ""
 
     # steps first: training settings are checked against them
-    pre_steps = _int_list(data.get("pre_steps", [1]), ("pre_steps",), probs, minimum=1,
+    pre_steps = int_list(data.get("pre_steps", [1]), ("pre_steps",), probs, minimum=1,
                           what="pre-porting step counts")
-    post_steps = _int_list(data.get("post_steps", [0]), ("post_steps",), probs, minimum=0,
+    post_steps = int_list(data.get("post_steps", [0]), ("post_steps",), probs, minimum=0,
                            what="post-porting step counts", allow_zero_drop=True)
 
     # training settings: study level
@@ -537,7 +285,7 @@ def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
     techniques, t_paths = _techniques(data, pre_steps, post_steps, study_train, study_pre,
                                       study_post, probs)
     host_cache: dict[str, Any] = {}
-    derived = _derived_hosts(data, probs, host_cache)
+    derived = derived_hosts(data, probs, host_cache)
     read = _pairs(data, src, probs, host_cache)
     pairs = read.pairs
     compare = _compare(data, probs)
@@ -556,7 +304,7 @@ def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
                 check_supported(t.name, spec.family)
             except PeftportError as e:
                 probs.add(t_paths[t.name], f"{e} (host {h!r})")
-    data_combos = _data_combos(data, src, probs)
+    data_combos = read_data(data, src, probs)
 
     max_examples = data.get("max_examples")
     if max_examples is not None and (not _int(max_examples) or max_examples < 1):
@@ -579,7 +327,7 @@ def _parse(data: Any, src: _Source, default_name: str) -> StudySpec:
             conditions.append(c)
     conditions.sort(key=CONDITIONS.index)
 
-    seeds = _int_list(data.get("seeds", [0]), ("seeds",), probs, minimum=0, what="seeds")
+    seeds = int_list(data.get("seeds", [0]), ("seeds",), probs, minimum=0, what="seeds")
     keep_adapted = data.get("keep_adapted", False)
     if not isinstance(keep_adapted, bool):
         probs.add(("keep_adapted",), "keep_adapted must be true or false")
@@ -659,7 +407,7 @@ def _techniques(data: dict, pre_steps: tuple[int, ...], post_steps: tuple[int, .
         for key in settings:
             if key not in TECHNIQUE_KEYS:
                 hint = (" Technique settings (r, reduction_factor, ...) go under 'config'."
-                        if key not in TRAIN_FIELDS else
+                        if key not in train_fields() else
                         " Training settings go under 'train', 'pre' or 'post'.")
                 probs.add(tpath + (str(key),), f"unknown technique key {key!r}; known: "
                           f"{', '.join(TECHNIQUE_KEYS)}.{hint}")
@@ -701,7 +449,7 @@ ONE_MAP = ("a study has one layer map per directed pair; to compare maps, run on
            "into the same store")
 
 
-def _pairs(data: dict, src: _Source, probs: _Problems, host_cache: dict[str, Any]) -> _Pairs:
+def _pairs(data: dict, src: Source, probs: _Problems, host_cache: dict[str, Any]) -> _Pairs:
     """Directed (origin, receiver) pairs with their layer maps; each listed pair checked (ids,
     families, shapes, and each direction's map against the depths when they are known)."""
     both_default = data.get("both_directions", False)
@@ -725,7 +473,7 @@ def _pairs(data: dict, src: _Source, probs: _Problems, host_cache: dict[str, Any
             origin, receiver = p
             opath, rpath = ppath + (0,), ppath + (1,)
         elif isinstance(p, dict):
-            _check_keys(p, PAIR_KEYS, ppath, "pair key", probs)
+            check_keys(p, PAIR_KEYS, ppath, "pair key", probs)
             origin, receiver = p.get("origin"), p.get("receiver")
             opath, rpath = ppath + ("origin",), ppath + ("receiver",)
             both = p.get("both_directions", both_default)
@@ -746,8 +494,8 @@ def _pairs(data: dict, src: _Source, probs: _Problems, host_cache: dict[str, Any
             probs.add(ppath, f"a pair is [origin, receiver] or {{origin: ..., receiver: ...}}, "
                       f"got {p!r}")
             continue
-        o = _hosts_ok(origin, opath, probs, host_cache, src.base)
-        r = _hosts_ok(receiver, rpath, probs, host_cache, src.base)
+        o = host_ok(origin, opath, probs, host_cache, src.base)
+        r = host_ok(receiver, rpath, probs, host_cache, src.base)
         if o is None or r is None:
             continue
         # a map that was refused above is reported there, not again as "depths differ"
@@ -797,20 +545,11 @@ def _compare(data: dict, probs: _Problems) -> CompareSettings | None:
         return CompareSettings()
     if not isinstance(raw, dict):
         probs.add(("compare",), f"compare must be false, true or a mapping with keys "
-                  f"{', '.join(COMPARE_KEYS)}, got {raw!r}")
+                  f"{', '.join(by_key(CompareSettings))}, got {raw!r}")
         return CompareSettings()
-    _check_keys(raw, COMPARE_KEYS, ("compare",), "compare key", probs)
-    values: dict[str, Any] = {}
-    for key, (typ, minimum) in COMPARE_KEYS.items():
-        if key not in raw:
-            continue
-        v, path = raw[key], ("compare", key)
-        if typ is int and (not _int(v) or v < minimum):
-            probs.add(path, f"compare.{key} must be a whole number >= {minimum}, got {v!r}")
-        elif typ is str and (not isinstance(v, str) or not v):
-            probs.add(path, f"compare.{key} must be a name, got {v!r}")
-        else:
-            values[key] = v
+    given = config_section(CompareSettings, raw, ("compare",), probs, what="compare key",
+                           prefix="compare.")
+    values = {k: v for k, (v, _) in given.items()}
     if "corpus" in values:
         from peftport.data import UNLABELLED
 
@@ -818,166 +557,6 @@ def _compare(data: dict, probs: _Problems) -> CompareSettings | None:
             probs.add(("compare", "corpus"), UNLABELLED.unknown_message(values["corpus"]))
             values.pop("corpus")
     return CompareSettings(**values)
-
-
-def _derived_hosts(data: dict, probs: _Problems, host_cache: dict[str, Any]
-                   ) -> tuple[DerivedHost, ...]:
-    """`hosts: {NAME: {derive: {from, steps, lr, ...}}}`: checked here, built by `study run`.
-
-    Each becomes a host named NAME (its spec goes into host_cache, so pairs can name it) made by
-    the recipe code of `peftport hosts derive`; a parent may be a host declared above it."""
-    from peftport.hosts import HOSTS, _derived_home
-
-    raw = data.get("hosts")
-    if raw is None:
-        return ()
-    if not isinstance(raw, dict) or not raw:
-        probs.add(("hosts",), f"hosts must be a mapping name -> {{derive: {{from: PARENT, steps: "
-                  f"N, lr: LR}}}}, got {raw!r}")
-        return ()
-    out: list[DerivedHost] = []
-    for name, body in raw.items():
-        hpath: Path_ = ("hosts", str(name))
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            probs.add(hpath, f"a host name is letters, digits, '-', '_' or '.', got {name!r}")
-            continue
-        if name in HOSTS:
-            probs.add(hpath, f"{name!r} is a built-in host; choose another name for a host the "
-                      "study derives")
-            continue
-        if not isinstance(body, dict) or "derive" not in body:
-            probs.add(hpath, f"a study host is {{derive: {{from: PARENT, steps: N, lr: LR, "
-                      f"...}}}} (`peftport hosts derive` settings), got {body!r}")
-            continue
-        _check_keys(body, ("derive",), hpath, "host key", probs)
-        dpath = hpath + ("derive",)
-        settings = body["derive"]
-        if not isinstance(settings, dict):
-            probs.add(dpath, f"derive must be a mapping with keys {', '.join(DERIVE_KEYS)}, got "
-                      f"{settings!r}")
-            continue
-        _check_keys(settings, DERIVE_KEYS, dpath, "derive key", probs)
-        ok = True
-        for key, types in DERIVE_KEYS.items():
-            v = settings.get(key)
-            if key in settings and (not isinstance(v, types) or isinstance(v, bool)):
-                kind = "a number" if float in types else ("a whole number" if int in types
-                                                          else "a name")
-                probs.add(dpath + (key,), f"derive.{key} must be {kind}, got {v!r}")
-                ok = False
-        if "from" not in settings:
-            probs.add(dpath, "derive needs 'from': the parent host (e.g. from: minilm-l6)")
-            continue
-        parent = _hosts_ok(settings["from"], dpath + ("from",), probs, host_cache, None)
-        if parent is None or not ok:
-            continue
-        if parent.family != "bert":
-            fam = parent.family or "unknown-family"
-            probs.add(dpath + ("from",), f"derive: parent {parent.id!r} is a {fam} host; "
-                      "masked-LM derivation is implemented for BERT-family hosts")
-            continue
-        kw = {k: (float(v) if k == "lr" else v) for k, v in settings.items()
-              if k in DERIVE_KEYS and k != "from"}
-        d = DerivedHost(name=name, parent=parent.id, settings=tuple(sorted(kw.items())))
-        try:
-            recipe = d.recipe()
-        except PeftportError as e:  # DeriveConfig's own range checks
-            bad = next((k for k in kw if re.search(rf"\b{re.escape(k)}\b", str(e))), None)
-            probs.add(dpath + ((bad,) if bad else ()), str(e))
-            continue
-        installed = _derived_home() / name / "peftport-host.json"
-        if installed.exists():
-            try:
-                old = json.loads(installed.read_text()).get("recipe")
-            except (OSError, ValueError):
-                old = None
-            if old != dict(recipe):
-                probs.add(hpath, f"a derived host named {name!r} exists with another recipe "
-                          f"({installed.parent}); rename the study's host or delete that folder")
-                continue
-        host_cache[name] = _declared_spec(name, parent, recipe)
-        out.append(d)
-    return tuple(out)
-
-
-def _declared_spec(name: str, parent: Any, recipe: tuple[tuple[str, str], ...]) -> Any:
-    """The HostSpec of a host the study derives: installed (by `study run`, or by `peftport
-    hosts derive` with the same recipe) or still to be built."""
-    from peftport.assets import LocalPath
-    from peftport.hosts import _build_derived, _derived_home
-    from peftport.hosts.spec import Built, HostSpec
-
-    r = dict(recipe)
-    return HostSpec(id=name, family=parent.family, parent=parent.id,
-                    description=f"derived from {parent.id} by the study: masked-LM on "
-                                f"{r['corpus']}, {r['steps']} steps, lr {r['lr']}, seed {r['seed']}",
-                    sources=(LocalPath("", str(_derived_home() / name)),
-                             Built(recipe, _build_derived)))
-
-
-def study_host(spec: StudySpec, name: str) -> Any:
-    """The HostSpec of a host of the study: one it derives (installed or not), or `get_host`."""
-    from peftport.hosts import get_host
-
-    d = next((d for d in spec.derived_hosts if d.name == name), None)
-    if d is None:
-        return get_host(name)
-    return _declared_spec(name, study_host(spec, d.parent), d.recipe())
-
-
-def _data_combos(data: dict, src: _Source, probs: _Problems) -> list[tuple[str, str]]:
-    data_combos: list[tuple[str, str]] = []
-    raw_d = data.get("data")
-    if "data" in data and (not isinstance(raw_d, list) or not raw_d):
-        probs.add(("data",), f"data must be a non-empty list of [pre, post] data sets, got "
-                  f"{raw_d!r}")
-        raw_d = []
-    ds_cache: dict[str, Any] = {}
-    for i, d in enumerate(raw_d or []):
-        dpath: Path_ = ("data", i)
-        if isinstance(d, str):
-            combo, paths = (d, d), (dpath, dpath)
-        elif isinstance(d, list) and len(d) == 2:
-            combo, paths = (d[0], d[1]), (dpath + (0,), dpath + (1,))
-        elif isinstance(d, dict):
-            _check_keys(d, DATA_KEYS, dpath, "data key", probs)
-            combo, paths = (d.get("pre"), d.get("post")), (dpath + ("pre",), dpath + ("post",))
-        else:
-            probs.add(dpath, f"a data combination is [pre, post], {{pre: ..., post: ...}} or one "
-                      f"data set for both, got {d!r}")
-            continue
-        specs = [_dataset_ok(n, p, probs, ds_cache, src.base)
-                 for n, p in zip(combo, paths, strict=True)]
-        if None in specs:
-            continue
-        combo = (specs[0].id, specs[1].id)  # local files: their absolute path
-        if tuple(specs[0].label_words) != tuple(specs[1].label_words):
-            probs.add(dpath, f"{combo[0]!r} has labels {list(specs[0].label_words)} and "
-                      f"{combo[1]!r} has {list(specs[1].label_words)}: a module trained on one "
-                      "cannot be evaluated on the other")
-            continue
-        if combo in data_combos:
-            probs.add(dpath, f"data combination {combo[0]} -> {combo[1]} is listed twice")
-            continue
-        data_combos.append(combo)  # type: ignore[arg-type]
-
-    return data_combos
-
-
-def _dataset_ok(name: Any, path: Path_, probs: _Problems, cache: dict, base: Path | None
-                ) -> Any:
-    from peftport.data import DATASETS, get_dataset
-
-    if not isinstance(name, str) or not name:
-        probs.add(path, f"a data set id or a CSV/JSONL file, got {name!r}")
-        return None
-    if name not in cache:
-        try:
-            cache[name] = get_dataset(name if name in DATASETS else _local(name, base))
-        except PeftportError as e:
-            probs.add(path, str(e))
-            cache[name] = None
-    return cache[name]
 
 
 # --- can a pair port? ---------------------------------------------------------------------
@@ -1170,7 +749,7 @@ def check_resolved_pairs(spec: StudySpec) -> dict[str, int]:
 
 def parse_study(text: str, name: str = "<study>", fmt: str = "yaml",
                 default_name: str = "study", base: Path | None = None) -> StudySpec:
-    data, src = _parse_text(text, name, fmt, base)
+    data, src = parse_text(text, name, fmt, base)
     return _parse(data, src, default_name)
 
 
@@ -1199,7 +778,7 @@ def preset_text(name: str) -> tuple[str, str]:
         f = folder / f"{name}{suffix}"
         if f.is_file():
             return f.read_text(encoding="utf-8"), fmt
-    raise StudyFileError(f"unknown preset {name!r}." + _did_you_mean(name, preset_names())
+    raise StudyFileError(f"unknown preset {name!r}." + did_you_mean(name, preset_names())
                          .replace("Known keys", "Presets"))
 
 
@@ -1210,8 +789,6 @@ def load_preset(name: str) -> StudySpec:
 
 def train_fields() -> list[str]:
     """TrainConfig fields a study may set (for docs and tests)."""
-    from peftport.engine import TrainConfig
+    from peftport.configs import TrainConfig
 
-    known = {f.name for f in fields(TrainConfig)}
-    assert set(TRAIN_FIELDS) <= known and set(PLANNER_FIELDS) <= known
-    return list(TRAIN_FIELDS)
+    return [k for k in by_key(TrainConfig) if k not in PLANNER_FIELDS]
