@@ -124,6 +124,11 @@ def test_a_module_that_did_not_learn_gets_no_retention_anywhere(tmp_path):
     )
     assert flat["retained of origin"] == "not measured (did not learn on its origin)"
     assert flat["ported AUC, zero-shot"] != "n/a"  # AUC beside accuracy
+    # the figures: marked there too, and every accuracy panel has its majority-class line
+    assert [p.title for p in agg.overview.panels] == ["flat (not learned on its origin)", "good"]
+    assert all(p.chance == pytest.approx(BASE) for f in agg.figures for p in f.panels)
+    assert all("not learned" in p.title for f in agg.figures if f.technique == "flat"
+               for p in f.panels)  # fmt: skip
     # "flat" is left out of every finding
     assert all("flat" not in f.detail for f in agg.findings)
 

@@ -69,6 +69,15 @@ CHANCE_TEXT = {
 }
 
 
+_LEARNED = Learned(None, None, None, True, "")
+
+
+def _not_learned_note(learned: dict[ModuleKey, Learned], t: str, p: int) -> str:
+    """" (not learned on its origin)" when no module of `t` at `p` steps learned."""
+    mods = [v for k, v in learned.items() if k[0] == t and k[3] == p]
+    return f" ({NOT_LEARNED} on its origin)" if mods and not any(m.learned for m in mods) else ""
+
+
 def _learned_of(sel: list[Observation], learned: dict[ModuleKey, Learned]) -> str:
     """One word on whether the modules behind `sel` learned on their origin, with why not."""
     keys = dict.fromkeys((o.technique, o.origin, o.pre_data, o.pre_steps) for o in sel)
@@ -175,6 +184,7 @@ def figures(axes: Axes, obs: list[Observation], metric: str) -> list[FigureSpec]
     """One figure per technique x direction x pre-porting steps; one panel per data combination."""
     cells = cell_stats(obs)
     chance = chance_of(obs, metric)
+    learned = learned_modules(obs)
     origin = {
         k: summarize(v)
         for k, v in group(
@@ -199,7 +209,9 @@ def figures(axes: Axes, obs: list[Observation], metric: str) -> list[FigureSpec]
                         continue  # this combination is not in the study for this direction
                     panels.append(
                         Panel(
-                            title=f"data: {axes.data_combo(pre, post)}",
+                            title=f"data: {axes.data_combo(pre, post)}"
+                            + ("" if learned.get((t, o, pre, p), _LEARNED).learned
+                               else f" ({NOT_LEARNED} on its origin)"),  # fmt: skip
                             steps=axes.steps,
                             bars=bars,
                             origin=origin.get((t, o, pre, p)),
@@ -238,6 +250,7 @@ def overview_figure(axes: Axes, obs: list[Observation], metric: str) -> FigureSp
         return None
     p = max(axes.pre_steps)
     chance = chance_of(obs, metric)
+    learned = learned_modules(obs)
     g = group(
         (o for o in obs if o.condition in CONDITIONS and o.pre_steps in (0, p)),
         lambda o: (o.technique, o.condition, o.post_steps),
@@ -251,7 +264,8 @@ def overview_figure(axes: Axes, obs: list[Observation], metric: str) -> FigureSp
         posts = [post for _, post in axes.data]
         rate = [chance[d] for d in posts if d in chance]
         panels.append(
-            Panel(t, axes.steps, bars, org if org.expected else None, "on its origin",
+            Panel(t + _not_learned_note(learned, t, p), axes.steps, bars,
+                  org if org.expected else None, "on its origin",
                   sum(rate) / len(rate) if rate and len(rate) == len(posts) else None)
         )  # fmt: skip
     return FigureSpec(
