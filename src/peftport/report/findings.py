@@ -126,6 +126,9 @@ def _contrast(
         why = absent if not diffs else f"fewer than {MIN_RUNS} seeds with both sides"
         return Finding(key, claim, NOT_MEASURED, why)
     res = {t: stats.paired_test(d, [0.0] * len(d)) for t, d in tested.items()}
+    res = {t: r for t, r in res.items() if r.get("p_t") is not None and not np.isnan(r["p_t"])}
+    if not res:  # every seed gives the same difference: no spread, no test
+        return Finding(key, claim, NOT_MEASURED, "no test: the seeds' differences do not vary")
     ps = np.array([np.nan if r.get("p_t") is None else r["p_t"] for r in res.values()])
     holm = dict(zip(res, stats.holm(ps), strict=True))
     parts, hit = [], False
