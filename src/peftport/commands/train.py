@@ -12,8 +12,6 @@ from rich.table import Table
 
 from peftport.errors import PeftportError
 
-console = Console(stderr=True)
-
 
 def parse_steps(text: str, what: str = "--eval-at") -> tuple[int, ...]:
     """ "0,100,300" -> (0, 100, 300); a clear error for anything else."""
