@@ -64,6 +64,7 @@ def _finish(out, as_json: bool, title: str, out_dir: Path | None) -> None:
         "seconds": round(out.result.seconds, 2),
         "train_examples_per_second": round(out.result.examples_per_second, 1),
         "trainable_parameters": out.meta["trainable"],
+        "placement": out.result.placement,
     }
     if as_json:  # "module": null says it is not kept
         typer.echo(json.dumps(summary, indent=2))
@@ -75,6 +76,7 @@ def _finish(out, as_json: bool, title: str, out_dir: Path | None) -> None:
     Console().print(_metrics_table(title, out.meta["metrics"]))
     Console().print(
         f"{out.meta['trainable']:,} trainable parameters; "
+        f"{out.result.placement['device']} ({out.result.placement['precision']}); "
         f"{format_duration(out.result.seconds)}, {out.result.examples_per_second:.1f} "
         "training examples/s" + (f"; module saved to {path}" if path else "")
     )
@@ -91,7 +93,9 @@ ADAPT_OPTIONS = {
     "eval_at": {"type": str, "default": "", "help": f"{_EVAL_AT} (0 = zero-shot; default: "
                 "0 and the last step)."},
 }
-EVALUATE_OPTIONS = ("max_length", "max_eval_examples", "eval_split")
+EVALUATE_OPTIONS = (
+    "max_length", "max_eval_examples", "eval_split", "device", "precision", "deterministic"
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -147,9 +151,13 @@ def register(app: typer.Typer) -> None:
         settings: dict[str, Any],
     ) -> None:
         """Evaluate a module in a host: accuracy, macro-F1, ROC-AUC."""
+        from peftport.device import resolve
         from peftport.progress import ticker
         from peftport.runs import evaluate_run
 
+        placement = resolve(  # a device or precision that cannot work: before any load
+            settings["device"], settings["precision"], deterministic=settings["deterministic"]
+        )
         split = settings["eval_split"]
         with ticker(f"evaluating {module} in {host}"):  # a line every 30 s in a log
             m = evaluate_run(
@@ -159,11 +167,12 @@ def register(app: typer.Typer) -> None:
                 split=split,
                 max_examples=settings["max_eval_examples"],
                 max_length=settings["max_length"],
+                placement=placement,
             )
         if as_json:
             typer.echo(json.dumps(m, indent=2))
         else:
-            title = f"{module} in {host}, {data} ({split})"
+            title = f"{module} in {host}, {data} ({split}; {placement.device}, {placement.precision})"
             Console().print(_metrics_table(title, {0: m}))
 
 
