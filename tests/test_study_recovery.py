@@ -199,6 +199,11 @@ def test_a_damaged_snapshot_of_a_finished_study_is_reported_and_recomputed(
     res = runner.invoke(app, ["study", "status", "--store", str(store)])
     assert res.exit_code == 1 and "DAMAGED snapshot" in res.output, res.output
     assert problem in res.output
+    if what == "folder deleted":  # the report (from metrics) notices it too, cheaply
+        from peftport.cli import app as cli_app
+
+        res = runner.invoke(cli_app, ["report", str(store), "--out", str(tmp_path / "rep")])
+        assert res.exit_code == 0 and "missing or damaged" in res.stderr, res.output
     lines = []
     out = run_again(store, text, lines)
     said = [s for s in lines if "is damaged" in s]
@@ -319,3 +324,67 @@ def test_a_dead_worker_charges_only_its_own_unit(tmp_path):
         for r in con.execute("SELECT unit_id FROM events WHERE event IN ('released', 'failed')")
     }
     assert charged == {victim.id}
+
+
+# --- two drivers, and a driver killed at chosen moments ---------------------------------------
+
+
+def _every_unit_done_once(store, plan):
+    con = db(store)
+    assert {r[0] for r in con.execute("SELECT status FROM units")} == {"done"}
+    per_unit = dict(con.execute("SELECT unit_id, COUNT(*) FROM events WHERE event = 'done' "
+                                "GROUP BY unit_id").fetchall())
+    assert per_unit == {u.id: 1 for u in plan.units}
+    n = con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+    assert n == sum(u.evals for u in plan.units) * 5  # no metric lost or written twice
+
+
+def test_two_drivers_on_one_store_run_every_unit_exactly_once(tmp_path):
+    toy = write_toy(tmp_path / "toy.csv")
+    text = study_text(toy, pre="[4]", post="[3]")
+    (tmp_path / "s.yaml").write_text(text)
+    plan = make_plan(parse_study(text, "tiny.yaml"))
+    store = tmp_path / "s.sqlite"
+    args = cli_args("study", "run", str(tmp_path / "s.yaml"), "--store", str(store),
+                    "--workers", "1", "--no-progress")
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=ENV) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    _every_unit_done_once(store, plan)
+    drivers = {r[0] for r in db(store).execute("SELECT DISTINCT pid FROM events WHERE event = "
+                                               "'done'")}
+    assert drivers <= {p.pid for p in procs}
+
+
+MOMENTS = [
+    ("add_plan", "inside the transaction that records the plan"),
+    ("claimed", "a unit claimed, not yet handed to a worker"),
+    ("submitted", "a unit running in a worker"),
+    ("staged", "a unit's artifacts written, not yet in the store"),
+    ("finishing", "inside the transaction that commits a unit"),
+    ("finished", "right after a unit's commit"),
+]
+
+
+@pytest.mark.parametrize("moment,what", MOMENTS, ids=[m[0] for m in MOMENTS])
+def test_a_driver_killed_at_any_moment_then_rerun_runs_every_unit_exactly_once(
+        tmp_path, moment, what):
+    from peftport.module import load_module
+
+    toy = write_toy(tmp_path / "toy.csv")
+    text = study_text(toy, techniques=LORA, pre="[4]", post="[3]")
+    (tmp_path / "s.yaml").write_text(text)
+    plan = make_plan(parse_study(text, "tiny.yaml"))
+    store = tmp_path / "s.sqlite"
+    args = cli_args("study", "run", str(tmp_path / "s.yaml"), "--store", str(store),
+                    "--workers", "1", "--no-progress")
+    res = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                         env={**ENV, "PEFTPORT_TEST_KILL_DRIVER_AT": moment})
+    assert res.returncode == -9, res.stderr[-2000:]  # SIGKILLed at that moment
+    res = subprocess.run(args, capture_output=True, text=True, timeout=600, env=ENV)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _every_unit_done_once(store, plan)
+    for (path,) in db(store).execute("SELECT path FROM artifacts"):
+        load_module(tmp_path / "s.artifacts" / path)  # complete and sha256-checked
+    assert list((tmp_path / "s.artifacts" / ".tmp").glob("*")) == []

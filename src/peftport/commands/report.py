@@ -59,6 +59,7 @@ def register(app: typer.Typer) -> None:
                 )
             )
             return
+        _note_damaged(store)
         if not paths.complete:
             typer.echo(
                 "note: the study is not complete; missing results are shown as missing "
@@ -71,3 +72,25 @@ def register(app: typer.Typer) -> None:
         )
         if open_hint:
             typer.echo(f"open it in a browser: {paths.html.resolve().as_uri()}")
+
+
+def _note_damaged(store: Path) -> None:
+    """The report is made from stored metrics, but a missing or resized artifact means the
+    store is damaged: say so (a cheap check, folder and size; `study status` checks in full)."""
+    from peftport.study.store import Store
+
+    try:
+        st = Store(store, readonly=True)
+    except PeftportError:
+        return
+    try:
+        bad = st.damaged_artifacts(st.artifact_rows(), full=False)
+    finally:
+        st.close()
+    if bad:
+        typer.echo(
+            f"note: {len(bad)} artifact(s) of this store are missing or damaged (first: "
+            f"{bad[0]['path']}: {bad[0]['problem']}); `peftport study status --store {store}` "
+            "lists them and `peftport study run` with the study recomputes them",
+            err=True,
+        )

@@ -32,7 +32,7 @@ from typing import Any
 
 from peftport.errors import PeftportError
 from peftport.progress import format_duration
-from peftport.study.store import LEASE_SECONDS, Store, plan_ids
+from peftport.study.store import LEASE_SECONDS, Store, crash_point, plan_ids
 
 ENV_KEYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "PEFTPORT_HOME",
             "HF_HOME", "XDG_CACHE_HOME")
@@ -506,6 +506,7 @@ def _commit(store: Store, unit: Any, token: str, result: dict) -> bool:
     if adapted is not None:
         sha, rel, size = store.stage_artifact(*adapted)
         artifacts.append((unit.id, "adapted", unit.steps, sha, rel, size))
+    crash_point("staged")  # artifacts on disk, not yet in the store: written again later
     return store.finish(unit.id, token, result, artifacts)
 
 
@@ -555,7 +556,8 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
          f"{len(todo)} to run with the {executor.name} executor "
          f"({executor.capacity} at a time, {threads} thread(s) each)")
     in_flight: dict[Any, tuple[Any, str]] = {}
-    keeper = _LeaseKeeper(str(store.path), lambda: [t for _, t in list(in_flight.values())])
+    held: dict[str, tuple[Any, str]] = {}  # unit id -> (unit, claim token): claims not recorded
+    keeper = _LeaseKeeper(str(store.path), lambda: [t for _, t in list(held.values())])
     keeper.start()
     bar = progress_lines.bar(total=sum(work(u) for u in todo), desc=f"study {plan.spec.name}",
                              unit="step", enabled=progress, leave=True)
@@ -583,11 +585,14 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
                     token = store.claim(u.id)
                     if token is None:
                         continue  # another driver took it
+                    held[u.id] = (u, token)
+                    crash_point("claimed")
                     try:
                         payload = _payload(store, u, threads, plan.spec.keep_adapted,
                                            layer_maps.get((u.origin, u.receiver))
                                            if u.kind == "post" else None)
                     except Exception as e:  # noqa: BLE001 - e.g. a damaged artifact
+                        held.pop(u.id, None)
                         if _input_recomputed(store, u, echo):  # not this unit's fault
                             store.release(u.id, token, "its input is recomputed", charge=False)
                             continue
@@ -598,13 +603,12 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
                         handle = executor.submit(payload)
                     except Exception as e:  # noqa: BLE001 - e.g. the payload does not pickle
                         store.fail(u.id, token, "could not start it: " + format_error(e))
+                        held.pop(u.id, None)
                         counts["failed"] += 1
                         continue
-                    except BaseException:  # Ctrl-C while an inline unit runs
-                        store.release(u.id, token, "interrupted", max_attempts=1 << 30)
-                        raise
                     in_flight[handle] = (u, token)
                     free -= 1
+                    crash_point("submitted")
                 note()
             if not in_flight:
                 others = [i for i, s in store.statuses(ids).items() if s == "running"]
@@ -618,16 +622,18 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
                     break
                 continue
             for handle in executor.wait(list(in_flight), timeout=poll):
-                u, token = in_flight.pop(handle)
+                u, token = in_flight.pop(handle)  # still in `held` until recorded
                 try:
                     result = executor.result(handle)
                 except WorkerLost as e:
                     new = store.release(u.id, token, f"worker process died: {e}", max_attempts)
+                    held.pop(u.id, None)
                     counts["released" if new == "pending" else "failed"] += 1
                     say(f"unit {u.id} ({u.label}): worker died; {new}")
                     continue
                 except Exception as e:  # noqa: BLE001 - recorded, the study goes on
                     store.fail(u.id, token, format_error(e))
+                    held.pop(u.id, None)
                     counts["failed"] += 1
                     say(f"unit {u.id} failed ({u.label}): "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
@@ -637,15 +643,19 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
                     ok = _commit(store, u, token, result)
                 except Exception as e:  # noqa: BLE001
                     store.fail(u.id, token, "could not store its result: " + format_error(e))
+                    held.pop(u.id, None)
                     counts["failed"] += 1
                     continue
+                held.pop(u.id, None)
                 if ok:
                     counts["done"] += 1
                 bar.update(work(u))
             note()
     except BaseException:
-        for u, token in in_flight.values():
-            store.release(u.id, token, "interrupted", max_attempts=1 << 30)
+        # every claim this driver holds (also one between its claim and its worker, or between
+        # its result and its commit): pending again, uncharged; a committed one stays done
+        for u, token in list(held.values()):
+            store.release(u.id, token, "interrupted", charge=False)
         executor.close(cancel=True)
         raise
     finally:

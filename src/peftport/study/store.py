@@ -148,6 +148,18 @@ GROUP BY c.study_id, c.technique, c.origin, c.receiver, c.pre_data, c.post_data,
 """
 
 
+KILL_AT = "PEFTPORT_TEST_KILL_DRIVER_AT"  # tests: SIGKILL the driver at this crash point
+
+
+def crash_point(moment: str) -> None:
+    """A moment where a crash must leave a store the next run recovers (tests kill the driver
+    here, `$PEFTPORT_TEST_KILL_DRIVER_AT`; otherwise nothing happens)."""
+    if os.environ.get(KILL_AT) == moment:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -311,6 +323,7 @@ class Store:
                            [(spec.id, c.technique, c.origin, c.receiver, c.pre_data,
                              c.post_data, c.seed, c.condition, c.pre_steps, c.post_steps,
                              c.unit_id, c.step) for c in plan.cells])
+            crash_point("add_plan")  # inside the transaction: none of it is kept
         done = self.count(plan_ids(plan), "done")
         return {"new": new, "done": done, "total": len(plan.units)}
 
@@ -476,7 +489,7 @@ class Store:
     def _quarantine(self, folder: Path) -> None:
         """Move a damaged artifact folder out of its address (then remove it): the address is
         free for a good copy; a concurrent quarantine by another driver is fine."""
-        trash = self.root / ".tmp" / f"{self.hostname}-{self.pid}-damaged-{uuid.uuid4().hex}"
+        trash = self.root / ".tmp" / f"{self.hostname}-{self.pid}-{uuid.uuid4().hex}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         try:
             folder.rename(trash)
@@ -599,6 +612,8 @@ class Store:
                  result.get("git"), json.dumps(result.get("host_fingerprints", {})),
                  json.dumps(result.get("data_fingerprints", {})), json.dumps(extra), unit_id))
             self._event(db, unit_id, "done", token)
+            crash_point("finishing")  # before the commit: the unit runs again
+        crash_point("finished")
         return True
 
     def fail(self, unit_id: str, token: str, error: str) -> bool:
