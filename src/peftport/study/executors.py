@@ -353,6 +353,11 @@ class RayExecutor:
         except WorkerCrashedError as e:
             raise WorkerLost(str(e)) from None
 
+    @property
+    def signal_received(self) -> int | None:
+        """SIGTERM or SIGHUP, when one ended the driver (a local Ray instance's handler)."""
+        return self._local.received if self._local is not None else None
+
     def close(self, cancel: bool = False) -> None:
         if self._local is not None:
             self._local.shutdown()
@@ -657,6 +662,9 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
         for u, token in list(held.values()):
             store.release(u.id, token, "interrupted", charge=False)
         executor.close(cancel=True)
+        signum = getattr(executor, "signal_received", None)
+        if signum:  # SIGTERM / SIGHUP: the shell's exit code for it
+            raise SystemExit(128 + signum) from None
         raise
     finally:
         keeper.stop_event.set()

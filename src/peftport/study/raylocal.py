@@ -105,6 +105,7 @@ class LocalRay:
         self.ray = ray
         self.path = records_dir() / f"{os.getpid()}.json"
         self._closed = False
+        self.received: int | None = None
         self._old: dict[int, Any] = {}
         atexit.register(self.shutdown)
         if threading.current_thread() is threading.main_thread():
@@ -116,19 +117,21 @@ class LocalRay:
 
     def record(self) -> None:
         """Write (again) which processes Ray runs for this driver."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from peftport.atomic import write_json
+
         rec = {
             "driver": os.getpid(),
             "driver_created": _started(os.getpid()),
             "processes": _descendants(),
             "at": time.time(),
         }
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, self.path)
+        write_json(self.path, rec)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        # unwind like an exception: the driver releases its claims, then Ray is shut down
+        # unwind like an exception: the driver releases its claims, then Ray is shut down.
+        # Ray turns a SystemExit raised inside its calls into SystemExit(1): `received` keeps
+        # the signal for the exit code
+        self.received = signum
         raise SystemExit(128 + signum)
 
     def shutdown(self) -> None:
