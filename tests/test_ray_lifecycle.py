@@ -109,7 +109,9 @@ def test_a_local_ray_is_shut_down_on_sigterm_and_cleaned_after_sigkill(tmp_path)
     assert _gone_within(rec, 30) == []
     assert not (home / "ray" / f"{second.pid}.json").exists()
     con = sqlite3.connect(store)
-    assert con.execute("SELECT COUNT(*) FROM units WHERE status = 'running'").fetchone()[0] == 0
+    running = con.execute("SELECT id, pid FROM units WHERE status = 'running'").fetchall()
+    events = con.execute("SELECT unit_id, event, pid, detail FROM events").fetchall()
+    assert running == [], (running, events, first.pid, second.pid, err[-2000:])
 
     # 3. a normal end: every unit done, Ray gone, no record left
     third = _start(args, env)

@@ -661,6 +661,7 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
         # its result and its commit): pending again, uncharged; a committed one stays done
         for u, token in list(held.values()):
             store.release(u.id, token, "interrupted", charge=False)
+        store.release_mine("interrupted")  # a claim made just as the signal came
         executor.close(cancel=True)
         signum = getattr(executor, "signal_received", None)
         if signum:  # SIGTERM / SIGHUP: the shell's exit code for it

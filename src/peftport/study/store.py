@@ -264,6 +264,8 @@ class Store:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction (takes the write lock at once; committed or rolled back)."""
+        if self.db.in_transaction:  # one an interrupt (a signal's exception) left open
+            self.db.execute("ROLLBACK")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -424,6 +426,14 @@ class Store:
                        (status, why if status == "failed" else None, attempts, unit_id))
             self._event(db, unit_id, "released" if status == "pending" else "failed", why)
         return status
+
+    def release_mine(self, why: str) -> int:
+        """Every unit this process still holds as running goes back to pending, uncharged (a
+        driver's last act when it is interrupted: also a claim it had no time to note)."""
+        rows = self.db.execute("SELECT id, claimed_by FROM units WHERE status = 'running' AND "
+                               "hostname = ? AND pid = ?", (self.hostname, self.pid)).fetchall()
+        return sum(self.release(r["id"], r["claimed_by"], why, charge=False) == "pending"
+                   for r in rows)
 
     def recover(self) -> list[str]:
         """Running units whose driver is gone (dead pid on this host, or lease run out) go back
