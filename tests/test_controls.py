@@ -9,9 +9,6 @@ import sqlite3
 import pytest
 import torch
 import typer
-from test_porting import receiver, saved, trained
-from test_study_run import write_toy
-from test_techniques import one_thread  # noqa: F401 - an autouse fixture
 from typer.testing import CliRunner
 
 from peftport.commands import port as port_command
@@ -20,6 +17,9 @@ from peftport.module import load_module
 from peftport.porting import module_identity, port
 from peftport.study import make_plan
 from peftport.study.spec import parse_study
+from test_porting import receiver, saved, trained
+from test_study_run import write_toy
+from test_techniques import one_thread  # noqa: F401 - an autouse fixture
 
 
 def other_module(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -130,17 +130,32 @@ def test_port_command_records_the_head_policy(tmp_path):
     port_command.register(app)
     app.callback()(lambda: None)
     out = tmp_path / "sampled"
-    res = CliRunner().invoke(app, ["port", str(src), "--to", "tiny-bert", "--condition",
-                                   "sampled", "--seed", "2", "--head", "origin", "--out",
-                                   str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "port",
+            str(src),
+            "--to",
+            "tiny-bert",
+            "--condition",
+            "sampled",
+            "--seed",
+            "2",
+            "--head",
+            "origin",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "head origin" in res.output
     got, meta = load_module(out)
     assert meta["port"]["head"] == "origin" and meta["port"]["head_applies"] is True
     heads = [k for k in got if k.startswith("classifier.")]
     assert heads and all(torch.equal(got[k], tensors[k]) for k in heads)
-    res = CliRunner().invoke(app, ["port", str(src), "--to", "tiny-bert", "--head", "body",
-                                   "--out", str(tmp_path / "x")])
+    res = CliRunner().invoke(
+        app, ["port", str(src), "--to", "tiny-bert", "--head", "body", "--out", str(tmp_path / "x")]
+    )
     assert res.exit_code != 0 and "unknown head policy 'body'" in str(res.exception)
 
 
@@ -162,7 +177,8 @@ def test_study_head_policy_default_keeps_ids_and_origin_changes_only_controls():
     assert [u.id for u in plain.units] == [u.id for u in follow.units]
     assert origin.spec.canonical()["head_policy"] == "origin"
     ids = lambda p, kind, cond=None: {  # noqa: E731
-        u.id for u in p.units if u.kind == kind and (cond is None or u.condition == cond)}
+        u.id for u in p.units if u.kind == kind and (cond is None or u.condition == cond)
+    }
     assert ids(origin, "pretrain") == ids(plain, "pretrain")
     assert ids(origin, "post", "ported") == ids(plain, "post", "ported")
     assert not ids(origin, "post", "sampled") & ids(plain, "post", "sampled")
@@ -175,7 +191,8 @@ def test_study_head_policy_default_keeps_ids_and_origin_changes_only_controls():
     assert len(ids(origin, "random")) == len(ids(plain, "random"))  # one pre data set here
     assert sum(u.runs for u in origin.units) == sum(u.runs for u in plain.units)
     assert "head policy (encoder classifiers): origin" in __import__(
-        "peftport.study.plan", fromlist=["describe"]).describe(origin)
+        "peftport.study.plan", fromlist=["describe"]
+    ).describe(origin)
     with pytest.raises(PeftportError, match="head_policy must be one of follow, origin"):
         parse_study(BASE + "head_policy: trained\n", "s.yaml")
 
@@ -193,10 +210,12 @@ def test_a_study_with_head_origin_runs_and_reports_its_policy(tmp_path):
     from peftport.study.store import Store
 
     toy = write_toy(tmp_path / "toy.csv")
-    text = (f"name: heads\ntechniques: {{lora: {{config: {{r: 2}}}}}}\n"
-            f"pairs: [[tiny-bert, tiny-bert]]\ndata: [[{toy}, {toy}]]\npre_steps: [4]\n"
-            "post_steps: [2]\nseeds: [0]\nhead_policy: origin\ncompare: false\n"
-            "train: {lr: 5.0e-2, batch_size: 8, max_length: 32, max_eval_examples: 40}\n")
+    text = (
+        f"name: heads\ntechniques: {{lora: {{config: {{r: 2}}}}}}\n"
+        f"pairs: [[tiny-bert, tiny-bert]]\ndata: [[{toy}, {toy}]]\npre_steps: [4]\n"
+        "post_steps: [2]\nseeds: [0]\nhead_policy: origin\ncompare: false\n"
+        "train: {lr: 5.0e-2, batch_size: 8, max_length: 32, max_eval_examples: 40}\n"
+    )
     plan = make_plan(parse_study(text, "heads.yaml"))
     store = Store(tmp_path / "s.sqlite")
     try:
@@ -206,17 +225,21 @@ def test_a_study_with_head_origin_runs_and_reports_its_policy(tmp_path):
     assert out["done"] == len(plan.units) == 4 and out["failed"] == 0
     con = sqlite3.connect(tmp_path / "s.sqlite")
     con.row_factory = sqlite3.Row
-    rows = {r["condition"]: r for r in con.execute(
-        "SELECT * FROM results WHERE post_steps = 0 OR condition = 'origin'")}
-    # identity pair, same evaluation examples: the trained head on a fresh LoRA body (B = 0, an
-    # exact no-op) is the origin's head on the plain host, which differs from the origin itself
+    rows = {
+        r["condition"]: r
+        for r in con.execute("SELECT * FROM results WHERE post_steps = 0 OR condition = 'origin'")
+    }
     assert rows["random"]["accuracy"] is not None and rows["sampled"]["accuracy"] is not None
     (random_unit,) = [u for u in plan.units if u.kind == "random"]
-    dep = con.execute("SELECT depends_on FROM edges WHERE unit_id = ?",
-                      (random_unit.id,)).fetchone()
-    assert dep is not None
-    stored = json.loads(con.execute("SELECT config FROM units WHERE id = ?",
-                                    (random_unit.id,)).fetchone()["config"])
+    (pretrain,) = [u for u in plan.units if u.kind == "pretrain"]
+    dep = con.execute(
+        "SELECT depends_on FROM edges WHERE unit_id = ?", (random_unit.id,)
+    ).fetchone()
+    assert dep["depends_on"] == pretrain.id  # it waited for the module whose head it keeps
+    assert "head of tiny-bert's module" in random_unit.label
+    stored = json.loads(
+        con.execute("SELECT config FROM units WHERE id = ?", (random_unit.id,)).fetchone()["config"]
+    )
     assert stored["head"] == "origin"
     paths = build_report(tmp_path / "s.sqlite", tmp_path / "report")
     page = paths.markdown.read_text()
