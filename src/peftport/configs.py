@@ -47,7 +47,7 @@ class TrainConfig:
         gt=0,
         flags=("--max-eval",),
     )
-    threads: int | None = setting(None, help="Torch threads (default: torch's choice).", ge=0)
+    threads: int | None = setting(None, help="Torch threads (default: torch's choice).", gt=0)
     bf16: bool = setting(False, help="bfloat16 autocast on CPU (faster; see docs).")
 
     def __post_init__(self) -> None:
