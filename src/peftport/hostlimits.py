@@ -30,8 +30,10 @@ def max_length_problem(host: str, config: dict[str, Any], max_length: int) -> st
     if limit is None or max_length <= limit:
         return None
     key = POSITION_KEYS[str(config.get("model_type"))]
-    return (f"max_length {max_length} is longer than host {host!r} can embed: its position "
-            f"table holds {limit} tokens ({key} in its config.json); use max_length <= {limit}")
+    return (
+        f"max_length {max_length} is longer than host {host!r} can embed: its position "
+        f"table holds {limit} tokens ({key} in its config.json); use max_length <= {limit}"
+    )
 
 
 def check_max_length(host: str, max_length: int, flag: str = "--max-length") -> None:

@@ -31,13 +31,31 @@ EVAL_EXAMPLES = 1_000  # per evaluation when the study does not cap it (SST-2 va
 
 # Sizes from the published config.json of the paper's hub-only hosts (Flan-T5 has the T5 v1.1
 # architecture: gated-GELU feed-forward, untied output layer, vocabulary 32,128).
-_T5_V11 = {"model_type": "t5", "vocab_size": 32128, "feed_forward_proj": "gated-gelu",
-           "tie_word_embeddings": False}
+_T5_V11 = {
+    "model_type": "t5",
+    "vocab_size": 32128,
+    "feed_forward_proj": "gated-gelu",
+    "tie_word_embeddings": False,
+}
 KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
-    "t5-v1_1-base": {**_T5_V11, "d_model": 768, "d_kv": 64, "d_ff": 2048, "num_heads": 12,
-                     "num_layers": 12, "num_decoder_layers": 12},
-    "t5-v1_1-large": {**_T5_V11, "d_model": 1024, "d_kv": 64, "d_ff": 2816, "num_heads": 16,
-                      "num_layers": 24, "num_decoder_layers": 24},
+    "t5-v1_1-base": {
+        **_T5_V11,
+        "d_model": 768,
+        "d_kv": 64,
+        "d_ff": 2048,
+        "num_heads": 12,
+        "num_layers": 12,
+        "num_decoder_layers": 12,
+    },
+    "t5-v1_1-large": {
+        **_T5_V11,
+        "d_model": 1024,
+        "d_kv": 64,
+        "d_ff": 2816,
+        "num_heads": 16,
+        "num_layers": 24,
+        "num_decoder_layers": 24,
+    },
 }
 KNOWN_CONFIGS["flan-t5-base"] = KNOWN_CONFIGS["t5-v1_1-base"]
 KNOWN_CONFIGS["flan-t5-large"] = KNOWN_CONFIGS["t5-v1_1-large"]
@@ -53,8 +71,11 @@ def parameter_counts(config: dict[str, Any]) -> tuple[int, int] | None:
             h, n_layers, inner = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"]
             layer = 4 * (h * h + h) + 2 * h * inner + inner + h + 4 * h  # attn, ffn, 2 norms
             body = n_layers * layer + h * h + h  # + pooler
-            emb = (c["vocab_size"] + c.get("max_position_embeddings", 512)
-                   + c.get("type_vocab_size", 2)) * h + 2 * h
+            emb = (
+                c["vocab_size"]
+                + c.get("max_position_embeddings", 512)
+                + c.get("type_vocab_size", 2)
+            ) * h + 2 * h
             return emb + body, body
         if kind == "gpt2":
             h, n_layers = c["n_embd"], c["n_layer"]
@@ -77,8 +98,9 @@ def parameter_counts(config: dict[str, Any]) -> tuple[int, int] | None:
             enc = c["num_layers"]
             dec = c.get("num_decoder_layers") or enc
             attn = 4 * d * heads * dkv
-            ffn = (3 if str(c.get("feed_forward_proj", "relu")).startswith("gated") else 2) \
-                * d * dff
+            ffn = (
+                (3 if str(c.get("feed_forward_proj", "relu")).startswith("gated") else 2) * d * dff
+            )
             buckets = c.get("relative_attention_num_buckets", 32) * heads * 2  # one per stack
             body = enc * (attn + ffn + 2 * d) + dec * (2 * attn + ffn + 3 * d) + 2 * d + buckets
             tied = c.get("tie_word_embeddings", True)
@@ -191,17 +213,24 @@ def describe_estimate(plan: Any) -> list[str]:
         f"compute (estimate, an upper bound): {e.flops:.3g} FLOPs = {e.train_flops:.3g} "
         f"training (6 x N x tokens) + {e.eval_flops:.3g} evaluation (2 x N x tokens); N: host "
         "parameters without embeddings, tokens: examples x max_length"
-        + (f", {EVAL_EXAMPLES:,} examples per evaluation (not capped by the study)"
-           if e.eval_examples_assumed else ""),
+        + (
+            f", {EVAL_EXAMPLES:,} examples per evaluation (not capped by the study)"
+            if e.eval_examples_assumed
+            else ""
+        ),
         f"  on an A100 at {A100_SHARE:.0%} of {A100_PEAK / 1e12:.0f} bf16 TFLOP/s "
         f"({A100_PEAK * A100_SHARE / 1e12:.0f} TFLOP/s sustained): {_hours(e.gpu_hours())}",
         f"  on this CPU ({cores} cores x {rate / 1e9:.0f} GFLOP/s float32 matmul per core, "
         f"measured now; {CPU_SHARE:.0%} of it sustained): {_hours(e.cpu_hours(rate, cores))}",
     ]
     if e.sizes:
-        lines.append("  host sizes: " + "; ".join(
-            f"{h} {p / 1e6:,.1f}M parameters ({b / 1e6:,.1f}M without embeddings, from {src})"
-            for h, (p, b, src) in e.sizes.items()))
+        lines.append(
+            "  host sizes: "
+            + "; ".join(
+                f"{h} {p / 1e6:,.1f}M parameters ({b / 1e6:,.1f}M without embeddings, from {src})"
+                for h, (p, b, src) in e.sizes.items()
+            )
+        )
     if e.unknown:
         lines.append(f"  unknown size (units not counted): {', '.join(e.unknown)}")
     return lines

@@ -174,8 +174,9 @@ def parse_text(text: str, name: str, fmt: str, base: Path | None = None) -> tupl
             raise StudyFileError(f"{name}: not valid TOML: {e}") from None
         except (RecursionError, ValueError) as e:  # deep nesting; a number of 5000 digits
             raise StudyFileError(f"{name}: not a usable TOML file: {_short(e)}") from None
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # checks every character first (ReaderError)
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except ReaderError as e:  # a character YAML does not allow (binary data, say)
@@ -190,7 +191,8 @@ def parse_text(text: str, name: str, fmt: str, base: Path | None = None) -> tupl
     except (RecursionError, ValueError) as e:  # a number of 5000 digits (int() refuses it)
         raise StudyFileError(f"{name}: not a usable YAML file: {_short(e)}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is not None:
         _walk_yaml(node, (), src)
     return data, src
