@@ -124,6 +124,13 @@ STUDY_ROWS = [
         1,
     ),
     ("recursive-alias", "s.yaml", BASE + "x: &x [1, *x]\n", "refers to a node that contains it", 7),
+    (
+        "yaml-python-tag",
+        "s.yaml",
+        BASE + 'x: !!python/object/apply:os.system ["touch pwned"]\n',
+        "could not determine a constructor",
+        7,
+    ),
     ("binary-garbage", "s.yaml", _garbage(0, range(256)), "not UTF-8 text", 1),
     ("ascii-control-garbage", "s.yaml", _garbage(1, range(128)), "is not allowed", None),
     ("printable-garbage", "s.yaml", _garbage(2, range(32, 127)), "s.yaml", None),
@@ -210,6 +217,13 @@ def test_study_parsing_is_bounded_in_time(tmp_path, run):
     code, _, err = run("study", "plan", str(study))
     assert code == 2 and "expands to more than" in err
     assert time.perf_counter() - start < 30
+
+
+def test_a_mistyped_data_id_in_a_study_file_is_not_taken_for_a_path(tmp_path, run):
+    study = tmp_path / "s.yaml"
+    study.write_text(BASE.replace("[rotten_tomatoes]", "[rotten_tomatos]"))
+    code, _, err = run("study", "plan", str(study))
+    assert code == 2 and "Did you mean 'rotten_tomatoes'" in err, err
 
 
 def test_data_paths_are_relative_to_the_study_file(tmp_path, run, monkeypatch):

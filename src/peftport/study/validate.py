@@ -160,7 +160,9 @@ def dataset_ok(name: Any, path: Path_, probs: Problems, cache: dict, base: Path 
     from peftport.data import DATASETS
 
     if isinstance(name, str) and name and name not in DATASETS and base is not None:
-        name = str(base / Path(name).expanduser())  # relative to the study file, found or not
+        p = Path(name).expanduser()
+        if p.suffix or "/" in name or (base / p).exists():  # a path, not a mistyped id:
+            name = str(base / p)  # relative to the study file, found or not
     return _named(
         name, path, probs, cache, base, DATASETS, _local_dataset, "a data set id or a CSV/JSONL file"
     )
