@@ -142,3 +142,37 @@ def test_member_missing_from_archive(isolated_home, tmp_path, monkeypatch):
     member = PackageMember(PackageArchive("fake", "1.0", sha, 1), "fake/nothere/")
     with pytest.raises(AssetError, match="no member 'fake/nothere/'"):
         member.resolve()
+
+
+def test_member_outside_the_folder_is_refused(tmp_path):
+    root = tmp_path / "stage"
+    root.mkdir()
+    assert assets._safe_target(root, "a/b.txt") == (root / "a/b.txt").resolve()
+    # a sibling whose name starts with the folder's: inside by string prefix, outside by path
+    for name in ("../stage-evil/x.txt", "../x.txt", "/etc/passwd"):
+        with pytest.raises(AssetError, match="escapes the extraction folder"):
+            assets._safe_target(root, name)
+
+
+def test_atomic_writers(tmp_path):
+    from peftport import atomic
+    from peftport.errors import PeftportError
+
+    p = atomic.write_json(tmp_path / "a" / "x.json", {"k": 1})
+    assert p.read_text() == '{\n  "k": 1\n}\n'
+    with pytest.raises(RuntimeError), atomic.staged_file(p) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert p.read_text() == '{\n  "k": 1\n}\n'  # untouched, and no temporary left
+    assert [f.name for f in p.parent.iterdir()] == ["x.json"]
+
+    out = tmp_path / "folder"
+    atomic.write_folder(out, {"a": b"1"}, overwrite=False)
+    with pytest.raises(PeftportError, match="already exists"):
+        atomic.write_folder(out, {"a": b"2"}, overwrite=False)
+    atomic.write_folder(out, {"b": b"2"}, overwrite=True)
+    assert sorted(f.name for f in out.iterdir()) == ["b"]
+    with atomic.staged_folder(out) as stage:  # not replace: the folder there stays
+        (stage / "c").write_text("3")
+    assert sorted(f.name for f in out.iterdir()) == ["b"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["a", "folder"]

@@ -375,3 +375,34 @@ def test_real_training_beats_chance():
     )
     assert m["accuracy"] > majority / 400 + 0.1, m
     assert m["auc"] > 0.75, m
+
+
+def test_threads_are_restored_after_training(small_rt):
+    """cfg.threads applies to the training only, also when it fails."""
+    train_run("tiny-bert", "lora", small_rt, _cfg(steps=1, eval_at=(), threads=2),
+              progress=False)
+    assert torch.get_num_threads() == 1
+    with pytest.raises(PeftportError, match="fewer than one batch"):
+        train_run("tiny-bert", "lora", small_rt, _cfg(batch_size=1000, threads=2),
+                  progress=False)
+    assert torch.get_num_threads() == 1
+
+
+def test_encoding_cache_is_exact_and_bounded(small_rt):
+    """tiny-bert's and tiny-t5's tokenizers share class, vocabulary and size but frame text
+    differently: a key from a sample of the vocabulary took one for the other."""
+    from peftport import tasks
+    from peftport.hosts import load_host
+
+    bert, t5 = load_host("tiny-bert").tokenizer, load_host("tiny-t5").tokenizer
+    assert bert.get_vocab() == t5.get_vocab() and type(bert) is type(t5)
+    assert tasks._tokenizer_key(bert) != tasks._tokenizer_key(t5)
+    framing = tasks.Framing.for_host("encoder-classifier", small_rt.label_words, 32)
+    rows = small_rt.split("train")
+    a = tasks.encode(bert, rows, framing, "k")
+    assert tasks.encode(bert, rows, framing, "k") is a  # cached
+    assert a.input_ids[0][0] == bert.cls_token_id
+    assert tasks.encode(t5, rows, framing, "k").input_ids[0][-1] == t5.eos_token_id
+    for i in range(tasks.ENCODING_CACHE_SIZE + 3):
+        tasks.encode(bert, rows[:4], framing, f"small-{i}")
+    assert len(tasks._CACHE) == tasks.ENCODING_CACHE_SIZE

@@ -149,3 +149,42 @@ def test_minilm_l6_tuned_is_derived_with_documented_drift():
     for k, v in parent.model.state_dict().items():
         if "pooler" in k:
             assert torch.equal(v, pooled[k])
+
+
+@pytest.mark.parametrize("host", ["tiny-bert", "tiny-t5", "tiny-gpt2", "tiny-llama"])
+def test_layout_reads_a_family_config(host):
+    """A host's Layout knows its config.json: the shape fields (all present on a real host),
+    the depth a layer map counts, the class the model loads as, its tiny recipe."""
+    from peftport.hosts import host_folder
+
+    h = load_host(host)
+    layout = h.spec.layout
+    cfg = json.loads((host_folder(h.spec) / "config.json").read_text())
+    shape = layout.shape(cfg)
+    assert set(shape) == set(layout.shape_keys) and set(layout.depth_keys) <= set(shape)
+    assert layout.depth(cfg) == len(h.model.get_submodule(layout.layer_stacks[0])) == 2
+    assert shape[layout.hidden_key] == 16 == layout.tiny_config[layout.hidden_key]
+    if layout.family != "bert":  # tiny-bert is built as a BertModel, loaded as a classifier
+        assert layout.tiny_class == layout.model_class
+    assert type(h.model).__name__ == layout.model_class
+    if layout.position_table:
+        assert h.model.get_submodule(layout.position_table).weight.shape[1] == 16
+
+
+def test_layout_shape_of_a_partial_config():
+    from peftport.hosts.spec import LAYOUTS
+
+    t5 = LAYOUTS["t5"]
+    # transformers reads a missing num_decoder_layers as num_layers
+    assert t5.shape({"d_model": 8, "num_layers": 3})["num_decoder_layers"] == 3
+    assert t5.depth({"num_layers": 3}) == 3
+    assert t5.depth({}) is None and LAYOUTS["bert"].depth({"num_hidden_layers": True}) is None
+
+
+def test_cached_sources_never_build(isolated_home):
+    """`cached()` peeks: None before a build, the folder after (what the study file check uses
+    to compare shapes without building or downloading anything)."""
+    built = get_host("tiny-bert").sources[-1]
+    assert built.cached() is None
+    folder = built.resolve()
+    assert built.cached() == folder

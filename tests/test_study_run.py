@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -214,7 +215,7 @@ def test_status_and_export(tmp_path, toy):
 def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
     import builtins
 
-    from peftport.commands.study import write_parquet
+    from peftport.study.export import write_parquet
 
     real_import = builtins.__import__
 
@@ -344,3 +345,41 @@ def test_local_and_ray_executors_give_the_same_results(tmp_path):
     assert [tuple(r) for r in got["local"][0]] == [tuple(r) for r in got["ray"][0]]
     assert [tuple(r) for r in got["local"][1]] == [tuple(r) for r in got["ray"][1]]
     assert got["ray"][2] >= 1
+
+
+def test_units_give_what_the_cli_path_gives(tmp_path, toy):
+    """pretrain == `train_run`; a post unit == `peftport port` then `peftport adapt`; random ==
+    `train_run` on the receiver: the study and the CLI run one pipeline, to the last bit."""
+    from peftport.data import load_dataset
+    from peftport.module import load_module, save_module
+    from peftport.porting_io import port_module
+    from peftport.runs import adapt_run, train_run
+    from peftport.study.units import _train_config, execute
+
+    plan = make_plan(parse_study(study_text(toy, techniques="{lora: {config: {r: 2}}}",
+                                            pre="[4]", post="[3]"), "tiny.yaml"))
+    units = {(u.kind, u.condition): u for u in plan.units}
+    pre, post, rnd = units["pretrain", None], units["post", "sampled"], units["random", "random"]
+
+    def run(unit, snapshot=None):
+        return execute({"unit_id": unit.id, "config": unit.config, "threads": 1,
+                        "snapshot": snapshot, "keep_adapted": False, "layer_map": None})
+
+    c = pre.config
+    data = load_dataset(c["data"], max_examples=c["max_examples"])
+    cli = train_run("tiny-bert", "lora", data, _train_config(c["train"], 1),
+                    technique_config=c["technique_config"], progress=False, save_at=(4,))
+    got = run(pre)
+    assert got["metrics"] == cli.result.metrics
+    ((step, (tensors, meta)),) = got["snapshots"].items()
+    assert step == 4 and tensors.keys() == cli.snapshots[4].keys()
+    assert all(torch.equal(tensors[k], cli.snapshots[4][k]) for k in tensors)
+
+    snap = save_module(tmp_path / "snap", tensors, meta)
+    ported, _ = port_module(snap, "tiny-bert", "sampled", post.seed, tmp_path / "ported")
+    cfg = _train_config(post.config["train"], 1)
+    assert run(post, load_module(snap))["metrics"] == adapt_run(
+        ported, "tiny-bert", data, cfg, progress=False).result.metrics
+    assert run(rnd)["metrics"] == train_run(
+        "tiny-bert", "lora", data, cfg, technique_config=c["technique_config"],
+        progress=False).result.metrics

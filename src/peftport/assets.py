@@ -26,6 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftport.atomic import staged_folder
 from peftport.errors import AssetError
 
 
@@ -163,8 +164,9 @@ class PackageArchive:
         cached = self.cached_path()
         if cached is not None:  # another process fetched it while we waited
             return cached
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".dl-") as tmp:
+        # not replaced if it exists: another process's verified download will do
+        with staged_folder(dest) as staged, \
+                tempfile.TemporaryDirectory(dir=dest.parent, prefix=".dl-") as tmp:
             cmd = [
                 sys.executable,
                 "-m",
@@ -187,14 +189,7 @@ class PackageArchive:
                     f"sha256 mismatch for {files[0].name}: expected {self.sha256}, got {got}; "
                     "the file was discarded"
                 )
-            staged = Path(tmp) / "verified"
-            staged.mkdir()
             files[0].rename(staged / files[0].name)
-            try:
-                staged.rename(dest)
-            except OSError:
-                if self.cached_path() is None:  # someone else won the race, else a real error
-                    raise
         path = self.cached_path()
         assert path is not None
         return path
@@ -212,9 +207,17 @@ class PackageMember:
         inner = f" -> {self.inner}" if self.inner else ""
         return f"{self.archive.describe()}: {self.member}{inner}"
 
-    def resolve(self) -> Path:
+    def _folder(self) -> Path:
         tag = hashlib.sha256(f"{self.member}|{self.inner}".encode()).hexdigest()[:10]
-        out = peftport_home() / "assets" / f"{self.archive.key}-{tag}"
+        return peftport_home() / "assets" / f"{self.archive.key}-{tag}"
+
+    def cached(self) -> Path | None:
+        """The member's path if it is extracted already, else None; never fetches anything."""
+        out = self._folder()
+        return self._result(out) if (out / ".complete").exists() else None
+
+    def resolve(self) -> Path:
+        out = self._folder()
         if (out / ".complete").exists():
             return self._result(out)
         with locked(out):
@@ -224,22 +227,15 @@ class PackageMember:
 
     def _extract_locked(self, out: Path) -> None:
         archive = self.archive.fetch()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".x-") as tmp:
-            stage = Path(tmp) / "stage"
-            stage.mkdir()
-            _extract(archive, self.member, stage)
-            if self.inner is not None:
-                nested = stage / self.member
-                inner_stage = Path(tmp) / "inner"
-                inner_stage.mkdir()
-                _extract(nested, self.inner, inner_stage)
-                shutil.rmtree(stage)
-                inner_stage.rename(stage)
+        # replace: an incomplete folder at `out` is a killed run's, stale
+        with staged_folder(out, replace=True) as stage:
+            if self.inner is None:
+                _extract(archive, self.member, stage)
+            else:
+                with tempfile.TemporaryDirectory(dir=out.parent, prefix=".x-") as tmp:
+                    _extract(archive, self.member, Path(tmp))
+                    _extract(Path(tmp) / self.member, self.inner, stage)
             (stage / ".complete").write_text(self.archive.sha256)
-            if out.exists():  # a stale, incomplete extraction from a killed run
-                shutil.rmtree(out)
-            stage.rename(out)
 
     def _result(self, out: Path) -> Path:
         return out / (self.inner if self.inner is not None else self.member)
@@ -247,7 +243,8 @@ class PackageMember:
 
 def _safe_target(root: Path, name: str) -> Path:
     target = (root / name).resolve()
-    if not str(target).startswith(str(root.resolve())):
+    # a path test, not a string one: /x/stage-evil starts with the string /x/stage
+    if not target.is_relative_to(root.resolve()):
         raise AssetError(f"archive member {name!r} escapes the extraction folder")
     return target
 

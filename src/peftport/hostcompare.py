@@ -46,9 +46,6 @@ __all__ = [
 
 FEATURES = ("tokens", "mean-pooled")
 
-# Embedding tensors that live outside a layout's `embeddings` path (T5's per-stack aliases of
-# `shared`, GPT-2's position table, ...): grouped as "embeddings" by any of these name parts.
-_EMBEDDING_PARTS = frozenset({"embed_tokens", "embed_positions", "wte", "wpe"})
 _BATCH = 16
 
 
@@ -244,7 +241,7 @@ def layer_group(name: str, layout: Any) -> str:
     emb = layout.embeddings
     if emb and (name == emb or name.startswith(emb + ".")):
         return "embeddings"
-    if _EMBEDDING_PARTS & set(name.split(".")):
+    if set(layout.embedding_parts) & set(name.split(".")):
         return "embeddings"
     return "other"
 

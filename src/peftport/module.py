@@ -38,9 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -49,6 +46,7 @@ from typing import Any
 
 import torch
 
+from peftport.atomic import write_folder
 from peftport.configfields import describe, of_type
 from peftport.errors import PeftportError
 from peftport.provenance import package_versions
@@ -257,35 +255,6 @@ def save_module(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: 
     )
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     return write_folder(out, {TENSOR_FILE: data, META_FILE: text.encode()}, overwrite=overwrite)
-
-
-def write_folder(out: str | Path, files: Mapping[str, bytes], *, overwrite: bool) -> Path:
-    """Write `files` (name -> bytes) as folder `out`, atomically: into a temporary folder beside
-    it, flushed, then renamed into place (an existing folder is swapped out only after the new
-    one is complete). An existing non-empty folder is replaced only with `overwrite=True`."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise PeftportError(f"{out} already exists; choose another folder or overwrite it "
-                            "explicitly (--force)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        for fname, data in files.items():
-            with open(stage / fname, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            out.rename(trash / "old")
-            stage.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            stage.rename(out)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
-    return out
 
 
 def _module_folder(path: str | Path) -> Path:

@@ -1,10 +1,13 @@
 """Runs: a host, a technique and a data set put together with the engine (the edge over the core).
 
-- `train_run`: attach a fresh module to a host, train it, return its tensors, metadata, metrics;
-- `adapt_run`: load a module (ported, sampled or random) into a host and train it further;
+- `train_run`: attach a fresh module to a host, train it (snapshotting it at `save_at` steps),
+  return its tensors, metadata, metrics;
+- `adapt_run`: load a module into a host, or port it into the host first (`condition`), and
+  train it further;
 - `evaluate_run`: load a module into a host and evaluate it.
 Each checks its inputs (technique, host kind, label words, steps, checkpoints) before any
-training starts.
+training starts. The CLI commands and the study's work units both run through these, so a study
+and the CLI give the same numbers for the same inputs.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class RunOutput:
     meta: dict[str, Any]
     result: TrainResult
     snapshots: dict[int, dict[str, torch.Tensor]]  # step -> module tensors (save_at steps)
+    host: LoadedHost  # the host the module was trained on (its model carries the module)
+    attached: Any  # the techniques.Attached of the module
 
 
 def as_dataset(data: str | Dataset) -> Dataset:
@@ -101,24 +106,8 @@ def train_run(
     data = as_dataset(data)
     h = host_for(host, technique, data)
     att = attach(h.model, h.spec.family, technique, technique_config, seed=cfg.seed)
-    tr, ev = encodings(h, data, cfg)
-    snapshots: dict[int, dict[str, torch.Tensor]] = {}
-
-    def snap(step: int, _metrics) -> None:
-        if step in save_at:
-            snapshots[step] = module_state(h.model, att.name)
-
-    result = train(
-        h.model,
-        h.kind,
-        tr,
-        ev,
-        cfg,
-        progress=progress,
-        on_checkpoint=snap,
-        save_at=save_at,
-        desc=f"{technique} on {h.spec.id}",
-    )
+    result, snapshots = _fit(h, att, data, cfg, progress=progress, save_at=save_at,
+                             desc=f"{technique} on {h.spec.id}")
     meta = module_meta(
         att,
         h,
@@ -129,45 +118,88 @@ def train_run(
         metrics=_step_metrics(result),
         extra=_extra(data, cfg, result),
     )
-    return RunOutput(
-        tensors=module_state(h.model, att.name), meta=meta, result=result, snapshots=snapshots
-    )
+    return RunOutput(tensors=module_state(h.model, att.name), meta=meta, result=result,
+                     snapshots=snapshots, host=h, attached=att)
 
 
-def load_into(
-    module: ModuleLike, host: str | LoadedHost, data: Dataset, seed: int = 0
-) -> tuple[LoadedHost, Any, dict]:
-    """Attach the module's technique to `host` and load the module's tensors into it."""
-    from peftport.module import load_module
-    from peftport.techniques import attach, load_module_state
+def _fit(h: LoadedHost, att: Any, data: Dataset, cfg: TrainConfig, *, progress: bool, desc: str,
+         save_at: tuple[int, ...] = ()) -> tuple[TrainResult, dict[int, dict[str, torch.Tensor]]]:
+    """Encode the data for `h` and train the attached module; its tensors at `save_at` steps."""
+    from peftport.techniques import module_state
 
-    tensors, meta = module if isinstance(module, tuple) else load_module(module)
+    tr, ev = encodings(h, data, cfg)
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    def snap(step: int, _metrics) -> None:
+        if step in save_at:
+            snapshots[step] = module_state(h.model, att.name)
+
+    result = train(h.model, h.kind, tr, ev, cfg, progress=progress, on_checkpoint=snap,
+                   save_at=save_at, desc=desc)
+    return result, snapshots
+
+
+def check_labels(meta: dict[str, Any], data: Dataset) -> None:
+    """A module scores the label words it was trained for: refuse a data set with others."""
     if tuple(meta["label_words"]) != tuple(data.label_words):
         raise PeftportError(
             f"the module was trained for labels {tuple(meta['label_words'])}, but data set "
             f"{data.id!r} has {tuple(data.label_words)}: the label sets must match"
         )
+
+
+def load_into(
+    module: ModuleLike,
+    host: str | LoadedHost,
+    data: Dataset,
+    seed: int = 0,
+    *,
+    condition: str | None = None,
+    layer_map: list[int] | None = None,
+) -> tuple[LoadedHost, Any, dict]:
+    """Attach the module's technique to `host` (its fresh initialisation drawn with `seed`) and
+    load the module's tensors into it.
+
+    `condition` (ported, sampled, random) ports the module into the host first, through
+    `layer_map` (receiver layer -> origin layer) if given: `peftport port` and loading in one
+    step, as a study's post unit does. Without it the module must already belong to this host.
+    """
+    from peftport.module import load_module
+    from peftport.porting import ReceiverSpec, port
+    from peftport.techniques import attach, load_module_state
+
+    tensors, meta = module if isinstance(module, tuple) else load_module(module)
+    check_labels(meta, data)
     h = host_for(host, meta["technique"], data)
     if h.kind != meta["host_kind"]:
         raise PeftportError(
             f"the module was made for a {meta['host_kind']} host, but {h.spec.id!r} is a "
             f"{h.kind}: a module only goes into a host of the same kind"
         )
-    port = meta.get("port") or {}
-    if port.get("receiver_fingerprint") and port["receiver_fingerprint"] != h.fingerprint:
+    if condition is None:
+        _check_belongs(meta, h)
+    name = meta.get("adapter_name", "peftport")
+    att = attach(h.model, h.spec.family, meta["technique"], meta["config"], name=name, seed=seed)
+    if condition is not None:
+        receiver = ReceiverSpec.from_attached(att, host_id=h.spec.id, fingerprint=h.fingerprint)
+        tensors = port(tensors, meta, receiver, condition, seed, layer_map=layer_map)
+    load_module_state(h.model, tensors, name)
+    return h, att, meta
+
+
+def _check_belongs(meta: dict[str, Any], h: LoadedHost) -> None:
+    """A module loads as it is only into the host it was trained on or ported into."""
+    port_info = meta.get("port") or {}
+    if port_info.get("receiver_fingerprint") and port_info["receiver_fingerprint"] != h.fingerprint:
         raise PeftportError(
-            f"the module was ported into {port.get('receiver_host')!r} but is being loaded into "
-            f"{h.spec.id!r} (other weights); port it into this host first (`peftport port`)"
+            f"the module was ported into {port_info.get('receiver_host')!r} but is being loaded "
+            f"into {h.spec.id!r} (other weights); port it into this host first (`peftport port`)"
         )
-    if not port and meta["origin_fingerprint"] != h.fingerprint:
+    if not port_info and meta["origin_fingerprint"] != h.fingerprint:
         raise PeftportError(
             f"the module was trained on {meta['origin_host']!r} and {h.spec.id!r} has other "
             "weights; port it first: `peftport port MODULE --to HOST --condition ported`"
         )
-    name = meta.get("adapter_name", "peftport")
-    att = attach(h.model, h.spec.family, meta["technique"], meta["config"], name=name, seed=seed)
-    load_module_state(h.model, tensors, name)
-    return h, att, meta
 
 
 def adapt_run(
@@ -177,30 +209,27 @@ def adapt_run(
     cfg: TrainConfig,
     *,
     progress: bool = True,
+    condition: str | None = None,
+    layer_map: list[int] | None = None,
 ) -> RunOutput:
-    """Post-porting adaptation: load the module into `host`, train cfg.steps more, evaluate."""
+    """Post-porting adaptation: load the module into `host` (porting it first under `condition`,
+    see `load_into`), train cfg.steps more, evaluate."""
     from peftport.module import FILLED
     from peftport.techniques import module_state
 
     data = as_dataset(data)
-    h, att, meta = load_into(module, host, data, cfg.seed)
-    tr, ev = encodings(h, data, cfg)
-    result = train(
-        h.model,
-        h.kind,
-        tr,
-        ev,
-        cfg,
-        progress=progress,
-        desc=f"adapting {meta['technique']} on {h.spec.id}",
-    )
+    h, att, meta = load_into(module, host, data, cfg.seed, condition=condition,
+                             layer_map=layer_map)
+    result, _ = _fit(h, att, data, cfg, progress=progress,
+                     desc=f"adapting {meta['technique']} on {h.spec.id}")
     out = {k: v for k, v in meta.items() if k not in FILLED}
     out["steps"] = int(meta["steps"]) + cfg.steps
     out["metrics"] = _step_metrics(result)
     out["extra"] = _extra(
         data, cfg, result, adapted_from=meta.get("sha256"), adapted_steps=cfg.steps
     )
-    return RunOutput(tensors=module_state(h.model, att.name), meta=out, result=result, snapshots={})
+    return RunOutput(tensors=module_state(h.model, att.name), meta=out, result=result,
+                     snapshots={}, host=h, attached=att)
 
 
 def evaluate_run(
@@ -232,6 +261,7 @@ __all__ = [
     "adapt_run",
     "evaluate_run",
     "load_into",
+    "check_labels",
     "encodings",
     "host_for",
     "as_dataset",

@@ -13,6 +13,7 @@ Batches are padded dynamically to their longest row.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from adapters.context import ForwardContext
 
 from peftport.errors import PeftportError
 from peftport.hosts import DECODER_LM, ENCODER_CLASSIFIER, TEXT_TO_TEXT
+from peftport.lru import LRU
 
 TEMPLATES = {
     ENCODER_CLASSIFIER: "{text}",
@@ -61,14 +63,29 @@ class Encoded:
         return [len(x) for x in self.input_ids]
 
 
-_CACHE: dict[str, Encoded] = {}
+# Encodings of the last few (tokenizer, framing, split) combinations: a study unit encodes the
+# same splits for the same hosts again and again; bounded, since a long-lived process meets many.
+ENCODING_CACHE_SIZE = 8
+_CACHE: LRU[Encoded] = LRU(ENCODING_CACHE_SIZE)
 
 
 def _tokenizer_key(tokenizer) -> str:
-    vocab = tokenizer.get_vocab()
-    h = hashlib.sha256(repr(sorted(vocab.items())[:: max(1, len(vocab) // 997)]).encode())
-    h.update(f"{type(tokenizer).__name__}|{len(vocab)}".encode())
-    return h.hexdigest()[:16]
+    """A digest of everything tokenising depends on, exactly: a fast tokenizer's whole
+    serialised form (vocabulary, normaliser, pre-tokeniser, post-processor), a slow one's whole
+    vocabulary, and the class, special tokens and truncation side (two tokenizers that share a
+    vocabulary but frame text differently get different keys)."""
+    h = hashlib.sha256()
+    h.update(repr((type(tokenizer).__name__, sorted(tokenizer.special_tokens_map.items()),
+                   getattr(tokenizer, "truncation_side", None))).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        for call_state in ("truncation", "padding"):  # set by each call, not the tokenizer's own
+            state.pop(call_state, None)
+        h.update(json.dumps(state, sort_keys=True).encode())
+    else:
+        h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    return h.hexdigest()
 
 
 def candidate_ids(tokenizer, framing: Framing) -> list[list[int]]:
@@ -90,9 +107,11 @@ def candidate_ids(tokenizer, framing: Framing) -> list[list[int]]:
 
 def encode(tokenizer, examples, framing: Framing, key: str) -> Encoded:
     """Tokenise `examples` (objects with .text and .label) once; `key` names the split's content."""
-    cache_key = f"{_tokenizer_key(tokenizer)}|{framing}|{key}"
-    if cache_key in _CACHE:
-        return _CACHE[cache_key]
+    cache_key = (_tokenizer_key(tokenizer), framing, key)
+    return _CACHE.get(cache_key, lambda: _encode(tokenizer, examples, framing))
+
+
+def _encode(tokenizer, examples, framing: Framing) -> Encoded:
     texts = [framing.template.format(text=e.text) for e in examples]
     labels = [int(e.label) for e in examples]
     if framing.kind == ENCODER_CLASSIFIER:
@@ -121,11 +140,9 @@ def encode(tokenizer, examples, framing: Framing, key: str) -> Encoded:
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    enc = Encoded(
+    return Encoded(
         input_ids=ids, labels=labels, candidates=candidate_ids(tokenizer, framing), pad_id=pad
     )
-    _CACHE[cache_key] = enc
-    return enc
 
 
 def _pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

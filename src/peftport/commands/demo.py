@@ -17,26 +17,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the quick offline study (minilm-l6 <-> minilm-l6-tuned) and write its report."""
         from peftport.report import build_report
-        from peftport.study.executors import make_executor, run_plan
+        from peftport.study.executors import run_study, summary_line
         from peftport.study.plan import make_plan
         from peftport.study.spec import load_preset
-        from peftport.study.store import Store
 
         out.mkdir(parents=True, exist_ok=True)
         spec = load_preset(preset)
-        plan = make_plan(spec)
-        totals = plan.totals()
-        typer.echo(f"study {spec.name}: {totals}", err=True)
-        store_path = out / "store.sqlite"
-        st = Store(store_path)
-        try:
-            summary = run_plan(st, plan, make_executor("local", workers, 1, None), threads=1)
-        finally:
-            st.close()
-        typer.echo(f"study {summary['study']}: {summary['done']}/{summary['units']} units done, "
-                   f"{summary['failed']} failed, in {summary['seconds']:.0f} s; store "
-                   f"{store_path}", err=True)
-        paths = build_report(store_path, out / "report")
+        typer.echo(f"study {spec.name}: {make_plan(spec).totals()}", err=True)
+        summary = run_study(spec, out / "store.sqlite", workers=workers,
+                            echo=lambda s: typer.echo(s, err=True))
+        typer.echo(summary_line(summary), err=True)
+        paths = build_report(out / "store.sqlite", out / "report")
         typer.echo(f"report written: open {paths.html}")
         if summary["failed"]:
             raise typer.Exit(1)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from peftport.atomic import write_bytes
 from peftport.errors import PeftportError
 
 console = Console()
@@ -151,7 +150,7 @@ def register(app: typer.Typer) -> None:
             raise PeftportError(f"--plot {plot}: the figure is a PNG; name it *.png")
         c = compare_hosts(origin, receiver, **settings, progress=True)
         if plot is not None:
-            _write_atomic(plot, render_comparison_png(c))
+            write_bytes(plot, render_comparison_png(c))
         if as_json:
             typer.echo(json.dumps(c.to_dict(), indent=2))
             if plot is not None:
@@ -218,18 +217,6 @@ def _print_comparison(c) -> None:
         f"summary distance (stride map): [bold]{_fmt(c.distance())}[/bold]; "
         f"embedding CKA {_fmt(c.embedding_cka)}"
     )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write beside `path` under a temporary name, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _print_drift(drift: dict[str, float]) -> None:

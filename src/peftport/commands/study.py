@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -41,58 +40,6 @@ def _store_path(store: Path | None, spec) -> Path:
         raise PeftportError("give --store (or a study file / --preset to find its default "
                             "store)")
     return Path(f"peftport-{spec.name}.sqlite")
-
-
-def _status(store_path: Path, plan=None) -> dict[str, Any]:
-    from peftport.study.store import Store
-
-    if not store_path.exists():
-        raise PeftportError(f"no study store at {store_path} (run `peftport study run` first)")
-    st = Store(store_path)
-    try:
-        studies = []
-        wanted = [(plan.spec.id, plan.spec.name, [u.id for u in plan.units])] if plan else \
-            [(r["id"], r["name"], st.study_unit_ids(r["id"])) for r in st.studies()]
-        for sid, name, ids in wanted:
-            rows = {r["id"]: r for r in st.unit_rows(ids)}
-            counts = {s: 0 for s in ("done", "running", "pending", "failed")}
-            counts["not in store"] = 0
-            by_kind: dict[str, dict[str, int]] = {}
-            steps_done = steps_total = 0
-            for uid in ids:
-                r = rows.get(uid)
-                status = r["status"] if r else "not in store"
-                counts[status] += 1
-                if r:
-                    k = by_kind.setdefault(r["kind"], {})
-                    k[status] = k.get(status, 0) + 1
-                    steps_total += r["steps"]
-                    steps_done += r["steps"] if status == "done" else 0
-            blocked = len(st.blocked(plan)) if plan else None
-            if plan is None:
-                blocked = _blocked_from_rows(st, ids)
-            studies.append({
-                "id": sid, "name": name, "units": len(ids), "status": counts,
-                "by_kind": by_kind, "blocked": blocked,
-                "training_steps": {"done": steps_done, "total": steps_total},
-                "failed": [{"id": r["id"], "label": r["label"], "error": r["error"]}
-                           for r in rows.values() if r["status"] == "failed"],
-                "running": [{"id": r["id"], "label": r["label"], "hostname": r["hostname"],
-                             "pid": r["pid"], "since": r["started_at"]}
-                            for r in rows.values() if r["status"] == "running"],
-            })
-        return {"store": str(store_path), "artifacts": str(st.root), "studies": studies}
-    finally:
-        st.close()
-
-
-def _blocked_from_rows(st, ids: list[str]) -> int:
-    want = set(ids)
-    rows = st.db.execute(
-        "SELECT e.unit_id FROM edges e JOIN units p ON p.id = e.depends_on "
-        "JOIN units u ON u.id = e.unit_id WHERE p.status = 'failed' AND u.status = 'pending' "
-        "AND e.snapshot_key NOT IN (SELECT key FROM artifacts)").fetchall()
-    return len({r[0] for r in rows if r[0] in want})
 
 
 def _print_status(info: dict[str, Any]) -> None:
@@ -161,36 +108,15 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Run every unit of a study that is not done yet (resumable; shared stores are fine)."""
-        from peftport.study.executors import make_executor, prepare, run_plan
-        from peftport.study.plan import make_plan
-        from peftport.study.store import Store
+        from peftport.study.executors import run_study, summary_line
 
         if file is None and preset is None:
             typer.echo("no study file given: running the quick preset", err=True)
         spec = _spec(file, preset)
-        if threads < 1:
-            raise PeftportError(f"--threads must be >= 1, got {threads}")
-        if workers is not None and workers < 0:
-            raise PeftportError(f"--workers must be >= 0, got {workers}")
-        if address and executor != "ray":
-            raise PeftportError("--address is for --executor ray")
-        plan = make_plan(spec)
-        prepare(plan, lambda s: typer.echo(s, err=True))  # hosts, shapes, data: before anything
-        st = Store(_store_path(store, spec))
-        try:
-            ex = make_executor(executor, workers, threads, address)
-            out = run_plan(st, plan, ex, threads=threads, retry_failed=retry_failed,
-                           progress=progress, check_first=False)
-        finally:
-            st.close()
-        out["store"] = str(st.path)
-        if as_json:
-            typer.echo(json.dumps(out, indent=2))
-        else:
-            blocked = f" ({out['blocked']} blocked by a failed unit)" if out["blocked"] else ""
-            typer.echo(f"study {out['study']}: {out['done']}/{out['units']} units done, "
-                       f"{out['failed']} failed, {out['pending']} pending{blocked}; ran "
-                       f"{out['ran']} unit(s) in {out['seconds']:.0f} s; store {st.path}")
+        out = run_study(spec, _store_path(store, spec), executor=executor, workers=workers,
+                        threads=threads, address=address, retry_failed=retry_failed,
+                        progress=progress, echo=lambda s: typer.echo(s, err=True))
+        typer.echo(json.dumps(out, indent=2) if as_json else summary_line(out))
         if out["failed"]:
             raise typer.Exit(1)
 
@@ -201,9 +127,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Progress of a study (or of every study in a store)."""
         from peftport.study.plan import make_plan
+        from peftport.study.status import study_status
 
         spec = _spec(file, preset, default_quick=store is None)
-        info = _status(_store_path(store, spec), make_plan(spec) if spec else None)
+        info = study_status(_store_path(store, spec), make_plan(spec) if spec else None)
         if as_json:
             typer.echo(json.dumps(info, indent=2))
         else:
@@ -217,26 +144,13 @@ def register(app: typer.Typer) -> None:
                                           "Parquet here (needs pandas and pyarrow)."),
     ) -> None:
         """Write the results (one row per study run, zero-shot and origin result) to a file."""
-        from peftport.study.store import Store
+        from peftport.study.export import export_results
 
-        if (csv_path is None) == (parquet_path is None):
-            raise PeftportError("give exactly one of --csv PATH or --parquet PATH")
         spec = _spec(file, preset, default_quick=store is None)
-        path = _store_path(store, spec)
-        if not path.exists():
-            raise PeftportError(f"no study store at {path}")
-        st = Store(path)
-        try:
-            rows = st.results(spec.id if spec else None)
-        finally:
-            st.close()
-        if parquet_path is not None:
-            write_parquet(rows, parquet_path)
-            out = parquet_path
-        else:
-            write_csv(rows, csv_path)
-            out = csv_path
-        typer.echo(f"wrote {len(rows)} rows to {out}")
+        n = export_results(_store_path(store, spec), spec.id if spec else None,
+                           csv_path=csv_path, parquet_path=parquet_path)
+        out = parquet_path or csv_path
+        typer.echo(f"wrote {n} rows to {out}")
 
     @study.command("presets")
     def presets_cmd(
@@ -254,32 +168,3 @@ def register(app: typer.Typer) -> None:
             spec = load_preset(n)
             first = spec.description.splitlines()[0] if spec.description else ""
             typer.echo(f"{n:<{width}} {first}")
-
-
-COLUMNS = ("study_id", "technique", "origin", "receiver", "pre_data", "post_data", "seed",
-           "condition", "pre_steps", "post_steps", "accuracy", "macro_f1", "auc",
-           "majority_share", "n", "unit_id", "step", "kind", "status", "horizon", "seconds",
-           "git")
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
-def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
-    try:
-        import pandas as pd
-        import pyarrow  # noqa: F401 - pandas' Parquet engine
-    except ImportError:
-        raise PeftportError("--parquet needs pandas and pyarrow (pip install pandas pyarrow); "
-                            "--csv needs nothing") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows, columns=list(COLUMNS)).to_parquet(tmp, index=False)
-    tmp.replace(path)

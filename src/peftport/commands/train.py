@@ -13,8 +13,6 @@ from rich.table import Table
 from peftport.errors import PeftportError
 from peftport.hostlimits import check_max_length
 
-console = Console(stderr=True)
-
 
 def parse_steps(text: str, what: str = "--eval-at") -> tuple[int, ...]:
     """ "0,100,300" -> (0, 100, 300); a clear error for anything else."""

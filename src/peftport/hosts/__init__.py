@@ -152,7 +152,7 @@ HOSTS.add(
         license="Apache-2.0",
     ),
 )
-for _fam in ("bert", "t5", "gpt2", "llama"):
+for _fam in (f for f, lay in LAYOUTS.items() if lay.tiny_class):  # a tiny host per family
     HOSTS.add(
         f"tiny-{_fam}",
         HostSpec(

@@ -59,71 +59,18 @@ def write_tokenizer(out: Path, family: str) -> None:
 
 
 def build_tiny(out: Path, recipe: dict[str, str]) -> None:
-    from transformers import (
-        BertConfig,
-        BertModel,
-        GPT2Config,
-        GPT2LMHeadModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-        T5Config,
-        T5ForConditionalGeneration,
-    )
+    """A tiny random host of `recipe["family"]`: its layout's `tiny_class` and `tiny_config`,
+    initialised under `recipe["seed"]`."""
+    import transformers
+
+    from peftport.hosts.spec import LAYOUTS
 
     family, seed = recipe["family"], int(recipe["seed"])
-    n_vocab = len(_vocab())
-    torch.manual_seed(seed)
-    if family == "bert":
-        cfg = BertConfig(
-            vocab_size=n_vocab,
-            hidden_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=128,
-        )
-        model = BertModel(cfg)
-    elif family == "t5":
-        cfg = T5Config(
-            vocab_size=n_vocab,
-            d_model=16,
-            d_kv=8,
-            d_ff=32,
-            num_layers=2,
-            num_decoder_layers=2,
-            num_heads=2,
-            pad_token_id=0,
-            eos_token_id=5,
-            decoder_start_token_id=0,
-        )
-        model = T5ForConditionalGeneration(cfg)
-    elif family == "gpt2":
-        cfg = GPT2Config(
-            vocab_size=n_vocab,
-            n_embd=16,
-            n_layer=2,
-            n_head=2,
-            n_positions=128,
-            bos_token_id=6,
-            eos_token_id=5,
-            pad_token_id=0,
-        )
-        model = GPT2LMHeadModel(cfg)
-    elif family == "llama":
-        cfg = LlamaConfig(
-            vocab_size=n_vocab,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            bos_token_id=6,
-            eos_token_id=5,
-            pad_token_id=0,
-        )
-        model = LlamaForCausalLM(cfg)
-    else:
+    layout = LAYOUTS.get(family)
+    if layout is None or not layout.tiny_class:
         raise ValueError(f"no tiny host for family {family!r}")
+    torch.manual_seed(seed)
+    cfg = transformers.AutoConfig.for_model(family, vocab_size=len(_vocab()), **layout.tiny_config)
+    model = getattr(transformers, layout.tiny_class)(cfg)
     model.save_pretrained(out, safe_serialization=True)
     write_tokenizer(out, family)

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
+from peftport.atomic import write_folder
 from peftport.errors import PeftportError
 from peftport.hosts.spec import ENCODER_CLASSIFIER, LAYOUTS
 from peftport.interop import folders, names
-from peftport.interop.names import INIT_ONLY, MODEL_CLASSES, listing, rename_part
-from peftport.module import write_folder
+from peftport.interop.names import INIT_ONLY, listing, rename_part
 
 # --- AdapterHub export (pure) -----------------------------------------------------------------
 
@@ -37,7 +37,7 @@ def adapterhub_export(
     hidden = target.dims.get("hidden_size")
     common = {
         "hidden_size": hidden,
-        "model_class": MODEL_CLASSES[meta["host_family"]],
+        "model_class": LAYOUTS[meta["host_family"]].model_class,
         "model_name": folders.base_model_name(target.host_id),
         "model_type": meta["host_family"],
         "version": names.ADAPTERS_VERSION,
@@ -186,10 +186,10 @@ def _adapterhub_head(folder: Path, h: Any, where: str) -> dict[str, torch.Tensor
         )
     head_cfg = folders.read_json(cfg_path)
     cls = head_cfg.get("model_class")
-    if cls != MODEL_CLASSES[h.spec.family]:
+    if cls != h.spec.layout.model_class:
         raise PeftportError(
             f"{cfg_path}: field 'model_class' is {cls!r}; peftport's head is the static head of "
-            f"{MODEL_CLASSES[h.spec.family]} (a flexible AdapterHub head replaces the host's "
+            f"{h.spec.layout.model_class} (a flexible AdapterHub head replaces the host's "
             "pooler with layers of its own, which a peftport module cannot carry)"
         )
     head = folders.read_safetensors(

@@ -1,7 +1,7 @@
 """The names of interop: folder files, host facts both libraries name, and tensor-name
 templates (AdapterHub = peftport pattern -> PEFT pattern) with their parse and fill.
 
-MODEL_CLASSES and POSITION_TABLES are per-family facts; they are to move onto the host Layout.
+Per-family facts (the class a host loads as, its position table) are on the host's Layout.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from peftport.hosts.spec import DECODER_LM, ENCODER_CLASSIFIER, TEXT_TO_TEXT
+from peftport.hosts.spec import DECODER_LM, ENCODER_CLASSIFIER, LAYOUTS, TEXT_TO_TEXT
 
 FORMATS = ("peft", "adapterhub")
 
@@ -34,13 +34,6 @@ PEFT_TASK_TYPES = {
     ENCODER_CLASSIFIER: "SEQ_CLS",
     TEXT_TO_TEXT: "SEQ_2_SEQ_LM",
     DECODER_LM: "CAUSAL_LM",
-}
-# The transformers class peftport loads per family; AdapterHub's head loader compares it by name.
-MODEL_CLASSES = {
-    "bert": "BertForSequenceClassification",
-    "t5": "T5ForConditionalGeneration",
-    "gpt2": "GPT2LMHeadModel",
-    "llama": "LlamaForCausalLM",
 }
 
 # Tensor names, AdapterHub (= peftport) pattern -> PEFT pattern, in the manner of torchtune's
@@ -70,7 +63,12 @@ PREFIX_MLP_PARTS = (
 PREFIX_FLAT_PART = "control_trans"
 PEFT_PREFIX = "prompt_embeddings"
 PEFT_POSITION_TABLE = "base_model.{table}.weight"
-POSITION_TABLES = {"bert": "bert.embeddings.position_embeddings", "gpt2": "transformer.wpe"}
+
+
+def family_position_table(family: str) -> str:
+    """The family's absolute position table ("" if it has none, or is unknown)."""
+    return LAYOUTS[family].position_table if family in LAYOUTS else ""
+
 
 # family -> why a prefix cannot be exported to PEFT there.
 PREFIX_REFUSED = {

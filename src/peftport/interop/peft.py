@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from peftport.atomic import write_folder
 from peftport.errors import PeftportError
 from peftport.hosts.spec import ENCODER_CLASSIFIER
 from peftport.interop import folders
@@ -29,7 +30,6 @@ from peftport.interop.names import (
 from peftport.interop.peft_codec import Converted, HostFacts, PeftCodec, PeftFolder, import_head
 from peftport.interop.peft_prefix import PREFIX_TUNING
 from peftport.interop.peft_tuners import IA3, LORA
-from peftport.module import write_folder
 
 # PEFT type -> its codec. A technique whose peft_type is here and that PEFT does not refuse
 # exports and imports (a test checks every such technique has its codec).

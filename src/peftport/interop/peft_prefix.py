@@ -17,12 +17,12 @@ from peftport.interop.folders import ModuleHost
 from peftport.interop.names import (
     PEFT_POSITION_TABLE,
     PEFT_PREFIX,
-    POSITION_TABLES,
     PREFIX_FLAT_PART,
     PREFIX_MLP_PARTS,
     PREFIX_POOL,
     PREFIX_REFUSED,
     PROMPT_LEARNING_HEAD_NAMES,
+    family_position_table,
     fill_name,
     listing,
     parse_name,
@@ -113,7 +113,7 @@ def prefix_to_peft(
             f"{where}: prefix_length {p} leaves no room in a position table of "
             f"{position_table.shape[0]} rows"
         )
-    table = POSITION_TABLES[family]
+    table = family_position_table(family)
     out = {
         PEFT_PREFIX: prefix.contiguous(),
         fill_name(PEFT_POSITION_TABLE, table=table): shift_positions(position_table, p),
@@ -138,7 +138,7 @@ def _peft_prefix_state(
     config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], h: Any, name: str, where: str
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], set[str]]:
     family = h.spec.family
-    if family not in POSITION_TABLES:
+    if not family_position_table(family):
         why = PREFIX_REFUSED.get(family, "no position table is known for it")
         raise PeftportError(
             f"{where}: a PEFT prefix on {family} computes another function than AdapterHub's: {why}"
@@ -157,8 +157,8 @@ def _peft_prefix_state(
             f"({p}, {layers * 2 * hidden}) (num_virtual_tokens x layers * 2 * "
             "hidden)"
         )
-    table_name = fill_name(PEFT_POSITION_TABLE, table=POSITION_TABLES[family])
-    own = h.model.get_submodule(POSITION_TABLES[family]).weight.detach()
+    table_name = fill_name(PEFT_POSITION_TABLE, table=family_position_table(family))
+    own = h.model.get_submodule(family_position_table(family)).weight.detach()
     given = tensors.get(table_name)
     if given is None or given.shape != own.shape or not torch.equal(given, shift_positions(own, p)):
         raise PeftportError(
@@ -189,7 +189,7 @@ def prefix_from_peft(folder: codec.PeftFolder, h: Any, name: str, where: str) ->
 
 def prefix_refused(family: str) -> str:
     """Why a PEFT prefix computes another function than AdapterHub's on `family`, or ""."""
-    if family in POSITION_TABLES:
+    if family_position_table(family):
         return ""
     return PREFIX_REFUSED.get(family, f"no position table is known for {family!r}")
 
@@ -203,7 +203,7 @@ def prefix_host_facts(h: Any, family: str, where: str) -> codec.HostFacts:
             "positions; only an absolute position table can be "
             "shifted for PEFT's prefix"
         )
-    table = h.model.get_submodule(POSITION_TABLES[family])
+    table = h.model.get_submodule(family_position_table(family))
     return codec.HostFacts(
         position_table=table.weight.detach().clone(),
         num_heads=int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads),

@@ -23,7 +23,6 @@ from peftport.interop.names import (
     LORA_NAMES,
     PEFT_UNSUPPORTED,
     PEFT_WEIGHTS,
-    POSITION_TABLES,
     TUNER_HEAD_NAMES,
     fill_name,
     listing,
@@ -262,7 +261,7 @@ def _check_peft_fields(config: Mapping[str, Any], path: Path) -> None:
     save = [
         m
         for m in (config.get("modules_to_save") or [])
-        if m not in ("classifier", "score", *POSITION_TABLES.values())
+        if m not in ("classifier", "score", *(lay.position_table for lay in LAYOUTS.values() if lay.position_table))
     ]
     if save:
         raise PeftportError(

@@ -22,13 +22,12 @@ observations -> tables, figure specs; statistics from `peftport.stats`), `figure
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peftport.atomic import write_bytes
 from peftport.errors import PeftportError
 
 if TYPE_CHECKING:
@@ -49,18 +48,8 @@ class ReportPaths:
 
 
 def _write(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file beside `path`, then rename over it (readers never see half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Atomically: readers never see half a file."""
+    write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def _previous_files(out: Path) -> set[str]:

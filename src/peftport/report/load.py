@@ -21,40 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from peftport.errors import PeftportError
+from peftport.study.plan import CELL_KEY, Cell  # CELL_KEY: the columns of `cells` naming a result
 from peftport.study.store import SCHEMA_VERSION  # the store schema this report reads
 
 METRICS = ("accuracy", "macro_f1", "auc")  # the metrics a report can be made of
 REQUIRED_TABLES = ("meta", "studies", "units", "cells", "metrics")
 SQLITE_MAGIC = b"SQLite format 3\x00"
-# the columns of `cells` that name one result (study_id aside)
-CELL_KEY = (
-    "technique",
-    "origin",
-    "receiver",
-    "pre_data",
-    "post_data",
-    "seed",
-    "condition",
-    "pre_steps",
-    "post_steps",
-)
 
 
 @dataclass(frozen=True)
-class Observation:
+class Observation(Cell):
     """One result of the study: a cell, its unit's status and (when done) its metric value."""
 
-    technique: str
-    origin: str
-    receiver: str
-    pre_data: str
-    post_data: str
-    seed: int
-    condition: str  # ported | sampled | random | origin
-    pre_steps: int  # 0 for random
-    post_steps: int  # 0 = zero-shot (origin: always 0)
-    unit_id: str
-    step: int  # the unit's checkpoint that holds the metrics
     status: str  # the unit's status: pending | running | done | failed
     value: float | None  # the metric; None unless the unit is done and the metric is stored
     majority_share: float | None = None  # share of the most predicted class (collapse check)

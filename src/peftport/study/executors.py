@@ -26,6 +26,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from peftport.errors import PeftportError
@@ -470,3 +471,40 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
         "blocked": len(blocked), "seconds": round(time.time() - t0, 1),
     }
     return out
+
+
+def run_study(spec: Any, store_path: Path, *, executor: str = "local",
+              workers: int | None = None, threads: int = 1, address: str | None = None,
+              retry_failed: bool = False, progress: bool = True,
+              echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Plan `spec`, check and prepare it (hosts, shapes, data: before the store is touched),
+    then run every unit that is not done in the store at `store_path` (`run_plan`). Returns
+    `run_plan`'s summary with the store's path."""
+    from peftport.study.plan import make_plan
+
+    if threads < 1:
+        raise PeftportError(f"--threads must be >= 1, got {threads}")
+    if workers is not None and workers < 0:
+        raise PeftportError(f"--workers must be >= 0, got {workers}")
+    if address and executor != "ray":
+        raise PeftportError("--address is for --executor ray")
+    echo = echo or (lambda s: print(s, file=sys.stderr))
+    plan = make_plan(spec)
+    prepare(plan, echo)
+    st = Store(store_path)
+    try:
+        ex = make_executor(executor, workers, threads, address)
+        out = run_plan(st, plan, ex, threads=threads, retry_failed=retry_failed,
+                       progress=progress, echo=echo, check_first=False)
+    finally:
+        st.close()
+    out["store"] = str(st.path)
+    return out
+
+
+def summary_line(out: dict[str, Any]) -> str:
+    """One line for a person: `run_study`'s summary."""
+    blocked = f" ({out['blocked']} blocked by a failed unit)" if out["blocked"] else ""
+    return (f"study {out['study']}: {out['done']}/{out['units']} units done, {out['failed']} "
+            f"failed, {out['pending']} pending{blocked}; ran {out['ran']} unit(s) in "
+            f"{out['seconds']:.0f} s; store {out['store']}")

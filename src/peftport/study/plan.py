@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from peftport.study.spec import StudySpec
@@ -104,6 +104,10 @@ class Cell:
     post_steps: int
     unit_id: str
     step: int  # the unit's checkpoint that holds the metrics
+
+
+# the fields of a Cell that name one result (the unit and step say where it is stored)
+CELL_KEY = tuple(f.name for f in fields(Cell) if f.name not in ("unit_id", "step"))
 
 
 @dataclass

@@ -103,25 +103,6 @@ PLANNER_FIELDS = {
     "threads": "the executor sets it (--threads)",
 }
 
-# Fields of config.json that module shapes depend on, per family: two hosts port into each other
-# only if these agree, except the depth keys (DEPTH_KEYS) when the pair carries a layer map.
-SHAPE_KEYS: dict[str, tuple[str, ...]] = {
-    "bert": ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
-    "t5": ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads"),
-    "gpt2": ("n_embd", "n_layer", "n_head", "n_inner"),
-    "llama": ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-              "intermediate_size", "head_dim"),
-}
-
-
-# The depth keys among SHAPE_KEYS: a layer map pairs receiver layers with origin layers, so they
-# may differ when a pair carries one (the first is the one a layer map is sized by).
-DEPTH_KEYS: dict[str, tuple[str, ...]] = {
-    "bert": ("num_hidden_layers",),
-    "t5": ("num_layers", "num_decoder_layers"),
-    "gpt2": ("n_layer",),
-    "llama": ("num_hidden_layers",),
-}
 
 
 @dataclass(frozen=True)
@@ -605,14 +586,6 @@ def _compare(data: dict, probs: _Problems) -> CompareSettings | None:
 # --- can a pair port? ---------------------------------------------------------------------
 
 
-def shape_signature(family: str, config: dict[str, Any]) -> dict[str, Any]:
-    keys = SHAPE_KEYS.get(family, ("hidden_size", "num_hidden_layers"))
-    sig = {k: config.get(k) for k in keys}
-    if family == "t5" and sig.get("num_decoder_layers") is None:
-        sig["num_decoder_layers"] = config.get("num_layers")
-    return sig
-
-
 def pair_problem(origin: str, o_family: str, o_config: dict | None, receiver: str,
                  r_family: str, r_config: dict | None, *, mapped: bool = False) -> str | None:
     """Why a module cannot port from origin to receiver, or None (None too when unknown).
@@ -629,9 +602,11 @@ def pair_problem(origin: str, o_family: str, o_config: dict | None, receiver: st
                 "family")
     if o_config is None or r_config is None or not (o_family or r_family):
         return None
-    family = o_family or r_family
-    a, b = shape_signature(family, o_config), shape_signature(family, r_config)
-    depth = DEPTH_KEYS.get(family, ())
+    layout = LAYOUTS.get(o_family or r_family)
+    if layout is None:  # not a family peftport loads: the host's loading says so
+        return None
+    a, b = layout.shape(o_config), layout.shape(r_config)
+    depth = layout.depth_keys
     diff = [f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b.get(k)
             and not (mapped and k in depth)]
     if diff and all(k in depth for k in a if a[k] != b.get(k)):
@@ -648,8 +623,9 @@ def pair_problem(origin: str, o_family: str, o_config: dict | None, receiver: st
 
 def host_layers(family: str, config: dict[str, Any]) -> int | None:
     """A host's depth as a layer map counts it (T5: its encoder's), or None if unknown."""
-    n = shape_signature(family, config).get(DEPTH_KEYS.get(family, ("num_hidden_layers",))[0])
-    return n if _int(n) and n > 0 else None
+    from peftport.hosts.spec import LAYOUTS
+
+    return LAYOUTS[family].depth(config) if family in LAYOUTS else None
 
 
 def map_problem(origin: str, receiver: str, family: str, o_config: dict | None,
@@ -658,10 +634,15 @@ def map_problem(origin: str, receiver: str, family: str, o_config: dict | None,
     depth is unknown, or the map is cka: that one is resolved from the host comparison)."""
     if pm is None or o_config is None or r_config is None:
         return None
-    keys = DEPTH_KEYS.get(family, ("num_hidden_layers",))
+    from peftport.hosts.spec import LAYOUTS
+
+    layout = LAYOUTS.get(family)
+    if layout is None:
+        return None
+    keys = layout.depth_keys
     if len(keys) > 1 and pm.strategy != "identity":  # T5: one map for both stacks
         for h, cfg in ((origin, o_config), (receiver, r_config)):
-            sig = shape_signature(family, cfg)
+            sig = layout.shape(cfg)
             if len({sig[k] for k in keys}) > 1:
                 return (f"layer map for {origin} -> {receiver}: {h} has "
                         + " and ".join(f"{k} {sig[k]}" for k in keys)
@@ -685,13 +666,7 @@ def cheap_host_config(spec: Any) -> dict[str, Any] | None:
 
     Derived hosts have their parent's shapes, so the parent's config stands in for theirs.
     """
-    from peftport.assets import (
-        HubSnapshot,
-        LocalPath,
-        PackageMember,
-        SourceUnavailable,
-        peftport_home,
-    )
+    from peftport.assets import HubSnapshot, LocalPath, PackageMember, SourceUnavailable
     from peftport.hosts.spec import Built
 
     for src in spec.sources:
@@ -699,14 +674,8 @@ def cheap_host_config(spec: Any) -> dict[str, Any] | None:
         try:
             if isinstance(src, LocalPath):
                 folder = src.resolve()
-            elif isinstance(src, Built) and (src.folder() / ".complete").exists():
-                folder = src.folder()
-            elif isinstance(src, PackageMember):
-                # where PackageMember.resolve extracts to (peeked at, not extracted)
-                tag = hashlib.sha256(f"{src.member}|{src.inner}".encode()).hexdigest()[:10]
-                out = peftport_home() / "assets" / f"{src.archive.key}-{tag}"
-                if (out / ".complete").exists():
-                    folder = out / (src.inner if src.inner is not None else src.member)
+            elif isinstance(src, Built | PackageMember):
+                folder = src.cached()  # peeked at: never built or extracted here
             elif isinstance(src, HubSnapshot):
                 from huggingface_hub import try_to_load_from_cache
 

@@ -304,6 +304,16 @@ class Store:
                     break
         return out
 
+    def blocked_among(self, ids: list[str]) -> int:
+        """How many of the pending units `ids` wait for a snapshot that can never come (its
+        producer failed): `blocked` without the plan, from the store's edges."""
+        want = set(ids)
+        rows = self.db.execute(
+            "SELECT e.unit_id FROM edges e JOIN units p ON p.id = e.depends_on "
+            "JOIN units u ON u.id = e.unit_id WHERE p.status = 'failed' AND u.status = 'pending' "
+            "AND e.snapshot_key NOT IN (SELECT key FROM artifacts)").fetchall()
+        return len({r[0] for r in rows if r[0] in want})
+
     def metrics(self, unit_id: str) -> dict[int, dict[str, float]]:
         out: dict[int, dict[str, float]] = {}
         for r in self.db.execute("SELECT step, name, value FROM metrics WHERE unit_id = ? "
@@ -326,15 +336,6 @@ class Store:
                 return None
             self._event(db, unit_id, "claimed", token)
         return token
-
-    def renew(self, tokens: Iterable[str]) -> None:
-        tokens = list(tokens)
-        if not tokens:
-            return
-        with self.tx() as db:
-            db.executemany("UPDATE units SET lease_until = ? WHERE claimed_by = ? AND "
-                           "status = 'running'",
-                           [(time.time() + LEASE_SECONDS, t) for t in tokens])
 
     def release(self, unit_id: str, token: str, why: str, max_attempts: int = 3) -> str:
         """Give a claimed unit back (interrupted, or its worker died): pending, or failed when
@@ -390,23 +391,18 @@ class Store:
         """Write a module under STORE.artifacts/ab/<digest>/ (a temporary folder, then a rename)
         and return (digest, relative path, bytes). The digest is `tensor_digest` of the tensors
         (the address: the same tensors twice are stored once, the first folder is kept)."""
+        from peftport.atomic import staged_folder
         from peftport.module import save_module
 
         digest = tensor_digest(tensors)
         rel = f"{digest[:2]}/{digest}"
         final = self.root / rel
         if not (final / "module.json").exists():
-            tmp_root = self.root / ".tmp"
-            tmp_root.mkdir(parents=True, exist_ok=True)
-            stage = tmp_root / f"{self.hostname}-{self.pid}-{uuid.uuid4().hex}"
-            save_module(stage, tensors, meta)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(stage, final)
-            except OSError:
-                if not (final / "module.json").exists():
-                    raise
-                shutil.rmtree(stage, ignore_errors=True)  # another driver stored it first
+            # staged under .tmp/HOST-PID-UUID, which clean_temporary knows when the driver dies;
+            # a folder already at `final` is another driver's copy of the same tensors: kept
+            stage = self.root / ".tmp" / f"{self.hostname}-{self.pid}-{uuid.uuid4().hex}"
+            with staged_folder(final, stage=stage):
+                save_module(stage, tensors, meta)
         size = sum(f.stat().st_size for f in final.iterdir())
         return digest, rel, size
 

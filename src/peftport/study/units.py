@@ -4,14 +4,17 @@ No store, no files: the driver passes a post unit the snapshot it starts from (t
 metadata) and receives metrics, snapshots and provenance back, so the same function runs in the
 driver (workers=0), in a local worker process or in a Ray task on another machine.
 
-- pretrain: attach a fresh module (seed) to the origin, train to the largest pre-porting step
-  count, evaluate on the pre data set and snapshot the module at every pre-porting step count;
-- post: attach the technique to the receiver (seed), port the snapshot into it
-  (`peftport.porting.port`, condition ported or sampled with the seed, through the pair's
-  resolved layer map when the study gives one: the driver resolves it and puts it in the
-  payload as a plain list, receiver layer -> origin layer), train to the largest post-porting
-  step count with the shared horizon, evaluate at 0 and every post step count;
-- random: attach the technique to the receiver (seed) and train that fresh initialisation the
+The units run the same functions as the CLI (`peftport.runs`); a unit only turns its payload
+into their arguments and their output into a result:
+- pretrain: `train_run` on the origin (a fresh module attached with the seed), to the largest
+  pre-porting step count, evaluated on the pre data set and snapshotted at every pre-porting
+  step count;
+- post: `adapt_run` with the condition: attach the technique to the receiver (seed), port the
+  snapshot into it (ported or sampled with the seed, through the pair's resolved layer map when
+  the study gives one: the driver resolves it and puts it in the payload as a plain list,
+  receiver layer -> origin layer), train to the largest post-porting step count with the shared
+  horizon, evaluate at 0 and every post step count;
+- random: `train_run` on the receiver: the technique's fresh initialisation (seed) trained the
   same way (the random condition, which is also the from-scratch baseline).
 
 Hosts are loaded once per process and kept (least recently used first out); every unit gets a
@@ -25,43 +28,23 @@ import os
 import platform
 import socket
 import time
-from collections import OrderedDict
 from typing import Any
 
 from peftport.errors import PeftportError
+from peftport.lru import LRU
 
 HOST_CACHE_SIZE = 2  # a pair: origin and receiver
-_HOSTS: OrderedDict[tuple[str, int], Any] = OrderedDict()
+_HOSTS: LRU[Any] = LRU(HOST_CACHE_SIZE)
 
 
 def fresh_host(host_id: str, num_labels: int) -> Any:
     """A LoadedHost with its own copy of the model (the pristine one stays cached)."""
     from peftport.hosts import LoadedHost, get_host, load_host
 
-    key = (host_id, num_labels)
-    base = _HOSTS.get(key)
-    if base is None:
-        base = load_host(get_host(host_id), num_labels=num_labels)
-        _HOSTS[key] = base
-        while len(_HOSTS) > HOST_CACHE_SIZE:
-            _HOSTS.popitem(last=False)
-    _HOSTS.move_to_end(key)
+    base = _HOSTS.get((host_id, num_labels),
+                      lambda: load_host(get_host(host_id), num_labels=num_labels))
     return LoadedHost(spec=base.spec, folder=base.folder, model=copy.deepcopy(base.model),
                       tokenizer=base.tokenizer, fingerprint=base.fingerprint)
-
-
-def _encodings(h: Any, data: Any, cfg: Any) -> tuple[Any, Any]:
-    """The training split and the (first max_eval_examples of the) evaluation split, encoded."""
-    from peftport import tasks
-
-    framing = tasks.Framing.for_host(h.kind, data.label_words, cfg.max_length)
-    eval_rows = data.split(cfg.eval_split)
-    if cfg.max_eval_examples:
-        eval_rows = eval_rows[: cfg.max_eval_examples]
-    tr = tasks.encode(h.tokenizer, data.split("train"), framing, data.fingerprints["train"])
-    ev = tasks.encode(h.tokenizer, eval_rows, framing,
-                      f"{data.fingerprints[cfg.eval_split]}:{len(eval_rows)}")
-    return tr, ev
 
 
 def _train_config(d: dict[str, Any], threads: int) -> Any:
@@ -111,7 +94,8 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(before)
 
 
-def _result(res: Any, att: Any) -> dict[str, Any]:
+def _result(run: Any) -> dict[str, Any]:
+    res, att = run.result, run.attached
     return {
         "metrics": {int(k): v for k, v in res.metrics.items()},
         "seconds": res.seconds,
@@ -123,80 +107,66 @@ def _result(res: Any, att: Any) -> dict[str, Any]:
     }
 
 
+def _module_meta(run: Any, data: Any, step: int, seed: int, extra: dict[str, Any]) -> dict:
+    """What the store keeps with a module: the module's metadata at `step`, with the unit's
+    own `extra` (which unit made it, from which data)."""
+    from peftport.module import module_meta
+
+    return module_meta(run.attached, run.host, task=data.id, label_words=data.label_words,
+                       steps=step, seed=seed, metrics=run.result.metrics.get(step),
+                       extra={**extra, "data_fingerprint": data.fingerprint})
+
+
 def _pretrain(unit_id: str, c: dict[str, Any], threads: int) -> dict[str, Any]:
     from peftport.data import load_dataset
-    from peftport.engine import train
-    from peftport.module import module_meta
-    from peftport.techniques import attach, module_state
+    from peftport.runs import train_run
 
     t0 = time.perf_counter()
     data = load_dataset(c["data"], max_examples=c["max_examples"])
-    h = fresh_host(c["host"], data.num_labels)
-    att = attach(h.model, h.spec.family, c["technique"], c["technique_config"], seed=c["seed"])
-    cfg = _train_config(c["train"], threads)
-    tr, ev = _encodings(h, data, cfg)
-    save_at = tuple(c["save_at"])
-    snaps: dict[int, Any] = {}
-
-    def snapshot(step: int, _metrics: Any) -> None:
-        if step in save_at:
-            snaps[step] = module_state(h.model)
-
-    res = train(h.model, h.kind, tr, ev, cfg, progress=False, on_checkpoint=snapshot,
-                save_at=save_at)
-    out = _result(res, att)
+    run = train_run(fresh_host(c["host"], data.num_labels), c["technique"], data,
+                    _train_config(c["train"], threads), technique_config=c["technique_config"],
+                    progress=False, save_at=tuple(c["save_at"]))
+    out = _result(run)
     out["snapshots"] = {
-        step: (tensors, module_meta(att, h, task=data.id, label_words=data.label_words,
-                                    steps=step, seed=c["seed"], metrics=res.metrics.get(step),
-                                    extra={"study_unit": unit_id,
-                                           "data_fingerprint": data.fingerprint}))
-        for step, tensors in snaps.items()}
-    out.update(_provenance({c["host"]: h}, {c["data"]: data}))
+        step: (tensors, _module_meta(run, data, step, c["seed"], {"study_unit": unit_id}))
+        for step, tensors in run.snapshots.items()}
+    out.update(_provenance({c["host"]: run.host}, {c["data"]: data}))
     out["seconds"] = time.perf_counter() - t0
     return out
 
 
 def _adapt(unit_id: str, c: dict[str, Any], threads: int, snapshot: Any,
            keep_adapted: bool, layer_map: list[int] | None = None) -> dict[str, Any]:
+    """post: port the snapshot into the receiver (`runs.adapt_run` with the condition) and train
+    it; random: train the technique's fresh initialisation there (`runs.train_run`)."""
     from peftport.data import load_dataset
-    from peftport.engine import train
-    from peftport.module import module_meta
-    from peftport.porting import ReceiverSpec, port
-    from peftport.techniques import attach, load_module_state, module_state
+    from peftport.runs import adapt_run, train_run
 
     t0 = time.perf_counter()
     data = load_dataset(c["data"], max_examples=c["max_examples"])
     h = fresh_host(c["receiver"], data.num_labels)
-    att = attach(h.model, h.spec.family, c["technique"], c["technique_config"], seed=c["seed"])
+    cfg = _train_config(c["train"], threads)
     condition = c.get("condition", "random")
     if c["kind"] == "post":
         if snapshot is None:
             raise PeftportError(f"unit {unit_id}: the module snapshot it starts from is missing")
-        tensors, meta = snapshot
-        if list(meta["label_words"]) != list(data.label_words):
-            raise PeftportError(f"the module was trained for labels {meta['label_words']}, "
-                                f"but {data.id!r} has {list(data.label_words)}")
         if c.get("layer_map") and layer_map is None:
             raise PeftportError(f"unit {unit_id}: its config names layer map "
                                 f"{c['layer_map']['strategy']!r} but the payload carries no "
                                 "resolved map (the driver resolves it before any unit)")
         if layer_map is not None:
             layer_map = [int(x) for x in layer_map]
-        receiver = ReceiverSpec.from_attached(att, host_id=h.spec.id, fingerprint=h.fingerprint)
-        load_module_state(h.model, port(tensors, meta, receiver, condition, c["seed"],
-                                        layer_map=layer_map))
-    # random: the technique's fresh initialisation from attach(seed) is the starting point
-    cfg = _train_config(c["train"], threads)
-    tr, ev = _encodings(h, data, cfg)
-    res = train(h.model, h.kind, tr, ev, cfg, progress=False)
-    out = _result(res, att)
+        run = adapt_run(snapshot, h, data, cfg, progress=False, condition=condition,
+                        layer_map=layer_map)
+    else:  # random: the technique's fresh initialisation from attach(seed) is the start
+        run = train_run(h, c["technique"], data, cfg, technique_config=c["technique_config"],
+                        progress=False)
+    out = _result(run)
     if keep_adapted:
-        out["adapted"] = (module_state(h.model), module_meta(
-            att, h, task=data.id, label_words=data.label_words, steps=cfg.steps,
-            seed=c["seed"], metrics=res.metrics.get(cfg.steps),
-            extra={"study_unit": unit_id, "condition": condition,
-                   "data_fingerprint": data.fingerprint,
-                   **({"layer_map": layer_map} if layer_map is not None else {})}))
+        extra = {"study_unit": unit_id, "condition": condition}
+        if layer_map is not None:
+            extra["layer_map"] = layer_map
+        out["adapted"] = (run.tensors, _module_meta(run, data, cfg.steps, c["seed"], extra))
     out.update(_provenance({c["receiver"]: h}, {c["data"]: data}))
     out["layer_map"] = layer_map if c["kind"] == "post" else None
     if snapshot is not None:  # where the ported module came from
