@@ -47,12 +47,18 @@ def _hash(obj: Any, n: int = 20) -> str:
 
 def train_dict(values: dict[str, Any], steps: int, eval_at: tuple[int, ...], seed: int
                ) -> dict[str, Any]:
-    """A TrainConfig as canonical JSON: horizon made explicit, threads left out (speed only)."""
+    """A TrainConfig as canonical JSON: horizon made explicit, threads and device left out."""
     from peftport.engine import TrainConfig
 
     cfg = TrainConfig(steps=steps, eval_at=tuple(eval_at), seed=seed, **values)
     d = asdict(cfg)
     d.pop("threads")
+    d.pop("device")  # like threads, the machine's: the same unit on CPU or a GPU
+    # Settings added after studies were first stored enter only when set, so the ids of
+    # existing studies (hashes of this dict) stay what they were.
+    for name, default in (("precision", "auto"), ("deterministic", False)):
+        if d[name] == default:
+            d.pop(name)
     d["horizon"] = cfg.horizon or cfg.steps
     d["eval_at"] = sorted(d["eval_at"])
     return d

@@ -101,6 +101,7 @@ PLANNER_FIELDS = {
     "eval_at": "every step count of the study is evaluated",
     "seed": "the study's seeds set it",
     "threads": "the executor sets it (--threads)",
+    "device": "the machine decides it (`peftport study run --device`), not the study",
 }
 
 
