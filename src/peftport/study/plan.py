@@ -406,6 +406,9 @@ def describe(plan: Plan, *, units: bool = True) -> str:
         f"{t['training_steps']['ratio']}x fewer",
         f"evaluations: {t['evaluations']:,}",
     ]
+    from peftport.study.compute import describe_estimate
+
+    lines += describe_estimate(plan)
     for note in t["notes"]:
         lines.append(f"note: {note}")
     if units:
