@@ -48,7 +48,7 @@ class TrainConfig:
         gt=0,
         flags=("--max-eval",),
     )
-    threads: int | None = setting(None, help="Torch threads (default: torch's choice).", ge=0)
+    threads: int | None = setting(None, help="Torch threads (default: torch's choice).", gt=0)
     bf16: bool = setting(False, help="bfloat16 autocast (the older spelling of --precision bf16).")
     device: str = setting(
         "auto", help="Device: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from peftport.errors import PeftportError
+from peftport.hostlimits import check_max_length
 
 
 def parse_steps(text: str, what: str = "--eval-at") -> tuple[int, ...]:
@@ -119,6 +120,7 @@ def register(app: typer.Typer) -> None:
 
         tech_cfg = _parse_config(config)
         cfg = _config(settings)
+        check_max_length(host, cfg.max_length)
         res = train_run(host, technique, data, cfg, technique_config=tech_cfg, progress=not as_json)
         _finish(res, as_json, f"{technique} on {host}, {data}", out)
 
@@ -136,8 +138,9 @@ def register(app: typer.Typer) -> None:
         """Adapt a ported (or sampled, or random) module on its receiving host for a few steps."""
         from peftport.runs import adapt_run
 
-        res = adapt_run(module, host, data, _config(settings, zero_shot=True),
-                        progress=not as_json)
+        cfg = _config(settings, zero_shot=True)
+        check_max_length(host, cfg.max_length)
+        res = adapt_run(module, host, data, cfg, progress=not as_json)
         _finish(res, as_json, f"adapting {module} on {host}, {data}", out)
 
     @app.command()
@@ -151,10 +154,13 @@ def register(app: typer.Typer) -> None:
         settings: dict[str, Any],
     ) -> None:
         """Evaluate a module in a host: accuracy, macro-F1, ROC-AUC."""
+        from peftport.configs import TrainConfig
         from peftport.device import resolve
         from peftport.progress import ticker
         from peftport.runs import evaluate_run
 
+        TrainConfig(steps=0, **settings)  # the fields' bounds (--max-eval-examples 0, ...)
+        check_max_length(host, settings["max_length"])
         placement = resolve(  # a device or precision that cannot work: before any load
             settings["device"], settings["precision"], deterministic=settings["deterministic"]
         )

@@ -46,9 +46,16 @@ from peftport.errors import PeftportError
 from peftport.layermap import IDENTITY, LayerMap, parse_layer_map
 from peftport.study.derived import DerivedHost, derived_hosts
 from peftport.study.derived import study_host as study_host  # where callers import it from
-from peftport.study.source import Path_, Source, StudyFileError, parse_text
-from peftport.study.validate import Problems as _Problems
+from peftport.study.source import (
+    MAX_STUDY_BYTES,
+    Path_,
+    Source,
+    StudyFileError,
+    decode,
+    parse_text,
+)
 from peftport.study.validate import (
+    MAX_INT,
     check_keys,
     config_section,
     did_you_mean,
@@ -56,6 +63,7 @@ from peftport.study.validate import (
     int_list,
     read_data,
 )
+from peftport.study.validate import Problems as _Problems
 from peftport.study.validate import is_int as _int
 
 TOP_KEYS = {
@@ -74,6 +82,8 @@ TOP_KEYS = {
     "pre": "training settings before porting (over `train`)",
     "post": "training settings after porting (over `train`)",
     "keep_adapted": "also store every adapted module (default false: only pre-porting snapshots)",
+    "head_policy": "encoder classifiers' head under sampled/random: follow (default: drawn with "
+                   "the condition) or origin (the origin's trained head in every condition)",
     "compare": "host comparisons per directed pair: {texts, corpus, max_length, seed} or false",
     "hosts": "hosts the study derives itself: name -> {derive: {from, steps, lr, ...}}",
 }
@@ -132,6 +142,7 @@ class StudySpec:
     seeds: tuple[int, ...]
     max_examples: int | None = None
     keep_adapted: bool = False
+    head_policy: str = "follow"  # peftport.porting.HEAD_POLICIES
     source: str = ""  # the file (or "preset NAME") it came from
     notes: tuple[str, ...] = field(default=(), compare=False)  # checks that had to wait
     # directed pairs that carry a layer map (the others port layer i into layer i)
@@ -175,6 +186,8 @@ class StudySpec:
             out["layer_maps"] = maps
         if self.compare != CompareSettings():
             out["compare"] = self.compare.as_dict() if self.compare is not None else False
+        if self.head_policy != "follow":
+            out["head_policy"] = self.head_policy
         if self.derived_hosts:
             out["hosts"] = {d.name: dict(d.recipe()) for d in self.derived_hosts}
         return out
@@ -286,11 +299,12 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
                 check_supported(t.name, spec.family)
             except PeftportError as e:
                 probs.add(t_paths[t.name], f"{e} (host {h!r})")
+    _check_max_lengths(data, techniques, t_paths, pairs, host_cache, probs)
     data_combos = read_data(data, src, probs)
 
     max_examples = data.get("max_examples")
-    if max_examples is not None and (not _int(max_examples) or max_examples < 1):
-        probs.add(("max_examples",), f"max_examples must be a whole number >= 1 or null, got "
+    if max_examples is not None and (not _int(max_examples) or not 1 <= max_examples <= MAX_INT):
+        probs.add(("max_examples",), f"max_examples must be a whole number from 1 to {MAX_INT} or null, got "
                   f"{max_examples!r}")
 
     raw_c = data.get("conditions", list(CONDITIONS))
@@ -313,6 +327,12 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
     keep_adapted = data.get("keep_adapted", False)
     if not isinstance(keep_adapted, bool):
         probs.add(("keep_adapted",), "keep_adapted must be true or false")
+    from peftport.porting import HEAD_POLICIES
+
+    head_policy = data.get("head_policy", "follow")
+    if head_policy not in HEAD_POLICIES:
+        probs.add(("head_policy",), f"head_policy must be one of {', '.join(HEAD_POLICIES)}, "
+                  f"got {head_policy!r}")
 
     probs.raise_if_any()
     notes = tuple(_unchecked_notes(pairs, host_cache))
@@ -320,11 +340,45 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
         name=name, description=description.strip(), techniques=tuple(techniques),
         pairs=tuple(pairs), data=tuple(data_combos), pre_steps=pre_steps, post_steps=post_steps,
         conditions=tuple(conditions), seeds=seeds, max_examples=max_examples,
-        keep_adapted=keep_adapted, source=src.name, notes=notes,
+        keep_adapted=keep_adapted, head_policy=head_policy, source=src.name, notes=notes,
         layer_maps=tuple((o, r, pm) for (o, r), (pm, _) in read.maps.items()),
         compare=compare, derived_hosts=derived,
         pair_where=tuple((o, r, w) for (o, r), w in read.where.items()),
     )
+
+
+def _check_max_lengths(data: dict, techniques: list[TechniqueSetting], t_paths: dict,
+                       pairs: list[tuple[str, str]], host_cache: dict, probs: _Problems) -> None:
+    """Each phase's max_length against the position table of the hosts it runs on (pre: the
+    origins; post: the receivers), from config.json when it is on disk (`cheap_host_config`;
+    `check_resolved_pairs` checks again once every host is)."""
+    from peftport.configs import TrainConfig
+    from peftport.hostlimits import max_length_problem
+
+    default = TrainConfig(steps=0).max_length
+    for t in techniques:
+        tp = t_paths[t.name]
+        for phase, values, hosts in (("pre", t.pre, [o for o, _ in pairs]),
+                                     ("post", t.post, [r for _, r in pairs])):
+            ml = values.get("max_length", default)
+            at = next((p for p in (tp + (phase, "max_length"), tp + ("train", "max_length"),
+                                   (phase, "max_length"), ("train", "max_length"))
+                       if _has(data, p)), tp)
+            for h in dict.fromkeys(hosts):
+                spec = host_cache.get(h)
+                cfg = cheap_host_config(spec) if spec is not None else None
+                problem = max_length_problem(h, cfg, ml) if cfg else None
+                if problem:
+                    probs.add(at, problem)
+
+
+def _has(data: Any, path: Path_) -> bool:
+    for part in path:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        else:
+            return False
+    return True
 
 
 def _check_prefix_maps(read: _Pairs, host_cache: dict, tpath: Path_, probs: _Problems) -> None:
@@ -692,6 +746,7 @@ def _unchecked_notes(pairs: list[tuple[str, str]], cache: dict) -> list[str]:
 def check_resolved_pairs(spec: StudySpec) -> dict[str, int]:
     """After the hosts are resolved (built or fetched): compare every pair's shapes and check
     every layer map against the depths. Returns each host's depth (layers, as maps count)."""
+    from peftport.hostlimits import max_length_problem
     from peftport.hosts import get_host, host_folder
 
     configs: dict[str, tuple[str, dict]] = {}
@@ -700,6 +755,14 @@ def check_resolved_pairs(spec: StudySpec) -> dict[str, int]:
         cfg = json.loads((folder / "config.json").read_text())
         configs[h] = (get_host(h).family or cfg.get("model_type", ""), cfg)
     problems = []
+    for t in spec.techniques:
+        for values, hosts in ((t.pre, {o for o, _ in spec.pairs}),
+                              (t.post, {r for _, r in spec.pairs})):
+            ml = values.get("max_length")
+            for h in sorted(hosts):
+                p = max_length_problem(h, configs[h][1], ml) if ml is not None else None
+                if p:
+                    problems.append(f"{spec.source}: technique {t.name}: {p}")
     for o, r in spec.pairs:
         pm = spec.layer_map(o, r)
         p = pair_problem(o, configs[o][0], configs[o][1], r, configs[r][0], configs[r][1],
@@ -731,7 +794,11 @@ def load_study(path: str | Path) -> StudySpec:
     fmt = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}.get(p.suffix.lower())
     if fmt is None:
         raise StudyFileError(f"{p}: a study file ends in .yaml, .yml or .toml")
-    return parse_study(p.read_text(encoding="utf-8"), str(p), fmt, default_name=p.stem,
+    size = p.stat().st_size
+    if size > MAX_STUDY_BYTES:  # refused before reading it
+        raise StudyFileError(f"{p}: {size:,} bytes; a study file is at most "
+                             f"{MAX_STUDY_BYTES:,} bytes")
+    return parse_study(decode(p.read_bytes(), str(p)), str(p), fmt, default_name=p.stem,
                        base=p.resolve().parent)
 
 
