@@ -49,6 +49,12 @@ class TrainConfig:
     )
     threads: int | None = setting(None, help="Torch threads (default: torch's choice).", ge=0)
     bf16: bool = setting(False, help="bfloat16 autocast on CPU (faster; see docs).")
+    eval_mode: str = setting(
+        "rank",
+        help="Evaluation of text-to-text hosts: rank the label words, or generate the answer "
+        "greedily (one that is no label word counts wrong).",
+        choices=("rank", "generate"),
+    )
 
     def __post_init__(self) -> None:
         check_bounds(self)

@@ -50,9 +50,18 @@ def batches(lengths: list[int], batch_size: int, seed: int) -> Iterator[list[int
 
 
 def evaluate(
-    model, kind: str, enc: tasks.Encoded, batch_size: int = 64, bf16: bool = False
+    model,
+    kind: str,
+    enc: tasks.Encoded,
+    batch_size: int = 64,
+    bf16: bool = False,
+    eval_mode: str = "rank",
 ) -> dict[str, float]:
-    """Accuracy, macro-F1 and ROC-AUC (binary: on the score margin; else macro one-vs-rest)."""
+    """Accuracy, macro-F1 and ROC-AUC (binary: on the score margin; else macro one-vs-rest).
+
+    eval_mode "generate" (text-to-text): accuracy and macro-F1 of the greedily generated
+    answers, one that is no label word counted wrong (`no_label_share` says how many); the AUC
+    stays the ranking's margin."""
     from peftport import stats
 
     was_training = model.training
@@ -60,17 +69,30 @@ def evaluate(
     order = sorted(range(len(enc)), key=lambda i: len(enc.input_ids[i]))
     n_labels = len(enc.candidates) if enc.candidates else None
     out: list[torch.Tensor | None] = [None] * len(enc)
+    generated = [tasks.NO_LABEL] * len(enc)
+    if eval_mode not in ("rank", "generate"):
+        raise PeftportError(f"eval_mode must be rank or generate, got {eval_mode!r}")
+    if eval_mode == "generate" and kind != tasks.TEXT_TO_TEXT:
+        tasks.generated_labels(model, kind, enc, [])  # raises: for text-to-text hosts only
     with torch.random.fork_rng(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             s = tasks.scores(model, kind, enc, idx)
             for i, row in zip(idx, s, strict=True):
                 out[i] = row
+            if eval_mode == "generate":
+                for i, g in zip(idx, tasks.generated_labels(model, kind, enc, idx), strict=True):
+                    generated[i] = g
     model.train(was_training)
     score = torch.stack(out).float().numpy()  # (N, C)
     n_labels = n_labels or score.shape[1]
     labels = enc.labels
     preds = score.argmax(1)
+    if eval_mode == "generate":  # no label word: wrong, as the label after the gold one
+        import numpy as np
+
+        preds = np.array([g if g != tasks.NO_LABEL else (y + 1) % n_labels
+                          for g, y in zip(generated, labels, strict=True)])
     m = {
         "accuracy": float(stats.accuracy(labels, preds)),
         "macro_f1": float(stats.macro_f1(labels, preds, n_labels)),
@@ -82,6 +104,8 @@ def evaluate(
         "n": len(labels),
         "majority_share": float(max((preds == c).mean() for c in range(n_labels))),
     }
+    if eval_mode == "generate":
+        m["no_label_share"] = generated.count(tasks.NO_LABEL) / len(generated)
     return m
 
 
@@ -140,7 +164,7 @@ def _train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded |
         m = None
         if step in cfg.eval_at:
             te = time.perf_counter()
-            m = evaluate(model, kind, eval_enc, cfg.eval_batch_size, cfg.bf16)
+            m = evaluate(model, kind, eval_enc, cfg.eval_batch_size, cfg.bf16, cfg.eval_mode)
             eval_seconds += time.perf_counter() - te
             metrics[step] = m
         if on_checkpoint is not None:

@@ -53,6 +53,8 @@ def train_dict(values: dict[str, Any], steps: int, eval_at: tuple[int, ...], see
     cfg = TrainConfig(steps=steps, eval_at=tuple(eval_at), seed=seed, **values)
     d = asdict(cfg)
     d.pop("threads")
+    if d["eval_mode"] == "rank":  # added later: only when set, so existing ids stay
+        d.pop("eval_mode")
     d["horizon"] = cfg.horizon or cfg.steps
     d["eval_at"] = sorted(d["eval_at"])
     return d
