@@ -134,7 +134,7 @@ def test_every_trainconfig_field_is_a_train_and_adapt_option(monkeypatch):
     monkeypatch.setattr(runs, "train_run", lambda *a, **k: seen.append(a[3]) or _stop())
     monkeypatch.setattr(runs, "adapt_run", lambda *a, **k: seen.append(a[3]) or _stop())
     for cmd, head in (("train", ["--technique", "lora"]), ("adapt", ["m"])):
-        out = runner.invoke(app, [cmd, "--help"]).output
+        out = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "200"}).output  # no "…"
         for f in dataclasses.fields(TrainConfig):
             assert f"--{f.name.replace('_', '-')}" in out, (cmd, f.name)
         args = [

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import sqlite3
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -363,9 +364,10 @@ def test_table_equals_a_hand_computation(report):
         assert close(r["cka_distance"], CKA_DISTANCE[recv])
         assert close(r["weight_distance"], WEIGHT_DISTANCE[recv])
         assert r["weight_note"] == ("shapes differ" if recv == "h3" else "")
-        m, lo, hi = mean_ci2(*(retention_by_hand(t, recv, s) for s in SEEDS))
+        m, _, _ = mean_ci2(*(retention_by_hand(t, recv, s) for s in SEEDS))
         assert close(r["retention_mean"], m), r
-        assert close(r["retention_ci_low"], lo) and close(r["retention_ci_high"], hi), r
+        # 2 seeds: no interval (a t interval would multiply the spread by 12.7)
+        assert r["retention_ci_low"] == "" and r["retention_ci_high"] == "", r
         assert r["retention_n"] == "2" and r["retention_expected"] == "2"
         assert close(r["ported_mean"], sum(PORTED_ACC[(t, recv)]) / 2)
         assert close(r["random_mean"], sum(RANDOM_ACC) / 2)
@@ -412,9 +414,9 @@ def test_figure_and_table_appear_in_the_built_report(report):
     ):
         assert text in html, text
     assert "## Zero-shot retention against host distance" in md and "n/a: shapes differ" in md
-    # the table's numbers as the page shows them: LoRA into h1, a share with its interval
-    m, lo, hi = mean_ci2(*(retention_by_hand("lora", "h1", s) for s in SEEDS))
-    text = f"{100 * m:.1f}% [{100 * lo:.1f}%, {100 * hi:.1f}%]"
+    # the table's numbers as the page shows them: LoRA into h1, a share; 2 seeds: no interval
+    m, _, _ = mean_ci2(*(retention_by_hand("lora", "h1", s) for s in SEEDS))
+    text = f"{100 * m:.1f}% (2 runs: no interval)"
     assert text in html and text in md
     assert "one host pair only" not in html  # three pairs here
     meta = json.loads(report.json.read_text())
@@ -473,7 +475,11 @@ def test_missing_cells_and_a_zero_denominator(store, tmp_path):
     assert "missing (2 failed)" in html and "(1 of 2; 1 origin not above random)" in html
     assert "undefined (2 origin not above random)" in html
     assert "missing (2 origin" not in html
-    assert "2 point(s) not drawn" in html  # LoRA at h2 and the adapter at h1: no retention
+    # LoRA at h2: its results are missing; the adapter at h1: undefined, nothing missing
+    assert "1 point(s) not drawn: no seed has a retention (missing results)" in html
+    assert "1 point(s) not drawn: the ratio is undefined" in html
+    # a point with fewer ratios but no missing result is not called missing
+    assert "average the seeds that have a ratio" in html
     # each technique has two pairs with a retention left: no rank correlation
     assert read_csv(paths.csv["retention_distance_correlation"]) == []
 
@@ -617,3 +623,30 @@ def test_a_study_without_random_has_no_retention(tmp_path):
     html = paths.html.read_text()
     assert "undefined (2 not planned)" in html
     assert "the study has no random condition: retention needs random zero-shot" in html
+
+
+def test_lines_join_only_a_series_never_the_two_directions_of_a_pair():
+    """Two directions of one pair are two points; a line joins only receivers of one origin."""
+    from matplotlib.figure import Figure
+
+    from peftport.report.figures import SERIES_COLORS, _draw_distance_panel
+    from peftport.report.model import DistancePanel, DistancePoint, Stat
+
+    def pt(x: float, y: float, label: str, origin: str) -> DistancePoint:
+        return DistancePoint(x, Stat(y, None, None, 2, 2), label, origin)
+
+    def lines(points: list[DistancePoint]) -> int:
+        ax = Figure().subplots()
+        panel = DistancePanel("data", {"lora": points}, sorted({(p.x, p.label) for p in points}))
+        _draw_distance_panel(ax, panel, ["lora"], True, Counter())
+        # the technique's lines (its colour, no marker), not the reference lines at 0 and 1
+        return sum(
+            1
+            for ln in ax.get_lines()
+            if ln.get_color() == SERIES_COLORS[0] and ln.get_marker() in ("None", "", None)
+        )
+
+    both = [pt(0.2, 0.8, "a -> b", "a"), pt(0.2, 0.6, "b -> a", "b")]
+    assert lines(both) == 0
+    drift = [pt(0.1, 0.9, "a -> b", "a"), pt(0.3, 0.7, "a -> c", "a"), pt(0.5, 0.5, "a -> d", "a")]
+    assert lines(drift) == 1

@@ -66,7 +66,9 @@ def test_quick_preset_is_offline():
 
 
 def test_toml_and_relative_paths(tmp_path):
-    (tmp_path / "toy.csv").write_text("text,label\ngood film,1\nbad film,0\n")
+    # a data file is read at plan time: enough rows for every split
+    (tmp_path / "toy.csv").write_text("text,label\n" + "".join(
+        f"film number {i},{i % 2}\n" for i in range(40)))
     (tmp_path / "s.toml").write_text(
         'techniques = ["lora"]\npairs = [["tiny-bert", "tiny-bert"]]\n'
         'data = [["toy.csv", "toy.csv"]]\npre_steps = [4]\npost_steps = [0, 2]\nseeds = [0]\n'

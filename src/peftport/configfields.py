@@ -100,6 +100,8 @@ class Setting:
         """Why `value` (of the right type) is out of bounds, or None."""
         if value is None or isinstance(value, bool):
             return None
+        if isinstance(value, int) and abs(value) > _MAX_INT:
+            return f"{self.key} must be at most {_MAX_INT} in size (a 64-bit integer), got {value}"
         if self.choices:
             ok = value in self.choices
         else:
@@ -122,6 +124,10 @@ class Setting:
         """Type, then bounds: (the value as the field holds it, the problem or None)."""
         value, problem = self.type_problem(value)
         return value, problem or self.bound_problem(value)
+
+
+# Whole numbers end in SQLite INTEGER columns (64-bit) and in torch/numpy seeds.
+_MAX_INT = 2**63 - 1
 
 
 def _num(x: float) -> str:

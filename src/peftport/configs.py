@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftport.configfields import check_bounds, setting
+from peftport.device import PRECISIONS, name_problem
 from peftport.errors import PeftportError
 
 
@@ -47,8 +48,19 @@ class TrainConfig:
         gt=0,
         flags=("--max-eval",),
     )
-    threads: int | None = setting(None, help="Torch threads (default: torch's choice).", ge=0)
-    bf16: bool = setting(False, help="bfloat16 autocast on CPU (faster; see docs).")
+    threads: int | None = setting(None, help="Torch threads (default: torch's choice).", gt=0)
+    bf16: bool = setting(False, help="bfloat16 autocast (the older spelling of --precision bf16).")
+    device: str = setting(
+        "auto", help="Device: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."
+    )
+    precision: str = setting(
+        "auto",
+        help="Precision (auto: bf16 autocast on a CUDA GPU with bf16, else fp32)",
+        choices=PRECISIONS,
+    )
+    deterministic: bool = setting(
+        False, help="No TF32 matmuls and deterministic cuDNN on CUDA (no effect on CPU)."
+    )
     eval_mode: str = setting(
         "rank",
         help="Evaluation of text-to-text hosts: rank the label words, or generate the answer "
@@ -58,6 +70,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        problem = name_problem(self.device)
+        if problem:
+            raise PeftportError(problem)
         bad = [s for s in self.eval_at if s < 0 or s > self.steps]
         if bad:
             raise PeftportError(f"eval step(s) {bad} outside the run (0..{self.steps} steps)")
@@ -83,9 +98,4 @@ class CompareSettings:
     seed: int = setting(0, help="Seed of the text sample.", ge=0)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "corpus": self.corpus,
-            "texts": self.texts,
-            "max_length": self.max_length,
-            "seed": self.seed,
-        }
+        return {k: getattr(self, k) for k in ("corpus", "texts", "max_length", "seed")}

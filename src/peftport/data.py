@@ -290,6 +290,11 @@ def _read_text_label(path: Path, spec: DatasetSpec) -> tuple[list[_Row], Counter
                             "use .csv, .tsv or .jsonl with columns text and label")
     if not rows:
         raise PeftportError(f"{path}: no rows")
+    classes = {r.label for r in rows}
+    if len(classes) < 2:  # nothing to learn, and ROC-AUC is undefined (NaN) on one class
+        (only,) = classes
+        raise PeftportError(f"{path}: every row has label {spec.label_names[only]!r}; a data "
+                            "file needs examples of at least two labels")
     return rows, dropped
 
 
@@ -656,14 +661,26 @@ def _local_file_spec(path: Path) -> DatasetSpec:
     )
 
 
+LOCAL_SUFFIXES = frozenset({".csv", ".tsv", ".jsonl", ".json", ".ndjson"})
+
+
+def check_local_file(spec: DatasetSpec) -> None:
+    """Read a local data file now (columns, labels, at least two classes, every split
+    non-empty): a bad file fails before any training, naming the file (and line)."""
+    load_dataset(spec)
+
+
 def get_dataset(name: str) -> DatasetSpec:
     """A registered id, or a path to a CSV/TSV/JSONL file with columns text and label."""
     if name in DATASETS:
         return DATASETS.get(name)
     path = Path(name).expanduser()
     if path.is_file():
+        if path.suffix.lower() not in LOCAL_SUFFIXES:
+            raise PeftportError(f"{path}: unsupported file type {path.suffix!r}; a data file is "
+                                ".csv, .tsv or .jsonl with columns text and label")
         return _local_file_spec(path)
-    if path.suffix.lower() in {".csv", ".tsv", ".jsonl", ".json", ".ndjson"} or os.sep in name:
+    if path.suffix.lower() in LOCAL_SUFFIXES or os.sep in name:
         raise PeftportError(f"no such file: {path}")
     DATASETS.get(name)  # raises UnknownNameError with "did you mean"
     raise AssertionError("unreachable")

@@ -7,7 +7,8 @@
 Tensors are written and read with safetensors only (never pickle / torch.load). The folder is
 written to a temporary folder beside it and renamed into place, so an interrupted save leaves
 nothing that a later run would trust. Loading checks the schema version, every required field
-and its type, the technique and its config, and the tensor file's sha256; any mismatch is a
+and its type, the technique and its config, and the tensor file's sha256, which covers the
+metadata that changes what the module computes (FUNCTION_FIELDS); any mismatch is a
 PeftportError that names the file and the field.
 
 Metadata (schema version 1). The caller gives:
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,6 +98,66 @@ def module_meta(att: Any, host: Any, *, task: str, label_words: list[str] | tupl
     if extra is not None:
         meta["extra"] = dict(extra)
     return meta
+
+
+# The metadata that changes what a module computes (not provenance: hosts' ids, metrics, time).
+# save_module writes them, canonical JSON, into the tensor file's one metadata key, so the file's
+# sha256 (field 'sha256') covers them and load_module checks module.json against them: a flipped
+# bit in the LoRA alpha of module.json is a mismatch, not a module that runs with another alpha.
+# Head shapes are the head tensors' own shapes, covered with the tensors.
+FUNCTION_KEY = "peftport"
+FUNCTION_FIELDS = ("technique", "config", "host_kind", "host_family", "label_words",
+                   "adapter_name")
+
+
+def _function(meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: meta.get(k, "peftport" if k == "adapter_name" else None) for k in FUNCTION_FIELDS}
+
+
+def _function_text(meta: Mapping[str, Any]) -> str:
+    return json.dumps({"format": f"{FORMAT}/{SCHEMA_VERSION}", "function": _function(meta)},
+                      sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _stored_function(path: Path) -> dict[str, Any] | None:
+    """The function fields a module's tensor file was written with; None for a file written
+    before they were (its safetensors metadata is {"format": "peftport-module/1"})."""
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return None
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000:  # not a safetensors header; load_file reports the file
+            return None
+        try:
+            header = json.loads(fh.read(n))
+            text = header.get("__metadata__", {}).get(FUNCTION_KEY)
+            return json.loads(text)["function"] if text is not None else None
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise PeftportError(f"{path}: its metadata key {FUNCTION_KEY!r} is not readable; "
+                                "the file was changed or corrupted") from None
+
+
+def _check_function(meta: Mapping[str, Any], tensor_path: Path, meta_path: Path) -> None:
+    """module.json's function fields against those the tensor file (and so its sha256) holds.
+    A module written before they were covered is checked the old way (tensors only) with a
+    warning, so old module folders stay readable."""
+    stored = _stored_function(tensor_path)
+    if stored is None:
+        warnings.warn(
+            f"{meta_path}: written by an older peftport, whose sha256 covers the tensors only, "
+            "not the technique, config and labels in module.json; save the module again (e.g. "
+            "`peftport port` or re-train) to have them covered", UserWarning, stacklevel=3)
+        return
+    mine = _function(meta)
+    diff = [k for k in FUNCTION_FIELDS if stored.get(k) != mine[k]]
+    if diff:
+        raise PeftportError(
+            f"{meta_path}: field(s) {', '.join(repr(k) for k in diff)} differ from those the "
+            f"module was saved with (in {tensor_path.name}, covered by its sha256): the file was "
+            "changed or corrupted")
 
 
 def _sha256(path: Path) -> str:
@@ -180,8 +242,9 @@ def save_module(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: 
         raise PeftportError(f"{where}: metadata is not JSON-able: {e}") from None
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in sorted(tensors.items())}
     # ONE metadata key: safetensors writes its metadata map in hash order, so with two keys
-    # identical modules could get different bytes, and so different sha256s
-    data = save(flat, metadata={"format": f"{FORMAT}/{SCHEMA_VERSION}"})
+    # identical modules could get different bytes, and so different sha256s. Its value holds
+    # the fields that decide what the module computes, so the file's sha256 covers them too.
+    data = save(flat, metadata={FUNCTION_KEY: _function_text(meta)})
     meta.update(
         schema_version=SCHEMA_VERSION, format=FORMAT, tensor_file=TENSOR_FILE,
         sha256=hashlib.sha256(data).hexdigest(), num_tensors=len(flat),
@@ -251,6 +314,7 @@ def load_module(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise PeftportError(f"{tensor_path}: sha256 {digest[:16]}... does not match field "
                             f"'sha256' {meta['sha256'][:16]}... in {meta_path}: the file was "
                             "changed or corrupted")
+    _check_function(meta, tensor_path, meta_path)
     try:
         tensors = load_file(str(tensor_path))
     except (SafetensorError, OSError, ValueError) as e:

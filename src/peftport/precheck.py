@@ -91,6 +91,12 @@ class PortCheck:
         }
 
 
+def _same(aspect: str, module: Any, host: Any, why_not: str) -> Finding:
+    """ok when the module's value equals the host's; else blocking, saying why."""
+    return Finding(aspect, OK, module, host) if module == host else Finding(
+        aspect, BLOCK, module, host, why_not)
+
+
 def _stack_layers(cfg: Mapping[str, Any], family: str) -> dict[str, int]:
     from peftport.hosts.spec import LAYOUTS
 
@@ -166,30 +172,12 @@ def check_port(
     technique = meta.get("technique")
     out: list[Finding] = []
     kind, family = meta.get("host_kind"), meta.get("host_family")
-    out.append(
-        Finding(
-            "kind",
-            OK if kind == host.kind else BLOCK,
-            kind,
-            host.kind,
-            ""
-            if kind == host.kind
-            else "a module only ports between hosts of one "
-            "kind (the task framing and the head differ)",
-        )
-    )
-    out.append(
-        Finding(
-            "family",
-            OK if family == host.family else BLOCK,
-            family,
-            host.family,
-            ""
-            if family == host.family
-            else "tensor names and layouts differ "
-            "between families; no porting method maps one family onto another",
-        )
-    )
+    out.append(_same("kind", kind, host.kind,
+                     "a module only ports between hosts of one kind (the task framing and the "
+                     "head differ)"))
+    out.append(_same("family", family, host.family,
+                     "tensor names and layouts differ between families; no porting method maps "
+                     "one family onto another"))
     if supports(technique, host.kind):
         out.append(Finding("technique", OK, technique, "supported"))
     else:
@@ -264,47 +252,19 @@ def check_port(
         out.append(Finding("width", NOTE, o_hidden, host.hidden_size, "unknown on one side"))
     elif o_hidden == host.hidden_size:
         out.append(Finding("width", OK, o_hidden, host.hidden_size))
-    elif problem:
-        out.append(
-            Finding(
-                "width",
-                BLOCK,
-                o_hidden,
-                host.hidden_size,
-                f"the module's tensors are {o_hidden} wide and {problem}",
-            )
-        )
-    elif depth_differs and not mappable:
-        out.append(
-            Finding(
-                "width",
-                BLOCK,
-                o_hidden,
-                host.hidden_size,
-                f"{technique} modules port between widths only at the same depth",
-            )
-        )
-    elif _bottleneck(meta, host.hidden_size) < _bottleneck(meta, o_hidden):
-        out.append(
-            Finding(
-                "width",
-                BLOCK,
-                o_hidden,
-                host.hidden_size,
-                "the receiver's bottleneck would be narrower than the module's",
-            )
-        )
     else:
-        out.append(
-            Finding(
-                "width",
-                FIX,
-                o_hidden,
-                host.hidden_size,
-                "the porting method align (--method align) maps the module between "
-                "the two hidden spaces, fitted on shared unlabelled text",
-            )
-        )
+        if problem:
+            blocked = f"the module's tensors are {o_hidden} wide and {problem}"
+        elif depth_differs and not mappable:
+            blocked = f"{technique} modules port between widths only at the same depth"
+        elif _bottleneck(meta, host.hidden_size) < _bottleneck(meta, o_hidden):
+            blocked = "the receiver's bottleneck would be narrower than the module's"
+        else:
+            blocked = ""
+        out.append(Finding("width", BLOCK if blocked else FIX, o_hidden, host.hidden_size,
+                           blocked or "the porting method align (--method align) maps the "
+                           "module between the two hidden spaces, fitted on shared unlabelled "
+                           "text"))
 
     o_heads = origin.heads if origin is not None else None
     if o_heads is not None and host.heads is not None and o_heads != host.heads:

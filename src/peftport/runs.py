@@ -20,6 +20,7 @@ import torch
 
 from peftport import tasks
 from peftport.data import Dataset, load_dataset
+from peftport.device import Placement, resolve, resolve_config
 from peftport.engine import TrainConfig, TrainResult, evaluate, train
 from peftport.errors import PeftportError
 from peftport.hosts import ENCODER_CLASSIFIER, LoadedHost, get_host, load_host
@@ -81,6 +82,7 @@ def _extra(data: Dataset, cfg: TrainConfig, result: TrainResult | None, **more: 
             "train_seconds": round(result.train_seconds, 3),
             "examples_per_second": round(result.examples_per_second, 2),
         }
+        extra["placement"] = result.placement  # device, precision, GPU name
     extra.update(more)
     return extra
 
@@ -103,11 +105,12 @@ def train_run(
     from peftport.module import module_meta
     from peftport.techniques import attach, module_state
 
+    placement = resolve_config(cfg)  # a device or precision that cannot work: before any load
     data = as_dataset(data)
     h = host_for(host, technique, data)
     att = attach(h.model, h.spec.family, technique, technique_config, seed=cfg.seed)
     result, snapshots = _fit(h, att, data, cfg, progress=progress, save_at=save_at,
-                             desc=f"{technique} on {h.spec.id}")
+                             desc=f"{technique} on {h.spec.id}", placement=placement)
     meta = module_meta(
         att,
         h,
@@ -123,7 +126,8 @@ def train_run(
 
 
 def _fit(h: LoadedHost, att: Any, data: Dataset, cfg: TrainConfig, *, progress: bool, desc: str,
-         save_at: tuple[int, ...] = ()) -> tuple[TrainResult, dict[int, dict[str, torch.Tensor]]]:
+         save_at: tuple[int, ...] = (), placement: Placement | None = None
+         ) -> tuple[TrainResult, dict[int, dict[str, torch.Tensor]]]:
     """Encode the data for `h` and train the attached module; its tensors at `save_at` steps."""
     from peftport.techniques import module_state
 
@@ -135,7 +139,7 @@ def _fit(h: LoadedHost, att: Any, data: Dataset, cfg: TrainConfig, *, progress: 
             snapshots[step] = module_state(h.model, att.name)
 
     result = train(h.model, h.kind, tr, ev, cfg, progress=progress, on_checkpoint=snap,
-                   save_at=save_at, desc=desc)
+                   save_at=save_at, desc=desc, placement=placement)
     return result, snapshots
 
 
@@ -217,11 +221,12 @@ def adapt_run(
     from peftport.module import FILLED
     from peftport.techniques import module_state
 
+    placement = resolve_config(cfg)  # a device or precision that cannot work: before any load
     data = as_dataset(data)
     h, att, meta = load_into(module, host, data, cfg.seed, condition=condition,
                              layer_map=layer_map)
     result, _ = _fit(h, att, data, cfg, progress=progress,
-                     desc=f"adapting {meta['technique']} on {h.spec.id}")
+                     desc=f"adapting {meta['technique']} on {h.spec.id}", placement=placement)
     out = {k: v for k, v in meta.items() if k not in FILLED}
     out["steps"] = int(meta["steps"]) + cfg.steps
     out["metrics"] = _step_metrics(result)
@@ -241,7 +246,10 @@ def evaluate_run(
     max_examples: int | None = None,
     max_length: int = 64,
     batch_size: int = 64,
+    placement: Placement | None = None,
 ) -> dict[str, float]:
+    """The module's metrics in `host` on `placement` (default: auto device, auto precision)."""
+    placement = placement or resolve()  # a device that cannot work: before any load
     data = as_dataset(data)
     cfg = TrainConfig(
         steps=0,
@@ -252,7 +260,7 @@ def evaluate_run(
     )
     h, _att, _meta = load_into(module, host, data)
     _tr, ev = encodings(h, data, cfg)
-    return evaluate(h.model, h.kind, ev, batch_size)
+    return evaluate(h.model, h.kind, ev, batch_size, placement=placement)
 
 
 __all__ = [

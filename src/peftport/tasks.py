@@ -147,26 +147,38 @@ def _encode(tokenizer, examples, framing: Framing) -> Encoded:
     )
 
 
-def _pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(
+    rows: list[list[int]], pad: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and mask, built on the host and sent to `device` in one copy each."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, : len(r)] = 1
+    if device is not None and device.type != "cpu":
+        ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
     return ids, mask
+
+
+def _device(model) -> torch.device:
+    """Where the model's parameters are: its batches go there."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def training_loss(model, kind: str, enc: Encoded, idx: list[int]) -> torch.Tensor:
     """Mean loss of one batch: cross-entropy on the head, or on the gold label word's tokens."""
     labels = [enc.labels[i] for i in idx]
+    dev = _device(model)
     if kind == ENCODER_CLASSIFIER:
-        ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id)
+        ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id, dev)
         logits = model(input_ids=ids, attention_mask=mask).logits  # (B, C)
-        return torch.nn.functional.cross_entropy(logits, torch.tensor(labels))
+        return torch.nn.functional.cross_entropy(logits, torch.tensor(labels, device=dev))
     if kind == TEXT_TO_TEXT:
-        ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id)
-        tgt, tmask = _pad([enc.candidates[y] for y in labels], enc.pad_id)
+        ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id, dev)
+        tgt, tmask = _pad([enc.candidates[y] for y in labels], enc.pad_id, dev)
         tgt = tgt.masked_fill(tmask == 0, -100)
         return model(input_ids=ids, attention_mask=mask, labels=tgt).loss
     # decoder: prompt + gold word; loss on the word's tokens only (right padding)
@@ -176,6 +188,8 @@ def training_loss(model, kind: str, enc: Encoded, idx: list[int]) -> torch.Tenso
     for r, (i, y) in enumerate(zip(idx, labels, strict=True)):
         start = len(enc.input_ids[i])
         tgt[r, start : start + len(enc.candidates[y])] = torch.tensor(enc.candidates[y])
+    if dev.type != "cpu":  # built on the host, sent in one copy each
+        ids, mask, tgt = ids.to(dev), mask.to(dev), tgt.to(dev)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # predicts position t+1
     return torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), tgt[:, 1:].reshape(-1), ignore_index=-100
@@ -185,19 +199,20 @@ def training_loss(model, kind: str, enc: Encoded, idx: list[int]) -> torch.Tenso
 @torch.no_grad()
 def scores(model, kind: str, enc: Encoded, idx: list[int]) -> torch.Tensor:
     """(B, C) scores: logits of the head, or the summed log-probability of each label word."""
+    dev = _device(model)
     if kind == ENCODER_CLASSIFIER:
-        ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id)
+        ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id, dev)
         return model(input_ids=ids, attention_mask=mask).logits.float()
-    out = torch.empty(len(idx), len(enc.candidates))
+    out = torch.empty(len(idx), len(enc.candidates), device=dev)
     if kind == TEXT_TO_TEXT:
-        ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id)
+        ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id, dev)
         # The encoder runs once for all candidates. Called on its own it is outside the
         # ForwardContext that adapters opens in the model's forward, and Compacter's shared
         # parameters and the prefix states live in that context: open it here.
         with ForwardContext(model, input_ids=ids, attention_mask=mask):
             encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
         for c, cand in enumerate(enc.candidates):
-            tgt = torch.tensor([cand] * len(idx))
+            tgt = torch.tensor([cand] * len(idx), device=dev)
             logits = model(
                 encoder_outputs=encoder_outputs, attention_mask=mask, labels=tgt
             ).logits.float()  # (B, Lc, V)
@@ -206,12 +221,13 @@ def scores(model, kind: str, enc: Encoded, idx: list[int]) -> torch.Tensor:
         return out
     for c, cand in enumerate(enc.candidates):
         rows = [enc.input_ids[i] + cand for i in idx]
-        ids, mask = _pad(rows, enc.pad_id)
+        ids, mask = _pad(rows, enc.pad_id, dev)
         logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+        token = torch.tensor(cand, device=dev)
         for r, i in enumerate(idx):
             start = len(enc.input_ids[i])
-            pos = torch.arange(start - 1, start - 1 + len(cand))
-            out[r, c] = logp[r, pos, torch.tensor(cand)].sum()
+            pos = torch.arange(start - 1, start - 1 + len(cand), device=dev)
+            out[r, c] = logp[r, pos, token].sum()
     return out
 
 
@@ -232,7 +248,7 @@ def generated_labels(model, kind: str, enc: Encoded, idx: list[int]) -> list[int
             f"generation-based evaluation is for text-to-text hosts, not {kind} (an encoder "
             "classifier has a head; a decoder LM's label word is scored as its continuation)"
         )
-    ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id)
+    ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id, _device(model))
     steps = max(len(c) for c in enc.candidates)
     with ForwardContext(model, input_ids=ids, attention_mask=mask):
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,

@@ -79,25 +79,43 @@ def register(app: typer.Typer) -> None:
             help="PEFT: accept a base_model_name_or_path that names "
             "another model (tensor shapes are still checked).",
         ),
+        drop_unsupported: bool = typer.Option(
+            False,
+            "--drop-unsupported",
+            help="PEFT: drop modules at sites peftport cannot adapt on this host (e.g. "
+            "attention.output.dense, the pooler) with a warning naming them and their share "
+            "of the module, instead of refusing the folder.",
+        ),
         force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Import a PEFT or AdapterHub folder as a peftport module for a host."""
+        import warnings
+
         from peftport.data import get_dataset
         from peftport.interop import import_module
+        from peftport.interop.peft import DroppedSitesWarning
         from peftport.module import read_meta
 
         spec = get_dataset(data)
-        path = import_module(
-            folder,
-            fmt,
-            host=host,
-            out_dir=out,
-            task=spec.id,
-            label_words=spec.label_words,
-            any_base=any_base,
-            overwrite=force,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DroppedSitesWarning)
+            path = import_module(
+                folder,
+                fmt,
+                host=host,
+                out_dir=out,
+                task=spec.id,
+                label_words=spec.label_words,
+                any_base=any_base,
+                overwrite=force,
+                drop_unsupported=drop_unsupported,
+            )
+        for w in caught:  # one plain line each on stderr, not Python's warning format
+            if issubclass(w.category, DroppedSitesWarning):
+                typer.secho(f"warning: {w.message}", fg=typer.colors.YELLOW, err=True)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         meta = read_meta(path)
         summary = {
             "module": str(path),

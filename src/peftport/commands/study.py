@@ -42,6 +42,19 @@ def _store_path(store: Path | None, spec) -> Path:
     return Path(f"peftport-{spec.name}.sqlite")
 
 
+def _check_device(spec, device: str, executor: str) -> None:
+    """One PeftportError line if `device`, with each technique's precision, cannot work here."""
+    from peftport.device import resolve
+
+    if device != "auto" and executor == "ray":
+        raise PeftportError("--device is for the local executor: Ray workers resolve auto on "
+                            "their own node (the GPU Ray gives them, else CPU)")
+    for t in spec.techniques:
+        for values in (t.pre, t.post):
+            resolve(device, values.get("precision", "auto"), bf16=values.get("bf16", False),
+                    deterministic=values.get("deterministic", False))
+
+
 def _print_status(info: dict[str, Any]) -> None:
     typer.echo(f"store {info['store']} (artifacts in {info['artifacts']})")
     if not info["studies"]:
@@ -100,6 +113,8 @@ def register(app: typer.Typer) -> None:
                                     "(default: cores / threads; 0 = in this process); ray: "
                                     "tasks (default: the cluster's CPUs / threads)."),
         threads: int = typer.Option(1, help="Torch threads per unit (1 is fastest per core)."),
+        device: str = typer.Option("auto", help="Device of every unit: auto (CUDA, else MPS, "
+                                   "else CPU), cpu, cuda, cuda:N or mps (local executor)."),
         address: str = typer.Option(None, help="ray: the cluster to join (default: a local "
                                     "Ray instance)."),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed units "
@@ -108,14 +123,17 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Run every unit of a study that is not done yet (resumable; shared stores are fine)."""
+        from peftport.device import default_device
         from peftport.study.executors import run_study, summary_line
 
         if file is None and preset is None:
             typer.echo("no study file given: running the quick preset", err=True)
         spec = _spec(file, preset)
-        out = run_study(spec, _store_path(store, spec), executor=executor, workers=workers,
-                        threads=threads, address=address, retry_failed=retry_failed,
-                        progress=progress, echo=lambda s: typer.echo(s, err=True))
+        _check_device(spec, device, executor)  # before any host loads or the store is made
+        with default_device(device):  # the worker processes started in it inherit it
+            out = run_study(spec, _store_path(store, spec), executor=executor, workers=workers,
+                            threads=threads, address=address, retry_failed=retry_failed,
+                            progress=progress, echo=lambda s: typer.echo(s, err=True))
         typer.echo(json.dumps(out, indent=2) if as_json else summary_line(out))
         if out["failed"]:
             raise typer.Exit(1)

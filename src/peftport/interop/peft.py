@@ -8,6 +8,7 @@ PEFT type family (peft_tuners: LORA, IA3; peft_prefix: PREFIX_TUNING).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,24 @@ def _technique_of(peft_type: str, config_path: Path) -> Any:
     )
 
 
+class DroppedSitesWarning(UserWarning):
+    """An import dropped modules at sites peftport cannot adapt (`--drop-unsupported`)."""
+
+
+def _warn_dropped(dropped: Mapping[str, int], tensors: Mapping[str, torch.Tensor],
+                  head: Any, config_path: Path) -> dict[str, Any]:
+    """Warn about the dropped sites and their share of the module; the record for metadata."""
+    total = sum(v.numel() for k, v in tensors.items() if k not in head)
+    n = sum(dropped.values())
+    share = n / total if total else 0.0
+    warnings.warn(
+        f"{config_path}: dropped {len(dropped)} module(s) at sites peftport cannot adapt on "
+        f"this host: {listing(sorted(dropped), 8)} ({n:,} of {total:,} parameters, "
+        f"{share:.1%} of the module); the imported module computes a different function",
+        DroppedSitesWarning, stacklevel=3)
+    return {"sites": sorted(dropped), "parameters": n, "share": round(share, 6)}
+
+
 def fill_unused(
     model: Any, name: str, state: Mapping[str, torch.Tensor], neutral: float | None
 ) -> dict[str, torch.Tensor]:
@@ -165,9 +184,15 @@ def import_peft(
     label_words: Sequence[str],
     any_base: bool = False,
     overwrite: bool = False,
+    drop_unsupported: bool = False,
 ) -> Path:
     """Read a PEFT adapter folder (LORA, IA3 or PREFIX_TUNING; safetensors only) and write the
-    peftport module that computes the same function on `host`; returns its path."""
+    peftport module that computes the same function on `host`; returns its path.
+
+    drop_unsupported: modules at sites AdapterHub cannot adapt on this host (a LoRA on
+    `attention.output.dense` or the pooler) are dropped with a `DroppedSitesWarning` naming them
+    and their share of the module's parameters, instead of refusing the folder; the module then
+    computes another function than the PEFT folder (recorded in its metadata, `dropped`)."""
     folder = folders.open_folder(peft_dir, PEFT_CONFIG)
     config_path = folder / PEFT_CONFIG
     config = folders.read_json(config_path)
@@ -205,7 +230,8 @@ def import_peft(
             "words with its own LM head"
         )
     head = folders.head_state(head_found, h, where, str(weights))
-    source = PeftFolder(tech.name, config, config_path, tensors, frozenset(used), hint_cfg)
+    source = PeftFolder(tech.name, config, config_path, tensors, frozenset(used), hint_cfg,
+                        drop_unsupported=drop_unsupported)
     cfg, state = codec.from_peft(source, h, name, where)
     extra = {
         "format": "peft",
@@ -213,6 +239,8 @@ def import_peft(
         "peft_type": peft_type,
         "base_model_name_or_path": config.get("base_model_name_or_path"),
     }
+    if source.dropped:
+        extra["dropped"] = _warn_dropped(source.dropped, tensors, used, config_path)
     target = folders.ImportTarget(out_dir, task, label_words, overwrite)
     return folders.finish_import(
         h,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ class PeftFolder:
     tensors: Tensors
     used: frozenset[str]  # tensors already taken (the head)
     hint: Mapping[str, Any]  # the technique config of peftport's sidecar; {} for a foreign one
+    # drop modules at sites this host's AdapterHub technique cannot adapt (with a warning),
+    # rather than refuse the folder; what was dropped is recorded in `dropped`
+    drop_unsupported: bool = False
+    dropped: dict[str, int] = field(default_factory=dict)  # module path -> its parameters
 
 
 def can_export_anywhere(family: str) -> str:

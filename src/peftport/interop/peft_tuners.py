@@ -301,15 +301,20 @@ def _peft_tuner_modules(
                 site = _resolve_site(got["path"], sites, prefix)
                 if site is None:
                     unsited.append(got["path"])
+                    if folder.drop_unsupported:
+                        path = got["path"]
+                        folder.dropped[path] = folder.dropped.get(path, 0) + value.numel()
                 else:
                     out.setdefault(site.path, (site, {}))[1][part] = value
                 break
         else:
             stray.append(key)
-    if unsited:
+    if unsited and not folder.drop_unsupported:
         raise PeftportError(
             f"{config_path}: field 'target_modules' adapts {listing(sorted(set(unsited)))}, "
-            f"which AdapterHub cannot adapt on this host (it adapts: {_site_listing(sites)})"
+            f"which AdapterHub cannot adapt on this host (it adapts: {_site_listing(sites)}); "
+            "--drop-unsupported imports the rest without them (a different function: the "
+            "warning says how much of the module is dropped)"
         )
     if stray:
         raise PeftportError(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,6 +172,10 @@ def build_report(
         "results": len(data.observations),
         "provenance": data.provenance,
         "host_distance": _distance_summary(distance),
+        # computed, never written by hand (report.findings); majority-class rates as read off
+        # the results that predict one class (report.science)
+        "findings": [asdict(f) for f in agg.findings],
+        "majority_class": {d: asdict(b) for d, b in agg.base_rates.items()},
         "files": files,
     }
     _write(json_path, json.dumps(meta, indent=2) + "\n")  # last: its presence means done

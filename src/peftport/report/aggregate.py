@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
-
-import numpy as np
 
 from peftport import stats
 from peftport.report.distance import distance_section
+from peftport.report.findings import findings
 from peftport.report.load import CELL_KEY, Observation, StoreData
 from peftport.report.model import (
+    CONDITIONS,
     CONFIDENCE,
+    CONTROLS,
     SETTING_COLUMNS,
     Aggregates,
     Axes,
@@ -36,41 +37,84 @@ from peftport.report.model import (
     Panel,
     Stat,
     Table,
+    cell_index,
+    group,
     number,
-    reasons,
+    ordered_reasons,
+    setting_of,
     slug,
     stat_columns,
     summarize,
 )
+from peftport.report.paired import difference_tables
+from peftport.report.saved import curves as complete_curves
+from peftport.report.saved import steps_saved_tables
+from peftport.report.science import (
+    NOT_LEARNED,
+    Learned,
+    ModuleKey,
+    base_rates,
+    is_learned,
+    learned_modules,
+)
+from peftport.report.uncertainty import mean_interval, ratio_interval
 
-CONDITIONS = ("ported", "sampled", "random")
-CONTROLS = ("sampled", "random")
 N_BOOT = 1000
 SEED = 0  # bootstrap seed: the same store gives the same report
+CHANCE_TEXT = {
+    "accuracy": "the test split's majority-class rate (always predicting its most frequent "
+    "class), where the store shows it.",
+    "auc": "0.5 (no ranking skill).",
+    "macro_f1": "none drawn (macro-F1 has no single no-skill value).",
+}
+
+
+_LEARNED = Learned(None, None, None, True, "")
+
+
+def _not_learned_note(learned: dict[ModuleKey, Learned], t: str, p: int) -> str:
+    """" (not learned on its origin)" when no module of `t` at `p` steps learned."""
+    mods = [v for k, v in learned.items() if k[0] == t and k[3] == p]
+    return f" ({NOT_LEARNED} on its origin)" if mods and not any(m.learned for m in mods) else ""
+
+
+def _learned_of(sel: list[Observation], learned: dict[ModuleKey, Learned]) -> str:
+    """One word on whether the modules behind `sel` learned on their origin, with why not."""
+    keys = dict.fromkeys((o.technique, o.origin, o.pre_data, o.pre_steps) for o in sel)
+    known = [learned[k] for k in keys if k in learned]  # one per module, not per result
+    if not known:
+        return "unknown"
+    bad = [g for g in known if not g.learned]
+    if not bad:
+        return "yes"
+    if len(bad) == 1:  # one module: its numbers
+        why = bad[0].why
+    else:
+        why = f"{len(bad)} of {len(known)} origins: " + "; ".join(dict.fromkeys(g.short for g in bad))
+    return f"{NOT_LEARNED} ({why})" if len(bad) == len(known) else f"partly ({why})"
 
 
 # --- small pieces ------------------------------------------------------------------------------
 
 
-def ratio_stat(pairs: Sequence[tuple[Observation, Observation]]) -> Stat:
-    """Mean and interval of a / b over pairs (b > 0); a pair with a side missing is missing."""
+def ratio_stat(
+    pairs: Sequence[tuple[Observation, Observation]], not_learned: int = 0
+) -> Stat:
+    """Mean and interval of a / b over pairs (b > 0); a pair with a side missing is missing.
+    The interval is a percentile bootstrap over the pairs (within their own ratios), none below
+    3 pairs. `not_learned`: further planned pairs left out because their origin did not learn."""
     values, missing = [], []
     for a, b in pairs:
         if a.value is None or b.value is None or b.value <= 0:
             missing.append(a if a.value is None else b)
         else:
             values.append(a.value / b.value)
-    mean, low, high, n = stats.mean_ci(values, CONFIDENCE) if values else (None, None, None, 0)
-    return Stat(number(mean), number(low), number(high), n, len(pairs), reasons(missing))
-
-
-def group(
-    obs: Iterable[Observation], key: Callable[[Observation], Any]
-) -> dict[Any, list[Observation]]:
-    out: dict[Any, list[Observation]] = defaultdict(list)
-    for o in obs:
-        out[key(o)].append(o)
-    return out
+    mean, low, high, n = ratio_interval(values, confidence=CONFIDENCE)
+    why = Counter(o.missing for o in missing if o.missing is not None)
+    if not_learned:
+        why[NOT_LEARNED] = not_learned
+    return Stat(number(mean), number(low), number(high), n, len(pairs) + not_learned,
+                ordered_reasons(why))  # fmt: skip
 
 
 def _ordered(values: Iterable[Any], preferred: Sequence[Any] = ()) -> tuple[Any, ...]:
@@ -116,23 +160,31 @@ def axes_of(data: StoreData) -> Axes:
 # --- the report's content ----------------------------------------------------------------------
 
 
-def _setting(o: Observation) -> tuple:
-    return (o.technique, o.origin, o.receiver, o.pre_data, o.post_data)
-
-
 def cell_stats(obs: list[Observation]) -> dict[tuple, Stat]:
     """(technique, origin, receiver, pre data, post data, condition, pre steps, step) -> Stat
     over seeds (random: pre steps 0)."""
     g = group(
         (o for o in obs if o.condition in CONDITIONS),
-        lambda o: (*_setting(o), o.condition, o.pre_steps, o.post_steps),
+        lambda o: (*setting_of(o), o.condition, o.pre_steps, o.post_steps),
     )
     return {k: summarize(v) for k, v in g.items()}
+
+
+def chance_of(obs: list[Observation], metric: str) -> dict[str, float]:
+    """Evaluation data set -> the line a figure of `metric` draws for "no skill": the
+    majority-class rate for accuracy (science.base_rates), 0.5 for AUC; none for macro-F1."""
+    if metric == "auc":
+        return {d: 0.5 for o in obs for d in (o.pre_data, o.post_data)}
+    if metric != "accuracy":
+        return {}
+    return {d: b.share for d, b in base_rates(obs).items()}
 
 
 def figures(axes: Axes, obs: list[Observation], metric: str) -> list[FigureSpec]:
     """One figure per technique x direction x pre-porting steps; one panel per data combination."""
     cells = cell_stats(obs)
+    chance = chance_of(obs, metric)
+    learned = learned_modules(obs)
     origin = {
         k: summarize(v)
         for k, v in group(
@@ -157,11 +209,14 @@ def figures(axes: Axes, obs: list[Observation], metric: str) -> list[FigureSpec]
                         continue  # this combination is not in the study for this direction
                     panels.append(
                         Panel(
-                            title=f"data: {axes.data_combo(pre, post)}",
+                            title=f"data: {axes.data_combo(pre, post)}"
+                            + ("" if learned.get((t, o, pre, p), _LEARNED).learned
+                               else f" ({NOT_LEARNED} on its origin)"),  # fmt: skip
                             steps=axes.steps,
                             bars=bars,
                             origin=origin.get((t, o, pre, p)),
                             origin_label=f"on {axes.name(o)} ({axes.name(pre)})",
+                            chance=chance.get(post),
                         )
                     )
                 if not panels:
@@ -176,8 +231,9 @@ def figures(axes: Axes, obs: list[Observation], metric: str) -> list[FigureSpec]
                             f"{t} trained {p} steps on {axes.name(o)}, ported into "
                             f"{axes.name(r)}, then adapted: {metric} after each number of "
                             "post-porting steps (0 = zero-shot). Bars: mean over seeds; error "
-                            "bars: 95% t interval (cut at the axes); dashed line: the module on "
-                            "its origin host, on the pre-porting data."
+                            "bars: 95% interval (none below 3 seeds); dashed line: the module "
+                            "on its origin host, on the pre-porting data; dotted line: "
+                            + CHANCE_TEXT[metric]
                         ),
                         technique=t,
                         direction=d,
@@ -193,6 +249,8 @@ def overview_figure(axes: Axes, obs: list[Observation], metric: str) -> FigureSp
     if not axes.pre_steps or not axes.techniques:
         return None
     p = max(axes.pre_steps)
+    chance = chance_of(obs, metric)
+    learned = learned_modules(obs)
     g = group(
         (o for o in obs if o.condition in CONDITIONS and o.pre_steps in (0, p)),
         lambda o: (o.technique, o.condition, o.post_steps),
@@ -203,7 +261,13 @@ def overview_figure(axes: Axes, obs: list[Observation], metric: str) -> FigureSp
         org = summarize(
             o for o in obs if o.condition == "origin" and o.technique == t and o.pre_steps == p
         )
-        panels.append(Panel(t, axes.steps, bars, org if org.expected else None, "on its origin"))
+        posts = [post for _, post in axes.data]
+        rate = [chance[d] for d in posts if d in chance]
+        panels.append(
+            Panel(t + _not_learned_note(learned, t, p), axes.steps, bars,
+                  org if org.expected else None, "on its origin",
+                  sum(rate) / len(rate) if rate and len(rate) == len(posts) else None)
+        )  # fmt: skip
     return FigureSpec(
         stem="fig-overview",
         title=f"All techniques: {p} pre-porting steps, pooled over directions and data",
@@ -211,9 +275,8 @@ def overview_figure(axes: Axes, obs: list[Observation], metric: str) -> FigureSp
         caption=(
             f"{metric} of ported, sampled and random modules after each number of post-porting "
             f"steps, pooled over porting directions, data combinations and seeds (modules "
-            f"trained {p} steps before porting); error bars: 95% t interval over those runs (cut "
-            "at the axes); "
-            "dashed line: the modules on their origins."
+            f"trained {p} steps before porting); error bars: 95% interval over those runs; "
+            "dashed line: the modules on their origins; dotted line: " + CHANCE_TEXT[metric]
         ),
     )
 
@@ -247,7 +310,9 @@ def accuracy_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
         rows,
         [
             "Mean over seeds, porting directions and data combinations; 95% t interval over "
-            "those runs. random has no pre-porting steps (shown as 0)."
+            "those runs (none below 3). random has no pre-porting steps ('–' in the table, 0 in "
+            "the CSV). majority_share: mean share of the most predicted class; 0.95 or more is "
+            "flagged 'one class'."
         ],
     )
     cells = cell_stats(obs)
@@ -274,17 +339,12 @@ def accuracy_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
     return a, b
 
 
-def _index(obs: list[Observation]) -> dict[tuple, Observation]:
-    return {
-        (*_setting(o), o.seed, o.condition, o.pre_steps, o.post_steps): o
-        for o in obs
-        if o.condition in CONDITIONS
-    }
-
-
-def zero_shot_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
-    """Right after porting: ported (and the controls) beside the module on its origin."""
-    idx = _index(obs)
+def zero_shot_tables(
+    axes: Axes, obs: list[Observation], learned: dict[ModuleKey, Learned]
+) -> tuple[Table, Table]:
+    """Right after porting: ported (and the controls) beside the module on its origin; no
+    retained share for a module that did not learn on its origin."""
+    idx = cell_index(obs)
     origin = {
         (o.technique, o.origin, o.pre_data, o.seed, o.pre_steps): o
         for o in obs
@@ -304,10 +364,12 @@ def zero_shot_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
             ctrl = [
                 idx[k]
                 for o in sel
-                if (k := (*_setting(o), o.seed, c, 0 if c == "random" else o.pre_steps, 0)) in idx
+                if (k := (*setting_of(o), o.seed, c, 0 if c == "random" else o.pre_steps, 0)) in idx
             ]
             out.update(summarize(ctrl).fields(f"{c}_"))
-        out.update(ratio_stat(pairs).fields("retained_"))
+        ok = [(a, b) for a, b in pairs if is_learned(learned, a)]
+        out.update(ratio_stat(ok, len(pairs) - len(ok)).fields("retained_"))
+        out["origin_learned"] = _learned_of(sel, learned)
         return out
 
     stat_cols = [
@@ -315,7 +377,7 @@ def zero_shot_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
         for p in ("origin_", "ported_", "retained_", "sampled_", "random_")
         for c in stat_columns(p)
     ]
-    by_setting = group(ported0, lambda o: (*_setting(o), o.pre_steps))
+    by_setting = group(ported0, lambda o: (*setting_of(o), o.pre_steps))
     rows = []
     for t in axes.techniques:
         for key, cols in axes.settings(t):
@@ -326,7 +388,7 @@ def zero_shot_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
     by_dir = Table(
         "zero_shot",
         "Zero-shot portability: accuracy right after porting, beside the origin's own",
-        [*SETTING_COLUMNS, "pre_steps", *stat_cols],
+        [*SETTING_COLUMNS, "pre_steps", *stat_cols, "origin_learned"],
         rows,
         [
             "origin: the module on its origin host after the pre-porting steps, evaluated on the "
@@ -344,308 +406,11 @@ def zero_shot_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
     pooled = Table(
         "zero_shot_by_technique",
         "Zero-shot portability by technique (pooled over directions and data)",
-        ["technique", "pre_steps", *stat_cols],
+        ["technique", "pre_steps", *stat_cols, "origin_learned"],
         rows_t,
         ["Pooled over porting directions, data combinations and seeds."],
     )
     return by_dir, pooled
-
-
-DIFF_COLS = [
-    "n_pairs",
-    "expected_pairs",
-    "missing_pairs",
-    "mean_ported",
-    "mean_control",
-    "mean_diff",
-    "ci_low",
-    "ci_high",
-    "sd_diff",
-    "t",
-    "df",
-    "p_t",
-    "p_holm",
-    "p_wilcoxon",
-    "wilcoxon_method",
-    "d_z",
-    "g_z",
-    "test_notes",
-]
-
-
-def _pairs(
-    sel: list[Observation], control: str, idx: dict[tuple, Observation]
-) -> list[tuple[Observation, Observation | None]]:
-    out = []
-    for o in sel:
-        ps = 0 if control == "random" else o.pre_steps
-        out.append((o, idx.get((*_setting(o), o.seed, control, ps, o.post_steps))))
-    return out
-
-
-def _diff_row(pairs: list[tuple[Observation, Observation | None]]) -> dict[str, Any]:
-    complete = [
-        (p, c) for p, c in pairs if p.value is not None and c is not None and c.value is not None
-    ]
-    a = [p.value for p, _ in complete]
-    b = [c.value for _, c in complete]
-    missing = [p if p.value is None else c for p, c in pairs if (p, c) not in complete]
-    miss = Counter("not planned" if m is None else m.missing for m in missing)
-    res = stats.paired_test(a, b, CONFIDENCE) if a else {"n": 0, "notes": ["no complete pair"]}
-    return {
-        "n_pairs": res["n"],
-        "expected_pairs": len(pairs),
-        "missing_pairs": ", ".join(f"{v} {k}" for k, v in sorted(miss.items())),
-        "mean_ported": number(res.get("mean_a")),
-        "mean_control": number(res.get("mean_b")),
-        "mean_diff": number(res.get("mean_diff")),
-        "ci_low": number(res.get("ci_low")),
-        "ci_high": number(res.get("ci_high")),
-        "sd_diff": number(res.get("sd_diff")),
-        "t": number(res.get("t")),
-        "df": number(res.get("df")),
-        "p_t": number(res.get("p_t")),
-        "p_holm": None,
-        "p_wilcoxon": number(res.get("p_wilcoxon")),
-        "wilcoxon_method": res.get("wilcoxon_method", "undefined"),
-        "d_z": number(res.get("d_z")),
-        "g_z": number(res.get("g_z")),
-        "test_notes": "; ".join(res.get("notes", [])),
-    }
-
-
-def _apply_holm(rows: list[dict[str, Any]]) -> None:
-    p = np.array([np.nan if r["p_t"] is None else r["p_t"] for r in rows], dtype=float)
-    if p.size:
-        for r, q in zip(rows, stats.holm(p), strict=True):
-            r["p_holm"] = number(q)
-
-
-def difference_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
-    """ported - sampled and ported - random: paired over seeds (and directions, data)."""
-    idx = _index(obs)
-    ported = [o for o in obs if o.condition == "ported"]
-    controls = [c for c in CONTROLS if c in axes.conditions]
-    pooled_g = group(ported, lambda o: (o.technique, o.pre_steps, o.post_steps))
-    dir_g = group(ported, lambda o: (*_setting(o), o.pre_steps, o.post_steps))
-    rows, rows_d = [], []
-    for c in controls:
-        for t in axes.techniques:
-            for p in axes.pre_steps:
-                for s in axes.steps:
-                    sel = pooled_g.get((t, p, s))
-                    if sel:
-                        rows.append(
-                            {
-                                "comparison": f"ported - {c}",
-                                "technique": t,
-                                "pre_steps": p,
-                                "post_steps": s,
-                                **_diff_row(_pairs(sel, c, idx)),
-                            }
-                        )
-                    for key, cols in axes.settings(t):
-                        sel = dir_g.get((*key, p, s))
-                        if sel:
-                            diff = _diff_row(_pairs(sel, c, idx))
-                            comparison = f"ported - {c}"
-                            rows_d.append(
-                                {"comparison": comparison, **cols, "pre_steps": p, "post_steps": s}
-                                | diff
-                            )
-    _apply_holm(rows)
-    _apply_holm(rows_d)
-    note = (
-        "Paired over seeds{}: mean difference with its 95% t interval, paired t-test (p_t), "
-        "Holm-adjusted over every row of this table (p_holm), Wilcoxon signed-rank test "
-        "(p_wilcoxon), effect size d_z = mean / sd of the differences and g_z (Hedges-corrected)."
-    )
-    return (
-        Table(
-            "differences",
-            "Ported minus controls, paired (pooled over directions and data)",
-            ["comparison", "technique", "pre_steps", "post_steps", *DIFF_COLS],
-            rows,
-            [note.format(", porting directions and data combinations")],
-        ),
-        Table(
-            "differences_by_direction",
-            "Ported minus controls, paired, by direction and data combination",
-            ["comparison", *SETTING_COLUMNS, "pre_steps", "post_steps", *DIFF_COLS],
-            rows_d,
-            [note.format("")],
-        ),
-    )
-
-
-# --- steps saved -------------------------------------------------------------------------------
-
-
-def _curves(
-    obs: list[Observation], steps: tuple[int, ...]
-) -> list[tuple[tuple, np.ndarray, np.ndarray]]:
-    """Complete (ported, random) curve pairs, one per ported run: (run key, ported, random)."""
-    idx = _index(obs)
-    runs = group(
-        (o for o in obs if o.condition == "ported"),
-        lambda o: (*_setting(o), o.seed, o.pre_steps),
-    )
-    out = []
-    for key, sel in sorted(runs.items(), key=lambda kv: str(kv[0])):
-        *setting, seed, p = key
-        by_step = {o.post_steps: o.value for o in sel}
-        rnd = [idx.get((*setting, seed, "random", 0, s)) for s in steps]
-        pv = [by_step.get(s) for s in steps]
-        rv = [None if x is None else x.value for x in rnd]
-        if any(v is None for v in pv + rv):
-            continue
-        out.append((key, np.array(pv, dtype=float), np.array(rv, dtype=float)))
-    return out
-
-
-def _reach(steps: np.ndarray, curve: np.ndarray, target: float) -> float:
-    r = stats.steps_to_reach(steps, curve, target)
-    return math.inf if r is None else r
-
-
-def steps_saved_rows(
-    steps: tuple[int, ...], curves: list[tuple[tuple, np.ndarray, np.ndarray]], expected: int
-) -> list[dict[str, Any]]:
-    """Per checkpoint k: what the mean ported curve has at k, the (interpolated) step at which the
-    mean random curve first reaches it, and the steps saved = that step - k; bootstrap interval
-    over runs."""
-    s = np.array(steps, dtype=float)
-    if not curves:
-        return [
-            {
-                "checkpoint": k,
-                "runs": 0,
-                "expected_runs": expected,
-                "ported_mean": None,
-                "random_needs": None,
-                "reached": None,
-                "saved": None,
-                "saved_ci_low": None,
-                "saved_ci_high": None,
-                "runs_reached": 0,
-                "random_last_step": int(s[-1]),
-            }
-            for k in steps
-        ]
-    P = np.stack([c[1] for c in curves])  # (runs, steps)
-    R = np.stack([c[2] for c in curves])
-    pm, rm = P.mean(axis=0), R.mean(axis=0)
-    rng = np.random.default_rng(SEED)
-    boot_idx = rng.integers(0, len(curves), size=(N_BOOT, len(curves))) if len(curves) > 1 else None
-    rows = []
-    for j, k in enumerate(steps):
-        need = _reach(s, rm, float(pm[j]))
-        per_run = [_reach(s, R[i], float(P[i, j])) for i in range(len(curves))]
-        low = high = None
-        if boot_idx is not None:
-            # a resample is a multiset of runs: equal multisets give equal answers (few runs
-            # have few distinct multisets), so each is computed once
-            seen: dict[bytes, float] = {}
-            saved_b = np.empty(len(boot_idx))
-            for i, b in enumerate(boot_idx):
-                key = np.bincount(b, minlength=len(curves)).tobytes()
-                if key not in seen:
-                    seen[key] = _reach(s, R[b].mean(axis=0), float(P[b, j].mean())) - k
-                saved_b[i] = seen[key]
-            low = float(np.quantile(saved_b, (1 - CONFIDENCE) / 2, method="lower"))
-            high = float(np.quantile(saved_b, (1 + CONFIDENCE) / 2, method="higher"))
-        rows.append(
-            {
-                "checkpoint": k,
-                "runs": len(curves),
-                "expected_runs": expected,
-                "ported_mean": float(pm[j]),
-                "random_needs": None if math.isinf(need) else need,
-                "reached": not math.isinf(need),
-                "saved": None if math.isinf(need) else need - k,
-                "saved_ci_low": low,
-                "saved_ci_high": high,
-                "runs_reached": sum(1 for x in per_run if not math.isinf(x)),
-                "random_last_step": int(s[-1]),
-            }
-        )
-    return rows
-
-
-SAVED_COLS = [
-    "checkpoint",
-    "ported_mean",
-    "random_needs",
-    "reached",
-    "saved",
-    "saved_ci_low",
-    "saved_ci_high",
-    "runs",
-    "expected_runs",
-    "runs_reached",
-    "random_last_step",
-]
-
-
-def steps_saved_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
-    if "random" not in axes.conditions or "ported" not in axes.conditions:
-        note = ["The study has no ported and random runs to compare."]
-        return (
-            Table("steps_saved", "Steps saved", ["technique", "pre_steps", *SAVED_COLS], [], note),
-            Table(
-                "steps_saved_by_direction",
-                "Steps saved by direction",
-                [*SETTING_COLUMNS, "pre_steps", *SAVED_COLS],
-                [],
-                note,
-            ),
-        )
-    curves = _curves(obs, axes.steps)
-    planned = group(
-        (o for o in obs if o.condition == "ported" and o.post_steps == 0),
-        lambda o: (*_setting(o), o.pre_steps),
-    )
-    rows, rows_d = [], []
-    for t in axes.techniques:
-        for p in axes.pre_steps:
-            sel = [c for c in curves if c[0][0] == t and c[0][-1] == p]
-            exp = sum(len(v) for k, v in planned.items() if k[0] == t and k[-1] == p)
-            if exp:
-                for r in steps_saved_rows(axes.steps, sel, exp):
-                    rows.append({"technique": t, "pre_steps": p, **r})
-            for key, cols in axes.settings(t):
-                exp = len(planned.get((*key, p), []))
-                if not exp:
-                    continue
-                sel_d = [c for c in sel if c[0][:5] == key]
-                for r in steps_saved_rows(axes.steps, sel_d, exp):
-                    rows_d.append({**cols, "pre_steps": p, **r})
-    notes = [
-        "For each checkpoint k: the mean ported curve's value at k, the post-porting step at "
-        "which the mean random curve (the same runs' random modules) first reaches it, linearly "
-        "interpolated between checkpoints (random_needs), and saved = random_needs - k. Not "
-        "reached: random never gets there by its last checkpoint (the saving is then more than "
-        "random_last_step - k). Runs with a missing result are left out (runs of expected_runs); "
-        "interval: 95% percentile bootstrap over runs; runs_reached: runs whose own random curve "
-        "reaches their own ported value. An interval bound of inf: not reached in that share of the "
-        "resamples."
-    ]
-    return (
-        Table(
-            "steps_saved",
-            "Steps saved by porting (pooled over directions and data)",
-            ["technique", "pre_steps", *SAVED_COLS],
-            rows,
-            notes,
-        ),
-        Table(
-            "steps_saved_by_direction",
-            "Steps saved by porting, by direction and data combination",
-            ["technique", "origin", "receiver", "pre_data", "post_data", "pre_steps", *SAVED_COLS],
-            rows_d,
-            notes,
-        ),
-    )
 
 
 # --- ranking -------------------------------------------------------------------------------------
@@ -676,12 +441,12 @@ def ranking_table(axes: Axes, obs: list[Observation]) -> Table:
     title = "Techniques ranked by portability"
     if "random" not in axes.conditions or "ported" not in axes.conditions:
         return Table("ranking", title, RANK_COLS, [], ["The study has no ported and random runs."])
-    curves = _curves(obs, axes.steps)
+    curves = complete_curves(obs, axes.steps)
     rows = []
     notes = []
     for score in SCORES:
         by_t: dict[str, dict[tuple, float]] = defaultdict(dict)
-        for key, pc, rc in curves:
+        for key, pc, rc, *_ in curves:
             d = pc - rc
             by_t[key[0]][key[1:]] = float(d.mean() if score == "advantage" else d[0])
         techs = [t for t in axes.techniques if by_t.get(t)]
@@ -698,7 +463,8 @@ def ranking_table(axes: Axes, obs: list[Observation]) -> Table:
             lists, n_boot=N_BOOT * 2, seed=SEED, paired=paired, confidence=CONFIDENCE
         )
         for r in ranked:
-            m, lo, hi, _ = stats.mean_ci(lists[r["name"]], CONFIDENCE)
+            # a difference of two metrics in [0, 1]: its interval stays in [-1, 1]
+            m, lo, hi, _, _ = mean_interval(lists[r["name"]], bounds=(-1.0, 1.0))
             rows.append(
                 {
                     "score": score,
@@ -773,9 +539,15 @@ def results_table(obs: list[Observation], metric: str) -> Table:
     )
 
 
-def glance(axes: Axes, tables: dict[str, Table]) -> list[dict[str, Any]]:
-    """Per technique at the largest pre-porting steps: zero-shot, ported - random at step 0,
-    the steps it saves there, and its rank."""
+def glance(
+    axes: Axes,
+    tables: dict[str, Table],
+    obs: list[Observation],
+    learned: dict[ModuleKey, Learned],
+) -> list[dict[str, Any]]:
+    """Per technique at the largest pre-porting steps: zero-shot accuracy and AUC, ported -
+    random at step 0, the steps it saves there, its rank, and whether its modules learned on
+    their origin (if none did, its portability is not measured)."""
     if not axes.pre_steps:
         return []
     p = max(axes.pre_steps)
@@ -791,25 +563,37 @@ def glance(axes: Axes, tables: dict[str, Table]) -> list[dict[str, Any]]:
         if r["pre_steps"] == p and r["checkpoint"] == 0
     }
     rank = {r["technique"]: r for r in tables["ranking"].rows if r["score"] == "advantage"}
-    return [
-        {
-            "technique": t,
-            "pre_steps": p,
-            "zero_shot": zs.get(t),
-            "vs_random": diff.get(t),
-            "saved": saved.get(t),
-            "rank": rank.get(t),
-        }
-        for t in axes.techniques
-    ]
+    auc: dict[str, list[float]] = defaultdict(list)
+    for o in obs:
+        if o.condition == "ported" and o.post_steps == 0 and o.pre_steps == p and o.auc is not None:
+            auc[o.technique].append(o.auc)
+    out = []
+    for t in axes.techniques:
+        mods = [v for k, v in learned.items() if k[0] == t and k[3] == p]
+        a = auc.get(t, [])
+        out.append(
+            {
+                "technique": t,
+                "pre_steps": p,
+                "zero_shot": zs.get(t),
+                "auc": a,  # the ported zero-shot AUCs (the glance shows their mean)
+                "vs_random": diff.get(t),
+                "saved": saved.get(t),
+                "rank": rank.get(t),
+                "learned": (zs.get(t) or {}).get("origin_learned", "unknown"),
+                "measured": not mods or any(m.learned for m in mods),
+            }
+        )
+    return out
 
 
 def aggregate(data: StoreData) -> Aggregates:
     axes = axes_of(data)
     obs = data.observations
+    learned = learned_modules(obs)
     acc, acc_d = accuracy_tables(axes, obs)
-    zs, zs_t = zero_shot_tables(axes, obs)
-    diff, diff_d = difference_tables(axes, obs)
+    zs, zs_t = zero_shot_tables(axes, obs, learned)
+    diff, diff_d = difference_tables(axes, obs, learned)
     saved, saved_d = steps_saved_tables(axes, obs)
     results = results_table(obs, data.metric)
     missing = Table(
@@ -835,7 +619,7 @@ def aggregate(data: StoreData) -> Aggregates:
             missing,
         )
     }
-    distance = distance_section(data, axes)
+    distance = distance_section(data, axes, learned)
     tables.update((t.name, t) for t in distance.tables)
     return Aggregates(
         axes=axes,
@@ -843,7 +627,9 @@ def aggregate(data: StoreData) -> Aggregates:
         tables=tables,
         figures=figures(axes, obs, data.metric),
         overview=overview_figure(axes, obs, data.metric),
-        glance=glance(axes, tables),
+        glance=glance(axes, tables, obs, learned),
         complete=all(o.value is not None for o in obs),
         distance=distance,
+        findings=findings(axes, tables, learned, obs),
+        base_rates=base_rates(obs),
     )

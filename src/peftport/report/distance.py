@@ -60,6 +60,8 @@ from peftport.report.model import (
     stat_from,
     summarize,
 )
+from peftport.report.science import NOT_LEARNED, NOT_LEARNED_MARGIN, Learned, ModuleKey
+from peftport.report.uncertainty import ratio_interval
 
 TABLE = "retention_vs_distance"
 CORRELATION_TABLE = "retention_distance_correlation"
@@ -225,14 +227,19 @@ def pair_distance(rec: HostPairRecord) -> PairDistance:
 Triple = tuple[Observation | None, Observation | None, Observation | None]  # ported, random, origin
 
 
-def retention_stat(triples: Sequence[Triple]) -> Stat:
-    """Mean and 95% t interval over seeds of (ported - random) / (origin - random).
+def retention_stat(triples: Sequence[Triple], learned: bool = True) -> Stat:
+    """Mean over seeds of (ported - random) / (origin - random), with a 95% percentile
+    bootstrap interval over seeds (within the seeds' own ratios; none below 3 seeds).
 
     One triple per seed; None for a result the study did not plan ("not planned"). A triple with
-    a result missing is missing (its reason counted); origin <= random is left out, counted as
-    "origin not above random".
+    a result missing is missing (its reason counted); a seed whose origin is not at least
+    NOT_LEARNED_MARGIN above its random (a denominator near or below 0, where the ratio is
+    noise) is left out, counted as "origin not above random". `learned` False: the module did
+    not learn on its origin, so no seed has a ratio ("not learned").
     """
     values, why = [], Counter()
+    if not learned:
+        return Stat(None, None, None, 0, len(triples), ((NOT_LEARNED, len(triples)),))
     for triple in triples:
         if any(x is None for x in triple):
             why[NOT_PLANNED] += 1
@@ -243,11 +250,11 @@ def retention_stat(triples: Sequence[Triple]) -> Stat:
             why[gone.missing] += 1
             continue
         den = origin.value - random.value
-        if den <= 0:
+        if den < NOT_LEARNED_MARGIN:
             why[NOT_ABOVE] += 1
             continue
         values.append((ported.value - random.value) / den)
-    mean, low, high, n = stats.mean_ci(values, CONFIDENCE) if values else (None, None, None, 0)
+    mean, low, high, n = ratio_interval(values, confidence=CONFIDENCE)
     return Stat(number(mean), number(low), number(high), n, len(triples), ordered_reasons(why))
 
 
@@ -313,6 +320,7 @@ RETENTION_COLS = [
     *stat_columns("sampled_"),
     *stat_columns("random_"),
     *stat_columns("origin_"),
+    "origin_learned",
 ]
 CORRELATION_COLS = [
     *KEY_COLS,
@@ -326,9 +334,12 @@ TABLE_NOTES = [
     "retention = (ported - random) / (origin - random), all zero-shot: ported and random on the "
     "receiver (post-porting data), origin the same module on its origin host after the "
     "pre-porting steps (pre-porting data). 1: the ported module keeps all it had over a fresh "
-    "one; 0: it keeps nothing; below 0: worse than a fresh module. One ratio per seed; mean and "
-    "95% t interval over seeds. A seed whose origin is not above random has no ratio (counted as "
-    f"'{NOT_ABOVE}').",
+    "one; 0: it keeps nothing; below 0: worse than a fresh module; above 1: better on the "
+    "receiver than on its origin (the ratio is not bounded). One ratio per seed; mean and 95% "
+    "percentile bootstrap interval over seeds (within the seeds' own ratios; none below 3 "
+    f"seeds). A seed whose origin is not at least {NOT_LEARNED_MARGIN:.2f} above random has no "
+    f"ratio (counted as '{NOT_ABOVE}'); a module that did not learn on its origin has none "
+    f"('{NOT_LEARNED}').",
     "CKA distance = 1 - mean over receiver layers of the linear CKA between a receiver layer's "
     "block output and that of the origin layer whose module it receives (the pair's layer map). "
     "weight distance = mean over layers whose shapes match of ||W_receiver - W_origin|| / "
@@ -353,7 +364,11 @@ def _distance_order(p: PairDistance) -> tuple:
 
 
 def _study_rows(
-    axes: Axes, study: dict[str, Any], pairs: list[PairDistance], obs: list[Observation]
+    axes: Axes,
+    study: dict[str, Any],
+    pairs: list[PairDistance],
+    obs: list[Observation],
+    learned: dict[ModuleKey, Learned],
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows of one study (technique, data, pre steps, then pairs in distance order) and notes
     on the pairs and directions it cannot show."""
@@ -387,6 +402,7 @@ def _study_rows(
                     org = [origin.get((t, o.origin, pre, o.seed, p)) for o in sel]
                     rnd = [idx.get(_zero_shot(o, "random", 0)) for o in sel]
                     smp = [idx.get(_zero_shot(o, "sampled", p)) for o in sel]
+                    mod = learned.get((t, pair.origin, pre, p))
                     rows.append(
                         {
                             "study": study["name"],
@@ -404,9 +420,12 @@ def _study_rows(
                             "weight_distance": pair.weight_distance,
                             "weight_layers": pair.weight_layers,
                             "weight_note": pair.weight_note,
-                            **retention_stat(list(zip(sel, rnd, org, strict=True))).fields(
-                                "retention_"
-                            ),
+                            **retention_stat(
+                                list(zip(sel, rnd, org, strict=True)), mod is None or mod.learned
+                            ).fields("retention_"),
+                            "origin_learned": "unknown"
+                            if mod is None
+                            else ("yes" if mod.learned else f"{NOT_LEARNED} ({mod.why})"),
                             **summarize(sel).fields("ported_"),
                             **summarize(x for x in smp if x is not None).fields("sampled_"),
                             **summarize(x for x in rnd if x is not None).fields("random_"),
@@ -500,6 +519,7 @@ def _figures(
                         r["cka_distance"],
                         stat_from(r, "retention_"),
                         axes.direction(r["origin"], r["receiver"]),
+                        r["origin"],
                     )
                     for r in sel
                     if r["technique"] == t
@@ -531,8 +551,10 @@ def _figures(
                     f"Zero-shot retention, (ported - random) / (origin - random) in {metric}, "
                     "against the CKA distance of the hosts (1 - mean CKA of each receiver layer "
                     f"with the origin layer it receives), modules trained {p} steps before "
-                    "porting. Points: mean over seeds; error bars: 95% t interval (cut at the "
-                    "axes); lines join a technique's pairs in distance order; dashed lines: 1 "
+                    "porting. Points: mean over seeds, one per direction; error bars: 95% "
+                    "bootstrap interval over seeds (none below 3); lines join a technique's "
+                    "pairs from one origin host in distance order (a series of receivers, never "
+                    "the two directions of one pair); dashed lines: 1 "
                     "(all the origin's gain over a fresh module kept) and 0 (none). Points of "
                     "different techniques are set slightly apart sideways; Spearman's rho per "
                     "technique with 3 pairs or more."
@@ -545,7 +567,9 @@ def _figures(
     return out, notes
 
 
-def distance_section(data: StoreData, axes: Axes) -> DistanceSection:
+def distance_section(
+    data: StoreData, axes: Axes, learned: dict[ModuleKey, Learned] | None = None
+) -> DistanceSection:
     """The retention-against-host-distance section of the report (see the module docstring)."""
     if data.host_pairs is None:
         why = data.host_pairs_problem or (
@@ -566,7 +590,7 @@ def distance_section(data: StoreData, axes: Axes) -> DistanceSection:
         pairs = sorted((pair_distance(r) for r in recs), key=_distance_order)
         keys = data.study_cells.get(s["id"])
         obs = [o for o in data.observations if keys is None or _key(o) in keys]
-        rows, notes = _study_rows(axes, s, pairs, obs)
+        rows, notes = _study_rows(axes, s, pairs, obs, learned or {})
         stem_name = s["name"] if names[s["name"]] == 1 else f"{s['name']}-{s['id'][:8]}"
         figs, fig_notes = _figures(axes, s, stem_name, rows, data.metric)
         with_distance = [p for p in pairs if p.cka_distance is not None]

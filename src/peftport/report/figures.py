@@ -19,6 +19,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from peftport.report.model import DistanceFigureSpec, DistancePanel, FigureSpec, Panel
+from peftport.report.science import NOT_LEARNED
+
+NOT_MISSING = ("origin not above random", "not planned", NOT_LEARNED)  # no result is missing
 
 COLORS = {"ported": "#0072B2", "sampled": "#E69F00", "random": "#8C8C8C"}  # Okabe-Ito, grey
 HATCH = {"ported": "", "sampled": "//", "random": ".."}
@@ -90,12 +93,17 @@ def _draw_panel(
                 _flag(ax, x, min(top + 0.02, 1.0), f"{st.n}/{st.expected}")
                 tally["bars"]["partial"] += 1
                 tally["partial"].update(dict(st.missing))
+            if st.one_class:  # degenerate: (nearly) every prediction is one class
+                ax.text(x, st.mean / 2, "one class", ha="center", va="center", rotation=90,
+                        fontsize=6.5, color="white", fontweight="bold", zorder=4)  # fmt: skip
+                tally["bars"]["one class"] += 1
+    if panel.chance is not None:
+        ax.axhline(panel.chance, color="#B00020", linestyle=":", linewidth=1.1, zorder=1)
     if panel.origin is not None and panel.origin.mean is not None:
         ax.axhline(panel.origin.mean, color="#222222", linestyle="--", linewidth=1.0, zorder=1)
     ax.set_xticks(range(len(panel.steps)), [_step_label(s) for s in panel.steps])
     ax.set_xlim(-0.6, len(panel.steps) - 0.4)
-    # the metric's range; a t interval that passes it (few seeds) is cut at the edge
-    ax.set_ylim(0.0, 1.05)
+    ax.set_ylim(0.0, 1.05)  # the metric's range (every interval lies within it)
     ax.set_xlabel("post-porting steps")
     if show_ylabel:
         ax.set_ylabel(f"{metric} (mean, 95% CI)")
@@ -118,6 +126,11 @@ def _notes(tally: dict[str, Counter]) -> list[str]:
         out.append(
             f"{tally['bars']['partial']} bar(s), marked n/N, average fewer results than planned "
             f"({_reasons(tally['partial'])} results)"
+        )
+    if tally["bars"]["one class"]:
+        out.append(
+            f"{tally['bars']['one class']} bar(s), marked 'one class', predict one class for "
+            "95% or more of the examples: degenerate, not evidence of skill"
         )
     return out
 
@@ -143,9 +156,20 @@ def draw(spec: FigureSpec, metric: str) -> tuple[Figure, list[str]]:
     ]
     if any(p.origin is not None and p.origin.mean is not None for p in spec.panels):
         handles.append(Line2D([], [], color="#222222", linestyle="--", label="origin (own host)"))
+    if any(p.chance is not None for p in spec.panels):
+        label = "majority class" if metric == "accuracy" else "chance"
+        handles.append(Line2D([], [], color="#B00020", linestyle=":", label=label))
+    elif metric == "accuracy":
+        tally["bars"]["no chance"] += 1
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
     fig.suptitle(spec.title, fontsize=10.5)
-    return fig, _notes(tally)
+    notes = _notes(tally)
+    if tally["bars"]["no chance"]:
+        notes.append(
+            "no majority-class line: no result in the store predicts a single class, so the "
+            "test split's majority-class rate is not known"
+        )
+    return fig, notes
 
 
 def _draw_distance_panel(
@@ -164,16 +188,27 @@ def _draw_distance_panel(
         color = SERIES_COLORS[k % len(SERIES_COLORS)]
         drawn = [(p.x + shift, p.stat) for p in pts if p.stat.mean is not None]
         for p in pts:
+            real = [k for k, _ in p.stat.missing if k not in NOT_MISSING]  # results missing
             if p.stat.mean is None:
-                tally["missing"] += 1
-            elif not p.stat.complete:
+                tally["missing" if real else "undefined"] += 1
+            elif real:
                 tally["partial"] += 1
+            elif not p.stat.complete:
+                tally["fewer ratios"] += 1
         if not drawn:
             continue
         x = [a for a, _ in drawn]
         y = [st.mean for _, st in drawn]
         means += y
-        ax.plot(x, y, color=color, linewidth=1.2, zorder=2)
+        # a line only along a real series: receivers of one origin host, in distance order
+        # (the two directions of one pair are two points, not a curve)
+        series: dict[str, list[tuple[float, float]]] = {}
+        for p in pts:
+            if p.stat.mean is not None:
+                series.setdefault(p.series or p.label, []).append((p.x + shift, p.stat.mean))
+        for line in series.values():
+            if len(line) > 1:
+                ax.plot(*zip(*sorted(line), strict=True), color=color, linewidth=1.2, zorder=2)
         ax.plot(
             x,
             y,
@@ -268,11 +303,23 @@ def draw_distance(spec: DistanceFigureSpec) -> tuple[Figure, list[str]]:
     notes = list(spec.notes)
     if tally["missing"]:
         notes.append(
-            f"{tally['missing']} point(s) not drawn: no seed has a retention (missing results, "
-            "or origin not above random)"
+            f"{tally['missing']} point(s) not drawn: no seed has a retention (missing results)"
+        )
+    if tally["undefined"]:
+        notes.append(
+            f"{tally['undefined']} point(s) not drawn: the ratio is undefined (origin not above "
+            "random, or the module did not learn on its origin); no result is missing"
         )
     if tally["partial"]:
-        notes.append(f"{tally['partial']} point(s), marked n/N, average fewer seeds than planned")
+        notes.append(
+            f"{tally['partial']} point(s), marked n/N, average fewer seeds than planned "
+            "(results missing)"
+        )
+    if tally["fewer ratios"]:
+        notes.append(
+            f"{tally['fewer ratios']} point(s), marked n/N, average the seeds that have a ratio "
+            "(the others: origin not above random); no result is missing"
+        )
     return fig, notes
 
 

@@ -36,6 +36,14 @@ class Observation(Cell):
     status: str  # the unit's status: pending | running | done | failed
     value: float | None  # the metric; None unless the unit is done and the metric is stored
     majority_share: float | None = None  # share of the most predicted class (collapse check)
+    # the unit's other evaluations at that checkpoint, whatever the report's metric (None when
+    # not done or not stored): the report flags modules that did not learn and draws the
+    # majority-class line from them
+    accuracy: float | None = None
+    auc: float | None = None
+    macro_f1: float | None = None
+    examples: int | None = None  # test examples evaluated (the metric `n`)
+    metric: str = "accuracy"  # what `value` is (accuracy: a share of `examples` examples)
 
     @property
     def missing(self) -> str | None:
@@ -193,7 +201,8 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
         units = {r["id"]: r for r in con.execute("SELECT * FROM units") if r["id"] in wanted}
         values: dict[tuple[str, int], dict[str, float | None]] = {}
         for r in con.execute(
-            "SELECT unit_id, step, name, value FROM metrics WHERE name IN (?, 'majority_share')",
+            "SELECT unit_id, step, name, value FROM metrics WHERE name IN "
+            "(?, 'majority_share', 'accuracy', 'auc', 'macro_f1', 'n')",
             (metric,),
         ):
             values.setdefault((r["unit_id"], r["step"]), {})[r["name"]] = r["value"]
@@ -219,6 +228,11 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
             status=status,
             value=None if value is None else float(value),
             majority_share=m.get("majority_share") if done else None,
+            accuracy=m.get("accuracy") if done else None,
+            auc=m.get("auc") if done else None,
+            macro_f1=m.get("macro_f1") if done else None,
+            examples=int(m["n"]) if done and m.get("n") is not None else None,
+            metric=metric,
         )
         old = observations.get(key)
         if old is not None and old.unit_id != obs.unit_id:

@@ -10,25 +10,27 @@ in a function to dodge a circle.
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftport import stats
 from peftport.report.load import Observation
+from peftport.report.uncertainty import MIN_RUNS, mean_interval
 
 CONFIDENCE = 0.95
+ONE_CLASS = 0.95  # a cell whose predictions are this share one class or more is degenerate
 SETTING_COLUMNS = ("technique", "origin", "receiver", "pre_data", "post_data")
 
 
 @dataclass(frozen=True)
 class Stat:
-    """A mean over the observations of a group, with its 95% t interval.
+    """A mean over the observations of a group, with its 95% interval (report.uncertainty).
 
     `n` values were used out of `expected` (the group's planned results); `missing` counts the
     others by reason (pending, running, failed, no metric). n = 0: mean is None (missing, never
-    0); n = 1: no interval (low and high None).
+    0); n < MIN_RUNS: no interval (low and high None). `majority_share`: the mean share of the
+    most predicted class over the group's results (None when not stored).
     """
 
     mean: float | None
@@ -37,10 +39,21 @@ class Stat:
     n: int
     expected: int
     missing: tuple[tuple[str, int], ...] = ()
+    majority_share: float | None = None
 
     @property
     def complete(self) -> bool:
         return self.n == self.expected and self.n > 0
+
+    @property
+    def one_class(self) -> bool:
+        """Nearly every prediction is one class (majority share >= ONE_CLASS): degenerate."""
+        return self.majority_share is not None and self.majority_share >= ONE_CLASS
+
+    @property
+    def too_few(self) -> bool:
+        """Has a mean but too few runs for an interval."""
+        return self.mean is not None and 0 < self.n < MIN_RUNS
 
     def missing_text(self) -> str:
         return ", ".join(f"{v} {k}" for k, v in self.missing)
@@ -53,11 +66,15 @@ class Stat:
             f"{prefix}n": self.n,
             f"{prefix}expected": self.expected,
             f"{prefix}missing": self.missing_text(),
+            f"{prefix}majority_share": self.majority_share,
         }
 
 
 def stat_columns(prefix: str) -> list[str]:
-    return [f"{prefix}{k}" for k in ("mean", "ci_low", "ci_high", "n", "expected", "missing")]
+    return [
+        f"{prefix}{k}"
+        for k in ("mean", "ci_low", "ci_high", "n", "expected", "missing", "majority_share")
+    ]
 
 
 def stat_from(row: dict[str, Any], prefix: str) -> Stat:
@@ -70,6 +87,7 @@ def stat_from(row: dict[str, Any], prefix: str) -> Stat:
         row[f"{prefix}n"],
         row[f"{prefix}expected"],
         tuple((k, int(v)) for v, k in parts),
+        row.get(f"{prefix}majority_share"),
     )
 
 
@@ -94,11 +112,46 @@ def reasons(obs: Iterable[Observation]) -> tuple[tuple[str, int], ...]:
 
 
 def summarize(obs: Iterable[Observation]) -> Stat:
-    """Mean and 95% t interval of the values of `obs` (each unit checkpoint counted once)."""
+    """Mean and 95% interval of the values of `obs` (each unit checkpoint counted once): a
+    two-level bootstrap for accuracies (runs, then test examples), else over runs; none for
+    fewer than MIN_RUNS runs. The interval stays in [0, 1]."""
     unique = list({(o.unit_id, o.step): o for o in obs}.values())
-    values = [o.value for o in unique if o.value is not None]
-    mean, low, high, n = stats.mean_ci(values, CONFIDENCE) if values else (None, None, None, 0)
-    return Stat(number(mean), number(low), number(high), n, len(unique), reasons(unique))
+    have = [o for o in unique if o.value is not None]
+    binomial = all(o.metric == "accuracy" and o.examples for o in have)
+    mean, low, high, n, _ = mean_interval(
+        [o.value for o in have], [o.examples for o in have] if binomial else None,
+        confidence=CONFIDENCE,
+    )  # fmt: skip
+    shares = [o.majority_share for o in have if o.majority_share is not None]
+    share = sum(shares) / len(shares) if shares else None
+    return Stat(number(mean), number(low), number(high), n, len(unique), reasons(unique), share)
+
+
+CONDITIONS = ("ported", "sampled", "random")
+CONTROLS = ("sampled", "random")
+
+
+def group(
+    obs: Iterable[Observation], key: Callable[[Observation], Any]
+) -> dict[Any, list[Observation]]:
+    out: dict[Any, list[Observation]] = defaultdict(list)
+    for o in obs:
+        out[key(o)].append(o)
+    return out
+
+
+def setting_of(o: Observation) -> tuple:
+    """(technique, origin, receiver, pre data, post data): a run without seed and steps."""
+    return (o.technique, o.origin, o.receiver, o.pre_data, o.post_data)
+
+
+def cell_index(obs: Iterable[Observation]) -> dict[tuple, Observation]:
+    """(setting, seed, condition, pre steps, post steps) -> the result, for the conditions."""
+    return {
+        (*setting_of(o), o.seed, o.condition, o.pre_steps, o.post_steps): o
+        for o in obs
+        if o.condition in CONDITIONS
+    }
 
 
 @dataclass(frozen=True)
@@ -150,6 +203,7 @@ class Panel:
     bars: dict[str, list[Stat]]  # condition -> one Stat per step
     origin: Stat | None = None  # the module on its origin (on the pre-porting data)
     origin_label: str = ""
+    chance: float | None = None  # no-skill line (accuracy: the majority-class rate), if known
 
 
 @dataclass
@@ -193,6 +247,7 @@ class DistancePoint:
     x: float  # CKA distance of the pair
     stat: Stat  # retention over seeds
     label: str  # the pair, "a -> b"
+    series: str = ""  # the origin host: lines join only points of one series
 
 
 @dataclass
@@ -242,3 +297,5 @@ class Aggregates:
     glance: list[dict[str, Any]]  # one line per technique for the page's summary
     complete: bool
     distance: DistanceSection | None = None  # zero-shot retention against host distance
+    findings: list[Any] = field(default_factory=list)  # report.findings.Finding, computed
+    base_rates: dict[str, Any] = field(default_factory=dict)  # data set -> science.BaseRate

@@ -26,10 +26,13 @@ import jinja2
 from peftport.report.distance import CORRELATION_TABLE, NOT_ABOVE, NOT_PLANNED
 from peftport.report.distance import TABLE as DISTANCE_TABLE
 from peftport.report.load import StoreData
-from peftport.report.model import Aggregates, Stat, Table, stat_from
+from peftport.report.methods import METHODS
+from peftport.report.model import ONE_CLASS, Aggregates, Stat, Table, stat_from
+from peftport.report.science import NOT_LEARNED, NOT_LEARNED_AUC, NOT_LEARNED_MARGIN
+from peftport.report.uncertainty import MIN_RUNS, mean_interval
 
 Cell = tuple[str, str]  # (text, css class)
-UNDEFINED = (NOT_ABOVE, NOT_PLANNED)  # retention without a missing result
+UNDEFINED = (NOT_ABOVE, NOT_PLANNED, NOT_LEARNED)  # retention without a missing result
 Column = tuple[str, Callable[[dict[str, Any]], str | Cell]]
 
 
@@ -67,18 +70,26 @@ def pval(p: float | None) -> str:
 
 
 def stat_text(st: Stat, digits: int = 3, pct: bool = False) -> str:
-    """ "0.712 [0.650, 0.774]", with "(3 of 4; 1 failed)" when partial; "missing (...)" when
-    nothing is there; "n/a" when the study has no such result."""
+    """ "0.712 [0.650, 0.774]", with "(3 of 4; 1 failed)" when partial; "(2 runs: no
+    interval)" below MIN_RUNS runs; "[one class]" when (nearly) every prediction is one class;
+    "missing (...)" when nothing is there; "not learned" when its modules did not learn on
+    their origin; "n/a" when the study has no such result."""
     if st.expected == 0:
         return "n/a"
     if st.mean is None:
+        if st.missing and all(k == NOT_LEARNED for k, _ in st.missing):
+            return f"{NOT_LEARNED} on its origin: not measured"
         return f"missing ({st.missing_text() or 'no result'})"
     f = (lambda x: f"{100 * x:.{max(digits - 2, 0)}f}%") if pct else (lambda x: num(x, digits))
     text = f(st.mean)
     if st.low is not None and st.high is not None:
         text += f" [{f(st.low)}, {f(st.high)}]"
+    elif st.too_few:
+        text += f" ({st.n} run{'s' if st.n > 1 else ''}: no interval)"
     if not st.complete:
         text += f" ({st.n} of {st.expected}; {st.missing_text()})"
+    if st.one_class:
+        text += " [one class]"
     return text
 
 
@@ -86,9 +97,10 @@ def _stat_cell(prefix: str, pct: bool = False) -> Callable[[dict[str, Any]], Cel
     def cell(row: dict[str, Any]) -> Cell:
         st = stat_from(row, prefix)
         text = stat_text(st, pct=pct)
-        return text, "missing" if st.mean is None and st.expected else (
+        cls = "missing" if st.mean is None and st.expected else (
             "partial" if not st.complete and st.expected else ""
-        )
+        )  # fmt: skip
+        return text, (cls + " degenerate").strip() if st.one_class else cls
 
     return cell
 
@@ -99,6 +111,8 @@ def diff_text(row: dict[str, Any]) -> str:
     text = signed(row["mean_diff"])
     if row["ci_low"] is not None:
         text += f" [{signed(row['ci_low'])}, {signed(row['ci_high'])}]"
+    elif 0 < row.get("n_units", 0) < MIN_RUNS:
+        text += f" ({row['n_units']} unit{'s' if row['n_units'] > 1 else ''}: no interval)"
     if row["n_pairs"] < row["expected_pairs"]:
         text += f" ({row['n_pairs']} of {row['expected_pairs']} pairs; {row['missing_pairs']})"
     return text
@@ -118,6 +132,8 @@ def _diff_cell(row: dict[str, Any]) -> Cell:
 def saved_text(row: dict[str, Any]) -> str:
     if row["runs"] == 0:
         return "missing (no complete run)"
+    if row.get("not_measured"):
+        return row["not_measured"]
     if not row["reached"]:
         return f"not reached (> {row['random_last_step'] - row['checkpoint']:g})"
     return signed(row["saved"], 1)
@@ -134,6 +150,8 @@ def saved_ci_text(row: dict[str, Any]) -> str:
 def needs_text(row: dict[str, Any]) -> str:
     if row["runs"] == 0:
         return "missing"
+    if row.get("not_measured"):
+        return "not measured"
     if not row["reached"]:
         return f"not reached by {row['random_last_step']}"
     return f"{row['random_needs']:.1f}"
@@ -159,6 +177,7 @@ def zero_shot_columns(agg: Aggregates, by_direction: bool) -> list[Column]:
         ("origin (own host)", _stat_cell("origin_")),
         ("ported, zero-shot", _stat_cell("ported_")),
         ("retained (ported / origin)", _stat_cell("retained_", pct=True)),
+        ("origin learned", lambda r: r.get("origin_learned", "unknown")),
     ]
     cols += [
         (f"{c}, zero-shot", _stat_cell(f"{c}_"))
@@ -180,10 +199,12 @@ def diff_columns(agg: Aggregates, by_direction: bool) -> list[Column]:
         ("post", lambda r: str(r["post_steps"])),
         ("difference [95% CI]", _diff_cell),
         ("pairs", lambda r: str(r["n_pairs"])),
+        ("independent units", lambda r: str(r["n_units"])),
         ("p (t)", lambda r: pval(r["p_t"])),
         ("p (Holm)", lambda r: pval(r["p_holm"])),
         ("p (Wilcoxon)", lambda r: pval(r["p_wilcoxon"])),
         ("g_z", lambda r: num(r["g_z"], 2)),
+        ("origin learned", lambda r: r["origin_learned"]),
     ]
 
 
@@ -235,6 +256,7 @@ def distance_columns(agg: Aggregates) -> list[Column]:
         ("CKA distance", cka),
         ("weight distance", weight),
         ("retention, zero-shot [95% CI]", retention),
+        ("origin learned", lambda r: r.get("origin_learned", "unknown")),
         ("ported, zero-shot", _stat_cell("ported_")),
     ]
     if "sampled" in agg.axes.conditions:
@@ -290,7 +312,9 @@ def ranking_columns() -> list[Column]:
         ("technique", lambda r: r["technique"]),
         (
             "mean score [95% CI]",
-            lambda r: f"{signed(r['mean'])} [{signed(r['ci_low'])}, {signed(r['ci_high'])}]",
+            lambda r: f"{signed(r['mean'])} [{signed(r['ci_low'])}, {signed(r['ci_high'])}]"
+            if r["ci_low"] is not None
+            else f"{signed(r['mean'])} ({r['n']} runs: no interval)",
         ),
         ("rank 95% interval", rank_iv),
         ("P(best)", lambda r: f"{r['p_best']:.2f}"),
@@ -331,13 +355,29 @@ def pivot(agg: Aggregates, table: Table, by_direction: bool) -> tuple[list[str],
     return header, out
 
 
+def _auc_cell(g: dict[str, Any]) -> Cell:
+    vals = g.get("auc") or []
+    if not vals:
+        return "n/a", ""
+    mean, low, high, n, _ = mean_interval(vals)
+    text = num(mean)
+    if low is not None:
+        text += f" [{num(low)}, {num(high)}]"
+    else:
+        text += f" ({n} run{'s' if n > 1 else ''}: no interval)"
+    return text, ""
+
+
 def glance_rows(agg: Aggregates) -> tuple[list[str], list[list[Cell]]]:
     header = [
         "technique",
+        "learned on its origin",
         "ported, zero-shot [95% CI]",
+        "ported AUC, zero-shot",
         "retained of origin",
         "ported − random, zero-shot",
         "p (Holm)",
+        "independent units",
         "random steps to match zero-shot",
         "steps saved at zero-shot",
         "portability rank",
@@ -345,11 +385,18 @@ def glance_rows(agg: Aggregates) -> tuple[list[str], list[list[Cell]]]:
     out = []
     for g in agg.glance:
         zs, d, s, rk = g["zero_shot"], g["vs_random"], g["saved"], g["rank"]
-        cells: list[Cell] = [(g["technique"], "")]
+        cells: list[Cell] = [(g["technique"], ""), (g["learned"], "")]
         cells.append(_stat_cell("ported_")(zs) if zs else ("n/a", ""))
+        cells.append(_auc_cell(g))
+        if not g["measured"]:
+            # nothing to port: every cell on portability says so instead of a number
+            why = "not measured (did not learn on its origin)"
+            out.append(cells + [(why, "missing")] * (len(header) - len(cells)))
+            continue
         cells.append(_stat_cell("retained_", pct=True)(zs) if zs else ("n/a", ""))
         cells.append(_diff_cell(d) if d else ("n/a", ""))
         cells.append((pval(d["p_holm"]), "") if d else ("n/a", ""))
+        cells.append((str(d["n_units"]), "") if d else ("n/a", ""))
         cells.append((needs_text(s), "") if s else ("n/a", ""))
         cells.append((saved_text(s), "") if s else ("n/a", ""))
         cells.append(
@@ -359,6 +406,19 @@ def glance_rows(agg: Aggregates) -> tuple[list[str], list[list[Cell]]]:
         )
         out.append(cells)
     return header, out
+
+
+def findings_blocks(agg: Aggregates) -> list[Block]:
+    """The paper's findings with this study's verdicts (computed: report.findings)."""
+    if not agg.findings:
+        return []
+    items = [f"{f.claim}: {f.verdict.upper()}. {f.detail}" for f in agg.findings]
+    return [
+        note("The paper's findings, checked by this study's statistics (zero-shot, largest "
+             "pre-porting step count, techniques that learned on their origin; p < 0.05 after "
+             "Holm's correction):"),
+        Bullets(items),
+    ]  # fmt: skip
 
 
 def apply(
@@ -511,13 +571,13 @@ def _columns(
 
 
 def _figure_blocks(overview: RenderedFigure | None, figs: Sequence[RenderedFigure]) -> list[Block]:
-    out: list[Block] = [Figure(overview, "Missing results")] if overview is not None else []
+    out: list[Block] = [Figure(overview, "Notes")] if overview is not None else []
     current = None
     for f in figs:
         if f.technique != current:
             current = f.technique
             out.append(Heading(current))
-        out.append(Figure(f, "Missing results"))
+        out.append(Figure(f, "Notes"))
     return out
 
 
@@ -622,31 +682,6 @@ def _status(data: StoreData) -> str:
     )
 
 
-METHODS = [
-    "Means: over seeds (by-direction tables, figures) or over seeds, porting directions and data "
-    "combinations (pooled tables, overview); each unit result counted once. 95% confidence "
-    "intervals: Student t, mean ± t(0.975, n−1)·sd/√n (none for n = 1).",
-    "Retained: per seed, ported zero-shot accuracy on the receiver divided by the same module's "
-    "accuracy on its origin after the pre-porting steps; mean and t interval of those ratios.",
-    "Differences: pairs share technique, origin, receiver, data sets, seed, pre-porting steps "
-    "(random has none: it pairs with every pre-porting step count) and post-porting steps. "
-    "Paired t-test and Wilcoxon signed-rank test (exact up to 25 pairs), two-sided; Holm "
-    "correction over all rows of a table (the p_t values); effect sizes d_z = mean/sd of the "
-    "differences and g_z = J(n−1)·d_z (Hedges). Bold: Holm-adjusted p < 0.05.",
-    "Retention against host distance: per seed, (ported − random) / (origin − random) at "
-    "zero-shot, mean and t interval over seeds; CKA distance of a pair = 1 − mean over receiver "
-    "layers of the CKA with the origin layer each receives (the pair's layer map); Spearman's "
-    "rho of distance and mean retention over the pairs (3 or more), p exact up to 8 pairs.",
-    "Steps saved: on the mean curves over complete runs, the first post-porting step at which "
-    "random reaches what ported has at checkpoint k (linear interpolation between checkpoints), "
-    "minus k; 'not reached' when random never gets there by its last checkpoint. Interval: 95% "
-    "percentile bootstrap over runs.",
-    "Ranking: per run, the score ported − random (averaged over checkpoints, or at step 0); "
-    "techniques ranked by mean score, rank intervals and P(best) from a bootstrap over runs "
-    "(paired when every technique has the same runs).",
-]
-
-
 def page(
     data: StoreData,
     agg: Aggregates,
@@ -665,11 +700,18 @@ def page(
             "At a glance",
             "At a glance",
             [
+                *findings_blocks(agg),
                 note(
                     f"Per technique, modules trained {pre} steps before porting, pooled over "
                     "porting directions, data combinations and seeds."
                 ),
                 TableBlock(*glance_rows(agg)),
+                note(
+                    f"A module has not learned when its mean accuracy on its origin is within "
+                    f"{NOT_LEARNED_MARGIN:.2f} of the test split's majority-class rate or its mean "
+                    f"AUC is below {NOT_LEARNED_AUC:.2f}; its portability is then not measured. "
+                    f"[one class]: {ONE_CLASS:.0%} or more of the predictions are one class."
+                ),
             ],
         ),
         Section("figures", "Figures", "Figures", _figure_blocks(overview, figs)),

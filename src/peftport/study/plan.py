@@ -47,14 +47,19 @@ def _hash(obj: Any, n: int = 20) -> str:
 
 def train_dict(values: dict[str, Any], steps: int, eval_at: tuple[int, ...], seed: int
                ) -> dict[str, Any]:
-    """A TrainConfig as canonical JSON: horizon made explicit, threads left out (speed only)."""
+    """A TrainConfig as canonical JSON: horizon made explicit, threads and device left out."""
     from peftport.engine import TrainConfig
 
     cfg = TrainConfig(steps=steps, eval_at=tuple(eval_at), seed=seed, **values)
     d = asdict(cfg)
     d.pop("threads")
-    if d["eval_mode"] == "rank":  # added later: only when set, so existing ids stay
-        d.pop("eval_mode")
+    d.pop("device")  # like threads, the machine's: the same unit on CPU or a GPU
+    # Settings added after studies were first stored enter only when set, so the ids of
+    # existing studies (hashes of this dict) stay what they were.
+    for name, default in (("precision", "auto"), ("deterministic", False),
+                          ("eval_mode", "rank")):
+        if d[name] == default:
+            d.pop(name)
     d["horizon"] = cfg.horizon or cfg.steps
     d["eval_at"] = sorted(d["eval_at"])
     return d
@@ -360,6 +365,9 @@ def describe(plan: Plan, *, units: bool = True) -> str:
         f"{t['training_steps']['ratio']}x fewer",
         f"evaluations: {t['evaluations']:,}",
     ]
+    from peftport.study.compute import describe_estimate
+
+    lines += describe_estimate(plan)
     for note in t["notes"]:
         lines.append(f"note: {note}")
     if units:

@@ -46,9 +46,16 @@ from peftport.errors import PeftportError
 from peftport.layermap import IDENTITY, LayerMap, parse_layer_map
 from peftport.study.derived import DerivedHost, derived_hosts
 from peftport.study.derived import study_host as study_host  # where callers import it from
-from peftport.study.source import Path_, Source, StudyFileError, parse_text
-from peftport.study.validate import Problems as _Problems
+from peftport.study.source import (
+    MAX_STUDY_BYTES,
+    Path_,
+    Source,
+    StudyFileError,
+    decode,
+    parse_text,
+)
 from peftport.study.validate import (
+    MAX_INT,
     check_keys,
     config_section,
     did_you_mean,
@@ -56,6 +63,7 @@ from peftport.study.validate import (
     int_list,
     read_data,
 )
+from peftport.study.validate import Problems as _Problems
 from peftport.study.validate import is_int as _int
 
 TOP_KEYS = {
@@ -93,6 +101,7 @@ PLANNER_FIELDS = {
     "eval_at": "every step count of the study is evaluated",
     "seed": "the study's seeds set it",
     "threads": "the executor sets it (--threads)",
+    "device": "the machine decides it (`peftport study run --device`), not the study",
 }
 
 
@@ -285,11 +294,12 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
                 check_supported(t.name, spec.family)
             except PeftportError as e:
                 probs.add(t_paths[t.name], f"{e} (host {h!r})")
+    _check_max_lengths(data, techniques, t_paths, pairs, host_cache, probs)
     data_combos = read_data(data, src, probs)
 
     max_examples = data.get("max_examples")
-    if max_examples is not None and (not _int(max_examples) or max_examples < 1):
-        probs.add(("max_examples",), f"max_examples must be a whole number >= 1 or null, got "
+    if max_examples is not None and (not _int(max_examples) or not 1 <= max_examples <= MAX_INT):
+        probs.add(("max_examples",), f"max_examples must be a whole number from 1 to {MAX_INT} or null, got "
                   f"{max_examples!r}")
 
     raw_c = data.get("conditions", list(CONDITIONS))
@@ -324,6 +334,40 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
         compare=compare, derived_hosts=derived,
         pair_where=tuple((o, r, w) for (o, r), w in read.where.items()),
     )
+
+
+def _check_max_lengths(data: dict, techniques: list[TechniqueSetting], t_paths: dict,
+                       pairs: list[tuple[str, str]], host_cache: dict, probs: _Problems) -> None:
+    """Each phase's max_length against the position table of the hosts it runs on (pre: the
+    origins; post: the receivers), from config.json when it is on disk (`cheap_host_config`;
+    `check_resolved_pairs` checks again once every host is)."""
+    from peftport.configs import TrainConfig
+    from peftport.hostlimits import max_length_problem
+
+    default = TrainConfig(steps=0).max_length
+    for t in techniques:
+        tp = t_paths[t.name]
+        for phase, values, hosts in (("pre", t.pre, [o for o, _ in pairs]),
+                                     ("post", t.post, [r for _, r in pairs])):
+            ml = values.get("max_length", default)
+            at = next((p for p in (tp + (phase, "max_length"), tp + ("train", "max_length"),
+                                   (phase, "max_length"), ("train", "max_length"))
+                       if _has(data, p)), tp)
+            for h in dict.fromkeys(hosts):
+                spec = host_cache.get(h)
+                cfg = cheap_host_config(spec) if spec is not None else None
+                problem = max_length_problem(h, cfg, ml) if cfg else None
+                if problem:
+                    probs.add(at, problem)
+
+
+def _has(data: Any, path: Path_) -> bool:
+    for part in path:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        else:
+            return False
+    return True
 
 
 def _check_prefix_maps(read: _Pairs, host_cache: dict, tpath: Path_, probs: _Problems) -> None:
@@ -691,6 +735,7 @@ def _unchecked_notes(pairs: list[tuple[str, str]], cache: dict) -> list[str]:
 def check_resolved_pairs(spec: StudySpec) -> dict[str, int]:
     """After the hosts are resolved (built or fetched): compare every pair's shapes and check
     every layer map against the depths. Returns each host's depth (layers, as maps count)."""
+    from peftport.hostlimits import max_length_problem
     from peftport.hosts import get_host, host_folder
 
     configs: dict[str, tuple[str, dict]] = {}
@@ -699,6 +744,14 @@ def check_resolved_pairs(spec: StudySpec) -> dict[str, int]:
         cfg = json.loads((folder / "config.json").read_text())
         configs[h] = (get_host(h).family or cfg.get("model_type", ""), cfg)
     problems = []
+    for t in spec.techniques:
+        for values, hosts in ((t.pre, {o for o, _ in spec.pairs}),
+                              (t.post, {r for _, r in spec.pairs})):
+            ml = values.get("max_length")
+            for h in sorted(hosts):
+                p = max_length_problem(h, configs[h][1], ml) if ml is not None else None
+                if p:
+                    problems.append(f"{spec.source}: technique {t.name}: {p}")
     for o, r in spec.pairs:
         pm = spec.layer_map(o, r)
         p = pair_problem(o, configs[o][0], configs[o][1], r, configs[r][0], configs[r][1],
@@ -730,7 +783,11 @@ def load_study(path: str | Path) -> StudySpec:
     fmt = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}.get(p.suffix.lower())
     if fmt is None:
         raise StudyFileError(f"{p}: a study file ends in .yaml, .yml or .toml")
-    return parse_study(p.read_text(encoding="utf-8"), str(p), fmt, default_name=p.stem,
+    size = p.stat().st_size
+    if size > MAX_STUDY_BYTES:  # refused before reading it
+        raise StudyFileError(f"{p}: {size:,} bytes; a study file is at most "
+                             f"{MAX_STUDY_BYTES:,} bytes")
+    return parse_study(decode(p.read_bytes(), str(p)), str(p), fmt, default_name=p.stem,
                        base=p.resolve().parent)
 
 

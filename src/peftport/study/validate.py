@@ -61,6 +61,11 @@ def check_keys(obj: dict, allowed: Iterable[str], path: Path_, what: str, probs:
             )
 
 
+# Seeds and step counts are stored in SQLite INTEGER columns (signed 64 bits) and seed numpy
+# and torch generators: a larger whole number is refused at its line, not by the store.
+MAX_INT = 2**63 - 1
+
+
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -84,6 +89,8 @@ def int_list(
             probs.add(path + (i,), f"{what} must be whole numbers, got {v!r}")
         elif v < minimum:
             probs.add(path + (i,), f"{what} must be >= {minimum}, got {v}")
+        elif v > MAX_INT:
+            probs.add(path + (i,), f"{what} must be at most {MAX_INT} (a 64-bit integer), got {v}")
         elif v in out:
             probs.add(path + (i,), f"{v} is listed twice")
         else:
@@ -150,11 +157,27 @@ def host_ok(name: Any, path: Path_, probs: Problems, cache: dict, base: Path | N
 
 def dataset_ok(name: Any, path: Path_, probs: Problems, cache: dict, base: Path | None) -> Any:
     """The data set a study names (cached by name), or None with the problem reported."""
-    from peftport.data import DATASETS, get_dataset
+    from peftport.data import DATASETS
 
+    if isinstance(name, str) and name and name not in DATASETS and base is not None:
+        p = Path(name).expanduser()
+        if p.suffix or "/" in name or (base / p).exists():  # a path, not a mistyped id:
+            name = str(base / p)  # relative to the study file, found or not
     return _named(
-        name, path, probs, cache, base, DATASETS, get_dataset, "a data set id or a CSV/JSONL file"
+        name, path, probs, cache, base, DATASETS, _local_dataset, "a data set id or a CSV/JSONL file"
     )
+
+
+def _local_dataset(name: str) -> Any:
+    """A data set id as `get_dataset` takes it; a local file is read now (columns, labels, at
+    least two classes: `peftport.data.check_local_file`), so a bad file is refused at plan
+    time with the study file's line rather than by every unit that uses it."""
+    from peftport.data import DATASETS, check_local_file, get_dataset
+
+    spec = get_dataset(name)
+    if name not in DATASETS:
+        check_local_file(spec)
+    return spec
 
 
 def _named(

@@ -1,0 +1,236 @@
+"""An estimate of the compute a study needs, printed by `peftport study plan`.
+
+Model FLOPs, the usual approximation (Kaplan et al. 2020): a training step costs about
+6 x N x tokens (forward 2, backward 4), an evaluation 2 x N x tokens, where N is the host's
+parameter count without its embedding tables (embeddings are lookups, not matrix products) and
+tokens = examples x max_length (padded: an upper bound). A frozen host skips the weight
+gradients, so 6 x N overstates a PEFT step by up to a third; a text-to-text host's decoder sees
+a few tokens, not max_length, so for T5 the estimate is high too. Read it as an upper bound on
+FLOPs.
+
+N comes from the host's config.json (no weights are loaded): on disk when the host is, else,
+for the paper's hub-only hosts, the sizes of their published config.json (KNOWN_CONFIGS);
+a host of unknown size is named and left out.
+
+Hours: FLOPs / a sustained rate. The reference GPU is an NVIDIA A100 (312 dense bf16 TFLOP/s
+peak) at 40% of peak; this CPU's rate is measured by a float32 matrix product on one thread,
+times the cores, at half of that rate (a training step is not one large product).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+A100_PEAK = 312e12  # dense bf16 FLOP/s
+A100_SHARE = 0.40
+CPU_SHARE = 0.50
+EVAL_EXAMPLES = 1_000  # per evaluation when the study does not cap it (SST-2 val. 872, RT 1,066)
+
+# Sizes from the published config.json of the paper's hub-only hosts (Flan-T5 has the T5 v1.1
+# architecture: gated-GELU feed-forward, untied output layer, vocabulary 32,128).
+_T5_V11 = {
+    "model_type": "t5",
+    "vocab_size": 32128,
+    "feed_forward_proj": "gated-gelu",
+    "tie_word_embeddings": False,
+}
+KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
+    "t5-v1_1-base": {
+        **_T5_V11,
+        "d_model": 768,
+        "d_kv": 64,
+        "d_ff": 2048,
+        "num_heads": 12,
+        "num_layers": 12,
+        "num_decoder_layers": 12,
+    },
+    "t5-v1_1-large": {
+        **_T5_V11,
+        "d_model": 1024,
+        "d_kv": 64,
+        "d_ff": 2816,
+        "num_heads": 16,
+        "num_layers": 24,
+        "num_decoder_layers": 24,
+    },
+}
+KNOWN_CONFIGS["flan-t5-base"] = KNOWN_CONFIGS["t5-v1_1-base"]
+KNOWN_CONFIGS["flan-t5-large"] = KNOWN_CONFIGS["t5-v1_1-large"]
+
+
+def parameter_counts(config: dict[str, Any]) -> tuple[int, int] | None:
+    """(all parameters, parameters without embedding tables) of a host from its config.json
+    (weights, biases and norms of the families peftport supports), or None if unknown."""
+    c = config
+    kind = c.get("model_type")
+    try:
+        if kind == "bert":
+            h, n_layers, inner = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"]
+            layer = 4 * (h * h + h) + 2 * h * inner + inner + h + 4 * h  # attn, ffn, 2 norms
+            body = n_layers * layer + h * h + h  # + pooler
+            emb = (
+                c["vocab_size"]
+                + c.get("max_position_embeddings", 512)
+                + c.get("type_vocab_size", 2)
+            ) * h + 2 * h
+            return emb + body, body
+        if kind == "gpt2":
+            h, n_layers = c["n_embd"], c["n_layer"]
+            inner = c.get("n_inner") or 4 * h
+            layer = 4 * h * h + 4 * h + 2 * h * inner + inner + h + 4 * h
+            body = n_layers * layer + 2 * h
+            emb = (c["vocab_size"] + c.get("n_positions", 1024)) * h
+            return emb + body, body
+        if kind == "llama":
+            h, n_layers, inner = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"]
+            heads = c["num_attention_heads"]
+            hd = c.get("head_dim") or h // heads
+            kv = c.get("num_key_value_heads") or heads
+            layer = 2 * h * heads * hd + 2 * h * kv * hd + 3 * h * inner + 2 * h
+            body = n_layers * layer + h
+            emb = c["vocab_size"] * h * (1 if c.get("tie_word_embeddings") else 2)
+            return emb + body, body
+        if kind == "t5":
+            d, dkv, heads, dff = c["d_model"], c["d_kv"], c["num_heads"], c["d_ff"]
+            enc = c["num_layers"]
+            dec = c.get("num_decoder_layers") or enc
+            attn = 4 * d * heads * dkv
+            ffn = (
+                (3 if str(c.get("feed_forward_proj", "relu")).startswith("gated") else 2) * d * dff
+            )
+            buckets = c.get("relative_attention_num_buckets", 32) * heads * 2  # one per stack
+            body = enc * (attn + ffn + 2 * d) + dec * (2 * attn + ffn + 3 * d) + 2 * d + buckets
+            tied = c.get("tie_word_embeddings", True)
+            emb = c["vocab_size"] * d * (1 if tied else 2)
+            return emb + body, body
+    except (KeyError, TypeError):
+        return None
+    return None
+
+
+def host_size(host: str) -> tuple[int, int, str] | None:
+    """(parameters, parameters without embeddings, where the sizes came from), or None."""
+    from peftport.errors import PeftportError
+    from peftport.hosts import get_host
+    from peftport.study.spec import cheap_host_config
+
+    try:
+        config = cheap_host_config(get_host(host))
+    except PeftportError:
+        config = None
+    origin = "config.json"
+    if config is None and host in KNOWN_CONFIGS:
+        config, origin = KNOWN_CONFIGS[host], "its published config.json"
+    counts = parameter_counts(config) if config else None
+    return (*counts, origin) if counts else None
+
+
+_CPU_RATE: float | None = None
+
+
+def cpu_matmul_rate(seconds: float = 0.2) -> float:
+    """float32 FLOP/s of one thread on a 256 x 256 matrix product (measured once a process)."""
+    global _CPU_RATE
+    if _CPU_RATE is None:
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            a = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+            a @ a  # warm up
+            n, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < seconds:
+                a @ a
+                n += 1
+            _CPU_RATE = 2 * 256**3 * n / elapsed
+        finally:
+            torch.set_num_threads(before)
+    return _CPU_RATE
+
+
+@dataclass(frozen=True)
+class Estimate:
+    train_flops: float
+    eval_flops: float
+    sizes: dict[str, tuple[int, int, str]]  # host -> (params, without embeddings, source)
+    unknown: tuple[str, ...]  # hosts of unknown size: their units are not counted
+    eval_examples_assumed: bool
+
+    @property
+    def flops(self) -> float:
+        return self.train_flops + self.eval_flops
+
+    def gpu_hours(self) -> float:
+        return self.flops / (A100_PEAK * A100_SHARE) / 3600
+
+    def cpu_hours(self, rate_per_core: float, cores: int) -> float:
+        return self.flops / (rate_per_core * cores * CPU_SHARE) / 3600
+
+
+def estimate(plan: Any) -> Estimate:
+    """Model FLOPs of every unit of a plan (training steps and evaluations)."""
+    sizes: dict[str, tuple[int, int, str]] = {}
+    unknown: list[str] = []
+    train = evals = 0.0
+    assumed = False
+    for u in plan.units:
+        host = u.origin if u.kind == "pretrain" else u.receiver
+        if host not in sizes and host not in unknown:
+            got = host_size(host)
+            if got is None:
+                unknown.append(host)
+            else:
+                sizes[host] = got
+        if host in unknown:
+            continue
+        n = sizes[host][1]
+        t = u.config["train"]
+        train += 6 * n * u.steps * t["batch_size"] * t["max_length"]
+        caps = [x for x in (t.get("max_eval_examples"), u.config.get("max_examples")) if x]
+        assumed = assumed or not caps
+        examples = min(caps) if caps else EVAL_EXAMPLES
+        evals += 2 * n * u.evals * examples * t["max_length"]
+    return Estimate(train, evals, sizes, tuple(unknown), assumed)
+
+
+def _hours(h: float) -> str:
+    if h * 60 < 1:
+        return "under a minute"
+    if h < 1:
+        return f"{h * 60:.0f} min"
+    return f"{h:,.0f} h" if h >= 10 else f"{h:.1f} h"
+
+
+def describe_estimate(plan: Any) -> list[str]:
+    """The estimate as lines of `study plan`'s text."""
+    e = estimate(plan)
+    rate, cores = cpu_matmul_rate(), os.cpu_count() or 1
+    lines = [
+        f"compute (estimate, an upper bound): {e.flops:.3g} FLOPs = {e.train_flops:.3g} "
+        f"training (6 x N x tokens) + {e.eval_flops:.3g} evaluation (2 x N x tokens); N: host "
+        "parameters without embeddings, tokens: examples x max_length"
+        + (
+            f", {EVAL_EXAMPLES:,} examples per evaluation (not capped by the study)"
+            if e.eval_examples_assumed
+            else ""
+        ),
+        f"  on an A100 at {A100_SHARE:.0%} of {A100_PEAK / 1e12:.0f} bf16 TFLOP/s "
+        f"({A100_PEAK * A100_SHARE / 1e12:.0f} TFLOP/s sustained): {_hours(e.gpu_hours())}",
+        f"  on this CPU ({cores} cores x {rate / 1e9:.0f} GFLOP/s float32 matmul per core, "
+        f"measured now; {CPU_SHARE:.0%} of it sustained): {_hours(e.cpu_hours(rate, cores))}",
+    ]
+    if e.sizes:
+        lines.append(
+            "  host sizes: "
+            + "; ".join(
+                f"{h} {p / 1e6:,.1f}M parameters ({b / 1e6:,.1f}M without embeddings, from {src})"
+                for h, (p, b, src) in e.sizes.items()
+            )
+        )
+    if e.unknown:
+        lines.append(f"  unknown size (units not counted): {', '.join(e.unknown)}")
+    return lines
