@@ -66,3 +66,25 @@ def test_thirty_units_in_one_process_do_not_grow_memory(wide_host):
     # (gc.freeze, gc.collect and malloc_trim disabled): about 13 MB a unit, less the copies a
     # chance full collection freed.
     assert growth < 40 * 2**20, [f"{(r - rss[0]) / 2**20:.0f} MB" for r in rss]
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_makes_openmp_threads_wait_passively_unless_the_user_chose(given, expected):
+    """Threads policy (docs/engine.md): busy-waiting OpenMP threads ran 10x slower on a loaded
+    machine; the `peftport` command sets OMP_WAIT_POLICY=PASSIVE before torch loads, unless set."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = (
+        "import sys, os, peftport.cli; assert 'torch' not in sys.modules; "
+        "print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == expected
