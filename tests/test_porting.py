@@ -149,11 +149,11 @@ def test_sampled_matches_each_tensors_mean_and_std(technique, family):
 
 def test_sample_like_is_tight_on_a_large_tensor_and_keeps_constants():
     t = torch.randn(200, 100) * 0.3 + 1.5
-    s = sample_like(t, seed=0, name="x")
+    s = sample_like(t, seed=0, name="x", module="m")
     assert abs(float(s.mean() - t.mean())) < 0.01
     assert abs(float(s.std(correction=0) / t.std(correction=0)) - 1) < 0.02
-    assert torch.equal(sample_like(torch.full((4, 4), 2.0), 0, "c"), torch.full((4, 4), 2.0))
-    assert not torch.equal(sample_like(t, 0, "x"), sample_like(t, 0, "y")), "seeded per name"
+    assert torch.equal(sample_like(torch.full((4, 4), 2.0), 0, "c", "m"), torch.full((4, 4), 2.0))
+    assert not torch.equal(sample_like(t, 0, "x", "m"), sample_like(t, 0, "y", "m")), "per name"
 
 
 @pytest.mark.parametrize("technique,family", CASES, ids=CASE_IDS)

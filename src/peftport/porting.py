@@ -5,11 +5,20 @@ Conditions (the study's arms):
 - `ported`: the module's tensors as trained;
 - `sampled`: every tensor replaced by a draw from a normal distribution with THAT tensor's own
   mean and standard deviation (population std, i.e. divided by n; one mean and one std per
-  whole tensor, not per row). The draw uses a generator seeded from sha256(f"{seed}:{name}"),
-  so each tensor's draw depends only on the seed and its name. A constant tensor (std 0) stays
-  that constant. The head, when the module carries one, is sampled the same way;
+  whole tensor, not per row). The draw uses a generator seeded from
+  sha256(f"{seed}:{module}:{name}"), where `module` is `module_identity(tensors)` (a digest of
+  the module's tensor names, dtypes, shapes and bytes): different modules (an 80-step and a
+  300-step snapshot, two data combinations' modules) get independent draws, and the same module
+  with the same seed gets the same draw. A constant tensor (std 0) stays that constant;
 - `random`: the technique's own fresh initialisation on the receiver for `seed` (training from
   scratch): the tensors the receiver had right after `attach(..., seed=seed)`.
+
+Head policy (`head`, encoder classifiers only, where the classification head is part of the
+module): `follow` (the default) treats the head like the rest of the module: sampled with it,
+or the receiver's fresh head under `random`. `origin` keeps the module's trained head in every
+condition (sampled: the body is drawn, the head copied; random: the receiver's fresh body plus
+the module's head), so the comparison isolates the module's body, as in a headless
+text-to-text host. Hosts without a head (text-to-text, decoders) accept either: nothing changes.
 
 Before any of that, a compatibility check: the module must come from a host of the receiver's
 kind and family, with the same technique and config; after the layer map, every receiver tensor
@@ -37,6 +46,16 @@ from peftport.errors import PeftportError
 from peftport.layermap import ResolvedMap, normalise_layer_map, split_layer
 
 CONDITIONS = ("ported", "sampled", "random")
+HEAD_POLICIES = ("follow", "origin")
+
+
+def check_head_policy(head: str) -> str:
+    """`head` if it is a head policy, else a PeftportError naming the choices."""
+    if head not in HEAD_POLICIES:
+        raise PeftportError(f"unknown head policy {head!r}; choose one of "
+                            f"{', '.join(HEAD_POLICIES)} (follow: the head follows the "
+                            "condition; origin: the module's trained head in every condition)")
+    return head
 
 
 class PortingError(PeftportError):
@@ -210,44 +229,92 @@ def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any
     return {key: renamed[src] for key, src in wanted.items()}
 
 
-def _tensor_seed(seed: int, name: str) -> int:
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+def module_identity(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A digest of a module's content (each tensor's name, dtype, shape and bytes, in name
+    order): what makes a sampled draw specific to the module it imitates. Computed from the
+    tensors, not from a file's sha256, so a module in memory and its saved copy agree."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _tensor_seed(seed: int, name: str, module: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{module}:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def sample_like(t: torch.Tensor, seed: int, name: str) -> torch.Tensor:
-    """A draw from N(mean(t), std(t)^2), shaped and typed like t (population std)."""
+def sample_like(t: torch.Tensor, seed: int, name: str, module: str) -> torch.Tensor:
+    """A draw from N(mean(t), std(t)^2), shaped and typed like t (population std), seeded by
+    the seed, the tensor's name and `module` (`module_identity` of the module it imitates)."""
     x = t.detach().to(torch.float64)
     mean = x.mean()
     std = x.std(correction=0) if x.numel() > 1 else torch.zeros((), dtype=torch.float64)
-    g = torch.Generator().manual_seed(_tensor_seed(seed, name))
+    g = torch.Generator().manual_seed(_tensor_seed(seed, name, module))
     z = torch.randn(t.shape, generator=g, dtype=torch.float64)
     return (mean + std * z).to(t.dtype)
 
 
+def _module_head(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                 receiver: ReceiverSpec) -> dict[str, torch.Tensor]:
+    """The module's head, named as the receiver has it (random with head origin: the body is
+    the receiver's own, so only the header and the head must fit)."""
+    check_header(meta, receiver)
+    origin_name = meta.get("adapter_name", receiver.name)
+    renamed = {_rename_part(k, origin_name, receiver.name): k for k in tensors}
+    out, problems = {}, []
+    for key in receiver.head_keys:
+        o = tuple(tensors[renamed[key]].shape) if key in renamed else None
+        if o != receiver.shapes[key]:
+            problems.append(f"{key}: origin {_fmt(o)}, receiver {_fmt(receiver.shapes[key])}")
+        else:
+            out[key] = tensors[renamed[key]].detach().clone()
+    if problems:
+        raise PortingError(
+            f"head policy origin keeps the module's classification head, and the head of the "
+            f"module from {meta.get('origin_host', '?')} does not fit {receiver.host_id} "
+            "(name: origin shape, receiver shape):\n  " + "\n  ".join(problems))
+    return out
+
+
 def port(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], receiver: ReceiverSpec,
          condition: str, seed: int, layer_map: ResolvedMap | None = None, *,
-         keep_receiver_head: bool = False) -> dict[str, torch.Tensor]:
+         keep_receiver_head: bool = False, head: str = "follow") -> dict[str, torch.Tensor]:
     """The tensors to load into the receiver (names as the receiver has them).
 
     `tensors`/`meta`: a module as `peftport.module.load_module` returns it. `seed` drives
     `sampled` and must equal `receiver.fresh_seed` for `random`. `keep_receiver_head`: the
-    receiver keeps its own fresh head instead of the module's (encoder classifiers).
+    receiver keeps its own fresh head instead of the module's (encoder classifiers). `head`:
+    the head policy (module docstring); moot on a receiver without a head.
     """
     if condition not in CONDITIONS:
         raise PeftportError(f"unknown porting condition {condition!r}; "
                             f"choose one of {', '.join(CONDITIONS)}")
-    source_of = check_compatible(tensors, meta, receiver, layer_map, keep_receiver_head)
-    out: dict[str, torch.Tensor] = {}
+    check_head_policy(head)
+    keep_origin_head = head == "origin" and bool(receiver.head_keys)
+    if keep_origin_head and keep_receiver_head:
+        raise PeftportError("head policy origin keeps the module's trained head, and "
+                            "keep_receiver_head (--keep-receiver-head) keeps the receiver's "
+                            "fresh one: choose one")
     if condition == "random":
         if seed != receiver.fresh_seed:
             raise PeftportError(
                 f"the random condition for seed {seed} needs a receiver initialised with that "
                 f"seed; this one was attached with seed {receiver.fresh_seed}")
+        if keep_origin_head:  # the module's body is not used: no layer map, any depth
+            return dict(sorted({**{k: v.clone() for k, v in receiver.fresh.items()},
+                                **_module_head(tensors, meta, receiver)}.items()))
+        check_compatible(tensors, meta, receiver, layer_map, keep_receiver_head)
         return {k: v.clone() for k, v in receiver.fresh.items()}
+    source_of = check_compatible(tensors, meta, receiver, layer_map, keep_receiver_head)
+    module = module_identity(tensors) if condition == "sampled" else ""
+    out: dict[str, torch.Tensor] = {}
     for key, src in source_of.items():
         t = tensors[src]
-        out[key] = t.detach().clone() if condition == "ported" else sample_like(t, seed, key)
+        copied = condition == "ported" or (keep_origin_head and key in receiver.head_keys)
+        out[key] = t.detach().clone() if copied else sample_like(t, seed, key, module)
     for key in receiver.head_keys:
         if key not in out and key in receiver.fresh:  # keep_receiver_head
             out[key] = receiver.fresh[key].clone()

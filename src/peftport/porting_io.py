@@ -114,12 +114,15 @@ def port_module(
     progress: bool = False,
     method: str = "copy",
     align_texts: int = 256,
+    head: str = "follow",
 ) -> tuple[Path, dict[str, Any]]:
     """Load the module, check it against the receiver, choose the layer map, port, verify by
     loading into the receiver, save to `out`. Returns the saved folder and its metadata.
 
     `method` (`peftport.methods`): how the `ported` condition carries the module; `align` first
-    fits maps between the plain hosts' hidden spaces on `align_texts` texts."""
+    fits maps between the plain hosts' hidden spaces on `align_texts` texts. `head`: the head
+    policy (`peftport.porting`), recorded with `head_applies` (false on a host without a head,
+    where the policy changes nothing)."""
     from peftport.hosts import ENCODER_CLASSIFIER, get_host, load_host
     from peftport.methods import (
         METHODS,
@@ -129,9 +132,10 @@ def port_module(
         port_with_method,
     )
     from peftport.module import FILLED, load_module, save_module
-    from peftport.porting import PortingError, ReceiverSpec, port
+    from peftport.porting import PortingError, ReceiverSpec, check_head_policy, port
     from peftport.techniques import attach, check_supported, load_module_state
 
+    check_head_policy(head)
     tensors, meta = load_module(module)
     parsed = parse_method(method)
     if parsed.name != "copy" and condition != "ported":
@@ -181,7 +185,8 @@ def port_module(
                                  keep_receiver_head=keep_receiver_head, inputs=inputs)
     else:  # copy is the ported condition itself, bit for bit
         state = port(
-            tensors, meta, receiver, condition, seed, lmap, keep_receiver_head=keep_receiver_head
+            tensors, meta, receiver, condition, seed, lmap, keep_receiver_head=keep_receiver_head,
+            head=head,
         )
     load_module_state(host.model, state, name)  # proves the result loads, strictly
 
@@ -198,6 +203,8 @@ def port_module(
         "source_metrics": source_metrics,
         **map_info,
         "keep_receiver_head": keep_receiver_head,
+        "head": head,
+        "head_applies": bool(receiver.head_keys),
         **method_record(parsed, inputs.alignment),
     }
     path = save_module(out, state, new_meta, overwrite=force)

@@ -160,6 +160,7 @@ def load_into(
     *,
     condition: str | None = None,
     layer_map: list[int] | None = None,
+    head: str = "follow",
 ) -> tuple[LoadedHost, Any, dict]:
     """Attach the module's technique to `host` (its fresh initialisation drawn with `seed`) and
     load the module's tensors into it.
@@ -167,6 +168,7 @@ def load_into(
     `condition` (ported, sampled, random) ports the module into the host first, through
     `layer_map` (receiver layer -> origin layer) if given: `peftport port` and loading in one
     step, as a study's post unit does. Without it the module must already belong to this host.
+    `head`: the head policy for encoder classifiers (`peftport.porting`: follow or origin).
     """
     from peftport.module import load_module
     from peftport.porting import ReceiverSpec, port
@@ -186,7 +188,8 @@ def load_into(
     att = attach(h.model, h.spec.family, meta["technique"], meta["config"], name=name, seed=seed)
     if condition is not None:
         receiver = ReceiverSpec.from_attached(att, host_id=h.spec.id, fingerprint=h.fingerprint)
-        tensors = port(tensors, meta, receiver, condition, seed, layer_map=layer_map)
+        tensors = port(tensors, meta, receiver, condition, seed, layer_map=layer_map,
+                       head=head)
     load_module_state(h.model, tensors, name)
     return h, att, meta
 
@@ -215,6 +218,7 @@ def adapt_run(
     progress: bool = True,
     condition: str | None = None,
     layer_map: list[int] | None = None,
+    head: str = "follow",
 ) -> RunOutput:
     """Post-porting adaptation: load the module into `host` (porting it first under `condition`,
     see `load_into`), train cfg.steps more, evaluate."""
@@ -224,7 +228,7 @@ def adapt_run(
     placement = resolve_config(cfg)  # a device or precision that cannot work: before any load
     data = as_dataset(data)
     h, att, meta = load_into(module, host, data, cfg.seed, condition=condition,
-                             layer_map=layer_map)
+                             layer_map=layer_map, head=head)
     result, _ = _fit(h, att, data, cfg, progress=progress,
                      desc=f"adapting {meta['technique']} on {h.spec.id}", placement=placement)
     out = {k: v for k, v in meta.items() if k not in FILLED}

@@ -31,6 +31,12 @@ def register(app: typer.Typer) -> None:
         keep_receiver_head: bool = typer.Option(
             False, "--keep-receiver-head",
             help="Encoder classifiers: keep the receiver's own fresh head, not the module's."),
+        head: str = typer.Option(
+            "follow", "--head", help="Encoder classifiers (the head is part of the module): "
+            "follow (the head follows the condition: sampled with the body, or the receiver's "
+            "fresh head under random) or origin (the module's trained head in every condition, "
+            "so a control differs from the port only in the body). Hosts without a head: "
+            "either, nothing changes."),
         layer_map: str = typer.Option(
             "", "--layer-map", help="Which origin layer each receiver layer gets, for porting "
             "across depths: identity, first_k (the first layers), stride (spread evenly: "
@@ -55,7 +61,7 @@ def register(app: typer.Typer) -> None:
         path, meta = port_module(module, to, condition.value, seed, out,
                                  keep_receiver_head=keep_receiver_head, layer_map=lmap,
                                  force=force, progress=True, method=method,
-                                 align_texts=align_texts)
+                                 align_texts=align_texts, head=head)
         info = meta["port"]
         if info.get("layer_map") is not None:
             typer.echo(f"layer map ({info['layer_map_strategy']}, receiver <- origin): "
@@ -70,7 +76,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{meta['technique']} module from {meta['origin_host']} -> "
                    f"{info['receiver_host']} ({condition.value}, "
                    + (f"method {method}, " if info.get("method", "copy") != "copy" else "")
-                   + f"seed {seed}): {path}")
+                   + f"seed {seed}" + (f", head {head}" if info.get("head_applies") else "")
+                   + f"): {path}")
 
     @app.command("techniques")
     def techniques_cmd(

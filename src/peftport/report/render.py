@@ -629,6 +629,15 @@ def _missing_blocks(data: StoreData) -> list[Block]:
     return out
 
 
+# what each head policy means for the controls (peftport.porting); studies that predate the
+# setting stored no head_policy: follow, what they ran
+HEAD_POLICY_TEXT = {
+    "follow": "follow (sampled and random draw or re-initialise the head with the body)",
+    "origin": "origin (the origin's trained head in every condition: controls differ in the "
+              "body only)",
+}
+
+
 def _provenance_blocks(data: StoreData, generated_at: str, version: str) -> list[Block]:
     p = data.provenance
     rows = [
@@ -647,6 +656,9 @@ def _provenance_blocks(data: StoreData, generated_at: str, version: str) -> list
             "; ".join(f"{g} ({n} units)" for g, n in p.get("git", {}).items()) or "–",
         ),
     ]
+    rows.append(("head policy (encoder classifiers)", "; ".join(
+        f"{st['name']}: " + HEAD_POLICY_TEXT[(st.get("spec") or {}).get("head_policy", "follow")]
+        for st in data.studies) or "–"))
     for name, versions in p.get("versions", {}).items():
         txt = "; ".join(f"{v} ({n} units)" for v, n in versions.items())
         if len(versions) > 1:

@@ -18,6 +18,14 @@ random run post steps: that is the *naive* count. The plan executes far fewer st
   receiver and post data set. It is also the from-scratch baseline on the receiver: the study
   does not run that twice.
 
+Head policy (`head_policy: origin`, encoder-classifier receivers only; `peftport.porting`): a
+sampled unit records `"head": "origin"` (the body drawn, the module's head copied), and a random
+unit takes the origin module's trained head, so it becomes one per (technique, origin, pre data
+set, receiver, post data set, seed) and starts from the snapshot of the LARGEST pre-porting step
+count (its head is the origin's most trained one; for smaller step counts this favours the
+control, so "ported beats random" stays conservative). Under the default `follow`, or on a
+receiver without a head, nothing is added: configs and ids are those of before the setting.
+
 Ids: a unit's id is a hash of its canonical config (everything that determines its result), so
 planning the same study again gives the same ids and a store finds what is done. A post unit
 names the module it starts from by a *snapshot key* (a hash of what determines that snapshot:
@@ -182,6 +190,21 @@ def snapshot_key(technique: str, technique_config: dict, origin: str, pre_data: 
                   "train": {k: v for k, v in train.items() if k not in EVAL_ONLY}})
 
 
+def _keeps_origin_head(spec: StudySpec, host: str) -> bool:
+    """Whether controls on `host` keep the origin's head: head_policy origin and a host with a
+    head (an encoder classifier; a host that cannot be described is assumed to have one)."""
+    if spec.head_policy != "origin":
+        return False
+    from peftport.errors import PeftportError
+    from peftport.hosts import ENCODER_CLASSIFIER
+    from peftport.study.derived import study_host
+
+    try:
+        return study_host(spec, host).kind == ENCODER_CLASSIFIER
+    except PeftportError:
+        return True
+
+
 def make_plan(spec: StudySpec) -> Plan:
     units: dict[str, Unit] = {}
     cells: list[Cell] = []
@@ -193,6 +216,8 @@ def make_plan(spec: StudySpec) -> Plan:
     ps_conditions = [c for c in spec.conditions if c != "random"]
     pre_datas = list(dict.fromkeys(d[0] for d in spec.data))
     origins = list(dict.fromkeys(p[0] for p in spec.pairs))
+    origin_head = {r: _keeps_origin_head(spec, r) for _, r in spec.pairs}
+    head_random = "random" in spec.conditions and any(origin_head.values())
 
     for t in spec.techniques:
         for seed in spec.seeds:
@@ -202,7 +227,7 @@ def make_plan(spec: StudySpec) -> Plan:
             producer: dict[str, str] = {}  # snapshot key -> pretrain unit id
             for origin in origins:
                 for pre_data in pre_datas:
-                    if not ps_conditions:
+                    if not ps_conditions and not head_random:
                         continue
                     produces = []
                     for p in spec.pre_steps:
@@ -245,6 +270,8 @@ def make_plan(spec: StudySpec) -> Plan:
                                       "receiver": receiver, "pre_data": pre_data,
                                       "data": post_data, "max_examples": me, "seed": seed,
                                       "source": key, "pre_steps": p, "train": post_train}
+                            if cond == "sampled" and origin_head[receiver]:
+                                config["head"] = "origin"
                             if mapped:
                                 # the strategy, not the resolved map: ids are known at plan
                                 # time, before any host is on disk (a cka map also records the
@@ -268,16 +295,28 @@ def make_plan(spec: StudySpec) -> Plan:
                                   "technique_config": t.config, "receiver": receiver,
                                   "data": post_data, "max_examples": me, "seed": seed,
                                   "train": post_train}
+                        needs: tuple[str, ...] = ()
+                        head_txt = ""
+                        if origin_head[receiver]:  # the head of the most trained snapshot
+                            top = max(spec.pre_steps)
+                            needs = (snap[(origin, pre_data, top)],)
+                            config.update(head="origin", origin=origin, pre_data=pre_data,
+                                          source=needs[0], pre_steps=top)
+                            head_txt = f", head of {origin}'s module ({pre_data}, {top} steps)"
                         uid = _hash(config)
                         old = units.get(uid)
                         units[uid] = Unit(
                             id=uid, kind="random", config=config, steps=post_top,
                             evals=len(post_eval), runs=(old.runs if old else 0) + len(post),
                             naive_steps=(old.naive_steps if old else 0) + naive_post,
-                            technique=t.name, receiver=receiver, post_data=post_data,
+                            needs=needs, technique=t.name,
+                            origin=origin if needs else None, receiver=receiver,
+                            pre_data=pre_data if needs else None, post_data=post_data,
                             seed=seed, condition="random", pre_steps=0,
-                            label=f"random {t.name} on {receiver} with {post_data}, seed {seed} "
-                                  "(also the from-scratch baseline)")
+                            label=f"random {t.name} on {receiver} with {post_data}, seed {seed}"
+                                  f"{head_txt} (also the from-scratch baseline)")
+                        if needs:
+                            deps[uid] = (producer[needs[0]],)
                         cells.extend(Cell(t.name, origin, receiver, pre_data, post_data, seed,
                                           "random", 0, q, uid, q) for q in post_eval)
     order = {k: i for i, k in enumerate(KINDS)}
@@ -330,6 +369,9 @@ def describe(plan: Plan, *, units: bool = True) -> str:
         f"  pre-porting steps: {', '.join(map(str, s.pre_steps))}; post-porting steps: "
         f"{', '.join(map(str, s.post_steps)) or 'none'} (+ zero-shot)",
         f"  conditions: {', '.join(s.conditions)}; seeds: {', '.join(map(str, s.seeds))}",
+        f"  head policy (encoder classifiers): {s.head_policy}"
+        + (" (the origin's trained head in every condition)" if s.head_policy == "origin" else
+           " (the head follows the condition)"),
     ]
     if s.layer_maps:
         lines.append("  layer maps (receiver layer -> origin layer):")

@@ -82,6 +82,8 @@ TOP_KEYS = {
     "pre": "training settings before porting (over `train`)",
     "post": "training settings after porting (over `train`)",
     "keep_adapted": "also store every adapted module (default false: only pre-porting snapshots)",
+    "head_policy": "encoder classifiers' head under sampled/random: follow (default: drawn with "
+                   "the condition) or origin (the origin's trained head in every condition)",
     "compare": "host comparisons per directed pair: {texts, corpus, max_length, seed} or false",
     "hosts": "hosts the study derives itself: name -> {derive: {from, steps, lr, ...}}",
 }
@@ -140,6 +142,7 @@ class StudySpec:
     seeds: tuple[int, ...]
     max_examples: int | None = None
     keep_adapted: bool = False
+    head_policy: str = "follow"  # peftport.porting.HEAD_POLICIES
     source: str = ""  # the file (or "preset NAME") it came from
     notes: tuple[str, ...] = field(default=(), compare=False)  # checks that had to wait
     # directed pairs that carry a layer map (the others port layer i into layer i)
@@ -183,6 +186,8 @@ class StudySpec:
             out["layer_maps"] = maps
         if self.compare != CompareSettings():
             out["compare"] = self.compare.as_dict() if self.compare is not None else False
+        if self.head_policy != "follow":
+            out["head_policy"] = self.head_policy
         if self.derived_hosts:
             out["hosts"] = {d.name: dict(d.recipe()) for d in self.derived_hosts}
         return out
@@ -322,6 +327,12 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
     keep_adapted = data.get("keep_adapted", False)
     if not isinstance(keep_adapted, bool):
         probs.add(("keep_adapted",), "keep_adapted must be true or false")
+    from peftport.porting import HEAD_POLICIES
+
+    head_policy = data.get("head_policy", "follow")
+    if head_policy not in HEAD_POLICIES:
+        probs.add(("head_policy",), f"head_policy must be one of {', '.join(HEAD_POLICIES)}, "
+                  f"got {head_policy!r}")
 
     probs.raise_if_any()
     notes = tuple(_unchecked_notes(pairs, host_cache))
@@ -329,7 +340,7 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
         name=name, description=description.strip(), techniques=tuple(techniques),
         pairs=tuple(pairs), data=tuple(data_combos), pre_steps=pre_steps, post_steps=post_steps,
         conditions=tuple(conditions), seeds=seeds, max_examples=max_examples,
-        keep_adapted=keep_adapted, source=src.name, notes=notes,
+        keep_adapted=keep_adapted, head_policy=head_policy, source=src.name, notes=notes,
         layer_maps=tuple((o, r, pm) for (o, r), (pm, _) in read.maps.items()),
         compare=compare, derived_hosts=derived,
         pair_where=tuple((o, r, w) for (o, r), w in read.where.items()),

@@ -229,7 +229,12 @@ def _adapt(unit_id: str, c: dict[str, Any], threads: int, snapshot: Any,
         if layer_map is not None:
             layer_map = [int(x) for x in layer_map]
         run = adapt_run(snapshot, h, data, cfg, progress=False, condition=condition,
-                        layer_map=layer_map)
+                        layer_map=layer_map, head=c.get("head", "follow"))
+    elif c.get("head") == "origin":  # random with the origin module's head (plan.py)
+        if snapshot is None:
+            raise PeftportError(f"unit {unit_id}: the module whose head it keeps is missing")
+        run = adapt_run(snapshot, h, data, cfg, progress=False, condition="random",
+                        head="origin")
     else:  # random: the technique's fresh initialisation from attach(seed) is the start
         run = train_run(h, c["technique"], data, cfg, technique_config=c["technique_config"],
                         progress=False)
