@@ -61,6 +61,12 @@ class TrainConfig:
     deterministic: bool = setting(
         False, help="No TF32 matmuls and deterministic cuDNN on CUDA (no effect on CPU)."
     )
+    eval_mode: str = setting(
+        "rank",
+        help="Evaluation of text-to-text hosts: rank the label words, or generate the answer "
+        "greedily (one that is no label word counts wrong).",
+        choices=("rank", "generate"),
+    )
 
     def __post_init__(self) -> None:
         check_bounds(self)

@@ -598,6 +598,17 @@ DATASETS.add("amazon_polarity", DatasetSpec(
     notes="Validation is carved out of train (10% by hash of text). Large: the first load "
     "exports millions of rows.",
 ))
+# Shipped with the package (peftport/data_files): toy sentiment in the tiny hosts' vocabulary,
+# for `--preset paper-tiny` (the paper's grid on tiny hosts, offline, in CI).
+for _id, _what in (("tiny_sentiment", "the movie"), ("tiny_sentiment_b", "the film")):
+    DATASETS.add(_id, DatasetSpec(
+        id=_id,
+        description=f"toy sentiment ({_what} is great / terrible ...) in the tiny hosts' words, "
+        "64 / 16 / 16 rows, shipped with peftport",
+        sources=(DataSource(LocalPath("", str(Path(__file__).parent / "data_files" / f"{_id}.csv")),
+                            "text_label"),),
+        notes="Made for tests of the study machinery, not for findings: learnable from one word.",
+    ))
 
 
 @dataclass(frozen=True)

@@ -69,10 +69,14 @@ def evaluate(
     batch_size: int = 64,
     bf16: bool = False,
     placement: Placement | None = None,
+    eval_mode: str = "rank",
 ) -> dict[str, float]:
     """Accuracy, macro-F1 and ROC-AUC (binary: on the score margin; else macro one-vs-rest).
 
-    Runs on `placement` (default: where the model is, bf16 autocast if `bf16`)."""
+    Runs on `placement` (default: where the model is, bf16 autocast if `bf16`).
+    eval_mode "generate" (text-to-text): accuracy and macro-F1 of the greedily generated
+    answers, one that is no label word counted wrong (`no_label_share` says how many); the AUC
+    stays the ranking's margin."""
     from peftport import stats
 
     if placement is None:
@@ -85,17 +89,30 @@ def evaluate(
     order = sorted(range(len(enc)), key=lambda i: len(enc.input_ids[i]))
     n_labels = len(enc.candidates) if enc.candidates else None
     out: list[torch.Tensor | None] = [None] * len(enc)
+    generated = [tasks.NO_LABEL] * len(enc)
+    if eval_mode not in ("rank", "generate"):
+        raise PeftportError(f"eval_mode must be rank or generate, got {eval_mode!r}")
+    if eval_mode == "generate" and kind != tasks.TEXT_TO_TEXT:
+        tasks.generated_labels(model, kind, enc, [])  # raises: for text-to-text hosts only
     with torch.random.fork_rng(devices=rng_devices), placement.autocast():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             s = tasks.scores(model, kind, enc, idx)
             for i, row in zip(idx, s, strict=True):
                 out[i] = row
+            if eval_mode == "generate":
+                for i, g in zip(idx, tasks.generated_labels(model, kind, enc, idx), strict=True):
+                    generated[i] = g
     model.train(was_training)
     score = torch.stack(out).float().cpu().numpy()  # (N, C): one transfer per evaluation
     n_labels = n_labels or score.shape[1]
     labels = enc.labels
     preds = score.argmax(1)
+    if eval_mode == "generate":  # no label word: wrong, as the label after the gold one
+        import numpy as np
+
+        preds = np.array([g if g != tasks.NO_LABEL else (y + 1) % n_labels
+                          for g, y in zip(generated, labels, strict=True)])
     m = {
         "accuracy": float(stats.accuracy(labels, preds)),
         "macro_f1": float(stats.macro_f1(labels, preds, n_labels)),
@@ -107,6 +124,8 @@ def evaluate(
         "n": len(labels),
         "majority_share": float(max((preds == c).mean() for c in range(n_labels))),
     }
+    if eval_mode == "generate":
+        m["no_label_share"] = generated.count(tasks.NO_LABEL) / len(generated)
     return m
 
 
@@ -174,7 +193,8 @@ def _train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded |
         m = None
         if step in cfg.eval_at:
             te = time.perf_counter()
-            m = evaluate(model, kind, eval_enc, cfg.eval_batch_size, placement=placement)
+            m = evaluate(model, kind, eval_enc, cfg.eval_batch_size, placement=placement,
+                         eval_mode=cfg.eval_mode)
             eval_seconds += time.perf_counter() - te
             metrics[step] = m
         if on_checkpoint is not None:

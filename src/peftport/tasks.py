@@ -2,7 +2,9 @@
 
 - encoder-classifier: the text goes in, a classification head gives one logit per label;
 - text-to-text (T5): "<prefix>: <text>" goes in, the decoder generates a label word; evaluation
-  ranks the label words by their summed log-probability (no free generation);
+  ranks the label words by their summed log-probability, or (`eval_mode: generate`) lets the
+  decoder generate greedily and counts an answer that is no label word as wrong
+  (`generated_labels`; docs/engine.md says where the two differ);
 - decoder-lm (GPT-2, Llama): "<prompt with the text>" goes in, the label word is the continuation;
   evaluation ranks the label words the same way.
 
@@ -227,3 +229,34 @@ def scores(model, kind: str, enc: Encoded, idx: list[int]) -> torch.Tensor:
             pos = torch.arange(start - 1, start - 1 + len(cand), device=dev)
             out[r, c] = logp[r, pos, token].sum()
     return out
+
+
+NO_LABEL = -1  # what `generated_labels` gives for an answer that is no label word
+
+
+@torch.no_grad()
+def generated_labels(model, kind: str, enc: Encoded, idx: list[int]) -> list[int]:
+    """The label each example's greedy generation spells, or NO_LABEL: T5 as the paper frames
+    it, generating the label (unrestricted: any token of the vocabulary may come out).
+
+    The decoder generates as many tokens as the longest label word has (its </s> included);
+    an answer is label c when its tokens up to and including the first </s> are exactly label
+    word c's. Ranking (`scores`) picks among the label words only, so the two agree only where
+    generation's answer is a label word and the same one (tests/test_generation.py)."""
+    if kind != TEXT_TO_TEXT:
+        raise PeftportError(
+            f"generation-based evaluation is for text-to-text hosts, not {kind} (an encoder "
+            "classifier has a head; a decoder LM's label word is scored as its continuation)"
+        )
+    ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id, _device(model))
+    steps = max(len(c) for c in enc.candidates)
+    with ForwardContext(model, input_ids=ids, attention_mask=mask):
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,
+                             min_new_tokens=0, do_sample=False, num_beams=1)
+    eos = enc.candidates[0][-1]  # every candidate ends with </s> (candidate_ids)
+    words = {tuple(c): label for label, c in enumerate(enc.candidates)}
+    labels = []
+    for row in out[:, 1:].tolist():  # after the decoder start token
+        answer = row[: row.index(eos) + 1] if eos in row else row
+        labels.append(words.get(tuple(answer), NO_LABEL))
+    return labels

@@ -6,10 +6,11 @@ the label words among them), so the same ids come out on every machine.
 
 from __future__ import annotations
 
+import json
 import string
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import Any
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "</s>", "<s>"]
 WORDS = ["positive", "negative", "great", "terrible", "good", "bad", "the", "movie", "film", "a"]
@@ -58,9 +59,51 @@ def write_tokenizer(out: Path, family: str) -> None:
     fast.save_pretrained(out)
 
 
+@dataclass(frozen=True)
+class TinyVariant:
+    """A further tiny host of a family, as data: its layout's `tiny_config` with `config`
+    overrides (a wider, deeper "large"), and optionally `drift`: the same random weights (same
+    seed, same shape) with every tensor moved by `drift` x its own standard deviation of seeded
+    noise, the tiny stand-in for a raw -> tuned pair (T5 v1.1 -> Flan-T5)."""
+
+    family: str
+    description: str
+    config: dict[str, Any] = field(default_factory=dict)
+    drift: float = 0.0
+    parent: str | None = None  # the host a drifted variant is the twin of
+
+    def recipe(self, name: str) -> tuple[tuple[str, str], ...]:
+        r = {"family": self.family, "how": "tiny random", "name": name, "seed": "0",
+             "version": "3"}
+        if self.config:
+            r["config"] = json.dumps(self.config, sort_keys=True)
+        if self.drift:
+            r["drift"] = repr(self.drift)
+            r["drift_seed"] = "1"
+        return tuple(sorted(r.items()))
+
+
+# T5 at two widths, each with a drifted twin: the paper's two same-shape text-to-text pairs
+# (T5 v1.1 base/large <-> Flan-T5 base/large) in miniature, for `--preset paper-tiny`.
+# 0.05 of each tensor's spread moves the hosts apart visibly without making them strangers.
+_LARGE_T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=4, num_decoder_layers=4, num_heads=4)
+TINY_VARIANTS: dict[str, TinyVariant] = {
+    "tiny-t5-tuned": TinyVariant(
+        "t5", "tiny-t5 with every weight drifted by 5% of its spread (its raw -> tuned twin)",
+        drift=0.05, parent="tiny-t5"),
+    "tiny-t5-large": TinyVariant(
+        "t5", "tiny random t5, \"large\" (4 layers, width 32) for unit tests", config=_LARGE_T5),
+    "tiny-t5-large-tuned": TinyVariant(
+        "t5", "tiny-t5-large with every weight drifted by 5% of its spread (its tuned twin)",
+        config=_LARGE_T5, drift=0.05, parent="tiny-t5-large"),
+}
+
+
 def build_tiny(out: Path, recipe: dict[str, str]) -> None:
-    """A tiny random host of `recipe["family"]`: its layout's `tiny_class` and `tiny_config`,
-    initialised under `recipe["seed"]`."""
+    """A tiny random host of `recipe["family"]`: its layout's `tiny_class` and `tiny_config`
+    (with the recipe's `config` overrides), initialised under `recipe["seed"]`, then drifted by
+    `recipe["drift"]` (seeded by `drift_seed`) if the recipe says so."""
+    import torch
     import transformers
 
     from peftport.hosts.spec import LAYOUTS
@@ -70,7 +113,15 @@ def build_tiny(out: Path, recipe: dict[str, str]) -> None:
     if layout is None or not layout.tiny_class:
         raise ValueError(f"no tiny host for family {family!r}")
     torch.manual_seed(seed)
-    cfg = transformers.AutoConfig.for_model(family, vocab_size=len(_vocab()), **layout.tiny_config)
+    config = {**layout.tiny_config, **json.loads(recipe.get("config", "{}"))}
+    cfg = transformers.AutoConfig.for_model(family, vocab_size=len(_vocab()), **config)
     model = getattr(transformers, layout.tiny_class)(cfg)
+    drift = float(recipe.get("drift", 0))
+    if drift:
+        gen = torch.Generator().manual_seed(int(recipe["drift_seed"]))
+        with torch.no_grad():
+            for _, p in sorted(model.named_parameters()):  # tied tensors appear once
+                if p.numel() > 1:
+                    p.add_(torch.randn(p.shape, generator=gen) * (drift * float(p.std())))
     model.save_pretrained(out, safe_serialization=True)
     write_tokenizer(out, family)

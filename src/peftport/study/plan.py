@@ -64,7 +64,8 @@ def train_dict(values: dict[str, Any], steps: int, eval_at: tuple[int, ...], see
     d.pop("device")  # like threads, the machine's: the same unit on CPU or a GPU
     # Settings added after studies were first stored enter only when set, so the ids of
     # existing studies (hashes of this dict) stay what they were.
-    for name, default in (("precision", "auto"), ("deterministic", False)):
+    for name, default in (("precision", "auto"), ("deterministic", False),
+                          ("eval_mode", "rank")):
         if d[name] == default:
             d.pop(name)
     d["horizon"] = cfg.horizon or cfg.steps

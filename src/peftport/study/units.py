@@ -24,6 +24,9 @@ deep copy of the pristine model, since attaching a module changes a model in pla
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
+import gc
 import os
 import platform
 import socket
@@ -35,12 +38,16 @@ from peftport.lru import LRU
 
 HOST_CACHE_SIZE = 2  # a pair: origin and receiver
 _HOSTS: LRU[Any] = LRU(HOST_CACHE_SIZE)
+_EVICTED = False  # a cached host was dropped since the last full collection
 
 
 def fresh_host(host_id: str, num_labels: int) -> Any:
     """A LoadedHost with its own copy of the model (the pristine one stays cached)."""
     from peftport.hosts import LoadedHost, get_host, load_host
 
+    global _EVICTED
+    if (host_id, num_labels) not in _HOSTS and len(_HOSTS) >= _HOSTS.maxsize:
+        _EVICTED = True  # the oldest host goes: `release_memory` collects fully
     base = _HOSTS.get((host_id, num_labels),
                       lambda: load_host(get_host(host_id), num_labels=num_labels))
     return LoadedHost(spec=base.spec, folder=base.folder, model=copy.deepcopy(base.model),
@@ -76,6 +83,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     threads = int(payload.get("threads") or 1)
+    gc.freeze()  # what exists now outlives the unit: `release_memory` need not walk it
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -92,6 +100,70 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
         return out
     finally:
         torch.set_num_threads(before)
+        release_memory()
+
+
+def release_memory() -> None:
+    """Free the unit's model copy now (called after each unit, by `execute`).
+
+    The copy sits in reference cycles (modules and the hooks adapters puts on them point at
+    each other), so reference counting never frees it, and a worker kept one more copy per unit
+    until a rare full collection: about 42 MB per unit on minilm-l6, 3 GB on T5-large. A
+    collection frees it; malloc_trim then hands the freed heap back to the system (glibc keeps
+    it otherwise, and the worker's RSS would stay at its peak).
+
+    A full collection walks every object in the process (about 440,000 with torch and
+    transformers loaded: 1.3 s on a loaded 2-core machine, longer than a tiny unit). `execute`
+    freezes what existed before the unit (`gc.freeze`), so this collection walks only what the
+    unit made. A host dropped from the host cache is older (a T5 model is cyclic even before a
+    module is attached); it is collected fully once the memory held since the last full
+    collection exceeds FULL_COLLECTION_BYTES (at once where the process size is unknown).
+    """
+    global _EVICTED, _BASELINE
+    gc.collect()
+    if gc.get_freeze_count():
+        gc.unfreeze()
+    trim = _malloc_trim()
+    if _EVICTED:
+        rss = _rss()
+        if rss is None or _BASELINE is None or rss - _BASELINE > FULL_COLLECTION_BYTES:
+            gc.collect()
+            _EVICTED = False
+            if trim is not None:
+                trim(0)
+            _BASELINE = _rss()
+            return
+    if trim is not None:
+        trim(0)
+
+
+FULL_COLLECTION_BYTES = 256 * 2**20
+_BASELINE: int | None = None  # resident bytes after the last full collection
+
+
+def _rss() -> int | None:
+    """Resident bytes of this process (Linux), else None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_TRIM: list[Any] = []  # [] not looked up yet; [None] not glibc
+
+
+def _malloc_trim() -> Any:
+    if not _TRIM:
+        fn = None
+        if platform.system() == "Linux":
+            try:
+                fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+            except (OSError, AttributeError):  # musl and others have no malloc_trim
+                fn = None
+        _TRIM.append(fn)
+    return _TRIM[0]
 
 
 def _result(run: Any) -> dict[str, Any]:
