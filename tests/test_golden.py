@@ -114,7 +114,11 @@ def study_values(tmp: Path, name: str, data: Path) -> dict:
             key = label.replace(str(data.resolve()), "DATA")
             assert key not in units, f"two units labelled {key!r}"
             ids[uid] = key
-            units[key] = {"losses": json.loads(result)["losses"], "metrics": {}}
+            stored = json.loads(result)
+            # every unit keeps where it was computed (not compared: it is the machine's)
+            assert stored["placement"]["device"] == "cpu", stored.get("placement")
+            assert stored["placement"]["precision"] == "fp32", stored["placement"]
+            units[key] = {"losses": stored["losses"], "metrics": {}}
         for uid, step, metric, value in con.execute(
             "SELECT unit_id, step, name, value FROM metrics ORDER BY unit_id, step, name"
         ):

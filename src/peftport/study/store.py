@@ -607,7 +607,8 @@ class Store:
                            [(key, kind, unit_id, step, sha, rel, size, now)
                             for key, kind, step, sha, rel, size in artifacts])
             extra = {k: result.get(k) for k in ("losses", "trainable_parameters", "threads",
-                                                "module_parameters", "environment")}
+                                                "module_parameters", "environment",
+                                                "placement")}
             if result.get("layer_map") is not None:  # post units ported through a layer map
                 extra["layer_map"] = result["layer_map"]
             db.execute(

@@ -176,6 +176,7 @@ def _result(run: Any) -> dict[str, Any]:
         "losses": [round(x, 5) for x in res.losses],
         "trainable_parameters": att.trainable,
         "module_parameters": att.module_parameters,
+        "placement": res.placement,  # device, precision, GPU name: where it was computed
     }
 
 
