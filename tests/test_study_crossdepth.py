@@ -493,6 +493,9 @@ def test_other_techniques_port_across_depths(tmp_path, deep, toy, ports, techniq
 def test_comparisons_are_stored_once_and_reused(tmp_path, deep, toy, monkeypatch):
     import peftport.hostcompare as hc
 
+    # a fresh comparison cache ($PEFTPORT_HOME/comparisons is shared with `hosts compare`)
+    monkeypatch.setenv("PEFTPORT_HOME", str(tmp_path / "home"))
+
     text = study(
         f"  - {{origin: {deep}, receiver: tiny-bert, layer_map: stride, both_directions: true}}",
         data=toy,
@@ -503,6 +506,8 @@ def test_comparisons_are_stored_once_and_reused(tmp_path, deep, toy, monkeypatch
 
     def counting(*a, **kw):
         made.append(a)
+        # one direction is computed, the other derived from it (CKA transposed)
+        assert (len(made) == 1) == (kw.get("reverse_of") is None), (made, kw)
         return real(*a, **kw)
 
     monkeypatch.setattr(hc, "compare_hosts", counting)
