@@ -56,6 +56,10 @@ def test_progress_outside_a_terminal_is_plain_periodic_lines(monkeypatch):
         b.update(1)
     b.close()
     assert len(out.getvalue().splitlines()) == 2
+    # a unit's plural reads as English ("16 batches", not "16 batchs")
+    out = io.StringIO()
+    list(bar(range(16), desc="comparing", unit="batch", stream=out))
+    assert out.getvalue().splitlines()[-1].startswith("comparing: finished, 16/16 batches")
 
 
 def test_a_step_with_nothing_to_count_says_it_still_runs():

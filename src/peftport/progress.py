@@ -65,13 +65,14 @@ class LineProgress:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.total, self.desc, self.unit = total, desc, unit
+        self.units = unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")  # batches
         self.stream = stream if stream is not None else sys.stderr
         self.every = interval() if every is None else every
         self.n = 0
         self.postfix = ""
         self.t0 = self.last = time.monotonic()
         self.closed = False
-        self._line(f"started{f', {total:,} {unit}s' if total else ''}")
+        self._line(f"started{f', {total:,} {self.units}' if total else ''}")
 
     def _line(self, what: str) -> None:
         print(f"{self.desc}: {what}" if self.desc else what, file=self.stream, flush=True)
@@ -79,7 +80,7 @@ class LineProgress:
     def _status(self) -> str:
         elapsed = time.monotonic() - self.t0
         parts = [
-            f"{self.n:,}/{self.total:,} {self.unit}s" if self.total else f"{self.n:,} {self.unit}s"
+            f"{self.n:,}/{self.total:,} {self.units}" if self.total else f"{self.n:,} {self.units}"
         ]
         if self.total:
             parts[0] += f" ({100 * self.n / max(1, self.total):.0f}%)"
