@@ -29,6 +29,7 @@ from peftport.study import make_plan
 from peftport.study.executors import InlineExecutor, run_plan
 from peftport.study.spec import parse_study
 from peftport.study.store import Store
+from test_study_run import write_toy
 
 GOLDEN = Path(__file__).parent / "golden" / "golden.json"
 RECORD = os.environ.get("PEFTPORT_GOLDEN_RECORD") == "1"
@@ -71,27 +72,6 @@ def machine() -> dict[str, str]:
         "cpu": model,
         "torch": torch.__version__,
     }
-
-
-def write_toy(path: Path, n: int = 200) -> Path:
-    """A learnable two-class task in the tiny hosts' vocabulary."""
-    import csv
-
-    pos, neg, fill = (
-        ["great", "good", "positive"],
-        ["terrible", "bad", "negative"],
-        ["the", "movie", "film", "a"],
-    )
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        for i in range(n):
-            label = i % 2
-            words = [(pos if label else neg)[i % 3]] + [
-                fill[(i * 7 + k) % 4] for k in range(2 + i % 4)
-            ]
-            w.writerow([" ".join(words[i % 3 :] + words[: i % 3]) + f" {i}", label])
-    return path
 
 
 def study_values(tmp: Path, name: str, data: Path) -> dict:
@@ -222,7 +202,7 @@ def compare(got, want, path: str, exact: bool, problems: list[str]) -> None:
 @pytest.fixture(scope="module")
 def golden_now(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("golden")
-    write_toy(tmp / "toy.csv")
+    write_toy(tmp / "toy.csv", n=200)
     # Unit ids hash the config, data path included: a relative path keeps them stable.
     data = Path("toy.csv")
     here = Path.cwd()

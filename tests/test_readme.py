@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from test_golden import write_toy
+from test_study_run import write_toy
 
 ROOT = Path(__file__).resolve().parents[1]
 

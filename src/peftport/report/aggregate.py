@@ -30,6 +30,8 @@ from peftport.report.model import (
     CONDITIONS,
     CONFIDENCE,
     CONTROLS,
+    N_BOOT,
+    SEED,
     SETTING_COLUMNS,
     Aggregates,
     Axes,
@@ -59,8 +61,6 @@ from peftport.report.science import (
 )
 from peftport.report.uncertainty import mean_interval, ratio_interval
 
-N_BOOT = 1000
-SEED = 0  # bootstrap seed: the same store gives the same report
 CHANCE_TEXT = {
     "accuracy": "the test split's majority-class rate (always predicting its most frequent "
     "class), where the store shows it.",

@@ -19,6 +19,8 @@ from peftport.report.load import Observation
 from peftport.report.uncertainty import MIN_RUNS, mean_interval
 
 CONFIDENCE = 0.95
+N_BOOT = 1000  # resamples of the report's bootstraps over runs
+SEED = 0  # bootstrap seed: the same store gives the same report
 ONE_CLASS = 0.95  # a cell whose predictions are this share one class or more is degenerate
 SETTING_COLUMNS = ("technique", "origin", "receiver", "pre_data", "post_data")
 

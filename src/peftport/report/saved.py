@@ -16,7 +16,9 @@ from peftport import stats
 from peftport.report.load import Observation
 from peftport.report.model import (
     CONFIDENCE,
+    N_BOOT,
     ONE_CLASS,
+    SEED,
     SETTING_COLUMNS,
     Axes,
     Table,
@@ -26,8 +28,6 @@ from peftport.report.model import (
 )
 from peftport.report.uncertainty import MIN_RUNS
 
-N_BOOT = 1000
-SEED = 0  # bootstrap seed: the same store gives the same report
 PORTED_ONE_CLASS = "not measured: ported predicts one class here"
 RANDOM_ONE_CLASS = "not measured: random reaches it only by predicting one class"
 
