@@ -440,8 +440,8 @@ def prepare(plan: Any, echo: Callable[[str], None] = print) -> None:
     shapes and check their layer maps against the depths, and load every data set."""
     from peftport.data import load_dataset
     from peftport.hosts import get_host, host_folder
+    from peftport.study.pairchecks import check_resolved_pairs
     from peftport.study.pairs import install_derived_hosts
-    from peftport.study.spec import check_resolved_pairs
 
     spec = plan.spec
     install_derived_hosts(spec, echo)
@@ -531,8 +531,8 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
 
     echo = echo or (lambda s: print(s, file=sys.stderr))
     t0 = time.time()
+    from peftport.study.pairchecks import check_resolved_pairs
     from peftport.study.pairs import install_derived_hosts, prepare_pairs
-    from peftport.study.spec import check_resolved_pairs
 
     if check_first:
         prepare(plan, echo)
