@@ -383,13 +383,13 @@ def check_executor(kind: str) -> None:
 
 def check_store_file(path: Path) -> None:
     """Refuse a --store that exists and is not a peftport store (read-only check)."""
-    from peftport.study.store import _foreign_store
+    from peftport.study.schema import foreign_store
 
     path = path.expanduser()
     if path.is_dir():
         raise PeftportError(f"{path} is a folder; --store takes a .sqlite file")
     if path.exists() and path.stat().st_size > 0:
-        why = _foreign_store(path)
+        why = foreign_store(path)
         if why:
             raise PeftportError(why)
 
