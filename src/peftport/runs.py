@@ -161,6 +161,8 @@ def load_into(
     condition: str | None = None,
     layer_map: list[int] | None = None,
     head: str = "follow",
+    method: str = "copy",
+    method_inputs: Any = None,
 ) -> tuple[LoadedHost, Any, dict]:
     """Attach the module's technique to `host` (its fresh initialisation drawn with `seed`) and
     load the module's tensors into it.
@@ -169,6 +171,8 @@ def load_into(
     `layer_map` (receiver layer -> origin layer) if given: `peftport port` and loading in one
     step, as a study's post unit does. Without it the module must already belong to this host.
     `head`: the head policy for encoder classifiers (`peftport.porting`: follow or origin).
+    `method`: how the ported condition carries the module (`peftport.methods`; copy is `port`
+    itself), with `method_inputs` (a `MethodInputs`: the fitted alignment, receiver weights).
     """
     from peftport.module import load_module
     from peftport.porting import ReceiverSpec, port
@@ -188,8 +192,14 @@ def load_into(
     att = attach(h.model, h.spec.family, meta["technique"], meta["config"], name=name, seed=seed)
     if condition is not None:
         receiver = ReceiverSpec.from_attached(att, host_id=h.spec.id, fingerprint=h.fingerprint)
-        tensors = port(tensors, meta, receiver, condition, seed, layer_map=layer_map,
-                       head=head)
+        if condition == "ported" and method != "copy":
+            from peftport.methods import port_with_method
+
+            tensors = port_with_method(tensors, meta, receiver, method, layer_map,
+                                       inputs=method_inputs)
+        else:
+            tensors = port(tensors, meta, receiver, condition, seed, layer_map=layer_map,
+                           head=head)
     load_module_state(h.model, tensors, name)
     return h, att, meta
 
@@ -219,6 +229,8 @@ def adapt_run(
     condition: str | None = None,
     layer_map: list[int] | None = None,
     head: str = "follow",
+    method: str = "copy",
+    method_inputs: Any = None,
 ) -> RunOutput:
     """Post-porting adaptation: load the module into `host` (porting it first under `condition`,
     see `load_into`), train cfg.steps more, evaluate."""
@@ -228,7 +240,8 @@ def adapt_run(
     placement = resolve_config(cfg)  # a device or precision that cannot work: before any load
     data = as_dataset(data)
     h, att, meta = load_into(module, host, data, cfg.seed, condition=condition,
-                             layer_map=layer_map, head=head)
+                             layer_map=layer_map, head=head, method=method,
+                             method_inputs=method_inputs)
     result, _ = _fit(h, att, data, cfg, progress=progress,
                      desc=f"adapting {meta['technique']} on {h.spec.id}", placement=placement)
     out = {k: v for k, v in meta.items() if k not in FILLED}

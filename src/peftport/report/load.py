@@ -22,7 +22,8 @@ from typing import Any
 
 from peftport.errors import PeftportError
 from peftport.study.plan import CELL_KEY, Cell  # CELL_KEY: the columns of `cells` naming a result
-from peftport.study.schema import SCHEMA_VERSION  # the store schema this report reads
+from peftport.study.schema import SCHEMA_VERSION, cells_have_method
+from peftport.study.specmethods import primary_method
 
 METRICS = ("accuracy", "macro_f1", "auc")  # the metrics a report can be made of
 REQUIRED_TABLES = ("meta", "studies", "units", "cells", "metrics")
@@ -87,6 +88,9 @@ class StoreData:
     # study id -> the keys (CELL_KEY order) of its cells: the studies' results are united in
     # `observations`, and a per-study section picks its own with this
     study_cells: dict[str, frozenset[tuple]] = field(default_factory=dict)
+    # every ported observation of every porting method (`methods:`; `method` says which); the
+    # tables above read each study's primary method (copy) as `ported`
+    method_observations: list[Observation] = field(default_factory=list)
 
 
 def _check_file(path: Path) -> None:
@@ -183,8 +187,9 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
         )
         ids = [s["id"] for s in studies]
         marks = ",".join("?" * len(ids))
+        method_col = "method" if cells_have_method(con) else "'copy' AS method"  # older store
         cells = con.execute(
-            f"SELECT study_id, {', '.join(CELL_KEY)}, unit_id, step FROM cells "
+            f"SELECT study_id, {', '.join(CELL_KEY)}, unit_id, step, {method_col} FROM cells "
             f"WHERE study_id IN ({marks})",
             ids,
         ).fetchall()
@@ -214,6 +219,9 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
         con.close()
 
     observations: dict[tuple, Observation] = {}
+    by_method: dict[tuple, Observation] = {}
+    primary = {s["id"]: primary_method(tuple(_json(s["spec"]).get("methods") or ["copy"]))
+               for s in studies}
     for c in cells:
         key = tuple(c[k] for k in CELL_KEY)
         u = units.get(c["unit_id"])
@@ -233,7 +241,12 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
             macro_f1=m.get("macro_f1") if done else None,
             examples=int(m["n"]) if done and m.get("n") is not None else None,
             metric=metric,
+            method=c["method"],
         )
+        if obs.condition == "ported":
+            by_method[(*key, obs.method)] = obs
+        if obs.method != primary[c["study_id"]]:
+            continue  # another method's result: the methods section's
         old = observations.get(key)
         if old is not None and old.unit_id != obs.unit_id:
             names = {s["id"]: s["name"] for s in studies}
@@ -279,6 +292,7 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
         host_pairs=host_pairs,
         host_pairs_problem=host_pairs_problem,
         study_cells={k: frozenset(v) for k, v in study_cells.items()},
+        method_observations=sorted(by_method.values(), key=lambda o: (_sort_key(o), o.method)),
     )
 
 
