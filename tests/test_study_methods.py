@@ -91,37 +91,45 @@ def test_a_method_no_technique_can_take_says_why():
                     "m.yaml")
 
 
-def test_tiny_study_scale_one_equals_copy_end_to_end(tmp_path):
-    toy = write_toy(tmp_path / "toy.csv")
-    text = study_text(toy, techniques="{lora: {config: {r: 2}}}", pre="[4]", post="[3]") + \
-        "methods: [copy, 'scaled:1.0', align]\n"
-    plan, out = run_inline(tmp_path / "s.sqlite", text)
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny-host study with methods copy, scaled:1.0 and align, 3 seeds."""
+    d = tmp_path_factory.mktemp("methods")
+    toy = write_toy(d / "toy.csv")
+    text = study_text(toy, techniques="{lora: {config: {r: 2}}}", pre="[4]", post="[3]",
+                      seeds="[0, 1, 2]") + "methods: [copy, 'scaled:1.0', align]\n"
+    plan, out = run_inline(d / "s.sqlite", text)
     assert out["failed"] == 0 and out["done"] == len(plan.units)
-    con = sqlite3.connect(tmp_path / "s.sqlite")
+    return d / "s.sqlite"
+
+
+def test_tiny_study_scale_one_equals_copy_end_to_end(tiny, tmp_path):
+    con = sqlite3.connect(tiny)
     con.row_factory = sqlite3.Row
     rows = [dict(r) for r in con.execute("SELECT * FROM results WHERE condition = 'ported'")]
     by = {}
     for r in rows:
-        by.setdefault(r["method"], {})[r["post_steps"]] = (r["accuracy"], r["auc"],
-                                                           r["macro_f1"])
+        by.setdefault(r["method"], {})[(r["seed"], r["post_steps"])] = (
+            r["accuracy"], r["auc"], r["macro_f1"])
     assert set(by) == {"copy", "scaled:1", "align"}
     assert by["scaled:1"] == by["copy"]  # exact, zero-shot and after training
     # the method is in the unit's provenance (result JSON), with align's fit
     res = {json.loads(r["config"]).get("method", "copy"): json.loads(r["result"])
            for r in con.execute("SELECT config, result FROM units WHERE kind = 'post' AND "
-                                "condition = 'ported'")}
+                                "condition = 'ported' AND seed = 0")}
     assert "method" not in res["copy"]
     assert res["scaled:1"]["method"] == {"method": "scaled", "factor": 1.0}
     assert res["align"]["method"]["method"] == "align"
     assert res["align"]["method"]["fit"] == "procrustes"
     # a port between one host and itself: align's fitted maps are the identity, so align is
     # copy too (to float rounding)
-    assert by["align"][0][0] == pytest.approx(by["copy"][0][0], abs=1e-6)
+    for seed in (0, 1, 2):
+        assert by["align"][(seed, 0)][0] == pytest.approx(by["copy"][(seed, 0)][0], abs=1e-6)
     con.close()
 
     from peftport.study.export import export_results
 
-    export_results(tmp_path / "s.sqlite", None, csv_path=tmp_path / "r.csv")
+    export_results(tiny, None, csv_path=tmp_path / "r.csv")
     with open(tmp_path / "r.csv") as f:
         got = list(csv.DictReader(f))
     assert {r["method"] for r in got if r["condition"] == "ported"} == {
@@ -160,3 +168,56 @@ def test_an_older_store_without_the_method_column_is_migrated(tmp_path):
         assert "method" in [r[1] for r in st.db.execute("PRAGMA table_info(results)")]
     finally:
         st.close()
+
+
+def test_report_section_pairs_methods_by_unit(tiny, tmp_path):
+    from dataclasses import replace
+
+    from peftport import stats
+    from peftport.report import build_report
+    from peftport.report.aggregate import aggregate
+    from peftport.report.load import load_store
+
+    data = load_store(tiny)
+    # the report's other tables read copy as `ported`: the store's copy cells exactly
+    assert {o.method for o in data.observations} == {"copy"}
+    assert {o.method for o in data.method_observations} == {"copy", "scaled:1", "align"}
+    agg = aggregate(data)
+    diff = {(r["comparison"], r["post_steps"]): r for r in agg.tables["methods_differences"].rows}
+    assert set(diff) == {(f"{m} - {c}", s) for s in (0, 3) for m, c in [
+        ("scaled:1", "copy"), ("align", "copy"), *[(m, c) for m in ("copy", "scaled:1", "align")
+                                                   for c in ("sampled", "random")]]}
+    one = diff[("scaled:1 - copy", 3)]
+    assert one["n_pairs"] == one["n_units"] == 3 and one["mean_diff"] == 0.0
+    # align - sampled at step 3, computed directly: one pair per seed (its own snapshot: one
+    # independent unit each), the paired t-test over them, Holm over the table's rows
+    val = {(o.method, o.seed): o.value for o in data.method_observations if o.post_steps == 3}
+    smp = {o.seed: o.value for o in data.observations
+           if o.condition == "sampled" and o.post_steps == 3}
+    a, b = [val[("align", s)] for s in (0, 1, 2)], [smp[s] for s in (0, 1, 2)]
+    row = diff[("align - sampled", 3)]
+    assert row["n_units"] == 3
+    assert row["mean_diff"] == pytest.approx(sum(a) / 3 - sum(b) / 3, abs=1e-12)
+    want = stats.paired_test(a, b, 0.95)
+    if want.get("p_t") is not None and want["p_t"] == want["p_t"]:
+        assert row["p_t"] == pytest.approx(want["p_t"])
+        assert row["p_holm"] >= row["p_t"]
+    acc = agg.tables["methods_accuracy"].rows
+    assert {(r["condition"], r["method"]) for r in acc} == {
+        ("ported", "copy"), ("ported", "scaled:1"), ("ported", "align"), ("sampled", ""),
+        ("random", "")}
+    # the section is on the page; a single-method study has neither the tables nor the section
+    out = build_report(tiny, tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Porting methods against copy and the controls" in md
+    assert (tmp_path / "r" / "tables" / "methods_differences.csv").exists()
+    single = replace(data, method_observations=[o for o in data.method_observations
+                                                if o.method == "copy"],
+                     studies=[{**s, "spec": {k: v for k, v in s["spec"].items()
+                                              if k != "methods"}} for s in data.studies])
+    agg1 = aggregate(single)
+    assert "methods_accuracy" not in agg1.tables and "methods_differences" not in agg1.tables
+    from peftport.report.portmethods import methods_sections
+
+    assert methods_sections(agg1) == []
+    assert out is not None

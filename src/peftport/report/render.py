@@ -28,6 +28,7 @@ from peftport.report.distance import TABLE as DISTANCE_TABLE
 from peftport.report.load import StoreData
 from peftport.report.methods import METHODS
 from peftport.report.model import ONE_CLASS, Aggregates, Stat, Table, stat_from
+from peftport.report.portmethods import methods_sections
 from peftport.report.science import NOT_LEARNED, NOT_LEARNED_AUC, NOT_LEARNED_MARGIN
 from peftport.report.uncertainty import MIN_RUNS, mean_interval
 
@@ -767,6 +768,7 @@ def page(
                 direction_notes=True,
             ),
         ),
+        *methods_sections(agg),  # only for a study with more than one porting method
         Section(
             "steps-saved",
             "Steps saved",
