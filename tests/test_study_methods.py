@@ -221,3 +221,16 @@ def test_report_section_pairs_methods_by_unit(tiny, tmp_path):
 
     assert methods_sections(agg1) == []
     assert out is not None
+
+
+def test_methods_preset_plans_every_method_the_techniques_take():
+    from peftport.study import load_preset
+
+    plan = make_plan(load_preset("methods"))
+    ported = {(u.technique, u.method) for u in plan.units if u.condition == "ported"}
+    assert ported == {("lora", m) for m in ("copy", "scaled:0.5", "subspace", "align")} | {
+        ("adapter", m) for m in ("copy", "scaled:0.5", "align")}
+    t = plan.totals()
+    # 3 seeds: 6 pretrain, (4 + 3) ported + 2 sampled per seed, 2 random per seed
+    assert t["units"] == {"total": 6 + 27 + 6, "pretrain": 6, "post": 27, "random": 6}
+    assert plan.spec.head_policy == "origin"

@@ -12,6 +12,10 @@ random run post steps: that is the *naive* count. The plan executes far fewer st
   sampled: port the snapshot, then ONE adaptation to the largest post-porting step count,
   evaluated at 0 (zero-shot) and at every post-porting step count. The learning-rate schedule's
   horizon is shared: the 500-step result is step 500 of a 3000-step schedule (TrainConfig.horizon);
+- porting methods (`methods:`, default copy): a ported post unit per method the technique can
+  take (study/specmethods.py), each porting the same snapshot; sampled and random are
+  method-free. A method other than copy enters the unit's config (and id) and its cells'
+  `method`; copy's configs and ids are those of before the axis;
 - `random` unit, one per (technique, receiver, post data set, seed): the technique's fresh
   initialisation trained on the receiver. It depends neither on the origin, the pre-porting data
   set nor the pre-porting steps, so it runs once and serves every pair and combination with that
