@@ -271,8 +271,8 @@ def make_plan(spec: StudySpec) -> Plan:
                                       "data": post_data, "max_examples": me, "seed": seed,
                                       "source": key, "pre_steps": p, "train": post_train}
                             if cond == "sampled":
-                                # draws seeded by the module's identity (this key marks
-                                # 1): a store whose sampled units drew by seed and tensor name
+                                # draws seeded by the module's identity, marked in the id:
+                                # a store whose sampled units drew by seed and tensor name
                                 # alone recomputes them instead of mixing the two kinds
                                 config["draw"] = "module"
                                 if origin_head[receiver]:
