@@ -251,8 +251,10 @@ def evaluate_run(
     max_length: int = 64,
     batch_size: int = 64,
     placement: Placement | None = None,
+    eval_mode: str = "rank",
 ) -> dict[str, float]:
-    """The module's metrics in `host` on `placement` (default: auto device, auto precision)."""
+    """The module's metrics in `host` on `placement` (default: auto device, auto precision);
+    eval_mode: rank the label words, or generate (text-to-text hosts; `engine.evaluate`)."""
     placement = placement or resolve()  # a device that cannot work: before any load
     data = as_dataset(data)
     cfg = TrainConfig(
@@ -264,7 +266,7 @@ def evaluate_run(
     )
     h, _att, _meta = load_into(module, host, data)
     _tr, ev = encodings(h, data, cfg)
-    return evaluate(h.model, h.kind, ev, batch_size, placement=placement)
+    return evaluate(h.model, h.kind, ev, batch_size, placement=placement, eval_mode=eval_mode)
 
 
 __all__ = [
