@@ -205,3 +205,54 @@ def test_each_local_worker_runs_with_its_cuda_visible_devices(tmp_path):
     plan, out = run_inline(tmp_path / "inline.sqlite", text)
     assert out["done"] == len(envs)
     assert stored(tmp_path / "inline.sqlite")[1] == metrics
+
+
+# --- the command line: one line, exit 2, nothing written -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, gpus, fragment",
+    [
+        (["--units-per-gpu", "0"], "0", "--units-per-gpu must be >= 1, got 0"),
+        (["--units-per-gpu", "2"], "", "--units-per-gpu 2 needs a GPU, and none is used here"),
+        (["--units-per-gpu", "2", "--workers", "3"], "0", "--workers 3 is more than"),
+        (["--gpus-per-unit", "0.5"], "", "--gpus-per-unit is for --executor ray"),
+        (["--units-per-gpu", "1", "--executor", "ray"], "0", "on Ray use --gpus-per-unit"),
+        (["--device", "cuda"], "0,1", "'cuda' asked for, but there is no CUDA GPU"),
+    ],
+)
+def test_gpu_options_that_cannot_work_exit_2_with_one_line(extra, gpus, fragment, tmp_path,
+                                                           monkeypatch, capsys):
+    import sys
+
+    import torch
+
+    from peftport.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("the refusals of a machine without CUDA")
+
+    def boom(*a, **k):
+        raise AssertionError("the study was prepared before its options were checked")
+
+    monkeypatch.setattr("peftport.study.executors.prepare", boom)
+    monkeypatch.setenv(GPUS_ENV, gpus)
+    store = tmp_path / "out" / "s.sqlite"
+    monkeypatch.setattr(sys, "argv", ["peftport", "study", "run", "--preset", "quick",
+                                      "--store", str(store), *extra])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_options_are_on_study_run():
+    from typer.testing import CliRunner
+
+    from peftport.cli import app
+
+    out = CliRunner().invoke(app, ["study", "run", "--help"], env={"COLUMNS": "200"}).output
+    for flag in ("--units-per-gpu", "--gpus-per-unit", "--ray-address"):
+        assert flag in out, flag
