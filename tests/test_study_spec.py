@@ -211,7 +211,7 @@ def test_run_time_shape_check(tmp_path):
     import dataclasses
 
     from peftport.hosts import get_host, host_folder
-    from peftport.study.spec import check_resolved_pairs
+    from peftport.study.pairchecks import check_resolved_pairs
 
     spec = parse_study(GOOD, "s.yaml")
     check_resolved_pairs(spec)  # tiny-bert -> tiny-bert: fine

@@ -22,7 +22,7 @@ from typing import Any
 
 from peftport.errors import PeftportError
 from peftport.study.plan import CELL_KEY, Cell  # CELL_KEY: the columns of `cells` naming a result
-from peftport.study.store import SCHEMA_VERSION  # the store schema this report reads
+from peftport.study.schema import SCHEMA_VERSION  # the store schema this report reads
 
 METRICS = ("accuracy", "macro_f1", "auc")  # the metrics a report can be made of
 REQUIRED_TABLES = ("meta", "studies", "units", "cells", "metrics")

@@ -360,13 +360,13 @@ def check_executor(kind: str) -> None:
 
 def check_store_file(path: Path) -> None:
     """Refuse a --store that exists and is not a peftport store (read-only check)."""
-    from peftport.study.store import _foreign_store
+    from peftport.study.schema import foreign_store
 
     path = path.expanduser()
     if path.is_dir():
         raise PeftportError(f"{path} is a folder; --store takes a .sqlite file")
     if path.exists() and path.stat().st_size > 0:
-        why = _foreign_store(path)
+        why = foreign_store(path)
         if why:
             raise PeftportError(why)
 
@@ -441,8 +441,8 @@ def prepare(plan: Any, echo: Callable[[str], None] = print) -> None:
     shapes and check their layer maps against the depths, and load every data set."""
     from peftport.data import load_dataset
     from peftport.hosts import get_host, host_folder
+    from peftport.study.pairchecks import check_resolved_pairs
     from peftport.study.pairs import install_derived_hosts
-    from peftport.study.spec import check_resolved_pairs
 
     spec = plan.spec
     install_derived_hosts(spec, echo)
@@ -561,8 +561,8 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
 
     echo = echo or (lambda s: print(s, file=sys.stderr))
     t0 = time.time()
+    from peftport.study.pairchecks import check_resolved_pairs
     from peftport.study.pairs import install_derived_hosts, prepare_pairs
-    from peftport.study.spec import check_resolved_pairs
 
     if check_first:
         prepare(plan, echo)

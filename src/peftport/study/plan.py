@@ -328,7 +328,8 @@ def pair_maps(spec: StudySpec) -> list[dict[str, Any]]:
     """Each directed pair's layer map as planned: the strategy, and the map itself when the
     hosts' depths are known without building anything (a cka map only at run time)."""
     from peftport.errors import PeftportError
-    from peftport.study.spec import cheap_host_config, host_layers, resolve_pair_map, study_host
+    from peftport.study.pairchecks import cheap_host_config, host_layers, resolve_pair_map
+    from peftport.study.spec import study_host
 
     depth: dict[str, int | None] = {}
     for h in spec.hosts:
