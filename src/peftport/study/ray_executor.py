@@ -3,7 +3,8 @@
 Resources: each task asks for `threads` CPUs and, when the cluster has GPUs, `gpus_per_unit`
 GPUs (default 1; a fraction such as 0.5 packs two units on a GPU). The unit runs on the device
 Ray gave it: CUDA when `ray.get_gpu_ids()` is not empty (Ray sets CUDA_VISIBLE_DEVICES, so it
-is cuda:0 in the task), else the CPU, even on a node with GPUs the task was not given. A task
+is cuda:0 in the task), else the CPU, even on a node with GPUs the task was not given (on a Mac
+without CUDA: auto, so MPS where it is). A task
 holding a GPU runs in a fresh worker process each time (Ray's default for GPU tasks,
 max_calls=1), so no process reuses a CUDA context made for another GPU.
 
@@ -26,8 +27,18 @@ from peftport.study.executors import WorkerLost, _env, run_unit
 def _ray_execute(payload: dict) -> dict:
     import ray
 
-    # the device follows what Ray gave the task: its GPU (as cuda:0), else the CPU
-    os.environ["PEFTPORT_DEVICE"] = "cuda" if ray.get_gpu_ids() else "cpu"
+    from peftport.device import ENV
+
+    # the device follows what Ray gave the task: its GPU (as cuda:0), else not a GPU
+    if ray.get_gpu_ids():
+        os.environ[ENV] = "cuda"
+    else:
+        import torch
+
+        if torch.cuda.is_available():  # a GPU on this node that Ray did not give the task
+            os.environ[ENV] = "cpu"
+        else:  # auto: the CPU (or Apple's MPS, which Ray does not hand out)
+            os.environ.pop(ENV, None)
     out = run_unit(payload)
     ctx = ray.get_runtime_context()
     out["environment"]["ray_node"] = ctx.get_node_id()
