@@ -19,7 +19,7 @@ import subprocess
 import pytest
 
 from peftport.errors import PeftportError
-from peftport.study.executors import _check_hosts, _env, make_executor, node_info
+from peftport.study.executors import _check_inputs, _env, make_executor, node_info
 from peftport.study.gpus import GPUS_ENV, Slot, gpu_slots, visible_gpus
 from peftport.study.ray_executor import gpu_request
 from test_study_run import cli_args, run_inline, study_text, write_toy
@@ -152,14 +152,18 @@ def test_node_info_names_the_home_the_hosts_came_from(isolated_home, monkeypatch
     assert info["cuda_visible_devices"] == "2" and info["hostname"]
 
 
-def test_a_result_on_other_host_weights_is_refused():
+def test_a_result_on_other_host_weights_or_data_is_refused():
     result = {"host_fingerprints": {"tiny-bert": "b" * 64}, "worker": "node2:12",
+              "data_fingerprints": {"toy.csv": "d" * 64},
               "environment": {"peftport_home": "/node2"}}
-    _check_hosts(result, {"tiny-bert": "b" * 64})  # the same weights: fine
-    _check_hosts(result, {})  # a host the driver could not fingerprint: not checked
+    _check_inputs(result, {"tiny-bert": "b" * 64}, {"toy.csv": "d" * 64})  # the same: fine
+    _check_inputs(result, {}, {})  # what the driver could not fingerprint: not checked
     with pytest.raises(PeftportError, match=r"host tiny-bert on worker node2:12 \(PEFTPORT_HOME "
                        r"/node2\) has weights bbbbbbbbbbbb, the driver's are aaaaaaaaaaaa"):
-        _check_hosts(result, {"tiny-bert": "a" * 64})
+        _check_inputs(result, {"tiny-bert": "a" * 64}, {})
+    with pytest.raises(PeftportError, match=r"data set toy.csv on worker node2:12 .* has "
+                       r"examples dddddddddddd, the driver's are eeeeeeeeeeee"):
+        _check_inputs(result, {}, {"toy.csv": "e" * 64})
 
 
 # --- the real path: worker processes pinned to their GPUs ----------------------------------
@@ -201,6 +205,16 @@ def test_each_local_worker_runs_with_its_cuda_visible_devices(tmp_path):
         workers[envs[uid]["cuda_visible_devices"]].add(worker.rsplit(":", 1)[1])
     con.close()
     assert len(workers["7"] | workers["9"]) == 2 and not workers["7"] & workers["9"], workers
+
+    # the driver's checks of a node's hosts and data see every unit's: the names agree
+    from peftport.study.spec import parse_study
+
+    spec = parse_study(text, "s.yaml")
+    con = sqlite3.connect(tmp_path / "gpu.sqlite")
+    for hosts, data in con.execute("SELECT host_fingerprints, data_fingerprints FROM units"):
+        assert set(json.loads(hosts)) <= set(spec.hosts) and json.loads(hosts)
+        assert set(json.loads(data)) <= set(spec.datasets) and json.loads(data)
+    con.close()
 
     plan, out = run_inline(tmp_path / "inline.sqlite", text)
     assert out["done"] == len(envs)

@@ -20,8 +20,8 @@ Nothing a unit needs travels as a path on the driver's disk: the snapshot a post
 from is in its payload, a host the study derives is installed by the worker from its recipe
 (in the payload) on its own node, and results come back to the driver, so the workers need no
 access to the store or to the driver's $PEFTPORT_HOME. A unit whose host resolved to other
-weights than the driver's (another file under the same name on that node) is refused when
-its result arrives (`_check_hosts`).
+weights or data than the driver's (another file under the same name on that node) is refused
+when its result arrives (`_check_inputs`).
 """
 
 from __future__ import annotations
@@ -481,18 +481,31 @@ def _host_fingerprints(spec: Any) -> dict[str, str]:
     return out
 
 
-def _check_hosts(result: dict, expected: dict[str, str]) -> None:
-    """Refuse a result computed on other weights than the driver's under a host's name (a
-    node that resolved its own, different copy)."""
-    for name, got in (result.get("host_fingerprints") or {}).items():
-        want = expected.get(name)
-        if want and got != want:
-            where = (result.get("environment") or {}).get("peftport_home", "?")
-            raise PeftportError(
-                f"host {name} on worker {result.get('worker')} (PEFTPORT_HOME {where}) has "
-                f"weights {got[:12]}, the driver's are {want[:12]}: that node resolved another "
-                "host under this name; give every node the same one (its cache, or "
-                "$PEFTPORT_HOST_* set on the node)")
+def _data_fingerprints(spec: Any) -> dict[str, str]:
+    """Each data set's fingerprint as the driver loads it (cached in memory by `prepare`)."""
+    from peftport.data import load_dataset
+
+    out = {}
+    for d in spec.datasets:
+        with contextlib.suppress(PeftportError, OSError):
+            out[d] = load_dataset(d, max_examples=spec.max_examples).fingerprint
+    return out
+
+
+def _check_inputs(result: dict, hosts: dict[str, str], data: dict[str, str]) -> None:
+    """Refuse a result computed on other host weights or other data than the driver's under
+    the same name (a node that resolved its own, different copy)."""
+    where = (result.get("environment") or {}).get("peftport_home", "?")
+    for kind, key, expected, what in (("host", "host_fingerprints", hosts, "weights"),
+                                      ("data set", "data_fingerprints", data, "examples")):
+        for name, got in (result.get(key) or {}).items():
+            want = expected.get(name)
+            if want and got != want:
+                raise PeftportError(
+                    f"{kind} {name} on worker {result.get('worker')} (PEFTPORT_HOME {where}) "
+                    f"has {what} {got[:12]}, the driver's are {want[:12]}: that node resolved "
+                    f"another {kind} under this name; give every node the same one (its cache, "
+                    "or the $PEFTPORT_HOST_* / $PEFTPORT_DATA_* folder set on the node)")
 
 
 def repair_artifacts(store: Store, ids: list[str], echo: Callable[[str], None],
@@ -530,8 +543,8 @@ def _input_recomputed(store: Store, unit: Any, echo: Callable[[str], None]) -> b
 
 
 def _commit(store: Store, unit: Any, token: str, result: dict,
-            hosts: dict[str, str] | None = None) -> bool:
-    _check_hosts(result, hosts or {})
+            inputs: tuple[dict[str, str], dict[str, str]] = ({}, {})) -> bool:
+    _check_inputs(result, *inputs)
     artifacts = []
     produces = dict(unit.produces)
     for step, (tensors, meta) in sorted(result.pop("snapshots", {}).items()):
@@ -583,7 +596,7 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
     repair_artifacts(store, ids, echo, full=verify)
     status = store.statuses(ids)
     derived = [(d.name, d.recipe()) for d in plan.spec.derived_hosts]
-    host_fps = _host_fingerprints(plan.spec)
+    inputs = (_host_fingerprints(plan.spec), _data_fingerprints(plan.spec))
 
     def work(u: Any) -> int:
         return u.steps + u.evals  # the bar's unit: a training step (an evaluation counts one)
@@ -678,7 +691,7 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
                     bar.update(work(u))
                     continue
                 try:
-                    ok = _commit(store, u, token, result, host_fps)
+                    ok = _commit(store, u, token, result, inputs)
                 except Exception as e:  # noqa: BLE001
                     store.fail(u.id, token, "could not store its result: " + format_error(e))
                     held.pop(u.id, None)
