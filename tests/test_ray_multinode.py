@@ -124,7 +124,10 @@ def test_a_study_on_two_ray_nodes_with_their_own_homes_equals_the_local_run(tmp_
             "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     for k in [k for k in base if k.startswith(("PEFTPORT_HOST_", "PEFTPORT_DATA_"))]:
         del base[k]
+    base.pop("OMP_WAIT_POLICY", None)
     env = {n: {**base, "PEFTPORT_HOME": str(h)} for n, h in homes.items()}
+    for n in ("head", "node2"):  # what the nodes have: the driver's runtime env overrides it
+        env[n]["OMP_NUM_THREADS"] = "2"
     temp = Path("/tmp") / f"pr{os.getpid()}"  # short: Ray's socket paths have a length limit
     nodes: list[Node] = []
     t0 = time.time()
@@ -164,6 +167,8 @@ def test_a_study_on_two_ray_nodes_with_their_own_homes_equals_the_local_run(tmp_
     assert {e["peftport_home"] for e in where} == {str(homes["head"]), str(homes["node2"])}
     assert len({e["ray_node"] for e in where}) == 2
     assert all(e["ray_gpus"] == [] for e in where)  # no GPU: the units ran on the CPU
+    # the driver's runtime env: passive OpenMP waiting and the unit's thread count
+    assert {(e["omp_wait_policy"], e["omp_num_threads"]) for e in where} == {("PASSIVE", "1")}
     assert all(r["placement"]["device"] == "cpu" for _, r, _ in rows.values())
     for n in ("head", "node2"):  # each node derived the study's host itself
         assert (homes[n] / "hosts" / "derived" / "tiny-drift" / "peftport-host.json").exists()

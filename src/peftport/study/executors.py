@@ -70,12 +70,13 @@ def _env(paths: bool = True) -> dict[str, str]:
 
 def node_info() -> dict[str, Any]:
     """Where a unit ran, beyond the worker's host:pid: the folder its hosts and data came
-    from, and the GPU(s) it was given (CUDA_VISIBLE_DEVICES)."""
+    from, the GPU(s) it was given (CUDA_VISIBLE_DEVICES) and its OpenMP settings."""
     from peftport.assets import peftport_home
 
     info: dict[str, Any] = {"hostname": socket.gethostname(), "peftport_home": str(peftport_home())}
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        info["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    for k in ("CUDA_VISIBLE_DEVICES", "OMP_WAIT_POLICY", "OMP_NUM_THREADS"):
+        if k in os.environ:
+            info[k.lower()] = os.environ[k]
     return info
 
 
