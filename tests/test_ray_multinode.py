@@ -8,8 +8,8 @@ snapshots a post unit starts from through Ray's object store), and every stored 
 the local executor's. Real processes throughout; the nodes are ended by their process groups
 (never `ray stop`, which would end every Ray on the machine).
 
-About 65 s on 2 shared cores (the cluster up in 8 s, the study on it 45 s, the local run
-10 s): marked slow, as the Ray lifecycle test is; CI runs it.
+65 s on 2 shared cores (the cluster up in 8 s, the study on it 45 s, the local run 10 s),
+86 s with other work on them: marked slow, as the Ray lifecycle test is; CI runs it.
 """
 
 from __future__ import annotations
