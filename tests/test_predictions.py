@@ -352,3 +352,20 @@ def test_agreement_table_and_intervals_from_hand_made_observations(tmp_path):
     assert st.method == TWO_LEVEL_EXAMPLES and st.mean == pytest.approx(0.9)
     old = [dataclasses.replace(o, predictions=None) for o in obs if o.condition == "sampled"]
     assert summarize(old).method == TWO_LEVEL and summarize(old).mean == st.mean
+
+
+def test_a_record_round_trips_for_two_and_more_classes():
+    scores2 = np.array([[0.1, 0.9], [2.0, -1.0], [0.5, 0.5]], dtype=np.float32)
+    p = Predictions.from_scores([1, 0, 1], scores2.argmax(1), scores2, "abc")
+    assert p.scores.shape == (3,) and p.scores.dtype == np.float32
+    assert p.scores.tolist() == (scores2[:, 1] - scores2[:, 0]).tolist()  # the AUC's margin
+    scores3 = np.arange(12, dtype=np.float32).reshape(4, 3)
+    q = Predictions.from_scores([0, 1, 2, 2], [2, 2, 2, 2], scores3, "def")
+    for x in (p, q):
+        back = Predictions.from_record(x.to_record())
+        assert np.array_equal(back.labels, x.labels) and np.array_equal(back.scores, x.scores)
+        assert (back.n_classes, back.examples_sha256) == (x.n_classes, x.examples_sha256)
+    assert q.accuracy() == 0.5 and "score_2" in q.as_text("csv").splitlines()[0]
+    bad = dict(q.to_record(), n=5)
+    with pytest.raises(ValueError):
+        Predictions.from_record(bad)

@@ -84,7 +84,9 @@ def agreement_table(data: StoreData) -> Table:
     expected: Counter = Counter()
     why: dict[tuple, Counter] = defaultdict(Counter)
     seen: set[tuple] = set()
-    for o in data.observations:
+    # with a `methods:` axis, the ported results of the other porting methods too
+    extra = getattr(data, "method_observations", None) or []
+    for o in [*data.observations, *extra]:
         if o.condition not in CONDITIONS or o.value is None:
             continue
         for p in pre_all if o.condition == "random" else [o.pre_steps]:
