@@ -266,11 +266,14 @@ def evaluate_run(
     max_length: int = 64,
     batch_size: int = 64,
     placement: Placement | None = None,
+    eval_mode: str = "rank",
 ) -> dict[str, float]:
-    """The module's metrics in `host` on `placement` (default: auto device, auto precision)."""
+    """The module's metrics in `host` on `placement` (default: auto device, auto precision);
+    eval_mode: rank the label words, or generate (text-to-text hosts; `engine.evaluate`)."""
     return evaluate_run_with_predictions(module, host, data, split=split,
                                          max_examples=max_examples, max_length=max_length,
-                                         batch_size=batch_size, placement=placement)[0]
+                                         batch_size=batch_size, placement=placement,
+                                         eval_mode=eval_mode)[0]
 
 
 def evaluate_run_with_predictions(
@@ -283,6 +286,7 @@ def evaluate_run_with_predictions(
     max_length: int = 64,
     batch_size: int = 64,
     placement: Placement | None = None,
+    eval_mode: str = "rank",
 ) -> tuple[dict[str, float], Predictions]:
     """`evaluate_run`'s metrics and the per-example record they come from (the evaluated
     examples' fingerprint included)."""
@@ -297,7 +301,8 @@ def evaluate_run_with_predictions(
     )
     h, _att, _meta = load_into(module, host, data)
     _tr, ev = encodings(h, data, cfg)
-    m, pred = evaluate_with_predictions(h.model, h.kind, ev, batch_size, placement=placement)
+    m, pred = evaluate_with_predictions(h.model, h.kind, ev, batch_size, placement=placement,
+                                        eval_mode=eval_mode)
     return m, pred.with_examples(examples_sha256(data, cfg))
 
 
