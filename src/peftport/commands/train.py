@@ -95,7 +95,8 @@ ADAPT_OPTIONS = {
                 "0 and the last step)."},
 }
 EVALUATE_OPTIONS = (
-    "max_length", "max_eval_examples", "eval_split", "device", "precision", "deterministic"
+    "max_length", "max_eval_examples", "eval_split", "device", "precision", "deterministic",
+    "eval_mode",
 )
 
 
@@ -182,6 +183,7 @@ def register(app: typer.Typer) -> None:
                 max_examples=settings["max_eval_examples"],
                 max_length=settings["max_length"],
                 placement=placement,
+                eval_mode=settings["eval_mode"],
             )
         if predictions is not None:
             from peftport.atomic import write_text
