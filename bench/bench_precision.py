@@ -16,7 +16,8 @@ time) and wall time:
 - evaluation: CPU-s and wall s per example of `evaluate_run` on a loaded host (tokenising the
   evaluated examples included).
 Prints the machine (CPU model, bf16/AVX flags, torch, threads) with the figures and the
-verdict `device.cpu_bf16_verdict` draws from them. Asserts nothing.
+verdict `cpu_bf16_verdict` draws from them (the rule `--precision auto` on CPU follows).
+Asserts nothing.
 """
 
 from __future__ import annotations
