@@ -409,6 +409,14 @@ def _provenance(units: list[sqlite3.Row]) -> dict[str, Any]:
     }
 
 
+def precision_summary(provenance: dict[str, Any]) -> str:
+    """The provenance table's precision row: the warning when precisions mix, else the counts."""
+    counts = provenance.get("precisions") or {}
+    return precision_warning(provenance) or (
+        ", ".join(f"{k} ({n} units)" for k, n in counts.items()) or "–"
+    )
+
+
 def precision_warning(provenance: dict[str, Any]) -> str | None:
     """One line when the done units computed in more than one precision (e.g. `precision: auto`
     on Ray nodes with and without native bf16: the same unit ids, different numbers), else

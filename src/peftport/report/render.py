@@ -25,7 +25,7 @@ import jinja2
 
 from peftport.report.distance import CORRELATION_TABLE, NOT_ABOVE, NOT_PLANNED
 from peftport.report.distance import TABLE as DISTANCE_TABLE
-from peftport.report.load import StoreData, precision_warning
+from peftport.report.load import StoreData, precision_summary, precision_warning
 from peftport.report.methods import METHODS
 from peftport.report.model import ONE_CLASS, Aggregates, Stat, Table, stat_from
 from peftport.report.science import NOT_LEARNED, NOT_LEARNED_AUC, NOT_LEARNED_MARGIN
@@ -656,8 +656,7 @@ def _provenance_blocks(data: StoreData, generated_at: str, version: str) -> list
             "; ".join(f"{g} ({n} units)" for g, n in p.get("git", {}).items()) or "–",
         ),
     ]
-    rows.append(("precision", precision_warning(p) or ", ".join(
-        f"{k} ({n} units)" for k, n in p.get("precisions", {}).items()) or "–"))
+    rows.append(("precision", precision_summary(p)))
     rows.append(("head policy (encoder classifiers)", "; ".join(
         f"{st['name']}: " + HEAD_POLICY_TEXT[(st.get("spec") or {}).get("head_policy", "follow")]
         for st in data.studies) or "–"))
