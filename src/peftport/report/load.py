@@ -402,6 +402,11 @@ def _provenance(units: list[sqlite3.Row]) -> dict[str, Any]:
             hosts.setdefault(k, set()).add(str(v))
         for k, v in _json(u["data_fingerprints"]).items():
             data.setdefault(k, set()).add(str(v))
+    # where each done unit computed (units stored before devices existed have no placement)
+    precisions = Counter(
+        str((_json(u["result"]).get("placement") or {}).get("precision", "not recorded"))
+        for u in done
+    )
     finished = [u["finished_at"] for u in done if u["finished_at"]]
     started = [u["started_at"] for u in done if u["started_at"]]
     stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
@@ -414,4 +419,28 @@ def _provenance(units: list[sqlite3.Row]) -> dict[str, Any]:
         "first_started": stamp(min(started)) if started else None,
         "last_finished": stamp(max(finished)) if finished else None,
         "workers": len({u["worker"] for u in done if u["worker"]}),
+        "precisions": dict(sorted(precisions.items())),
     }
+
+
+def precision_summary(provenance: dict[str, Any]) -> str:
+    """The provenance table's precision row: the warning when precisions mix, else the counts."""
+    counts = provenance.get("precisions") or {}
+    return precision_warning(provenance) or (
+        ", ".join(f"{k} ({n} units)" for k, n in counts.items()) or "–"
+    )
+
+
+def precision_warning(provenance: dict[str, Any]) -> str | None:
+    """One line when the done units computed in more than one precision (e.g. `precision: auto`
+    on Ray nodes with and without native bf16: the same unit ids, different numbers), else
+    None."""
+    counts = {k: n for k, n in (provenance.get("precisions") or {}).items()
+              if k != "not recorded"}  # units from before devices: fp32 or the bf16 switch
+    if len(counts) < 2:
+        return None
+    parts = ", ".join(f"{p} ({n} units)" for p, n in counts.items())
+    return (
+        f"Warning: the results mix precisions: {parts}; their numbers are not comparable bit "
+        "for bit. Pin `precision` in the study's train section and rerun for one precision."
+    )

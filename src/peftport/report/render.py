@@ -25,7 +25,7 @@ import jinja2
 
 from peftport.report.distance import CORRELATION_TABLE, NOT_ABOVE, NOT_PLANNED
 from peftport.report.distance import TABLE as DISTANCE_TABLE
-from peftport.report.load import StoreData
+from peftport.report.load import StoreData, precision_summary, precision_warning
 from peftport.report.methods import METHODS
 from peftport.report.model import ONE_CLASS, Aggregates, Stat, Table, stat_from
 from peftport.report.portmethods import methods_sections
@@ -657,6 +657,7 @@ def _provenance_blocks(data: StoreData, generated_at: str, version: str) -> list
             "; ".join(f"{g} ({n} units)" for g, n in p.get("git", {}).items()) or "–",
         ),
     ]
+    rows.append(("precision", precision_summary(p)))
     rows.append(("head policy (encoder classifiers)", "; ".join(
         f"{st['name']}: " + HEAD_POLICY_TEXT[(st.get("spec") or {}).get("head_policy", "follow")]
         for st in data.studies) or "–"))
@@ -825,7 +826,7 @@ def page(
         version=version,
         git=list(data.provenance.get("git", {})),
         complete=all(o.value is not None for o in data.observations),
-        status=_status(data),
+        status=" ".join(filter(None, (_status(data), precision_warning(data.provenance)))),
         sections=sections,
     )
 
