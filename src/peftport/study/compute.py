@@ -115,7 +115,7 @@ def host_size(host: str) -> tuple[int, int, str] | None:
     """(parameters, parameters without embeddings, where the sizes came from), or None."""
     from peftport.errors import PeftportError
     from peftport.hosts import get_host
-    from peftport.study.spec import cheap_host_config
+    from peftport.study.pairchecks import cheap_host_config
 
     try:
         config = cheap_host_config(get_host(host))

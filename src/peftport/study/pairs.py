@@ -23,7 +23,8 @@ from typing import Any
 
 from peftport.errors import PeftportError
 from peftport.progress import format_duration
-from peftport.study.spec import StudyFileError, StudySpec, resolve_pair_map
+from peftport.study.pairchecks import resolve_pair_map
+from peftport.study.spec import StudyFileError, StudySpec
 
 
 def install_derived_hosts(spec: StudySpec, echo: Callable[[str], None] = print) -> list[Path]:

@@ -270,8 +270,13 @@ def make_plan(spec: StudySpec) -> Plan:
                                       "receiver": receiver, "pre_data": pre_data,
                                       "data": post_data, "max_examples": me, "seed": seed,
                                       "source": key, "pre_steps": p, "train": post_train}
-                            if cond == "sampled" and origin_head[receiver]:
-                                config["head"] = "origin"
+                            if cond == "sampled":
+                                # draws seeded by the module's identity, marked in the id:
+                                # a store whose sampled units drew by seed and tensor name
+                                # alone recomputes them instead of mixing the two kinds
+                                config["draw"] = "module"
+                                if origin_head[receiver]:
+                                    config["head"] = "origin"
                             if mapped:
                                 # the strategy, not the resolved map: ids are known at plan
                                 # time, before any host is on disk (a cka map also records the
@@ -328,7 +333,8 @@ def pair_maps(spec: StudySpec) -> list[dict[str, Any]]:
     """Each directed pair's layer map as planned: the strategy, and the map itself when the
     hosts' depths are known without building anything (a cka map only at run time)."""
     from peftport.errors import PeftportError
-    from peftport.study.spec import cheap_host_config, host_layers, resolve_pair_map, study_host
+    from peftport.study.pairchecks import cheap_host_config, host_layers, resolve_pair_map
+    from peftport.study.spec import study_host
 
     depth: dict[str, int | None] = {}
     for h in spec.hosts:

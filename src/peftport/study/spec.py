@@ -27,7 +27,8 @@ direction), techniques a host kind does not support, bad step counts, bad traini
 bad `compare` settings and bad derived hosts.
 Host shapes are compared from the hosts' config.json when it is on disk without building or
 downloading anything (`peftport study plan` stays offline and instant); `study run` resolves the
-hosts first and compares them again before any unit starts (`check_resolved_pairs`).
+hosts first and compares them again before any unit starts (`check_resolved_pairs`); those
+checks are in `peftport.study.pairchecks`.
 """
 
 from __future__ import annotations
@@ -43,9 +44,16 @@ from typing import Any
 from peftport.configfields import by_key
 from peftport.configs import CompareSettings
 from peftport.errors import PeftportError
-from peftport.layermap import IDENTITY, LayerMap, parse_layer_map
+from peftport.layermap import parse_layer_map
 from peftport.study.derived import DerivedHost, derived_hosts
 from peftport.study.derived import study_host as study_host  # where callers import it from
+from peftport.study.pairchecks import (
+    PairMap,
+    cheap_host_config,
+    check_pair,
+    host_layers,
+    unchecked_notes,
+)
 from peftport.study.source import (
     MAX_STUDY_BYTES,
     Path_,
@@ -114,19 +122,6 @@ class TechniqueSetting:
     config: dict[str, Any]  # the full technique config (defaults filled in): part of unit ids
     pre: dict[str, Any]  # TrainConfig fields before porting (study, then technique overrides)
     post: dict[str, Any]  # ... after porting
-
-
-@dataclass(frozen=True)
-class PairMap(LayerMap):
-    """A directed pair's layer map as the study file gives it (resolved at run time)."""
-
-    def as_config(self, compare: CompareSettings | None) -> dict[str, Any]:
-        """What a post unit's id hashes: the stored form of the map, and for cka the
-        comparison settings the map is computed from (so changing them makes new units)."""
-        out = self.as_dict()
-        if self.strategy == "cka" and compare is not None:
-            out["compare"] = compare.as_dict()
-        return out
 
 
 @dataclass(frozen=True)
@@ -297,6 +292,7 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
                 continue
             try:
                 check_supported(t.name, spec.family)
+                _check_width(t, spec)
             except PeftportError as e:
                 probs.add(t_paths[t.name], f"{e} (host {h!r})")
     _check_max_lengths(data, techniques, t_paths, pairs, host_cache, probs)
@@ -335,7 +331,7 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
                   f"got {head_policy!r}")
 
     probs.raise_if_any()
-    notes = tuple(_unchecked_notes(pairs, host_cache))
+    notes = tuple(unchecked_notes(pairs, host_cache))
     return StudySpec(
         name=name, description=description.strip(), techniques=tuple(techniques),
         pairs=tuple(pairs), data=tuple(data_combos), pre_steps=pre_steps, post_steps=post_steps,
@@ -345,6 +341,20 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
         compare=compare, derived_hosts=derived,
         pair_where=tuple((o, r, w) for (o, r), w in read.where.items()),
     )
+
+
+def _check_width(t: TechniqueSetting, spec: Any) -> None:
+    """The technique's config against the host's hidden width (Compacter's reduction factor and
+    PHM dimension must divide it), from config.json when it is on disk: refused here, before
+    any unit, instead of by every unit at run time."""
+    from peftport.hosts.spec import LAYOUTS
+    from peftport.techniques import make_config
+
+    cfg = cheap_host_config(spec)
+    layout = LAYOUTS.get(spec.family)
+    width = cfg.get(layout.hidden_key) if cfg and layout else None
+    if isinstance(width, int) and not isinstance(width, bool):
+        make_config(t.name, t.config).check_host(width, spec.id)
 
 
 def _check_max_lengths(data: dict, techniques: list[TechniqueSetting], t_paths: dict,
@@ -535,7 +545,7 @@ def _pairs(data: dict, src: Source, probs: _Problems, host_cache: dict[str, Any]
         if o is None or r is None:
             continue
         # a map that was refused above is reported there, not again as "depths differ"
-        _check_pair(o, r, ppath, probs, pm, mpath, both,
+        check_pair(o, r, ppath, probs, pm, mpath, both,
                     mapped=isinstance(p, dict) and "layer_map" in p)
         origin, receiver = o.id, r.id  # local folders: their absolute path
         host_cache.setdefault(origin, o)
@@ -593,188 +603,6 @@ def _compare(data: dict, probs: _Problems) -> CompareSettings | None:
             probs.add(("compare", "corpus"), UNLABELLED.unknown_message(values["corpus"]))
             values.pop("corpus")
     return CompareSettings(**values)
-
-
-# --- can a pair port? ---------------------------------------------------------------------
-
-
-def pair_problem(origin: str, o_family: str, o_config: dict | None, receiver: str,
-                 r_family: str, r_config: dict | None, *, mapped: bool = False) -> str | None:
-    """Why a module cannot port from origin to receiver, or None (None too when unknown).
-
-    `mapped`: the pair carries a layer map, so the depths may differ (`map_problem` checks the
-    map against them)."""
-    from peftport.hosts.spec import LAYOUTS
-
-    if o_family and r_family and o_family != r_family:
-        ok, rk = LAYOUTS[o_family].kind, LAYOUTS[r_family].kind
-        kinds = f" ({ok} vs {rk})" if ok != rk else ""
-        return (f"cannot port {origin} -> {receiver}: {origin} is a {o_family} host and "
-                f"{receiver} a {r_family} host{kinds}; a module ports only between hosts of one "
-                "family")
-    if o_config is None or r_config is None or not (o_family or r_family):
-        return None
-    layout = LAYOUTS.get(o_family or r_family)
-    if layout is None:  # not a family peftport loads: the host's loading says so
-        return None
-    a, b = layout.shape(o_config), layout.shape(r_config)
-    depth = layout.depth_keys
-    diff = [f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b.get(k)
-            and not (mapped and k in depth)]
-    if diff and all(k in depth for k in a if a[k] != b.get(k)):
-        return (f"cannot port {origin} -> {receiver}: their depths differ ({', '.join(diff)}); "
-                "add `layer_map: stride` (or `cka`) to the pair to give each receiver layer "
-                f"an origin layer, e.g. {{origin: {origin}, receiver: {receiver}, layer_map: "
-                "stride}")
-    if diff:
-        return (f"cannot port {origin} -> {receiver}: their shapes differ ({', '.join(diff)}); "
-                "module tensors must have the same shapes on both hosts"
-                + ("" if mapped else " (a layer map pairs different depths, not widths)"))
-    return None
-
-
-def host_layers(family: str, config: dict[str, Any]) -> int | None:
-    """A host's depth as a layer map counts it (T5: its encoder's), or None if unknown."""
-    from peftport.hosts.spec import LAYOUTS
-
-    return LAYOUTS[family].depth(config) if family in LAYOUTS else None
-
-
-def map_problem(origin: str, receiver: str, family: str, o_config: dict | None,
-                r_config: dict | None, pm: PairMap | None) -> str | None:
-    """Why a directed pair's layer map cannot pair the hosts' layers, or None (None too when a
-    depth is unknown, or the map is cka: that one is resolved from the host comparison)."""
-    if pm is None or o_config is None or r_config is None:
-        return None
-    from peftport.hosts.spec import LAYOUTS
-
-    layout = LAYOUTS.get(family)
-    if layout is None:
-        return None
-    keys = layout.depth_keys
-    if len(keys) > 1 and pm.strategy != "identity":  # T5: one map for both stacks
-        for h, cfg in ((origin, o_config), (receiver, r_config)):
-            sig = layout.shape(cfg)
-            if len({sig[k] for k in keys}) > 1:
-                return (f"layer map for {origin} -> {receiver}: {h} has "
-                        + " and ".join(f"{k} {sig[k]}" for k in keys)
-                        + "; a study's layer map applies to every layer stack, so each host "
-                        "needs one depth")
-    n_o, n_r = host_layers(family, o_config), host_layers(family, r_config)
-    if n_o is None or n_r is None:
-        return None
-    return pm.problem(n_o, n_r, subject=f"{origin} -> {receiver}", name="layer_map")
-
-
-def resolve_pair_map(pm: PairMap | None, n_origin: int, n_receiver: int,
-                     comparison: Any = None) -> list[int]:
-    """A directed pair's resolved map (receiver layer -> origin layer): identity when it has
-    none; cka needs the pair's `HostComparison`. Plain ints (the payload goes to Ray too)."""
-    return list((pm or IDENTITY).resolve(n_origin, n_receiver, comparison))
-
-
-def cheap_host_config(spec: Any) -> dict[str, Any] | None:
-    """A host's config.json if it is already on disk; never builds or downloads (None then).
-
-    Derived hosts have their parent's shapes, so the parent's config stands in for theirs.
-    """
-    from peftport.assets import HubSnapshot, LocalPath, PackageMember, SourceUnavailable
-    from peftport.hosts.spec import Built
-
-    for src in spec.sources:
-        folder: Path | None = None
-        try:
-            if isinstance(src, LocalPath):
-                folder = src.resolve()
-            elif isinstance(src, Built | PackageMember):
-                folder = src.cached()  # peeked at: never built or extracted here
-            elif isinstance(src, HubSnapshot):
-                from huggingface_hub import try_to_load_from_cache
-
-                hit = try_to_load_from_cache(src.repo_id, "config.json", revision=src.revision)
-                if isinstance(hit, str):
-                    return json.loads(Path(hit).read_text())
-        except (SourceUnavailable, OSError, ValueError, ImportError):
-            continue
-        if folder is not None and (folder / "config.json").is_file():
-            try:
-                return json.loads((folder / "config.json").read_text())
-            except (OSError, ValueError):
-                continue
-    if getattr(spec, "parent", None):
-        from peftport.hosts import get_host
-
-        try:
-            return cheap_host_config(get_host(spec.parent))
-        except PeftportError:
-            return None
-    return None
-
-
-def _check_pair(o: Any, r: Any, path: Path_, probs: _Problems, pm: PairMap | None = None,
-                mpath: Path_ = (), both: bool = False, mapped: bool = False) -> None:
-    """Families and shapes of a listed pair (depths aside when it has a map), and its map in
-    each direction it is used (first_k, say, is fine one way and not the other)."""
-    problem = pair_problem(o.id, o.family, None, r.id, r.family, None)
-    if problem is None and o.family and r.family:
-        oc, rc = cheap_host_config(o), cheap_host_config(r)
-        problem = pair_problem(o.id, o.family, oc, r.id, r.family, rc,
-                               mapped=mapped or pm is not None)
-        if problem is None:
-            for a, b, ac, bc, rev in ((o, r, oc, rc, False), (r, o, rc, oc, True))[:1 + both]:
-                mp = map_problem(a.id, b.id, o.family, ac, bc, pm)
-                if mp:
-                    probs.add(mpath, mp + (" (the reverse direction: both_directions applies "
-                                           "the strategy to each)" if rev else ""))
-    if problem:
-        probs.add(path, problem)
-
-
-def _unchecked_notes(pairs: list[tuple[str, str]], cache: dict) -> list[str]:
-    out = []
-    for o, r in pairs:
-        so, sr = cache.get(o), cache.get(r)
-        if so is None or sr is None:
-            continue
-        if not (so.family and sr.family) or cheap_host_config(so) is None or \
-                cheap_host_config(sr) is None:
-            out.append(f"shapes of {o} -> {r} not compared yet (a host is not on disk); "
-                       "`study run` compares them before any unit starts")
-    return out
-
-
-def check_resolved_pairs(spec: StudySpec) -> dict[str, int]:
-    """After the hosts are resolved (built or fetched): compare every pair's shapes and check
-    every layer map against the depths. Returns each host's depth (layers, as maps count)."""
-    from peftport.hostlimits import max_length_problem
-    from peftport.hosts import get_host, host_folder
-
-    configs: dict[str, tuple[str, dict]] = {}
-    for h in spec.hosts:
-        folder = host_folder(get_host(h))
-        cfg = json.loads((folder / "config.json").read_text())
-        configs[h] = (get_host(h).family or cfg.get("model_type", ""), cfg)
-    problems = []
-    for t in spec.techniques:
-        for values, hosts in ((t.pre, {o for o, _ in spec.pairs}),
-                              (t.post, {r for _, r in spec.pairs})):
-            ml = values.get("max_length")
-            for h in sorted(hosts):
-                p = max_length_problem(h, configs[h][1], ml) if ml is not None else None
-                if p:
-                    problems.append(f"{spec.source}: technique {t.name}: {p}")
-    for o, r in spec.pairs:
-        pm = spec.layer_map(o, r)
-        p = pair_problem(o, configs[o][0], configs[o][1], r, configs[r][0], configs[r][1],
-                         mapped=pm is not None) or \
-            map_problem(o, r, configs[o][0], configs[o][1], configs[r][1], pm)
-        if p:
-            problems.append(f"{spec.where(o, r)}: {p}")
-    if problems:
-        raise StudyFileError(problems[0] if len(problems) == 1 else
-                             f"{len(problems)} problems in {spec.source}:\n  - "
-                             + "\n  - ".join(problems))
-    return {h: host_layers(fam, cfg) or 0 for h, (fam, cfg) in configs.items()}
 
 
 # --- public entry points ------------------------------------------------------------------
