@@ -56,7 +56,7 @@ def test_quick_preset_fits_its_budget():
     spec = load_preset("quick")
     t = make_plan(spec).totals()
     # measured at 1 thread (docs/study.md): about 0.28 CPU-seconds per training step and 0.006
-    # per evaluated example; 2 workers: about 20-25 minutes on 2 idle cores
+    # per evaluated example; 2 workers: about 27 minutes on 2 idle cores
     assert t["training_steps"]["shared"] <= 9000
     assert t["evaluations"] <= 320
     assert t["training_steps"]["ratio"] >= 3.0
