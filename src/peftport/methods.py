@@ -190,6 +190,17 @@ METHODS.add(
 )
 
 
+def method_for(method: str | ParsedMethod, condition: str) -> ParsedMethod:
+    """The parsed `method` for porting under `condition`: a method other than copy applies to
+    the ported condition only (the controls are drawn as they are)."""
+    parsed = parse_method(method)
+    if parsed.name != "copy" and condition != "ported":
+        shown = method if isinstance(method, str) else parsed.name
+        raise PeftportError(f"--method {shown} applies to the ported condition; {condition} is "
+                            "a control and is drawn as it is (use --method copy)")
+    return parsed
+
+
 def parse_method(text: str | ParsedMethod) -> ParsedMethod:
     """Parse a method's text: "copy", "scaled:0.5", "subspace", "subspace:4", "align",
     "align:lstsq"."""

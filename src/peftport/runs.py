@@ -161,6 +161,7 @@ def load_into(
     condition: str | None = None,
     layer_map: list[int] | None = None,
     head: str = "follow",
+    method: str = "copy",
 ) -> tuple[LoadedHost, Any, dict]:
     """Attach the module's technique to `host` (its fresh initialisation drawn with `seed`) and
     load the module's tensors into it.
@@ -168,10 +169,10 @@ def load_into(
     `condition` (ported, sampled, random) ports the module into the host first, through
     `layer_map` (receiver layer -> origin layer) if given: `peftport port` and loading in one
     step, as a study's post unit does. Without it the module must already belong to this host.
-    `head`: the head policy for encoder classifiers (`peftport.porting`: follow or origin).
+    `head`: the head policy for encoder classifiers (`peftport.porting`: follow or origin);
+    `method`: the porting method of the ported condition (`peftport.methods`; `port_into`).
     """
     from peftport.module import load_module
-    from peftport.porting import ReceiverSpec, port
     from peftport.techniques import attach, load_module_state
 
     tensors, meta = module if isinstance(module, tuple) else load_module(module)
@@ -182,16 +183,75 @@ def load_into(
             f"the module was made for a {meta['host_kind']} host, but {h.spec.id!r} is a "
             f"{h.kind}: a module only goes into a host of the same kind"
         )
-    if condition is None:
-        _check_belongs(meta, h)
+    if condition is not None:
+        ported = port_into(h, tensors, meta, condition, seed, layer_map, head=head, method=method)
+        return h, ported.attached, meta
+    _check_belongs(meta, h)
     name = meta.get("adapter_name", "peftport")
     att = attach(h.model, h.spec.family, meta["technique"], meta["config"], name=name, seed=seed)
-    if condition is not None:
-        receiver = ReceiverSpec.from_attached(att, host_id=h.spec.id, fingerprint=h.fingerprint)
-        tensors = port(tensors, meta, receiver, condition, seed, layer_map=layer_map,
-                       head=head)
     load_module_state(h.model, tensors, name)
     return h, att, meta
+
+
+@dataclass
+class Ported:
+    """A module ported into a host and loaded there (`port_into`)."""
+
+    attached: Any  # the `techniques.Attached` on the host
+    receiver: Any  # the `porting.ReceiverSpec` it was ported into
+    state: dict[str, torch.Tensor]  # the tensors loaded (receiver names)
+    method: Any  # the `methods.ParsedMethod` used
+    alignment: Any = None  # the fitted `alignfit.Alignment` under method align
+
+
+def port_into(
+    h: LoadedHost,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    condition: str,
+    seed: int,
+    layer_map: Any = None,
+    *,
+    head: str = "follow",
+    keep_receiver_head: bool = False,
+    method: Any = "copy",
+    align_texts: int = 256,
+) -> Ported:
+    """Attach the module's technique to `h` (fresh, drawn with `seed`), port the module's
+    tensors into it under `condition` (the ported condition under porting `method`) and load
+    them: the one porting step of `peftport port`, `adapt --condition` and a study's post units.
+
+    `layer_map`: the resolved map `porting.port` takes, or a function of the `ReceiverSpec` that
+    chooses it (`peftport port` resolves a strategy against the receiver's depths)."""
+    from peftport.methods import METHODS, MethodInputs, method_for, port_with_method
+    from peftport.porting import ReceiverSpec, port
+    from peftport.techniques import attach, load_module_state
+
+    parsed = method_for(method, condition)
+    inputs = MethodInputs()
+    needs = METHODS.get(parsed.name)
+    if needs.needs_alignment:  # on the plain hosts, before a module changes what they compute
+        from peftport.alignfit import fit_alignment
+
+        num_labels = len(meta["label_words"]) if meta["host_kind"] == ENCODER_CLASSIFIER else 2
+        origin = load_host(get_host(meta["origin_host"]), num_labels=max(num_labels, 1))
+        inputs = MethodInputs(alignment=fit_alignment(origin, h, fit=parsed.params["fit"],
+                                                      texts=align_texts))
+    elif needs.needs_receiver_weights:
+        inputs = MethodInputs(receiver_weights={k: v.detach().clone()
+                                                for k, v in h.model.state_dict().items()})
+    name = meta.get("adapter_name", "peftport")
+    att = attach(h.model, h.spec.family, meta["technique"], meta["config"], name=name, seed=seed)
+    receiver = ReceiverSpec.from_attached(att, host_id=h.spec.id, fingerprint=h.fingerprint)
+    lmap = layer_map(receiver) if callable(layer_map) else layer_map
+    if condition == "ported" and parsed.name != "copy":
+        state = port_with_method(tensors, meta, receiver, parsed, lmap,
+                                 keep_receiver_head=keep_receiver_head, inputs=inputs)
+    else:  # copy is the ported condition itself, bit for bit
+        state = port(tensors, meta, receiver, condition, seed, lmap,
+                     keep_receiver_head=keep_receiver_head, head=head)
+    load_module_state(h.model, state, name)  # proves the result loads, strictly
+    return Ported(att, receiver, state, parsed, inputs.alignment)
 
 
 def _check_belongs(meta: dict[str, Any], h: LoadedHost) -> None:
@@ -273,6 +333,8 @@ __all__ = [
     "adapt_run",
     "evaluate_run",
     "load_into",
+    "port_into",
+    "Ported",
     "check_labels",
     "encodings",
     "host_for",
