@@ -223,3 +223,17 @@ def test_run_time_shape_check(tmp_path):
     spec = dataclasses.replace(spec, pairs=(("tiny-bert", str(deeper)),))
     with pytest.raises(StudyFileError, match=r"num_hidden_layers 2 vs 3"):
         check_resolved_pairs(spec)
+
+
+def test_technique_config_checked_against_host_width():
+    """Compacter's bottleneck must be a multiple of phm_dim on each host's width: refused at
+    plan time with the line of the technique, not by every unit at run time."""
+    from peftport.hosts import get_host, host_folder
+
+    host_folder(get_host("tiny-bert"))  # width 16, on disk so config.json can be read
+    text = GOOD.replace("adapter: {config: {reduction_factor: 4}}",
+                        "compacter: {config: {reduction_factor: 8, phm_dim: 4}}")
+    with pytest.raises(StudyFileError, match=r"line 4.*bottleneck width 2 \(hidden size 16 of "
+                       r"tiny-bert.*multiples of phm_dim 4"):
+        parse_study(text, "s.yaml")
+    parse_study(text.replace("reduction_factor: 8", "reduction_factor: 4"), "s.yaml")

@@ -277,8 +277,13 @@ def make_plan(spec: StudySpec) -> Plan:
                                       "receiver": receiver, "pre_data": pre_data,
                                       "data": post_data, "max_examples": me, "seed": seed,
                                       "source": key, "pre_steps": p, "train": post_train}
-                            if cond == "sampled" and origin_head[receiver]:
-                                config["head"] = "origin"
+                            if cond == "sampled":
+                                # draws seeded by the module's identity, marked in the id:
+                                # a store whose sampled units drew by seed and tensor name
+                                # alone recomputes them instead of mixing the two kinds
+                                config["draw"] = "module"
+                                if origin_head[receiver]:
+                                    config["head"] = "origin"
                             if mapped:
                                 # the strategy, not the resolved map: ids are known at plan
                                 # time, before any host is on disk (a cka map also records the

@@ -292,6 +292,7 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
                 continue
             try:
                 check_supported(t.name, spec.family)
+                _check_width(t, spec)
             except PeftportError as e:
                 probs.add(t_paths[t.name], f"{e} (host {h!r})")
     _check_max_lengths(data, techniques, t_paths, pairs, host_cache, probs)
@@ -340,6 +341,20 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
         compare=compare, derived_hosts=derived,
         pair_where=tuple((o, r, w) for (o, r), w in read.where.items()),
     )
+
+
+def _check_width(t: TechniqueSetting, spec: Any) -> None:
+    """The technique's config against the host's hidden width (Compacter's reduction factor and
+    PHM dimension must divide it), from config.json when it is on disk: refused here, before
+    any unit, instead of by every unit at run time."""
+    from peftport.hosts.spec import LAYOUTS
+    from peftport.techniques import make_config
+
+    cfg = cheap_host_config(spec)
+    layout = LAYOUTS.get(spec.family)
+    width = cfg.get(layout.hidden_key) if cfg and layout else None
+    if isinstance(width, int) and not isinstance(width, bool):
+        make_config(t.name, t.config).check_host(width, spec.id)
 
 
 def _check_max_lengths(data: dict, techniques: list[TechniqueSetting], t_paths: dict,
