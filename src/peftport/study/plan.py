@@ -36,6 +36,7 @@ post units of the step counts that were there.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -263,6 +264,8 @@ def make_plan(spec: StudySpec) -> Plan:
 
             post_train = train_dict(t.post, post_top, post_eval, seed)
             naive_post = sum(post)
+            # every unit after porting trains to the last post step and evaluates at each
+            after_port = functools.partial(Unit, steps=post_top, evals=len(post_eval))
             for origin, receiver in spec.pairs:
                 pm = spec.layer_map(origin, receiver)
                 # an identity map is what no map does: same config, same id as without one
@@ -291,9 +294,8 @@ def make_plan(spec: StudySpec) -> Plan:
                                 config["layer_map"] = pm.as_config(spec.compare)
                             uid = _hash(config)
                             where = (t.name, origin, receiver, pre_data, post_data, seed)
-                            units[uid] = Unit(
-                                id=uid, kind="post", config=config, steps=post_top,
-                                evals=len(post_eval), runs=len(post),
+                            units[uid] = after_port(
+                                id=uid, kind="post", config=config, runs=len(post),
                                 naive_steps=len(post) * p + naive_post, needs=(key,),
                                 **_at(where), condition=cond, pre_steps=p,
                                 label=f"{cond} {t.name} {origin} -> {receiver}{via}, "
@@ -316,9 +318,9 @@ def make_plan(spec: StudySpec) -> Plan:
                         uid = _hash(config)
                         old = units.get(uid)
                         where = (t.name, origin, receiver, pre_data, post_data, seed)
-                        units[uid] = Unit(
-                            id=uid, kind="random", config=config, steps=post_top,
-                            evals=len(post_eval), runs=(old.runs if old else 0) + len(post),
+                        units[uid] = after_port(
+                            id=uid, kind="random", config=config,
+                            runs=(old.runs if old else 0) + len(post),
                             naive_steps=(old.naive_steps if old else 0) + naive_post,
                             needs=needs, condition="random", pre_steps=0,
                             **_at(where, origin=origin if needs else None,
