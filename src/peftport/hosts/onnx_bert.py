@@ -372,21 +372,24 @@ def _embeddings(g: _Graph) -> dict[str, tuple[str, int]]:
 # The walk
 
 
+def load_onnx(onnx_path: Path) -> Any:
+    """The ONNX model at `onnx_path` (an onnx.ModelProto), or a PeftportError naming the file."""
+    import onnx
+
+    try:
+        return onnx.load(str(onnx_path))
+    except Exception as e:  # protobuf errors come in many types
+        raise PeftportError(
+            f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+
+
 def read_onnx_bert(onnx_path: Path, model: Any = None) -> OnnxBert:
     """Walk an ONNX BERT encoder graph: BertModel parameter names -> arrays, and the config.
 
     `model`: the graph already loaded (an onnx.ModelProto, e.g. with its int8 weights folded
     into float ones by `onnx_int8`); `onnx_path` then only names it in messages.
     """
-    import onnx
-
-    if model is None:
-        try:
-            model = onnx.load(str(onnx_path))
-        except Exception as e:  # protobuf errors come in many types
-            raise PeftportError(
-                f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
-    g = _Graph(model)
+    g = _Graph(model if model is not None else load_onnx(onnx_path))
     res = OnnxBert()
     taken: dict[str, str] = {}  # BertModel key -> initializer
 
