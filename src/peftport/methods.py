@@ -240,7 +240,7 @@ def port_with_method(
             raise PeftportError(
                 "porting method 'align' needs a fitted Alignment (peftport.alignfit.fit_alignment)"
             )
-        return _align(tensors, meta, receiver, layer_map, keep_receiver_head, inputs.alignment)
+        return _align(inputs.alignment, tensors, meta, receiver, layer_map, keep_receiver_head)
     out = port(
         tensors,
         meta,
@@ -553,13 +553,14 @@ def align_problem(technique: str, family: str, stacks: int = 1) -> str | None:
 
 
 def _align(
+    al: Alignment,
     tensors: Mapping[str, torch.Tensor],
     meta: Mapping[str, Any],
     receiver: ReceiverSpec,
     layer_map: ResolvedMap | None,
     keep_receiver_head: bool,
-    al: Alignment,
 ) -> dict[str, torch.Tensor]:
+    """The ported condition through the alignment `al` between the hosts' hidden spaces."""
     from peftport.porting import check_header, origin_names
 
     check_header(meta, receiver, layer_map)

@@ -499,17 +499,19 @@ def read_onnx_bert(onnx_path: Path, model: Any = None) -> OnnxBert:
         raise PeftportError("ONNX graph: no Erf (exact gelu) or Relu: unknown activation")
     pos = res.tensors.get("embeddings.position_embeddings.weight")
     types = res.tensors.get("embeddings.token_type_embeddings.weight")
-    res.config = dict(
-        vocab_size=int(vocab), hidden_size=int(hidden), num_hidden_layers=num_layers,
-        num_attention_heads=heads, intermediate_size=int(ffn), hidden_act=act,
-        max_position_embeddings=int(pos[0].shape[0]) if pos else 512,
-        type_vocab_size=int(types[0].shape[0]) if types else 2,
-        layer_norm_eps=_layer_norm_eps(g) or 1e-12,
-        # BERT's defaults, as in all-MiniLM-L6-v2's config.json:
-        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, initializer_range=0.02,
-        pad_token_id=0, position_embedding_type="absolute", use_cache=True,
-    )
+    read = {"vocab_size": int(vocab), "hidden_size": int(hidden), "num_hidden_layers": num_layers,
+            "num_attention_heads": heads, "intermediate_size": int(ffn), "hidden_act": act,
+            "max_position_embeddings": int(pos[0].shape[0]) if pos else 512,
+            "type_vocab_size": int(types[0].shape[0]) if types else 2,
+            "layer_norm_eps": _layer_norm_eps(g) or 1e-12}
+    res.config = {**read, **BERT_DEFAULTS}
     return res
+
+
+# What an ONNX graph does not say: BERT's defaults, as in all-MiniLM-L6-v2's config.json.
+BERT_DEFAULTS = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+                 "initializer_range": 0.02, "pad_token_id": 0,
+                 "position_embedding_type": "absolute", "use_cache": True}
 
 
 # ---------------------------------------------------------------------------------------------
