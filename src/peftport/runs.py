@@ -162,6 +162,7 @@ def load_into(
     layer_map: list[int] | None = None,
     head: str = "follow",
     method: str = "copy",
+    method_inputs: Any = None,
 ) -> tuple[LoadedHost, Any, dict]:
     """Attach the module's technique to `host` (its fresh initialisation drawn with `seed`) and
     load the module's tensors into it.
@@ -170,7 +171,8 @@ def load_into(
     `layer_map` (receiver layer -> origin layer) if given: `peftport port` and loading in one
     step, as a study's post unit does. Without it the module must already belong to this host.
     `head`: the head policy for encoder classifiers (`peftport.porting`: follow or origin);
-    `method`: the porting method of the ported condition (`peftport.methods`; `port_into`).
+    `method`: the porting method of the ported condition (`peftport.methods`; `port_into`),
+    with `method_inputs` (a `MethodInputs`) when the caller has them already.
     """
     from peftport.module import load_module
     from peftport.techniques import attach, load_module_state
@@ -184,7 +186,8 @@ def load_into(
             f"{h.kind}: a module only goes into a host of the same kind"
         )
     if condition is not None:
-        ported = port_into(h, tensors, meta, condition, seed, layer_map, head=head, method=method)
+        ported = port_into(h, tensors, meta, condition, seed, layer_map, head=head, method=method,
+                           inputs=method_inputs)
         return h, ported.attached, meta
     _check_belongs(meta, h)
     name = meta.get("adapter_name", "peftport")
@@ -216,30 +219,23 @@ def port_into(
     keep_receiver_head: bool = False,
     method: Any = "copy",
     align_texts: int = 256,
+    inputs: Any = None,
 ) -> Ported:
     """Attach the module's technique to `h` (fresh, drawn with `seed`), port the module's
     tensors into it under `condition` (the ported condition under porting `method`) and load
     them: the one porting step of `peftport port`, `adapt --condition` and a study's post units.
 
     `layer_map`: the resolved map `porting.port` takes, or a function of the `ReceiverSpec` that
-    chooses it (`peftport port` resolves a strategy against the receiver's depths)."""
-    from peftport.methods import METHODS, MethodInputs, method_for, port_with_method
+    chooses it (`peftport port` resolves a strategy against the receiver's depths). `inputs`:
+    the method's `MethodInputs` when the caller has them; else fitted or copied here (align
+    fits on `align_texts` texts)."""
+    from peftport.methods import method_for, port_with_method
     from peftport.porting import ReceiverSpec, port
     from peftport.techniques import attach, load_module_state
 
     parsed = method_for(method, condition)
-    inputs = MethodInputs()
-    needs = METHODS.get(parsed.name)
-    if needs.needs_alignment:  # on the plain hosts, before a module changes what they compute
-        from peftport.alignfit import fit_alignment
-
-        num_labels = len(meta["label_words"]) if meta["host_kind"] == ENCODER_CLASSIFIER else 2
-        origin = load_host(get_host(meta["origin_host"]), num_labels=max(num_labels, 1))
-        inputs = MethodInputs(alignment=fit_alignment(origin, h, fit=parsed.params["fit"],
-                                                      texts=align_texts))
-    elif needs.needs_receiver_weights:
-        inputs = MethodInputs(receiver_weights={k: v.detach().clone()
-                                                for k, v in h.model.state_dict().items()})
+    if inputs is None:  # on the plain hosts, before a module changes what they compute
+        inputs = _method_inputs(parsed, meta, h, align_texts)
     name = meta.get("adapter_name", "peftport")
     att = attach(h.model, h.spec.family, meta["technique"], meta["config"], name=name, seed=seed)
     receiver = ReceiverSpec.from_attached(att, host_id=h.spec.id, fingerprint=h.fingerprint)
@@ -252,6 +248,25 @@ def port_into(
                      keep_receiver_head=keep_receiver_head, head=head)
     load_module_state(h.model, state, name)  # proves the result loads, strictly
     return Ported(att, receiver, state, parsed, inputs.alignment)
+
+
+def _method_inputs(parsed: Any, meta: dict[str, Any], h: LoadedHost, align_texts: int) -> Any:
+    """What porting method `parsed` uses beyond the module (`methods.MethodInputs`): the
+    alignment between the origin's and `h`'s hidden spaces, or `h`'s own weights."""
+    from peftport.methods import METHODS, MethodInputs
+
+    needs = METHODS.get(parsed.name)
+    if needs.needs_alignment:
+        from peftport.alignfit import fit_alignment
+
+        num_labels = len(meta["label_words"]) if meta["host_kind"] == ENCODER_CLASSIFIER else 2
+        origin = load_host(get_host(meta["origin_host"]), num_labels=max(num_labels, 1))
+        return MethodInputs(alignment=fit_alignment(origin, h, fit=parsed.params["fit"],
+                                                    texts=align_texts))
+    if needs.needs_receiver_weights:
+        return MethodInputs(receiver_weights={k: v.detach().clone()
+                                              for k, v in h.model.state_dict().items()})
+    return MethodInputs()
 
 
 def _check_belongs(meta: dict[str, Any], h: LoadedHost) -> None:
