@@ -25,6 +25,7 @@ from peftport import tasks
 from peftport.configs import TrainConfig
 from peftport.device import Placement, resolve, resolve_config
 from peftport.errors import PeftportError
+from peftport.predictions import Predictions
 
 
 @dataclass
@@ -37,6 +38,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     placement: dict = field(default_factory=dict)  # device, precision, GPU name (provenance)
+    # checkpoint step -> the evaluation's per-example record (peftport.predictions)
+    predictions: dict[int, Predictions] = field(default_factory=dict)
 
 
 def batches(lengths: list[int], batch_size: int, seed: int) -> Iterator[list[int]]:
@@ -71,7 +74,23 @@ def evaluate(
     placement: Placement | None = None,
     eval_mode: str = "rank",
 ) -> dict[str, float]:
-    """Accuracy, macro-F1 and ROC-AUC (binary: on the score margin; else macro one-vs-rest).
+    """Accuracy, macro-F1 and ROC-AUC (binary: on the score margin; else macro one-vs-rest);
+    `evaluate_with_predictions` without the per-example record."""
+    return evaluate_with_predictions(model, kind, enc, batch_size, bf16, placement, eval_mode)[0]
+
+
+def evaluate_with_predictions(
+    model,
+    kind: str,
+    enc: tasks.Encoded,
+    batch_size: int = 64,
+    bf16: bool = False,
+    placement: Placement | None = None,
+    eval_mode: str = "rank",
+) -> tuple[dict[str, float], Predictions]:
+    """Accuracy, macro-F1 and ROC-AUC (binary: on the score margin; else macro one-vs-rest),
+    and the per-example record they are computed from (labels, predictions, scores; the
+    examples' fingerprint is the caller's to add: `Predictions.with_examples`).
 
     Runs on `placement` (default: where the model is, bf16 autocast if `bf16`).
     eval_mode "generate" (text-to-text): accuracy and macro-F1 of the greedily generated
@@ -126,7 +145,7 @@ def evaluate(
     }
     if eval_mode == "generate":
         m["no_label_share"] = generated.count(tasks.NO_LABEL) / len(generated)
-    return m
+    return m, Predictions.from_scores(labels, preds, score)
 
 
 def train(
@@ -184,6 +203,7 @@ def _train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded |
     pending: list[torch.Tensor] = []  # losses still on the device (GPU: flushed every k steps)
     checkpoints = sorted(set(cfg.eval_at) | set(save_at))
     metrics: dict[int, dict[str, float]] = {}
+    predictions: dict[int, Predictions] = {}
     losses: list[float] = []
     t0 = time.perf_counter()
     eval_seconds = 0.0
@@ -193,8 +213,9 @@ def _train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded |
         m = None
         if step in cfg.eval_at:
             te = time.perf_counter()
-            m = evaluate(model, kind, eval_enc, cfg.eval_batch_size, placement=placement,
-                         eval_mode=cfg.eval_mode)
+            m, predictions[step] = evaluate_with_predictions(
+                model, kind, eval_enc, cfg.eval_batch_size, placement=placement,
+                eval_mode=cfg.eval_mode)
             eval_seconds += time.perf_counter() - te
             metrics[step] = m
         if on_checkpoint is not None:
@@ -255,4 +276,5 @@ def _train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded |
         losses=losses,
         config=asdict(cfg),
         placement=placement.provenance(),
+        predictions=predictions,
     )

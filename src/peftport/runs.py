@@ -21,9 +21,10 @@ import torch
 from peftport import tasks
 from peftport.data import Dataset, load_dataset
 from peftport.device import Placement, resolve, resolve_config
-from peftport.engine import TrainConfig, TrainResult, evaluate, train
+from peftport.engine import TrainConfig, TrainResult, evaluate_with_predictions, train
 from peftport.errors import PeftportError
 from peftport.hosts import ENCODER_CLASSIFIER, LoadedHost, get_host, load_host
+from peftport.predictions import Predictions
 from peftport.provenance import git_revision
 
 ModuleLike = str | Path | tuple[dict[str, torch.Tensor], dict[str, Any]]
@@ -57,15 +58,27 @@ def host_for(host: str | LoadedHost, technique: str, data: Dataset) -> LoadedHos
     return load_host(spec, num_labels=data.num_labels)
 
 
+def eval_rows(data: Dataset, cfg: TrainConfig) -> tuple:
+    """The examples an evaluation uses: the first cfg.max_eval_examples of the evaluation split
+    in its seeded order (all of it without a limit)."""
+    rows = data.split(cfg.eval_split)
+    return rows[: cfg.max_eval_examples] if cfg.max_eval_examples else rows
+
+
+def examples_sha256(data: Dataset, cfg: TrainConfig) -> str:
+    """The fingerprint of the evaluated examples in order (`Predictions.examples_sha256`)."""
+    from peftport.data import fingerprint_examples
+
+    return fingerprint_examples(eval_rows(data, cfg))
+
+
 def encodings(h: LoadedHost, data: Dataset, cfg: TrainConfig) -> tuple[tasks.Encoded, ...]:
     """The training split and the evaluation split, tokenised once (cached) for this host."""
     framing = tasks.Framing.for_host(h.kind, data.label_words, cfg.max_length)
-    eval_rows = data.split(cfg.eval_split)
-    if cfg.max_eval_examples:
-        eval_rows = eval_rows[: cfg.max_eval_examples]
+    eval_rows_ = eval_rows(data, cfg)
     tr = tasks.encode(h.tokenizer, data.split("train"), framing, data.fingerprints["train"])
     ev = tasks.encode(
-        h.tokenizer, eval_rows, framing, f"{data.fingerprints[cfg.eval_split]}:{len(eval_rows)}"
+        h.tokenizer, eval_rows_, framing, f"{data.fingerprints[cfg.eval_split]}:{len(eval_rows_)}"
     )
     return tr, ev
 
@@ -140,6 +153,8 @@ def _fit(h: LoadedHost, att: Any, data: Dataset, cfg: TrainConfig, *, progress: 
 
     result = train(h.model, h.kind, tr, ev, cfg, progress=progress, on_checkpoint=snap,
                    save_at=save_at, desc=desc, placement=placement)
+    sha = examples_sha256(data, cfg) if result.predictions else ""
+    result.predictions = {k: p.with_examples(sha) for k, p in result.predictions.items()}
     return result, snapshots
 
 
@@ -326,8 +341,30 @@ def evaluate_run(
     max_length: int = 64,
     batch_size: int = 64,
     placement: Placement | None = None,
+    eval_mode: str = "rank",
 ) -> dict[str, float]:
-    """The module's metrics in `host` on `placement` (default: auto device, auto precision)."""
+    """The module's metrics in `host` on `placement` (default: auto device, auto precision);
+    eval_mode: rank the label words, or generate (text-to-text hosts; `engine.evaluate`)."""
+    return evaluate_run_with_predictions(module, host, data, split=split,
+                                         max_examples=max_examples, max_length=max_length,
+                                         batch_size=batch_size, placement=placement,
+                                         eval_mode=eval_mode)[0]
+
+
+def evaluate_run_with_predictions(
+    module: ModuleLike,
+    host: str | LoadedHost,
+    data: str | Dataset,
+    *,
+    split: str = "test",
+    max_examples: int | None = None,
+    max_length: int = 64,
+    batch_size: int = 64,
+    placement: Placement | None = None,
+    eval_mode: str = "rank",
+) -> tuple[dict[str, float], Predictions]:
+    """`evaluate_run`'s metrics and the per-example record they come from (the evaluated
+    examples' fingerprint included)."""
     placement = placement or resolve()  # a device that cannot work: before any load
     data = as_dataset(data)
     cfg = TrainConfig(
@@ -339,7 +376,9 @@ def evaluate_run(
     )
     h, _att, _meta = load_into(module, host, data)
     _tr, ev = encodings(h, data, cfg)
-    return evaluate(h.model, h.kind, ev, batch_size, placement=placement)
+    m, pred = evaluate_with_predictions(h.model, h.kind, ev, batch_size, placement=placement,
+                                        eval_mode=eval_mode)
+    return m, pred.with_examples(examples_sha256(data, cfg))
 
 
 __all__ = [
@@ -347,6 +386,8 @@ __all__ = [
     "train_run",
     "adapt_run",
     "evaluate_run",
+    "evaluate_run_with_predictions",
+    "examples_sha256",
     "load_into",
     "port_into",
     "Ported",

@@ -122,13 +122,23 @@ def register(app: typer.Typer) -> None:
         file: Path = FILE_ARG, preset: str = PRESET_OPT, store: Path = STORE_OPT,
         executor: str = typer.Option("local", help="local (worker processes) or ray."),
         workers: int = typer.Option(None, help="Units at a time. local: worker processes "
-                                    "(default: cores / threads; 0 = in this process); ray: "
-                                    "tasks (default: the cluster's CPUs / threads)."),
+                                    "(default: one per visible GPU x --units-per-gpu, else "
+                                    "cores / threads; 0 = in this process); ray: tasks "
+                                    "(default: the cluster's GPUs / --gpus-per-unit, else its "
+                                    "CPUs / threads)."),
+        units_per_gpu: int = typer.Option(None, "--units-per-gpu", help="local: worker "
+                                          "processes per visible GPU (default 1), each pinned "
+                                          "to its GPU by CUDA_VISIBLE_DEVICES."),
+        gpus_per_unit: float = typer.Option(None, "--gpus-per-unit", help="ray: GPUs each "
+                                            "unit asks for, a fraction such as 0.5 packs two "
+                                            "on a GPU (default 1 when the cluster has GPUs, "
+                                            "else CPUs only)."),
         threads: int = typer.Option(1, help="Torch threads per unit (1 is fastest per core)."),
         device: str = typer.Option("auto", help="Device of every unit: auto (CUDA, else MPS, "
                                    "else CPU), cpu, cuda, cuda:N or mps (local executor)."),
-        address: str = typer.Option(None, help="ray: the cluster to join (default: a local "
-                                    "Ray instance)."),
+        address: str = typer.Option(None, "--address", "--ray-address", help="ray: the "
+                                    "cluster to join, e.g. HEAD:6379 (default: a local Ray "
+                                    "instance)."),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed units "
                                           "again."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
@@ -151,7 +161,8 @@ def register(app: typer.Typer) -> None:
             out = run_study(spec, _store_path(store, spec), executor=executor, workers=workers,
                             threads=threads, address=address, retry_failed=retry_failed,
                             progress=progress, echo=lambda s: typer.echo(s, err=True),
-                            verify=verify)
+                            verify=verify, units_per_gpu=units_per_gpu,
+                            gpus_per_unit=gpus_per_unit)
         typer.echo(json.dumps(out, indent=2) if as_json else summary_line(out))
         if not as_json:
             typer.echo(f"next: peftport report {_quoted(out['store'])}")

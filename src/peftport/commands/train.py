@@ -95,7 +95,8 @@ ADAPT_OPTIONS = {
                 "0 and the last step)."},
 }
 EVALUATE_OPTIONS = (
-    "max_length", "max_eval_examples", "eval_split", "device", "precision", "deterministic"
+    "max_length", "max_eval_examples", "eval_split", "device", "precision", "deterministic",
+    "eval_mode",
 )
 
 
@@ -150,15 +151,23 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option(..., help="Host to evaluate the module in."),
         data: str = typer.Option(..., help="Data set id or a CSV/JSONL file."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        predictions: Path = typer.Option(
+            None, "--predictions", help="Also write the per-example predictions (index into "
+            "the evaluated split, label, predicted, score margin or scores) to this .csv or "
+            ".jsonl file."),
         *,
         settings: dict[str, Any],
     ) -> None:
         """Evaluate a module in a host: accuracy, macro-F1, ROC-AUC."""
         from peftport.configs import TrainConfig
         from peftport.device import resolve
+        from peftport.predictions import FILE_FORMATS
         from peftport.progress import ticker
-        from peftport.runs import evaluate_run
+        from peftport.runs import evaluate_run_with_predictions
 
+        if predictions is not None and predictions.suffix.lower() not in FILE_FORMATS:
+            raise PeftportError(f"--predictions {predictions}: the file name must end in "
+                                f"{' or '.join(FILE_FORMATS)} (the format it is written in)")
         TrainConfig(steps=0, **settings)  # the fields' bounds (--max-eval-examples 0, ...)
         check_max_length(host, settings["max_length"])
         placement = resolve(  # a device or precision that cannot work: before any load
@@ -166,7 +175,7 @@ def register(app: typer.Typer) -> None:
         )
         split = settings["eval_split"]
         with ticker(f"evaluating {module} in {host}"):  # a line every 30 s in a log
-            m = evaluate_run(
+            m, pred = evaluate_run_with_predictions(
                 module,
                 host,
                 data,
@@ -174,7 +183,12 @@ def register(app: typer.Typer) -> None:
                 max_examples=settings["max_eval_examples"],
                 max_length=settings["max_length"],
                 placement=placement,
+                eval_mode=settings["eval_mode"],
             )
+        if predictions is not None:
+            from peftport.atomic import write_text
+
+            write_text(predictions, pred.as_text(FILE_FORMATS[predictions.suffix.lower()]))
         if as_json:
             typer.echo(json.dumps(m, indent=2))
         else:

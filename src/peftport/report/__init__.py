@@ -104,6 +104,7 @@ def build_report(
     study store (missing, empty, not SQLite, another SQLite database).
     """
     from peftport import __version__
+    from peftport.report import agreement
     from peftport.report import figures as figmod
     from peftport.report.aggregate import aggregate
     from peftport.report.blocks import RenderedFigure
@@ -115,6 +116,7 @@ def build_report(
         raise PeftportError(f"--out {out} is a file; give a folder for the report")
     data = load_store(store_path, metric=metric, study=study)
     agg = aggregate(data)
+    agg.tables["agreement"] = agreement.agreement_table(data)  # from the stored predictions
     generated_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     def rendered(spec) -> RenderedFigure:
@@ -144,7 +146,9 @@ def build_report(
         csvs[name] = p
         written.append(p)
     html_path, md_path, json_path = out / "index.html", out / "report.md", out / "report.json"
-    the_page = page(data, agg, figs, overview, generated_at, __version__, distance_figs)
+    the_page = page(data, agg, figs, overview, generated_at, __version__, distance_figs,
+                    [agreement.section(data, agg.tables["agreement"])],
+                    [agreement.interval_methods(data)])
     _write(md_path, render_markdown(the_page))
     _write(html_path, render_html(the_page))
     written += [html_path, md_path]

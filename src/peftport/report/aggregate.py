@@ -309,8 +309,8 @@ def accuracy_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
         cols,
         rows,
         [
-            "Mean over seeds, porting directions and data combinations; 95% t interval over "
-            "those runs (none below 3). random has no pre-porting steps ('–' in the table, 0 in "
+            "Mean over seeds, porting directions and data combinations; 95% interval over "
+            "those runs and their test examples (ci_method; none below 3). random has no pre-porting steps ('–' in the table, 0 in "
             "the CSV). majority_share: mean share of the most predicted class; 0.95 or more is "
             "flagged 'one class'."
         ],
@@ -334,7 +334,7 @@ def accuracy_tables(axes: Axes, obs: list[Observation]) -> tuple[Table, Table]:
         "Accuracy by technique, direction, data combination, condition and steps",
         cols2,
         rows2,
-        ["Mean over seeds; 95% t interval over seeds."],
+        ["Mean over seeds; 95% interval over seeds and test examples (ci_method)."],
     )
     return a, b
 

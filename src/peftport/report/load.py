@@ -44,6 +44,9 @@ class Observation(Cell):
     macro_f1: float | None = None
     examples: int | None = None  # test examples evaluated (the metric `n`)
     metric: str = "accuracy"  # what `value` is (accuracy: a share of `examples` examples)
+    # the evaluation's per-example record (peftport.predictions.Predictions), None when the
+    # store has none (older stores): not part of the observation's identity
+    predictions: Any = field(default=None, compare=False, repr=False)
 
     @property
     def missing(self) -> str | None:
@@ -87,6 +90,9 @@ class StoreData:
     # study id -> the keys (CELL_KEY order) of its cells: the studies' results are united in
     # `observations`, and a per-study section picks its own with this
     study_cells: dict[str, frozenset[tuple]] = field(default_factory=dict)
+    # (unit id, step) -> the origin module's Predictions on a cross-data post unit's examples
+    origin_predictions: dict[tuple[str, int], Any] = field(default_factory=dict)
+    has_predictions: bool = False  # the store has a predictions table (newer stores)
 
 
 def _check_file(path: Path) -> None:
@@ -207,6 +213,7 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
         ):
             values.setdefault((r["unit_id"], r["step"]), {})[r["name"]] = r["value"]
         host_pairs, host_pairs_problem = _host_pairs(con, ids)
+        preds, origin_preds, has_preds = _predictions(con, wanted)
         con.execute("COMMIT")
     except sqlite3.DatabaseError as e:
         raise PeftportError(f"{path}: could not read the study store ({e})") from None
@@ -233,6 +240,7 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
             macro_f1=m.get("macro_f1") if done else None,
             examples=int(m["n"]) if done and m.get("n") is not None else None,
             metric=metric,
+            predictions=preds.get((c["unit_id"], int(c["step"]))) if done else None,
         )
         old = observations.get(key)
         if old is not None and old.unit_id != obs.unit_id:
@@ -279,7 +287,26 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
         host_pairs=host_pairs,
         host_pairs_problem=host_pairs_problem,
         study_cells={k: frozenset(v) for k, v in study_cells.items()},
+        origin_predictions=origin_preds,
+        has_predictions=has_preds,
     )
+
+
+def _predictions(con: sqlite3.Connection, units: set[str]) -> tuple[dict, dict, bool]:
+    """The per-example records of the units' evaluations: (own by (unit, step), origin's by
+    (unit, step), whether the store has the table). A store made before the table: none."""
+    from peftport.predictions import Predictions
+
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "predictions" not in tables:
+        return {}, {}, False
+    own: dict[tuple[str, int], Any] = {}
+    origin: dict[tuple[str, int], Any] = {}
+    for r in con.execute("SELECT * FROM predictions"):
+        if r["unit_id"] in units:
+            (origin if r["evaluated"] == "origin" else own)[(r["unit_id"], r["step"])] = (
+                Predictions.from_record(r))
+    return own, origin, True
 
 
 def _host_pairs(

@@ -6,9 +6,14 @@ from __future__ import annotations
 METHODS = [
     "Means: over seeds (by-direction tables, figures) or over seeds, porting directions and data "
     "combinations (pooled tables, overview); each unit result counted once. 95% intervals that "
-    "stay in the metric's range: for accuracy a two-level bootstrap (resample the runs, then "
-    "draw each run's accuracy as Binomial(n test examples, accuracy) / n), for AUC and macro-F1 "
-    "a bootstrap over runs; fewer than 3 runs: no interval ('2 runs: no interval').",
+    "stay in the metric's range: for accuracy (and binary AUC) a two-level bootstrap: resample "
+    "the runs, then the stored per-example predictions (one draw of the test examples shared "
+    "by the runs evaluated on them); a store without per-example predictions: each run's "
+    "accuracy drawn as Binomial(n test examples, accuracy) / n, AUC and macro-F1 over runs; "
+    "fewer than 3 runs: no interval ('2 runs: no interval').",
+    "Agreement: the share of test examples on which a result predicts what its origin module "
+    "predicted on the same examples; negative flips: right on the origin, wrong in the result "
+    "(the same for ported, sampled and random: the controls give the chance baseline).",
     "Retained: per seed, ported zero-shot accuracy on the receiver divided by the same module's "
     "accuracy on its origin after the pre-porting steps; mean and bootstrap interval over those "
     "ratios (range 0 to 1/origin). None for a module that did not learn on its origin.",

@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peftport.report.load import Observation
-from peftport.report.uncertainty import MIN_RUNS, mean_interval
+from peftport.report.uncertainty import (
+    MIN_RUNS,
+    auc_interval,
+    mean_interval,
+    per_example_interval,
+)
 
 CONFIDENCE = 0.95
 N_BOOT = 1000  # resamples of the report's bootstraps over runs
@@ -42,6 +47,7 @@ class Stat:
     expected: int
     missing: tuple[tuple[str, int], ...] = ()
     majority_share: float | None = None
+    method: str = ""  # what gave the interval (report.uncertainty); "" when there is none
 
     @property
     def complete(self) -> bool:
@@ -69,13 +75,15 @@ class Stat:
             f"{prefix}expected": self.expected,
             f"{prefix}missing": self.missing_text(),
             f"{prefix}majority_share": self.majority_share,
+            f"{prefix}ci_method": self.method,
         }
 
 
 def stat_columns(prefix: str) -> list[str]:
     return [
         f"{prefix}{k}"
-        for k in ("mean", "ci_low", "ci_high", "n", "expected", "missing", "majority_share")
+        for k in ("mean", "ci_low", "ci_high", "n", "expected", "missing", "majority_share",
+                  "ci_method")
     ]
 
 
@@ -90,6 +98,7 @@ def stat_from(row: dict[str, Any], prefix: str) -> Stat:
         row[f"{prefix}expected"],
         tuple((k, int(v)) for v, k in parts),
         row.get(f"{prefix}majority_share"),
+        row.get(f"{prefix}ci_method") or "",
     )
 
 
@@ -115,18 +124,40 @@ def reasons(obs: Iterable[Observation]) -> tuple[tuple[str, int], ...]:
 
 def summarize(obs: Iterable[Observation]) -> Stat:
     """Mean and 95% interval of the values of `obs` (each unit checkpoint counted once): a
-    two-level bootstrap for accuracies (runs, then test examples), else over runs; none for
-    fewer than MIN_RUNS runs. The interval stays in [0, 1]."""
+    two-level bootstrap for accuracies (runs, then test examples: the stored per-example
+    predictions when every run has them, else binomial draws), and for a binary AUC with
+    per-example predictions; else over runs; none for fewer than MIN_RUNS runs. The interval
+    stays in [0, 1]; the mean is the mean of the stored values either way."""
     unique = list({(o.unit_id, o.step): o for o in obs}.values())
     have = [o for o in unique if o.value is not None]
-    binomial = all(o.metric == "accuracy" and o.examples for o in have)
-    mean, low, high, n, _ = mean_interval(
-        [o.value for o in have], [o.examples for o in have] if binomial else None,
-        confidence=CONFIDENCE,
-    )  # fmt: skip
+    values = [o.value for o in have]
+    mean, low, high, n, method = _per_example(have)
+    if not method:
+        binomial = all(o.metric == "accuracy" and o.examples for o in have)
+        mean, low, high, n, method = mean_interval(
+            values, [o.examples for o in have] if binomial else None, confidence=CONFIDENCE)
+    elif values:
+        mean = sum(values) / len(values)  # the stored metrics' mean, as without predictions
     shares = [o.majority_share for o in have if o.majority_share is not None]
     share = sum(shares) / len(shares) if shares else None
-    return Stat(number(mean), number(low), number(high), n, len(unique), reasons(unique), share)
+    return Stat(number(mean), number(low), number(high), n, len(unique), reasons(unique), share,
+                method if low is not None else "")
+
+
+def _per_example(have: list[Observation]) -> tuple:
+    """The two-level bootstrap over runs and stored per-example predictions, when every run
+    of the group has them and the metric is an accuracy or a binary AUC; else method ""."""
+    preds = [o.predictions for o in have]
+    if len(have) < MIN_RUNS or any(p is None for p in preds):
+        return None, None, None, len(have), ""
+    keys = [p.examples_sha256 or f"unknown {i}" for i, p in enumerate(preds)]
+    metric = have[0].metric
+    if metric == "accuracy":
+        return per_example_interval([p.correct() for p in preds], keys, confidence=CONFIDENCE)
+    if metric == "auc" and all(p.n_classes == 2 for p in preds):
+        return auc_interval([p.labels for p in preds], [p.scores for p in preds], keys,
+                            confidence=CONFIDENCE)
+    return None, None, None, len(have), ""
 
 
 CONDITIONS = ("ported", "sampled", "random")

@@ -222,8 +222,11 @@ def page(
     generated_at: str,
     version: str,
     distance_figs: Sequence[RenderedFigure] = (),
+    extra: Sequence[Section] = (),
+    statistics_notes: Sequence[str] = (),
 ) -> Page:
-    """The report's sections, in the order both formats show them."""
+    """The report's sections, in the order both formats show them (`extra`: sections of other
+    report modules, e.g. report.agreement's, before *Missing results*)."""
     t = agg.tables
     pre = max(agg.axes.pre_steps) if agg.axes.pre_steps else "–"
     sections = [
@@ -308,6 +311,7 @@ def page(
                 CsvLinks(("ranking",)),
             ],
         ),
+        *extra,
         Section("missing", "Missing results", "Missing results", _missing_blocks(data)),
         Section(
             "methods",
@@ -315,6 +319,7 @@ def page(
             "Statistics",
             [
                 Bullets(METHODS),
+                *notes(statistics_notes),
                 note(
                     "Exact definitions: docs/report.md in the peftport repository. Every result "
                     "the tables use: ",

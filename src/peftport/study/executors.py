@@ -6,14 +6,22 @@ executor, and commits each result (metrics, artifacts, provenance, status) in on
 A failed unit is recorded with its error and does not stop the others; units that need its
 snapshots stay pending ("blocked") until `--retry-failed`.
 
-Executors differ only in where `units.execute(payload)` runs:
+Executors differ only in where `run_unit(payload)` (`units.execute`) runs:
 - `InlineExecutor` (workers=0): in the driver's process, one at a time (debugging, tests);
 - `LocalExecutor`: N worker processes (spawn), 1 torch thread each by default; a worker keeps
   the hosts it loaded (units.fresh_host) across units; workers die with the driver (Linux
-  PR_SET_PDEATHSIG), so a killed study leaves no orphan computing;
-- `RayExecutor`: plain Ray tasks (num_cpus = threads, a GPU each when the cluster has GPUs),
-  on a local Ray instance or a cluster (`address`); results come back to the driver, so the
-  workers need no access to the store.
+  PR_SET_PDEATHSIG), so a killed study leaves no orphan computing. With GPUs visible, one
+  worker per GPU (K with `units_per_gpu`), each pinned to its GPU by CUDA_VISIBLE_DEVICES
+  (`gpu_slots`);
+- `RayExecutor` (`peftport.study.ray_executor`): plain Ray tasks, on a local Ray instance or a
+  cluster (`address`), a fraction of a GPU each when the cluster has GPUs.
+
+Nothing a unit needs travels as a path on the driver's disk: the snapshot a post unit starts
+from is in its payload, a host the study derives is installed by the worker from its recipe
+(in the payload) on its own node, and results come back to the driver, so the workers need no
+access to the store or to the driver's $PEFTPORT_HOME. A unit whose host resolved to other
+weights or data than the driver's (another file under the same name on that node) is refused
+when its result arrives (`_check_inputs`).
 """
 
 from __future__ import annotations
@@ -21,33 +29,72 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from peftport.errors import PeftportError
 from peftport.progress import format_duration
+from peftport.study.gpus import Slot, local_slots
 from peftport.study.store import LEASE_SECONDS, Store, crash_point, plan_ids
 
 ENV_KEYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "PEFTPORT_HOME",
             "HF_HOME", "XDG_CACHE_HOME")
+# paths on the driver's machine: not passed to the workers of a Ray cluster (each node has its own)
+PATH_KEYS = ("PEFTPORT_HOME", "HF_HOME", "XDG_CACHE_HOME")
+PATH_PREFIXES = ("PEFTPORT_HOST_", "PEFTPORT_DATA_")
 
 
 class WorkerLost(Exception):
     """The process running a unit died (killed, out of memory): the unit is given back."""
 
 
-def _env() -> dict[str, str]:
+def _env(paths: bool = True) -> dict[str, str]:
+    """The environment a worker gets from the driver. paths=False (a Ray cluster): without the
+    driver's folders ($PEFTPORT_HOME, caches, $PEFTPORT_HOST_* / $PEFTPORT_DATA_* overrides),
+    which name places on the driver's machine: each node keeps its own."""
     env = {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
-    env.update({k: v for k, v in os.environ.items() if k.startswith(("PEFTPORT_HOST_",
-                                                                       "PEFTPORT_DATA_"))})
+    env.update({k: v for k, v in os.environ.items() if k.startswith(PATH_PREFIXES)})
+    if not paths:
+        env = {k: v for k, v in env.items()
+               if k not in PATH_KEYS and not k.startswith(PATH_PREFIXES)}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
+
+
+def node_info() -> dict[str, Any]:
+    """Where a unit ran, beyond the worker's host:pid: the folder its hosts and data came
+    from, the GPU(s) it was given (CUDA_VISIBLE_DEVICES) and its OpenMP settings."""
+    from peftport.assets import peftport_home
+
+    info: dict[str, Any] = {"hostname": socket.gethostname(), "peftport_home": str(peftport_home())}
+    for k in ("CUDA_VISIBLE_DEVICES", "OMP_WAIT_POLICY", "OMP_NUM_THREADS"):
+        if k in os.environ:
+            info[k.lower()] = os.environ[k]
+    return info
+
+
+def run_unit(payload: dict) -> dict:
+    """Run one unit where this process is (`units.execute`): first install the hosts the
+    study derives that this machine lacks (from their recipes, in the payload: a worker on
+    another node has its own $PEFTPORT_HOME), then record where it ran in its environment."""
+    from peftport.study.units import execute
+
+    derived = payload.get("derived_hosts") or ()
+    if derived:
+        from peftport.hosts.derive import install_derived_host
+
+        for name, recipe in derived:  # parents first; an installed one is a no-op
+            install_derived_host(name, tuple(tuple(x) for x in recipe))
+    out = execute(payload)
+    out["environment"] = {**(out.get("environment") or {}), **node_info()}
+    return out
 
 
 def format_error(e: BaseException) -> str:
@@ -76,10 +123,8 @@ class InlineExecutor:
         self.threads = threads
 
     def submit(self, payload: dict) -> _Done:
-        from peftport.study.units import execute
-
         try:
-            return _Done(value=execute(payload))
+            return _Done(value=run_unit(payload))
         except Exception as e:  # noqa: BLE001 - recorded as the unit's error
             return _Done(error=e)
 
@@ -111,7 +156,7 @@ def _set_parent_death_signal() -> None:
 
 
 def _init_worker(threads: int, env: dict[str, str]) -> None:
-    os.environ.update(env)
+    os.environ.update(env)  # CUDA_VISIBLE_DEVICES before torch (below) can start CUDA
     _set_parent_death_signal()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C
     import torch
@@ -140,7 +185,6 @@ def _worker_main(conn, threads: int, env: dict[str, str]) -> None:
     """One worker process: runs the units the driver sends, one at a time, until told to stop
     (None) or the driver is gone."""
     _init_worker(threads, env)
-    from peftport.study.units import execute
 
     while True:
         try:
@@ -152,7 +196,7 @@ def _worker_main(conn, threads: int, env: dict[str, str]) -> None:
         if os.environ.get(KILL_HOOK) and payload.get("unit_id") == os.environ[KILL_HOOK]:
             os.kill(os.getpid(), signal.SIGKILL)  # a worker dying mid-unit (tests)
         try:
-            msg = ("ok", execute(payload), None)
+            msg = ("ok", run_unit(payload), None)
         except Exception as e:  # noqa: BLE001 - sent to the driver, recorded as the unit's error
             tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
             msg = ("error", e, tb)
@@ -173,10 +217,11 @@ class _Job:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, threads: int) -> None:
+    def __init__(self, ctx: Any, threads: int, slot: int, env: dict[str, str]) -> None:
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, threads, _env()), daemon=True,
-                                name="peftport-worker")
+        self.slot = slot
+        self.proc = ctx.Process(target=_worker_main, args=(child, threads, {**_env(), **env}),
+                                daemon=True, name="peftport-worker")
         self.proc.start()
         child.close()
         self.job: _Job | None = None
@@ -189,15 +234,29 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, workers: int, threads: int = 1, context: str = "spawn") -> None:
+    def __init__(self, workers: int | None = None, threads: int = 1, context: str = "spawn",
+                 slots: Sequence[Slot] | None = None) -> None:
         import multiprocessing as mp
 
-        if workers < 1:
-            raise PeftportError(f"--workers must be >= 1 for the local executor, got {workers}")
-        self.capacity = workers
+        if slots is None:
+            if workers is None or workers < 1:
+                raise PeftportError(f"--workers must be >= 1 for the local executor, got "
+                                    f"{workers}")
+            slots = [Slot()] * workers
+        self.slots = list(slots)
+        self.capacity = len(self.slots)
         self.threads = threads
         self._ctx = mp.get_context(context)
         self._workers: list[_Worker] = []
+        gpus = [s.gpu for s in self.slots if s.gpu is not None]
+        self.where = (f" on GPU(s) {', '.join(dict.fromkeys(gpus))}, pinned one each by "
+                      "CUDA_VISIBLE_DEVICES" if gpus else "")
+
+    def _start(self) -> _Worker:
+        """A new worker in the first slot no live worker holds (a dead one's, when replaced)."""
+        taken = {w.slot for w in self._workers}
+        i = next(i for i in range(len(self.slots)) if i not in taken)
+        return _Worker(self._ctx, self.threads, i, dict(self.slots[i].env))
 
     def submit(self, payload: dict) -> _Job:
         self._workers = [w for w in self._workers if w.proc.is_alive() or w.job is not None]
@@ -205,7 +264,7 @@ class LocalExecutor:
         if idle:
             worker = idle[0]
         elif len(self._workers) < self.capacity:
-            worker = _Worker(self._ctx, self.threads)
+            worker = self._start()
             self._workers.append(worker)
         else:
             raise RuntimeError("no idle worker process (more units submitted than capacity)")
@@ -216,7 +275,7 @@ class LocalExecutor:
         except (OSError, EOFError) as e:  # the worker died while idle: a new one takes it
             worker.job = None
             self._workers.remove(worker)
-            worker = _Worker(self._ctx, self.threads)
+            worker = self._start()
             self._workers.append(worker)
             job = _Job(worker)
             worker.job = job
@@ -285,87 +344,6 @@ class LocalExecutor:
         self._workers = []
 
 
-def _ray_execute(payload: dict) -> dict:
-    from peftport.study.units import execute
-
-    return execute(payload)
-
-
-class RayExecutor:
-    """Plain Ray tasks; joins a cluster with `address`, else starts a local instance."""
-
-    name = "ray"
-
-    def __init__(self, workers: int | None = None, threads: int = 1,
-                 address: str | None = None) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise PeftportError("the ray executor needs Ray: pip install 'peftport[ray]'") \
-                from None
-        from peftport.study.raylocal import LocalRay, clean_stale
-
-        self.ray = ray
-        self._started = False
-        self._local: LocalRay | None = None
-        if not ray.is_initialized():
-            kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
-                                      runtime_env={"env_vars": _env()})
-            if address:
-                kw["address"] = address
-            else:
-                # a Ray left running by a killed peftport driver: its processes end first
-                clean_stale(lambda s: print(s, file=sys.stderr))
-                if workers:
-                    kw["num_cpus"] = workers * threads
-            ray.init(**kw)
-            self._started = True
-            if not address:  # ours: shut down on every exit path, recorded for a later clean
-                self._local = LocalRay(ray)
-        resources = ray.cluster_resources()
-        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
-        cpus = int(resources.get("CPU", 1))
-        self.capacity = workers or max(1, cpus // threads)
-        if gpus and not workers:  # a GPU each: no more at a time than there are GPUs
-            self.capacity = min(self.capacity, int(resources["GPU"]))
-        self.threads = threads
-        self._fn = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(_ray_execute)
-
-    def submit(self, payload: dict):
-        return self._fn.remote(payload)
-
-    def wait(self, handles: list, timeout: float) -> list:
-        ready, _ = self.ray.wait(handles, num_returns=1, timeout=timeout)
-        if ready:
-            more, _ = self.ray.wait([h for h in handles if h not in ready],
-                                    num_returns=len(handles) - len(ready), timeout=0)
-            ready += more
-        return ready
-
-    def result(self, handle) -> dict:
-        from ray.exceptions import RayTaskError, WorkerCrashedError
-
-        try:
-            return self.ray.get(handle)
-        except RayTaskError as e:
-            cause = getattr(e, "cause", None)
-            raise (cause if isinstance(cause, BaseException) else e) from None
-        except WorkerCrashedError as e:
-            raise WorkerLost(str(e)) from None
-
-    @property
-    def signal_received(self) -> int | None:
-        """SIGTERM or SIGHUP, when one ended the driver (a local Ray instance's handler)."""
-        return self._local.received if self._local is not None else None
-
-    def close(self, cancel: bool = False) -> None:
-        if self._local is not None:
-            self._local.shutdown()
-        elif self._started:
-            self.ray.shutdown()
-        self._started = False
-
-
 EXECUTORS = ("local", "ray", "inline")
 
 
@@ -394,14 +372,38 @@ def check_store_file(path: Path) -> None:
             raise PeftportError(why)
 
 
+def __getattr__(name: str) -> Any:
+    if name == "RayExecutor":  # it lives in ray_executor (which imports this module)
+        from peftport.study.ray_executor import RayExecutor
+
+        return RayExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def check_gpu_options(kind: str, workers: int | None, units_per_gpu: int | None,
+                      gpus_per_unit: float | None) -> None:
+    """Refuse the GPU options of the other executor (one line, before anything starts)."""
+    if units_per_gpu is not None and (kind != "local" or workers == 0):
+        raise PeftportError("--units-per-gpu is for the local executor's worker processes"
+                            + (" (not --workers 0)" if kind == "local" else
+                               "; on Ray use --gpus-per-unit"))
+    if gpus_per_unit is not None and kind != "ray":
+        raise PeftportError("--gpus-per-unit is for --executor ray; the local executor "
+                            "packs units with --units-per-gpu")
+
+
 def make_executor(kind: str, workers: int | None, threads: int = 1,
-                  address: str | None = None):
+                  address: str | None = None, *, units_per_gpu: int | None = None,
+                  gpus_per_unit: float | None = None):
+    check_gpu_options(kind, workers, units_per_gpu, gpus_per_unit)
     if kind == "local":
         if workers == 0:
             return InlineExecutor(threads)
-        return LocalExecutor(workers or max(1, (os.cpu_count() or 1) // threads), threads)
+        return LocalExecutor(threads=threads, slots=local_slots(workers, threads, units_per_gpu))
     if kind == "ray":
-        return RayExecutor(workers, threads, address)
+        from peftport.study.ray_executor import RayExecutor
+
+        return RayExecutor(workers, threads, address, gpus_per_unit)
     if kind == "inline":
         return InlineExecutor(threads)
     raise PeftportError(f"unknown executor {kind!r}; choose local or ray")
@@ -455,7 +457,7 @@ def prepare(plan: Any, echo: Callable[[str], None] = print) -> None:
 
 
 def _payload(store: Store, unit: Any, threads: int, keep_adapted: bool,
-             layer_map: list[int] | None = None) -> dict:
+             layer_map: list[int] | None = None, derived: list | None = None) -> dict:
     from peftport.module import load_module
 
     snapshot = None
@@ -464,7 +466,47 @@ def _payload(store: Store, unit: Any, threads: int, keep_adapted: bool,
         snapshot = load_module(store.artifact_path(row["path"]))  # sha256-checked
     return {"unit_id": unit.id, "config": unit.config, "threads": threads,
             "snapshot": snapshot, "keep_adapted": keep_adapted,
-            "layer_map": list(layer_map) if layer_map is not None else None}
+            "layer_map": list(layer_map) if layer_map is not None else None,
+            "derived_hosts": derived or []}
+
+
+def _host_fingerprints(spec: Any) -> dict[str, str]:
+    """The weights fingerprint of each of the study's hosts as the driver resolves them (a
+    host it cannot fingerprint is left out: its units report their own error)."""
+    from peftport.hosts import get_host, host_folder, weights_fingerprint
+
+    out = {}
+    for h in spec.hosts:
+        with contextlib.suppress(PeftportError, OSError):
+            out[h] = weights_fingerprint(host_folder(get_host(h)))
+    return out
+
+
+def _data_fingerprints(spec: Any) -> dict[str, str]:
+    """Each data set's fingerprint as the driver loads it (cached in memory by `prepare`)."""
+    from peftport.data import load_dataset
+
+    out = {}
+    for d in spec.datasets:
+        with contextlib.suppress(PeftportError, OSError):
+            out[d] = load_dataset(d, max_examples=spec.max_examples).fingerprint
+    return out
+
+
+def _check_inputs(result: dict, hosts: dict[str, str], data: dict[str, str]) -> None:
+    """Refuse a result computed on other host weights or other data than the driver's under
+    the same name (a node that resolved its own, different copy)."""
+    where = (result.get("environment") or {}).get("peftport_home", "?")
+    for kind, key, expected, what in (("host", "host_fingerprints", hosts, "weights"),
+                                      ("data set", "data_fingerprints", data, "examples")):
+        for name, got in (result.get(key) or {}).items():
+            want = expected.get(name)
+            if want and got != want:
+                raise PeftportError(
+                    f"{kind} {name} on worker {result.get('worker')} (PEFTPORT_HOME {where}) "
+                    f"has {what} {got[:12]}, the driver's are {want[:12]}: that node resolved "
+                    f"another {kind} under this name; give every node the same one (its cache, "
+                    "or the $PEFTPORT_HOST_* / $PEFTPORT_DATA_* folder set on the node)")
 
 
 def repair_artifacts(store: Store, ids: list[str], echo: Callable[[str], None],
@@ -501,7 +543,9 @@ def _input_recomputed(store: Store, unit: Any, echo: Callable[[str], None]) -> b
     return repair_artifacts(store, [unit.id], echo) > 0 if rows else False
 
 
-def _commit(store: Store, unit: Any, token: str, result: dict) -> bool:
+def _commit(store: Store, unit: Any, token: str, result: dict,
+            inputs: tuple[dict[str, str], dict[str, str]] = ({}, {})) -> bool:
+    _check_inputs(result, *inputs)
     artifacts = []
     produces = dict(unit.produces)
     for step, (tensors, meta) in sorted(result.pop("snapshots", {}).items()):
@@ -552,6 +596,8 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
         echo(f"{len(reset)} unit(s) left running by a driver that is gone: back to pending")
     repair_artifacts(store, ids, echo, full=verify)
     status = store.statuses(ids)
+    derived = [(d.name, d.recipe()) for d in plan.spec.derived_hosts]
+    inputs = (_host_fingerprints(plan.spec), _data_fingerprints(plan.spec))
 
     def work(u: Any) -> int:
         return u.steps + u.evals  # the bar's unit: a training step (an evaluation counts one)
@@ -559,7 +605,8 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
     todo = [u for u in plan.units if status[u.id] != "done"]
     echo(f"{len(plan.units) - len(todo)} of {len(plan.units)} units done already; "
          f"{len(todo)} to run with the {executor.name} executor "
-         f"({executor.capacity} at a time, {threads} thread(s) each)")
+         f"({executor.capacity} at a time, {threads} thread(s) each"
+         f"{getattr(executor, 'where', '')})")
     in_flight: dict[Any, tuple[Any, str]] = {}
     held: dict[str, tuple[Any, str]] = {}  # unit id -> (unit, claim token): claims not recorded
     keeper = _LeaseKeeper(str(store.path), lambda: [t for _, t in list(held.values())])
@@ -595,7 +642,7 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
                     try:
                         payload = _payload(store, u, threads, plan.spec.keep_adapted,
                                            layer_maps.get((u.origin, u.receiver))
-                                           if u.kind == "post" else None)
+                                           if u.kind == "post" else None, derived)
                     except Exception as e:  # noqa: BLE001 - e.g. a damaged artifact
                         held.pop(u.id, None)
                         if _input_recomputed(store, u, echo):  # not this unit's fault
@@ -645,7 +692,7 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
                     bar.update(work(u))
                     continue
                 try:
-                    ok = _commit(store, u, token, result)
+                    ok = _commit(store, u, token, result, inputs)
                 except Exception as e:  # noqa: BLE001
                     store.fail(u.id, token, "could not store its result: " + format_error(e))
                     held.pop(u.id, None)
@@ -687,11 +734,13 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
 def run_study(spec: Any, store_path: Path, *, executor: str = "local",
               workers: int | None = None, threads: int = 1, address: str | None = None,
               retry_failed: bool = False, progress: bool = True,
-              echo: Callable[[str], None] | None = None, verify: bool = True
+              echo: Callable[[str], None] | None = None, verify: bool = True,
+              units_per_gpu: int | None = None, gpus_per_unit: float | None = None
               ) -> dict[str, Any]:
     """Plan `spec`, check and prepare it (hosts, shapes, data: before the store is touched),
     then run every unit that is not done in the store at `store_path` (`run_plan`). Returns
-    `run_plan`'s summary with the store's path."""
+    `run_plan`'s summary with the store's path. units_per_gpu (local) and gpus_per_unit
+    (ray): how units share GPUs (`gpu_slots`, `ray_executor.gpu_request`)."""
     from peftport.study.plan import make_plan
 
     if threads < 1:
@@ -702,13 +751,22 @@ def run_study(spec: Any, store_path: Path, *, executor: str = "local",
         raise PeftportError("--address is for --executor ray")
     # everything that can be refused is refused before anything is created or computed
     check_executor(executor)
+    check_gpu_options(executor, workers, units_per_gpu, gpus_per_unit)
+    if executor == "local" and workers != 0:
+        local_slots(workers, threads, units_per_gpu)  # GPU options that cannot work here
     check_store_file(Path(store_path))
     echo = echo or (lambda s: print(s, file=sys.stderr))
     plan = make_plan(spec)
     prepare(plan, echo)
-    st = Store(store_path)
+    # before the store: a GPU request the Ray cluster cannot meet is refused here
+    ex = make_executor(executor, workers, threads, address, units_per_gpu=units_per_gpu,
+                       gpus_per_unit=gpus_per_unit)
     try:
-        ex = make_executor(executor, workers, threads, address)
+        st = Store(store_path)
+    except BaseException:
+        ex.close(cancel=True)
+        raise
+    try:
         out = run_plan(st, plan, ex, threads=threads, retry_failed=retry_failed,
                        progress=progress, echo=echo, check_first=False, verify=verify)
     finally:

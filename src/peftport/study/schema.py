@@ -43,7 +43,16 @@ Schema (version 1; `meta.schema_version`), which the report reads:
   (receiver layer -> origin layer), `comparison_key` -> comparisons.key (NULL when the study
   sets `compare: false`, or its comparison failed and no cka map needed it).
 
-The last two tables came after the others, with CREATE TABLE IF NOT EXISTS and no change to the
+- `predictions(unit_id, step, evaluated, n, n_classes, labels, predicted, scores,
+  examples_sha256, dtype)`: the per-example record of every evaluation
+  (`peftport.predictions.Predictions`): `evaluated` is '' for the unit's own evaluation at
+  `step` (the one `metrics` holds), or 'origin' for the module a cross-data post unit starts
+  from, evaluated on its origin host on the unit's (post) data at the snapshot's `step`;
+  `labels`, `predicted` (int16) and `scores` (float32: the margin score[1] - score[0] for two
+  classes, else n x n_classes) are little-endian numpy bytes, `dtype` names them ("<i2,<f4");
+  `examples_sha256` fingerprints the evaluated examples in order (the first n of the split).
+
+The last three tables came after the others, with CREATE TABLE IF NOT EXISTS and no change to the
 existing ones: a store made before them opens (still version 1) and gets them, empty until a
 `study run` fills them.
 """
@@ -109,6 +118,12 @@ CREATE TABLE IF NOT EXISTS host_pairs (
     layer_map TEXT NOT NULL,
     comparison_key TEXT,
     PRIMARY KEY (study_id, origin, receiver));
+CREATE TABLE IF NOT EXISTS predictions (
+    unit_id TEXT NOT NULL, step INTEGER NOT NULL, evaluated TEXT NOT NULL DEFAULT '',
+    n INTEGER NOT NULL, n_classes INTEGER NOT NULL, labels BLOB NOT NULL,
+    predicted BLOB NOT NULL, scores BLOB NOT NULL, examples_sha256 TEXT NOT NULL,
+    dtype TEXT NOT NULL,
+    PRIMARY KEY (unit_id, step, evaluated));
 CREATE VIEW IF NOT EXISTS results AS
 SELECT c.study_id, c.technique, c.origin, c.receiver, c.pre_data, c.post_data, c.seed,
        c.condition, c.pre_steps, c.post_steps, c.unit_id, c.step, u.kind, u.status,
@@ -127,7 +142,7 @@ GROUP BY c.study_id, c.technique, c.origin, c.receiver, c.pre_data, c.post_data,
 
 PEFTPORT_TABLES = frozenset({"meta", "studies", "units", "study_units", "edges", "metrics",
                              "artifacts", "cells", "events", "comparisons", "host_pairs",
-                             "results", "sqlite_sequence"})
+                             "results", "sqlite_sequence", "predictions"})
 
 
 def foreign_store(path: Path) -> str | None:

@@ -409,6 +409,7 @@ class Store:
             if cur.rowcount != 1:
                 return None
             db.execute("DELETE FROM metrics WHERE unit_id = ?", (uid,))
+            db.execute("DELETE FROM predictions WHERE unit_id = ?", (uid,))
             db.execute("DELETE FROM artifacts WHERE unit_id = ?", (uid,))
             self._event(db, uid, "recompute", why)
             dependents = [r[0] for r in db.execute(
@@ -452,6 +453,7 @@ class Store:
                            [(unit_id, int(step), name, float(value))
                             for step, m in result["metrics"].items()
                             for name, value in m.items() if name in METRIC_NAMES])
+            db.executemany(_PREDICTIONS_SQL, _prediction_rows(unit_id, result))
             db.executemany("INSERT OR IGNORE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            [(key, kind, unit_id, step, sha, rel, size, now)
                             for key, kind, step, sha, rel, size in artifacts])
@@ -535,6 +537,22 @@ class Store:
         sql += (" ORDER BY technique, origin, receiver, pre_data, post_data, seed, condition, "
                 "pre_steps, post_steps")
         return [dict(r) for r in self.db.execute(sql, args).fetchall()]
+
+
+_PREDICTIONS_SQL = ("INSERT OR REPLACE INTO predictions (unit_id, step, evaluated, n, n_classes, "
+                    "labels, predicted, scores, examples_sha256, dtype) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _prediction_rows(unit_id: str, result: dict[str, Any]) -> list[tuple]:
+    """The `predictions` rows of a unit's result: its own evaluations ('') and, for a
+    cross-data post unit, its origin module's on the same examples ('origin')."""
+    recs = [(int(step), "", r) for step, r in (result.get("predictions") or {}).items()]
+    if result.get("origin_predictions"):
+        r = result["origin_predictions"]
+        recs.append((int(r["step"]), "origin", r))
+    return [(unit_id, step, what, int(r["n"]), int(r["n_classes"]), r["labels"], r["predicted"],
+             r["scores"], r["examples_sha256"], r["dtype"]) for step, what, r in recs]
 
 
 def _size_problem(folder: Path, size: int) -> str | None:

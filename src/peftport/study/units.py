@@ -177,6 +177,8 @@ def _result(run: Any) -> dict[str, Any]:
         "trainable_parameters": att.trainable,
         "module_parameters": att.module_parameters,
         "placement": res.placement,  # device, precision, GPU name: where it was computed
+        # step -> per-example record of that evaluation (Predictions.to_record: plain bytes)
+        "predictions": {int(k): p.to_record() for k, p in res.predictions.items()},
     }
 
 
@@ -206,6 +208,26 @@ def _pretrain(unit_id: str, c: dict[str, Any], threads: int) -> dict[str, Any]:
     out.update(_provenance({c["host"]: run.host}, {c["data"]: data}))
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def _origin_predictions(c: dict[str, Any], snapshot: Any, data: Any, cfg: Any) -> dict:
+    """The module this post unit starts from, on its origin host, evaluated on the post data
+    set's evaluation examples: what the ported module's predictions are compared with
+    (agreement, negative flips: report/agreement.py) when the pre-porting data set differs
+    (with the same data set, the pretrain unit's own evaluation serves). Run after the
+    adaptation, so nothing of the unit's own result can depend on it."""
+    from peftport.device import resolve_config
+    from peftport.engine import evaluate_with_predictions
+    from peftport.runs import encodings, examples_sha256, load_into
+
+    tensors, meta = snapshot
+    h, _att, _meta = load_into((tensors, meta), fresh_host(c["origin"], data.num_labels), data,
+                               cfg.seed)
+    _tr, ev = encodings(h, data, cfg)
+    _m, pred = evaluate_with_predictions(h.model, h.kind, ev, cfg.eval_batch_size,
+                                         placement=resolve_config(cfg), eval_mode=cfg.eval_mode)
+    return {"step": int(c["pre_steps"]), **pred.with_examples(examples_sha256(data, cfg))
+            .to_record()}
 
 
 def _adapt(unit_id: str, c: dict[str, Any], threads: int, snapshot: Any,
@@ -240,6 +262,8 @@ def _adapt(unit_id: str, c: dict[str, Any], threads: int, snapshot: Any,
         run = train_run(h, c["technique"], data, cfg, technique_config=c["technique_config"],
                         progress=False)
     out = _result(run)
+    if c["kind"] == "post" and c.get("pre_data") != c["data"]:
+        out["origin_predictions"] = _origin_predictions(c, snapshot, data, cfg)
     if keep_adapted:
         extra = {"study_unit": unit_id, "condition": condition}
         if layer_map is not None:
