@@ -332,23 +332,12 @@ def adapt_run(
 
 
 def evaluate_run(
-    module: ModuleLike,
-    host: str | LoadedHost,
-    data: str | Dataset,
-    *,
-    split: str = "test",
-    max_examples: int | None = None,
-    max_length: int = 64,
-    batch_size: int = 64,
-    placement: Placement | None = None,
-    eval_mode: str = "rank",
+    module: ModuleLike, host: str | LoadedHost, data: str | Dataset, **options: Any
 ) -> dict[str, float]:
-    """The module's metrics in `host` on `placement` (default: auto device, auto precision);
-    eval_mode: rank the label words, or generate (text-to-text hosts; `engine.evaluate`)."""
-    return evaluate_run_with_predictions(module, host, data, split=split,
-                                         max_examples=max_examples, max_length=max_length,
-                                         batch_size=batch_size, placement=placement,
-                                         eval_mode=eval_mode)[0]
+    """The module's metrics in `host`: `evaluate_run_with_predictions`, which takes the same
+    options (split, max_examples, max_length, batch_size, placement, eval_mode), without the
+    per-example record."""
+    return evaluate_run_with_predictions(module, host, data, **options)[0]
 
 
 def evaluate_run_with_predictions(
