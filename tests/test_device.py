@@ -44,8 +44,52 @@ def fake_gpu(monkeypatch, name: str = "NVIDIA A100", bf16: bool = True, count: i
 # --- resolution ---------------------------------------------------------------------------
 
 
-def test_auto_is_cpu_fp32_on_a_cpu_machine():
+AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})  # e.g. Zen 3, Skylake client: no bf16
+AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512_vnni"}  # Skylake/Cascade Lake server: no bf16
+ZEN4 = AVX512 | {"avx512_bf16"}
+SAPPHIRE = AVX512 | {"avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}
+
+
+@pytest.mark.parametrize(
+    "flags, want",
+    [
+        (frozenset(), "fp32"),  # no /proc/cpuinfo (macOS) or an unknown CPU
+        (AVX2, "fp32"),
+        (AVX512, "fp32"),  # AVX-512 alone emulates bf16
+        (ZEN4, "bf16"),
+        (SAPPHIRE, "bf16"),
+        (AVX512 | {"amx_bf16"}, "bf16"),
+        (["avx2", "avx512_bf16"], "bf16"),  # any iterable of flags
+    ],
+)
+def test_cpu_auto_precision_is_bf16_only_with_native_bf16(flags, want):
+    assert devmod.cpu_auto_precision(flags) == want
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 amx_bf16\n"
+                   "bugs\t\t: spectre_v1\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert devmod.cpu_flags(str(x86)) == {"fpu", "avx2", "amx_bf16"}
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 sve\n")
+    assert devmod.cpu_flags(str(arm)) == {"fp", "asimd", "bf16", "sve"}
+    assert devmod.cpu_auto_precision(devmod.cpu_flags(str(arm))) == "fp32"  # not measured there
+    assert devmod.cpu_flags(str(tmp_path / "none")) == frozenset()
+
+
+def native_bf16(monkeypatch, on: bool) -> None:
+    """This CPU has (or lacks) native bf16, whatever the machine running the test has."""
+    monkeypatch.setattr(devmod, "cpu_flags", lambda path="/proc/cpuinfo": ZEN4 if on else AVX2)
+
+
+def test_auto_on_a_cpu_machine_follows_its_bf16(monkeypatch):
+    native_bf16(monkeypatch, False)
     assert resolve() == Placement(device="cpu", precision="fp32")
+    native_bf16(monkeypatch, True)
+    assert resolve() == Placement(device="cpu", precision="bf16")
+    assert resolve("cpu", "fp32") == Placement(device="cpu", precision="fp32")  # pinned: pinned
+    native_bf16(monkeypatch, False)
     assert resolve("cpu", "bf16") == Placement(device="cpu", precision="bf16")
     assert resolve("cpu", bf16=True).precision == "bf16"  # the older setting, same thing
     assert resolve("cpu", deterministic=True).tf32 is False
@@ -63,6 +107,7 @@ def test_auto_is_cpu_fp32_on_a_cpu_machine():
 )
 def test_resolution_on_a_gpu(monkeypatch, gpu_bf16, device, precision, deterministic, want):
     fake_gpu(monkeypatch, bf16=gpu_bf16, count=2)
+    native_bf16(monkeypatch, False)  # CPU auto: fp32 (a CPU without native bf16)
     p = resolve(device, precision, deterministic=deterministic)
     assert (p.device, p.precision, p.tf32) == want
     assert p.gpu == ("NVIDIA A100" if want[0].startswith("cuda") else None)
@@ -274,8 +319,10 @@ def _run(data: Path, cfg: TrainConfig):
     return train_run("tiny-bert", "lora", str(data), cfg, technique_config={"r": 2}, progress=False)
 
 
-def test_cpu_fp32_spellings_give_identical_numbers_and_record_the_placement(tmp_path):
+def test_cpu_fp32_spellings_give_identical_numbers_and_record_the_placement(tmp_path,
+                                                                           monkeypatch):
     data = write_toy(tmp_path / "toy.csv")
+    native_bf16(monkeypatch, False)  # auto is fp32 on a CPU without native bf16
     a = _run(data, _cfg())
     b = _run(data, _cfg(device="cpu", precision="fp32", deterministic=True))
     assert a.result.losses == b.result.losses and a.result.metrics == b.result.metrics
@@ -288,6 +335,33 @@ def test_cpu_fp32_spellings_give_identical_numbers_and_record_the_placement(tmp_
     d = _run(data, _cfg(precision="bf16"))
     assert c.result.losses == d.result.losses and c.result.placement["precision"] == "bf16"
     assert c.result.losses != a.result.losses  # and bf16 really is on
+    # with native bf16, auto is bf16: the same numbers as asking for it, and recorded
+    native_bf16(monkeypatch, True)
+    e = _run(data, _cfg())
+    assert e.result.losses == d.result.losses and e.result.metrics == d.result.metrics
+    assert e.meta["extra"]["placement"]["precision"] == "bf16"
+
+
+def test_study_plan_and_run_say_what_auto_chose(tmp_path, monkeypatch, no_loading):
+    study = tmp_path / "s.yaml"
+    data = write_toy(tmp_path / "toy.csv")
+    study.write_text(STUDY_FP16.replace("train: {precision: fp16}\n", "")
+                     .replace("toy.csv", str(data)))
+    for on, want in ((True, "precision auto -> bf16"), (False, "precision auto -> fp32")):
+        native_bf16(monkeypatch, on)
+        out = runner.invoke(app, ["study", "plan", str(study), "--no-units"])
+        assert out.exit_code == 0, out.output
+        assert f"on this machine: device cpu, {want}" in out.output
+    assert "no native bfloat16" in out.output
+    native_bf16(monkeypatch, True)
+    line = devmod.precision_line("auto", {"auto", "fp32"})
+    assert line.startswith("device cpu, precision auto -> bf16, fp32 (this CPU has native "
+                           "bfloat16: avx512_bf16; a rerun on a CPU without it runs fp32")
+    assert "`precision: fp32` in the study's train section" in line
+    assert devmod.precision_line("cpu", {"fp32"}) == "device cpu, precision fp32"
+    # the run's start line (the run itself stops at the first load: no_loading)
+    out = runner.invoke(app, ["study", "run", str(study), "--store", str(tmp_path / "x.sqlite")])
+    assert "device cpu, precision auto -> bf16" in out.output
 
 
 def test_losses_gathered_every_k_steps_are_the_losses_of_every_step(tmp_path, monkeypatch):

@@ -34,7 +34,10 @@ from test_study_run import write_toy
 GOLDEN = Path(__file__).parent / "golden" / "golden.json"
 RECORD = os.environ.get("PEFTPORT_GOLDEN_RECORD") == "1"
 
-TRAIN = "train: {lr: 1.0e-2, batch_size: 8, max_length: 32, max_eval_examples: 24}\n"
+# precision pinned: auto is bf16 on a CPU with native bf16, and these numbers are fp32's
+TRAIN = (
+    "train: {lr: 1.0e-2, batch_size: 8, max_length: 32, max_eval_examples: 24, precision: fp32}\n"
+)
 STUDIES = {
     "bert": (
         "name: golden-bert\n"
@@ -110,6 +113,7 @@ def study_values(tmp: Path, name: str, data: Path) -> dict:
 
 def chain_values(tmp: Path, data: Path) -> dict:
     """train -> adapt -> evaluate through runs.py, as `peftport train/adapt/evaluate` do."""
+    from peftport.device import resolve
     from peftport.engine import TrainConfig
     from peftport.runs import adapt_run, evaluate_run, train_run
 
@@ -122,6 +126,7 @@ def chain_values(tmp: Path, data: Path) -> dict:
         max_eval_examples=24,
         seed=3,
         threads=1,
+        precision="fp32",
     )
     trained = train_run(
         "tiny-bert",
@@ -145,11 +150,13 @@ def chain_values(tmp: Path, data: Path) -> dict:
             max_eval_examples=24,
             seed=4,
             threads=1,
+            precision="fp32",
         ),
         progress=False,
     )
     evaluated = evaluate_run(
-        (adapted.tensors, adapted.meta), "tiny-bert", str(data), max_examples=24, max_length=32
+        (adapted.tensors, adapted.meta), "tiny-bert", str(data), max_examples=24, max_length=32,
+        placement=resolve("cpu", "fp32"),
     )
 
     def tensor_sums(tensors: dict) -> dict:

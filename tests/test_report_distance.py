@@ -160,7 +160,9 @@ def build_store(
         units,
     )
     con.executemany("INSERT INTO study_units VALUES (?, ?)", [(study_id, u[0]) for u in units])
-    con.executemany("INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", cells)
+    con.executemany("INSERT INTO cells (study_id, technique, origin, receiver, pre_data, "
+                    "post_data, seed, condition, pre_steps, post_steps, unit_id, step) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", cells)  # method: copy
     con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)", metrics)
     if tables:
         con.executescript(HOST_PAIR_SQL)
@@ -558,7 +560,7 @@ def test_each_study_gets_its_own_pairs_and_results(tmp_path):
     con.execute("INSERT INTO studies VALUES ('study-2', 'drift-more', 'b.yaml', '{}', 0, 0, 2.0)")
     con.execute(
         "INSERT INTO cells SELECT 'study-2', technique, origin, receiver, pre_data, post_data, "
-        "seed, condition, pre_steps, post_steps, unit_id, step FROM cells WHERE seed = 0"
+        "seed, condition, pre_steps, post_steps, unit_id, step, method FROM cells WHERE seed = 0"
     )
     con.execute(
         "INSERT INTO study_units SELECT 'study-2', unit_id FROM study_units WHERE unit_id LIKE "

@@ -55,7 +55,7 @@ class TrainConfig:
     )
     precision: str = setting(
         "auto",
-        help="Precision (auto: bf16 autocast on a CUDA GPU with bf16, else fp32)",
+        help="Precision (auto: bf16 autocast on a CUDA GPU or CPU with native bf16, else fp32)",
         choices=PRECISIONS,
     )
     deterministic: bool = setting(

@@ -3,9 +3,12 @@
 - device: auto (CUDA if present, else MPS if present, else CPU; `$PEFTPORT_DEVICE` overrides
   auto, which is how `peftport study run --device` reaches its worker processes), cpu, cuda,
   cuda:N, mps;
-- precision: auto (bf16 autocast on a CUDA GPU that supports it, else fp32), fp32, bf16 (autocast
-  on CUDA, or on CPU as the older `bf16` setting did), fp16 (CUDA only, with a gradient scaler).
-  On CPU auto stays fp32: bf16 changes the numbers and its speed depends on the processor.
+- precision: auto (bf16 autocast on a CUDA GPU that supports it, and on a CPU that computes
+  bfloat16 natively, else fp32), fp32, bf16 (autocast on CUDA, or on CPU as the older `bf16`
+  setting did), fp16 (CUDA only, with a gradient scaler). On CPU auto is `cpu_auto_precision`
+  of the CPU's flags: bf16 where it has avx512_bf16 or amx_bf16 (measured there: faster and as
+  accurate, docs/engine.md), fp32 elsewhere (on AVX2 bf16 is emulated and many times slower).
+  bf16 changes the numbers: `precision: fp32` keeps them bit-identical on every CPU.
 - TF32 matmuls are allowed on CUDA unless `deterministic`.
 
 Choices that cannot work on this machine (cuda without a GPU, fp16 on CPU, bf16 on a GPU
@@ -19,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,10 @@ ENV = "PEFTPORT_DEVICE"  # the device `auto` stands for, when set
 # On a GPU the loss is brought to the host every LOSS_EVERY steps (one sync, not one per step);
 # on CPU every step, so CPU logs are what they always were.
 LOSS_EVERY = 25
+
+# CPU flags (as /proc/cpuinfo spells them) of native bfloat16 arithmetic: AVX512-BF16 (Intel
+# Cooper Lake and later, AMD Zen 4 and later) and AMX-BF16 (Intel Sapphire Rapids and later).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 _NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -198,7 +205,7 @@ def resolve(
                 "native bfloat16"
             )
         if precision == "auto":
-            precision = "fp32"  # bf16 on CPU changes the numbers: only when asked for
+            precision = cpu_auto_precision(cpu_flags())
     on_cuda = name.startswith("cuda")
     return Placement(
         device=name,
@@ -232,6 +239,47 @@ def default_device(device: str) -> Iterator[None]:
             os.environ.pop(ENV, None)
         else:
             os.environ[ENV] = before
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The instruction-set flags of this CPU as the kernel lists them (empty where there is no
+    /proc/cpuinfo, e.g. macOS: such a CPU is taken to have no native bf16)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_auto_precision(flags: Iterable[str]) -> str:
+    """What precision `auto` is on a CPU with these flags: bf16 where the CPU computes bfloat16
+    natively (avx512_bf16 or amx_bf16; measured in bench/bench_precision.py: faster and within
+    0.5 points of fp32's accuracy), else fp32 (emulated bf16 is slower than fp32)."""
+    return "bf16" if set(flags) & set(NATIVE_BF16_FLAGS) else "fp32"
+
+
+def precision_line(device: str, precisions: Iterable[str]) -> str:
+    """What `precisions` (as a study's techniques set them) become on `device` here, one line
+    for the start of a study run and `peftport study plan`. Resolves (one PeftportError line if
+    one cannot work here)."""
+    asked = sorted(set(precisions))
+    placed = {p: resolve(device, p) for p in asked}
+    where = sorted({pl.device for pl in placed.values()})
+    parts = [f"{p} -> {pl.precision}" if p == "auto" else p for p, pl in placed.items()]
+    line = f"device {', '.join(where)}, precision {', '.join(parts)}"
+    auto = placed.get("auto")
+    if auto is not None and auto.type == "cpu":
+        native = sorted(set(cpu_flags()) & set(NATIVE_BF16_FLAGS))
+        line += (
+            f" (this CPU has native bfloat16: {', '.join(native)}; a rerun on a CPU without it "
+            "runs fp32; `precision: fp32` in the study's train section pins it)"
+            if auto.precision == "bf16"
+            else " (this CPU has no native bfloat16)"
+        )
+    return line
 
 
 def describe_machine() -> dict[str, Any]:

@@ -309,6 +309,8 @@ def adapt_run(
     condition: str | None = None,
     layer_map: list[int] | None = None,
     head: str = "follow",
+    method: str = "copy",
+    method_inputs: Any = None,
 ) -> RunOutput:
     """Post-porting adaptation: load the module into `host` (porting it first under `condition`,
     see `load_into`), train cfg.steps more, evaluate."""
@@ -318,7 +320,8 @@ def adapt_run(
     placement = resolve_config(cfg)  # a device or precision that cannot work: before any load
     data = as_dataset(data)
     h, att, meta = load_into(module, host, data, cfg.seed, condition=condition,
-                             layer_map=layer_map, head=head)
+                             layer_map=layer_map, head=head, method=method,
+                             method_inputs=method_inputs)
     result, _ = _fit(h, att, data, cfg, progress=progress,
                      desc=f"adapting {meta['technique']} on {h.spec.id}", placement=placement)
     out = {k: v for k, v in meta.items() if k not in FILLED}

@@ -48,9 +48,10 @@ def _store_path(store: Path | None, spec) -> Path:
     return Path(f"peftport-{spec.name}.sqlite")
 
 
-def _check_device(spec, device: str, executor: str) -> None:
-    """One PeftportError line if `device`, with each technique's precision, cannot work here."""
-    from peftport.device import resolve
+def _check_device(spec, device: str, executor: str) -> str:
+    """One PeftportError line if `device`, with each technique's precision, cannot work here;
+    else the line saying what they resolve to here (`device.precision_line`)."""
+    from peftport.device import precision_line, resolve
 
     if device != "auto" and executor == "ray":
         raise PeftportError("--device is for the local executor: Ray workers resolve auto on "
@@ -59,6 +60,14 @@ def _check_device(spec, device: str, executor: str) -> None:
         for values in (t.pre, t.post):
             resolve(device, values.get("precision", "auto"), bf16=values.get("bf16", False),
                     deterministic=values.get("deterministic", False))
+    line = precision_line(device, _precisions(spec))
+    return line + ("; Ray workers resolve auto on their own node" if executor == "ray" else "")
+
+
+def _precisions(spec) -> set[str]:
+    """The precisions a study's techniques ask for (the older bf16 switch is bf16)."""
+    return {"bf16" if v.get("bf16") else v.get("precision", "auto")
+            for t in spec.techniques for v in (t.pre, t.post)}
 
 
 def _print_status(info: dict[str, Any]) -> None:
@@ -108,14 +117,17 @@ def register(app: typer.Typer) -> None:
         units: bool = typer.Option(True, "--units/--no-units", help="List every unit."),
     ) -> None:
         """Expand a study into shared work units and count runs and training steps."""
+        from peftport.device import precision_line
         from peftport.study.plan import describe, make_plan
 
-        plan = make_plan(_spec(file, preset))
+        spec = _spec(file, preset)
+        plan = make_plan(spec)
         if as_json:
             typer.echo(json.dumps(plan.to_json() if units else {"totals": plan.totals()},
                                   indent=2))
         else:
             typer.echo(describe(plan, units=units))
+            typer.echo(f"on this machine: {precision_line('auto', _precisions(spec))}")
 
     @study.command("run")
     def run_cmd(
@@ -156,7 +168,8 @@ def register(app: typer.Typer) -> None:
         if file is None and preset is None:
             typer.echo("no study file given: running the quick preset", err=True)
         spec = _spec(file, preset)
-        _check_device(spec, device, executor)  # before any host loads or the store is made
+        # before any host loads or the store is made; then say what auto chose here
+        typer.echo(_check_device(spec, device, executor), err=True)
         with default_device(device):  # the worker processes started in it inherit it
             out = run_study(spec, _store_path(store, spec), executor=executor, workers=workers,
                             threads=threads, address=address, retry_failed=retry_failed,

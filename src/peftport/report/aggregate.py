@@ -49,6 +49,7 @@ from peftport.report.model import (
     summarize,
 )
 from peftport.report.paired import difference_tables
+from peftport.report.portmethods import method_tables
 from peftport.report.saved import curves as complete_curves
 from peftport.report.saved import steps_saved_tables
 from peftport.report.science import (
@@ -621,6 +622,7 @@ def aggregate(data: StoreData) -> Aggregates:
     }
     distance = distance_section(data, axes, learned)
     tables.update((t.name, t) for t in distance.tables)
+    tables.update((t.name, t) for t in method_tables(data, learned))  # `methods:` > 1
     return Aggregates(
         axes=axes,
         metric=data.metric,

@@ -22,7 +22,8 @@ from typing import Any
 
 from peftport.errors import PeftportError
 from peftport.study.plan import CELL_KEY, Cell  # CELL_KEY: the columns of `cells` naming a result
-from peftport.study.schema import SCHEMA_VERSION  # the store schema this report reads
+from peftport.study.schema import SCHEMA_VERSION, cells_have_method
+from peftport.study.specmethods import primary_method
 
 METRICS = ("accuracy", "macro_f1", "auc")  # the metrics a report can be made of
 REQUIRED_TABLES = ("meta", "studies", "units", "cells", "metrics")
@@ -90,6 +91,9 @@ class StoreData:
     # study id -> the keys (CELL_KEY order) of its cells: the studies' results are united in
     # `observations`, and a per-study section picks its own with this
     study_cells: dict[str, frozenset[tuple]] = field(default_factory=dict)
+    # every ported observation of every porting method (`methods:`; `method` says which); the
+    # tables above read each study's primary method (copy) as `ported`
+    method_observations: list[Observation] = field(default_factory=list)
     # (unit id, step) -> the origin module's Predictions on a cross-data post unit's examples
     origin_predictions: dict[tuple[str, int], Any] = field(default_factory=dict)
     has_predictions: bool = False  # the store has a predictions table (newer stores)
@@ -189,8 +193,9 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
         )
         ids = [s["id"] for s in studies]
         marks = ",".join("?" * len(ids))
+        method_col = "method" if cells_have_method(con) else "'copy' AS method"  # older store
         cells = con.execute(
-            f"SELECT study_id, {', '.join(CELL_KEY)}, unit_id, step FROM cells "
+            f"SELECT study_id, {', '.join(CELL_KEY)}, unit_id, step, {method_col} FROM cells "
             f"WHERE study_id IN ({marks})",
             ids,
         ).fetchall()
@@ -221,6 +226,9 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
         con.close()
 
     observations: dict[tuple, Observation] = {}
+    by_method: dict[tuple, Observation] = {}
+    primary = {s["id"]: primary_method(tuple(_json(s["spec"]).get("methods") or ["copy"]))
+               for s in studies}
     for c in cells:
         key = tuple(c[k] for k in CELL_KEY)
         u = units.get(c["unit_id"])
@@ -240,8 +248,13 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
             macro_f1=m.get("macro_f1") if done else None,
             examples=int(m["n"]) if done and m.get("n") is not None else None,
             metric=metric,
+            method=c["method"],
             predictions=preds.get((c["unit_id"], int(c["step"]))) if done else None,
         )
+        if obs.condition == "ported":
+            by_method[(*key, obs.method)] = obs
+        if obs.method != primary[c["study_id"]]:
+            continue  # another method's result: the methods section's
         old = observations.get(key)
         if old is not None and old.unit_id != obs.unit_id:
             names = {s["id"]: s["name"] for s in studies}
@@ -287,6 +300,7 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
         host_pairs=host_pairs,
         host_pairs_problem=host_pairs_problem,
         study_cells={k: frozenset(v) for k, v in study_cells.items()},
+        method_observations=sorted(by_method.values(), key=lambda o: (_sort_key(o), o.method)),
         origin_predictions=origin_preds,
         has_predictions=has_preds,
     )
@@ -378,6 +392,11 @@ def _provenance(units: list[sqlite3.Row]) -> dict[str, Any]:
             hosts.setdefault(k, set()).add(str(v))
         for k, v in _json(u["data_fingerprints"]).items():
             data.setdefault(k, set()).add(str(v))
+    # where each done unit computed (units stored before devices existed have no placement)
+    precisions = Counter(
+        str((_json(u["result"]).get("placement") or {}).get("precision", "not recorded"))
+        for u in done
+    )
     finished = [u["finished_at"] for u in done if u["finished_at"]]
     started = [u["started_at"] for u in done if u["started_at"]]
     stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
@@ -390,4 +409,28 @@ def _provenance(units: list[sqlite3.Row]) -> dict[str, Any]:
         "first_started": stamp(min(started)) if started else None,
         "last_finished": stamp(max(finished)) if finished else None,
         "workers": len({u["worker"] for u in done if u["worker"]}),
+        "precisions": dict(sorted(precisions.items())),
     }
+
+
+def precision_summary(provenance: dict[str, Any]) -> str:
+    """The provenance table's precision row: the warning when precisions mix, else the counts."""
+    counts = provenance.get("precisions") or {}
+    return precision_warning(provenance) or (
+        ", ".join(f"{k} ({n} units)" for k, n in counts.items()) or "–"
+    )
+
+
+def precision_warning(provenance: dict[str, Any]) -> str | None:
+    """One line when the done units computed in more than one precision (e.g. `precision: auto`
+    on Ray nodes with and without native bf16: the same unit ids, different numbers), else
+    None."""
+    counts = {k: n for k, n in (provenance.get("precisions") or {}).items()
+              if k != "not recorded"}  # units from before devices: fp32 or the bf16 switch
+    if len(counts) < 2:
+        return None
+    parts = ", ".join(f"{p} ({n} units)" for p, n in counts.items())
+    return (
+        f"Warning: the results mix precisions: {parts}; their numbers are not comparable bit "
+        "for bit. Pin `precision` in the study's train section and rerun for one precision."
+    )

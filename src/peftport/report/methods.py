@@ -39,5 +39,10 @@ METHODS = [
     "Ranking: per run, the score ported − random (averaged over checkpoints, or at step 0); "
     "techniques ranked by mean score, rank intervals and P(best) from a bootstrap over runs "
     "(paired when every technique has the same runs).",
+    "Porting methods (a study with more than one `methods:` entry): each method's mean with "
+    "the interval above; differences of a method minus copy (pairs: the two ports of one "
+    "pretrained snapshot) and minus sampled and random (pairs as above), tested over "
+    "independent units as above, Holm over every row of the methods' difference table. The "
+    "other tables read copy (else the study's first method) as ported.",
     "Findings: computed from these tables (report/findings.py), never written by hand.",
 ]

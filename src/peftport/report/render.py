@@ -55,9 +55,10 @@ from peftport.report.columns import (
 )
 from peftport.report.distance import CORRELATION_TABLE
 from peftport.report.distance import TABLE as DISTANCE_TABLE
-from peftport.report.load import StoreData
+from peftport.report.load import StoreData, precision_summary, precision_warning
 from peftport.report.methods import METHODS
 from peftport.report.model import ONE_CLASS, Aggregates, Table
+from peftport.report.portmethods import methods_sections
 from peftport.report.science import NOT_LEARNED_AUC, NOT_LEARNED_MARGIN
 
 BY_DIRECTION = "By direction and data combination"
@@ -176,6 +177,7 @@ def _provenance_blocks(data: StoreData, generated_at: str, version: str) -> list
             "; ".join(f"{g} ({n} units)" for g, n in p.get("git", {}).items()) or "–",
         ),
     ]
+    rows.append(("precision", precision_summary(p)))
     rows.append(("head policy (encoder classifiers)", "; ".join(
         f"{st['name']}: " + HEAD_POLICY_TEXT[(st.get("spec") or {}).get("head_policy", "follow")]
         for st in data.studies) or "–"))
@@ -290,6 +292,7 @@ def page(
                 direction_notes=True,
             ),
         ),
+        *methods_sections(agg),  # only for a study with more than one porting method
         Section(
             "steps-saved",
             "Steps saved",
@@ -343,7 +346,7 @@ def page(
         version=version,
         git=list(data.provenance.get("git", {})),
         complete=all(o.value is not None for o in data.observations),
-        status=_status(data),
+        status=" ".join(filter(None, (_status(data), precision_warning(data.provenance)))),
         sections=sections,
     )
 

@@ -13,6 +13,7 @@ from peftport.study.plan import CELL_KEY
 COLUMNS = (
     "study_id",
     *CELL_KEY,
+    "method",  # the porting method of a ported row (copy for every other condition)
     *("accuracy", "macro_f1", "auc", "majority_share", "n"),
     *("unit_id", "step", "kind", "status", "horizon", "seconds", "git"),
 )
@@ -57,6 +58,8 @@ def export_results(
         rows = st.results(study_id)
     finally:
         st.close()
+    for r in rows:  # a store made before the `method` column holds copies only
+        r.setdefault("method", "copy")
     if parquet_path is not None:
         write_parquet(rows, parquet_path)
     else:

@@ -12,6 +12,10 @@ random run post steps: that is the *naive* count. The plan executes far fewer st
   sampled: port the snapshot, then ONE adaptation to the largest post-porting step count,
   evaluated at 0 (zero-shot) and at every post-porting step count. The learning-rate schedule's
   horizon is shared: the 500-step result is step 500 of a 3000-step schedule (TrainConfig.horizon);
+- porting methods (`methods:`, default copy): a ported post unit per method the technique can
+  take (study/specmethods.py), each porting the same snapshot; sampled and random are
+  method-free. A method other than copy enters the unit's config (and id) and its cells'
+  `method`; copy's configs and ids are those of before the axis;
 - `random` unit, one per (technique, receiver, post data set, seed): the technique's fresh
   initialisation trained on the receiver. It depends neither on the origin, the pre-porting data
   set nor the pre-porting steps, so it runs once and serves every pair and combination with that
@@ -94,6 +98,7 @@ class Unit:
     seed: int = 0
     condition: str | None = None
     pre_steps: int | None = None  # pretrain: the largest; post: the snapshot's step
+    method: str = "copy"  # the porting method of a ported unit (study/specmethods.py)
 
     @property
     def horizon(self) -> int:
@@ -120,10 +125,15 @@ class Cell:
     post_steps: int
     unit_id: str
     step: int  # the unit's checkpoint that holds the metrics
+    # how a ported cell's module was carried (`methods:`); copy for every other condition.
+    # Keyword-only and not in CELL_KEY: the report's tables read the study's primary method as
+    # `ported` (report/load.py) and the methods section reads every method.
+    method: str = field(default="copy", kw_only=True)
 
 
-# the fields of a Cell that name one result (the unit and step say where it is stored)
-CELL_KEY = tuple(f.name for f in fields(Cell) if f.name not in ("unit_id", "step"))
+# the fields of a Cell that name one result of one method (the unit and step say where it is
+# stored; the store's `cells` key adds `method`)
+CELL_KEY = tuple(f.name for f in fields(Cell) if f.name not in ("unit_id", "step", "method"))
 # where a run stands in the grid: the first fields of a Cell, and fields of its Unit too
 RUN_AT = ("technique", "origin", "receiver", "pre_data", "post_data", "seed")
 
@@ -150,14 +160,27 @@ class Plan:
         naive = sum(u.naive_steps for u in self.units)
         runs = sum(u.runs for u in self.units)
         ps = [c for c in s.conditions if c != "random"]
-        per_cell = len(ps) * len(s.pre_steps) + ("random" in s.conditions)
-        formula = (f"{len(s.techniques)} techniques x {len(s.pairs)} origin->receiver x "
+        # a ported cell per method the technique takes (sampled is method-free)
+        skipped = {(t, m) for t, m, _ in s.method_skips}
+        n_ps = {t.name: sum(sum((t.name, m) not in skipped for m in s.methods)
+                            if c == "ported" else 1 for c in ps) for t in s.techniques}
+        rnd = "random" in s.conditions
+        if len(set(n_ps.values())) == 1:
+            n = next(iter(n_ps.values()))
+            what = (f"{len(ps)} conditions" if n == len(ps) else
+                    f"{n} conditions and methods ({len(s.methods)} methods of ported)")
+            factor = f"{len(s.techniques)} techniques x "
+            inner = f"{what} x {len(s.pre_steps)} pre-porting step counts"
+        else:  # a method some technique cannot take
+            factor = ""
+            inner = (" + ".join(f"{t} {k}" for t, k in n_ps.items()) + " conditions and "
+                     f"methods per technique x {len(s.pre_steps)} pre-porting step counts")
+        formula = (f"{factor}{len(s.pairs)} origin->receiver x "
                    f"{len(s.data)} data combinations x {len(s.seeds)} seeds x "
-                   f"{len(s.post_steps)} post-porting step counts x ({len(ps)} conditions x "
-                   f"{len(s.pre_steps)} pre-porting step counts"
-                   f"{' + 1 random' if 'random' in s.conditions else ''})")
-        expected = (len(s.techniques) * len(s.pairs) * len(s.data) * len(s.seeds)
-                    * len(s.post_steps) * per_cell)
+                   f"{len(s.post_steps)} post-porting step counts x ({inner}"
+                   f"{(' + 1 random' + (' per technique' if not factor else '')) if rnd else ''})")
+        expected = (len(s.pairs) * len(s.data) * len(s.seeds) * len(s.post_steps)
+                    * sum(k * len(s.pre_steps) + rnd for k in n_ps.values()))
         assert runs == expected, (runs, expected)
         zero_shot = sum(1 for c in self.cells if c.post_steps == 0 and c.condition != "origin")
         return {
@@ -227,6 +250,7 @@ def make_plan(spec: StudySpec) -> Plan:
     origins = list(dict.fromkeys(p[0] for p in spec.pairs))
     origin_head = {r: _keeps_origin_head(spec, r) for _, r in spec.pairs}
     head_random = "random" in spec.conditions and any(origin_head.values())
+    skipped = {(t, m) for t, m, _ in spec.method_skips}  # methods a technique cannot take
 
     for t in spec.techniques:
         for seed in spec.seeds:
@@ -273,7 +297,9 @@ def make_plan(spec: StudySpec) -> Plan:
                 via = f" (layer map {pm.describe()})" if mapped else ""
                 for pre_data, post_data in spec.data:
                     for p in spec.pre_steps:
-                        for cond in ps_conditions:
+                        for cond, method in [(c, m) for c in ps_conditions for m in
+                                             (spec.methods if c == "ported" else ("copy",))
+                                             if (t.name, m) not in skipped]:
                             key = snap[(origin, pre_data, p)]
                             config = {"kind": "post", "condition": cond, "technique": t.name,
                                       "technique_config": t.config, "origin": origin,
@@ -287,6 +313,8 @@ def make_plan(spec: StudySpec) -> Plan:
                                 config["draw"] = "module"
                                 if origin_head[receiver]:
                                     config["head"] = "origin"
+                            if method != "copy":  # copy's config and id are as they always were
+                                config["method"] = method
                             if mapped:
                                 # the strategy, not the resolved map: ids are known at plan
                                 # time, before any host is on disk (a cka map also records the
@@ -297,11 +325,13 @@ def make_plan(spec: StudySpec) -> Plan:
                             units[uid] = after_port(
                                 id=uid, kind="post", config=config, runs=len(post),
                                 naive_steps=len(post) * p + naive_post, needs=(key,),
-                                **_at(where), condition=cond, pre_steps=p,
-                                label=f"{cond} {t.name} {origin} -> {receiver}{via}, "
+                                **_at(where), condition=cond, pre_steps=p, method=method,
+                                label=f"{cond}{'' if method == 'copy' else f' ({method})'} "
+                                      f"{t.name} {origin} -> {receiver}{via}, "
                                       f"{pre_data} -> {post_data}, seed {seed}, after {p} steps")
                             deps[uid] = (producer[key],)
-                            cells.extend(Cell(*where, cond, p, q, uid, q) for q in post_eval)
+                            cells.extend(Cell(*where, cond, p, q, uid, q, method=method)
+                                         for q in post_eval)
                     if "random" in spec.conditions:
                         config = {"kind": "random", "technique": t.name,
                                   "technique_config": t.config, "receiver": receiver,
@@ -381,6 +411,8 @@ def describe(plan: Plan, *, units: bool = True) -> str:
         f"  pre-porting steps: {', '.join(map(str, s.pre_steps))}; post-porting steps: "
         f"{', '.join(map(str, s.post_steps)) or 'none'} (+ zero-shot)",
         f"  conditions: {', '.join(s.conditions)}; seeds: {', '.join(map(str, s.seeds))}",
+        *([f"  porting methods of ported: {', '.join(s.methods)} (one post unit each; sampled "
+           "and random are method-free)"] if s.methods != ("copy",) else []),
         f"  head policy (encoder classifiers): {s.head_policy}"
         + (" (the origin's trained head in every condition)" if s.head_policy == "origin" else
            " (the head follows the condition)"),

@@ -25,8 +25,12 @@ Schema (version 1; `meta.schema_version`), which the report reads:
   (`tensor_digest`: names, dtypes, shapes and bytes of the tensors); `path` is relative to
   STORE.artifacts/ (`ab/<sha256>`, a module folder that `peftport.module.load_module` reads).
 - `cells(study_id, technique, origin, receiver, pre_data, post_data, seed, condition, pre_steps,
-  post_steps, unit_id, step)`: every result of a study (the runs in the paper's sense, their
-  zero-shot step 0, and the `origin` accuracy of each snapshot) and the unit step that holds it.
+  post_steps, unit_id, step, method)`: every result of a study (the runs in the paper's sense,
+  their zero-shot step 0, and the `origin` accuracy of each snapshot) and the unit step that
+  holds it; `method` is the porting method of a ported cell (`methods:`; copy otherwise) and part
+  of the key. A store made before the column is migrated when opened for writing
+  (`migrate_cells`: its cells become copy, which is what they were); read-only readers take a
+  missing column as copy (`cells_have_method`).
 - `events(id, unit_id, event, at, pid, hostname, detail)`: an append-only log (claimed, done,
   failed, released, reset, retry, recompute: a done unit's artifact was damaged or missing and
   it runs again): "done exactly once" can be checked.
@@ -103,8 +107,9 @@ CREATE TABLE IF NOT EXISTS cells (
     receiver TEXT NOT NULL, pre_data TEXT NOT NULL, post_data TEXT NOT NULL,
     seed INTEGER NOT NULL, condition TEXT NOT NULL, pre_steps INTEGER NOT NULL,
     post_steps INTEGER NOT NULL, unit_id TEXT NOT NULL, step INTEGER NOT NULL,
+    method TEXT NOT NULL DEFAULT 'copy',
     PRIMARY KEY (study_id, technique, origin, receiver, pre_data, post_data, seed, condition,
-                 pre_steps, post_steps));
+                 pre_steps, post_steps, method));
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, unit_id TEXT NOT NULL, event TEXT NOT NULL,
     at REAL NOT NULL, pid INTEGER, hostname TEXT, detail TEXT);
@@ -126,7 +131,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     PRIMARY KEY (unit_id, step, evaluated));
 CREATE VIEW IF NOT EXISTS results AS
 SELECT c.study_id, c.technique, c.origin, c.receiver, c.pre_data, c.post_data, c.seed,
-       c.condition, c.pre_steps, c.post_steps, c.unit_id, c.step, u.kind, u.status,
+       c.condition, c.pre_steps, c.post_steps, c.unit_id, c.step, c.method, u.kind, u.status,
        MAX(CASE WHEN m.name = 'accuracy' THEN m.value END) AS accuracy,
        MAX(CASE WHEN m.name = 'macro_f1' THEN m.value END) AS macro_f1,
        MAX(CASE WHEN m.name = 'auc' THEN m.value END) AS auc,
@@ -136,7 +141,7 @@ SELECT c.study_id, c.technique, c.origin, c.receiver, c.pre_data, c.post_data, c
 FROM cells c JOIN units u ON u.id = c.unit_id
 LEFT JOIN metrics m ON m.unit_id = c.unit_id AND m.step = c.step
 GROUP BY c.study_id, c.technique, c.origin, c.receiver, c.pre_data, c.post_data, c.seed,
-         c.condition, c.pre_steps, c.post_steps;
+         c.condition, c.pre_steps, c.post_steps, c.method;
 """
 
 
@@ -176,3 +181,32 @@ def foreign_store(path: Path) -> str | None:
         return (f"{path}: study store schema version {version}; this peftport reads version "
                 f"{SCHEMA_VERSION} (a newer peftport made it)")
     return None
+
+
+# The `cells` table as it was before `method` (same columns in the same order, without it).
+_CELLS_COLUMNS = ("study_id, technique, origin, receiver, pre_data, post_data, seed, condition, "
+                  "pre_steps, post_steps, unit_id, step")
+
+
+def cells_have_method(con: sqlite3.Connection) -> bool:
+    """Whether this store's `cells` table has the `method` column (stores made before it do
+    not: every one of their cells is a copy)."""
+    return any(r[1] == "method" for r in con.execute("PRAGMA table_info(cells)"))
+
+
+def migrate_cells(con: sqlite3.Connection) -> bool:
+    """Give an older store's `cells` the `method` column (inside the caller's write
+    transaction). The key changes too, which ALTER TABLE cannot do: the table is rebuilt, its
+    rows kept as copy, and the `results` view made again over it. True if it migrated."""
+    if cells_have_method(con):
+        return False
+    con.execute("DROP VIEW IF EXISTS results")
+    con.execute("ALTER TABLE cells RENAME TO cells_before_method")
+    create = SCHEMA.split("CREATE TABLE IF NOT EXISTS cells (")[1].split(";")[0]
+    con.execute("CREATE TABLE cells (" + create)
+    con.execute(f"INSERT INTO cells ({_CELLS_COLUMNS}, method) SELECT {_CELLS_COLUMNS}, 'copy' "
+                "FROM cells_before_method")
+    con.execute("DROP TABLE cells_before_method")
+    con.execute("CREATE VIEW results AS" + SCHEMA.split("CREATE VIEW IF NOT EXISTS results AS")[1]
+                .split(";")[0])
+    return True

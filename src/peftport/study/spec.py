@@ -14,6 +14,7 @@ Every key is documented in docs/study.md. In short:
     pre_steps: [100]                         # pre-porting steps (checkpoints of one training)
     post_steps: [25, 50]                     # post-porting steps; zero-shot (0) always included
     conditions: [ported, sampled, random]
+    methods: [copy, scaled:0.5]              # how ported carries a module (default [copy])
     seeds: [0, 1]
     train: {lr: 1.0e-3, batch_size: 16, max_length: 64, max_eval_examples: 200}
     pre: {}                                  # overrides of `train` before porting
@@ -62,6 +63,7 @@ from peftport.study.source import (
     decode,
     parse_text,
 )
+from peftport.study.specmethods import read_methods, skip_notes
 from peftport.study.validate import (
     MAX_INT,
     check_keys,
@@ -85,6 +87,8 @@ TOP_KEYS = {
     "pre_steps": "pre-porting step counts (checkpoints of one training)",
     "post_steps": "post-porting step counts (zero-shot is always included)",
     "conditions": "porting conditions: ported, sampled, random",
+    "methods": "porting methods of the ported condition (default [copy]): copy, scaled:F, "
+               "subspace[:rank], align[:fit] (docs/porting-methods.md)",
     "seeds": "random seeds",
     "train": "training settings for both phases",
     "pre": "training settings before porting (over `train`)",
@@ -138,6 +142,9 @@ class StudySpec:
     max_examples: int | None = None
     keep_adapted: bool = False
     head_policy: str = "follow"  # peftport.porting.HEAD_POLICIES
+    methods: tuple[str, ...] = ("copy",)  # canonical texts (study/specmethods.py)
+    # (technique, method, why) a method cannot carry: not planned (follows from the above)
+    method_skips: tuple[tuple[str, str, str], ...] = field(default=(), compare=False)
     source: str = ""  # the file (or "preset NAME") it came from
     notes: tuple[str, ...] = field(default=(), compare=False)  # checks that had to wait
     # directed pairs that carry a layer map (the others port layer i into layer i)
@@ -183,6 +190,8 @@ class StudySpec:
             out["compare"] = self.compare.as_dict() if self.compare is not None else False
         if self.head_policy != "follow":
             out["head_policy"] = self.head_policy
+        if self.methods != ("copy",):
+            out["methods"] = list(self.methods)
         if self.derived_hosts:
             out["hosts"] = {d.name: dict(d.recipe()) for d in self.derived_hosts}
         return out
@@ -330,13 +339,20 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
         probs.add(("head_policy",), f"head_policy must be one of {', '.join(HEAD_POLICIES)}, "
                   f"got {head_policy!r}")
 
+    methods, method_skips = read_methods(data, [t.name for t in techniques],
+                           {h: host_cache[h].family for p in pairs for h in p
+                            if host_cache.get(h) is not None and host_cache[h].family},
+                           conditions, probs)
+
     probs.raise_if_any()
-    notes = tuple(unchecked_notes(pairs, host_cache))
+    notes = tuple(unchecked_notes(pairs, host_cache)) + tuple(skip_notes(method_skips))
     return StudySpec(
         name=name, description=description.strip(), techniques=tuple(techniques),
         pairs=tuple(pairs), data=tuple(data_combos), pre_steps=pre_steps, post_steps=post_steps,
         conditions=tuple(conditions), seeds=seeds, max_examples=max_examples,
-        keep_adapted=keep_adapted, head_policy=head_policy, source=src.name, notes=notes,
+        keep_adapted=keep_adapted, head_policy=head_policy, methods=methods,
+        method_skips=method_skips, source=src.name,
+        notes=notes,
         layer_maps=tuple((o, r, pm) for (o, r), (pm, _) in read.maps.items()),
         compare=compare, derived_hosts=derived,
         pair_where=tuple((o, r, w) for (o, r), w in read.where.items()),

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.study.schema import METRIC_NAMES, SCHEMA, SCHEMA_VERSION, foreign_store
+from peftport.study.schema import (
+    METRIC_NAMES,
+    SCHEMA,
+    SCHEMA_VERSION,
+    cells_have_method,
+    foreign_store,
+    migrate_cells,
+)
 
 LEASE_SECONDS = 120.0
 
@@ -105,6 +112,9 @@ class Store:
             self.db.execute("PRAGMA foreign_keys=ON")
             # one transaction: another driver sees all of the schema or none of it
             self.db.executescript("BEGIN IMMEDIATE;\n" + SCHEMA + "\nCOMMIT;")
+            if not cells_have_method(self.db):  # a store made before `methods:`
+                with self.tx() as db:
+                    migrate_cells(db)
         except sqlite3.DatabaseError as e:
             raise PeftportError(f"{self.path}: not a usable study store ({e})") from None
         self._check_schema()
@@ -170,10 +180,10 @@ class Store:
                            [(u.id, producers[k][0], k, producers[k][1])
                             for u in plan.units for k in u.needs])
             db.executemany("INSERT OR IGNORE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                           "?, ?)",
+                           "?, ?, ?)",
                            [(spec.id, c.technique, c.origin, c.receiver, c.pre_data,
                              c.post_data, c.seed, c.condition, c.pre_steps, c.post_steps,
-                             c.unit_id, c.step) for c in plan.cells])
+                             c.unit_id, c.step, c.method) for c in plan.cells])
             crash_point("add_plan")  # inside the transaction: none of it is kept
         done = self.count(plan_ids(plan), "done")
         return {"new": new, "done": done, "total": len(plan.units)}
@@ -462,6 +472,8 @@ class Store:
                                                 "placement")}
             if result.get("layer_map") is not None:  # post units ported through a layer map
                 extra["layer_map"] = result["layer_map"]
+            if result.get("method") is not None:  # a ported unit's method other than copy
+                extra["method"] = result["method"]
             db.execute(
                 "UPDATE units SET status = 'done', finished_at = ?, seconds = ?, "
                 "train_seconds = ?, examples_per_second = ?, trainable_parameters = ?, "
@@ -535,7 +547,7 @@ class Store:
             sql += " WHERE study_id = ?"
             args = (study_id,)
         sql += (" ORDER BY technique, origin, receiver, pre_data, post_data, seed, condition, "
-                "pre_steps, post_steps")
+                "pre_steps, post_steps" + (", method" if cells_have_method(self.db) else ""))
         return [dict(r) for r in self.db.execute(sql, args).fetchall()]
 
 

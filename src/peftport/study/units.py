@@ -210,6 +210,40 @@ def _pretrain(unit_id: str, c: dict[str, Any], threads: int) -> dict[str, Any]:
     return out
 
 
+ALIGNMENT_CACHE_SIZE = 1  # the fit of one host pair (it holds both hosts' weights)
+_ALIGNMENTS: LRU[Any] = LRU(ALIGNMENT_CACHE_SIZE)
+
+
+def method_inputs(method: str, c: dict[str, Any], num_labels: int, receiver: Any
+                  ) -> tuple[Any, dict[str, Any]]:
+    """What a post unit's porting method needs (`methods.MethodInputs`) and what its provenance
+    records (`methods.method_record`). `receiver`: the unit's host, no module attached yet.
+
+    align's fit (`alignfit.fit_alignment`: both plain hosts on the shared corpus) is made once
+    per host pair in each process that runs align units and kept (`_ALIGNMENTS`): every align
+    unit of a pair in that process uses it. It is deterministic (a seeded text sample, CPU
+    fp32), so each worker process fits the same maps."""
+    from peftport.methods import METHODS, MethodInputs, method_record, parse_method
+
+    parsed = parse_method(method)
+    need = METHODS.get(parsed.name)
+    if need.needs_alignment:
+        from peftport.alignfit import fit_alignment
+
+        key = (c["origin"], c["receiver"], parsed.params["fit"], num_labels)
+        t0 = time.perf_counter()
+        alignment = _ALIGNMENTS.get(key, lambda: fit_alignment(
+            fresh_host(c["origin"], num_labels), fresh_host(c["receiver"], num_labels),
+            fit=parsed.params["fit"]))
+        info = {**method_record(parsed, alignment),
+                "align_fit_seconds_here": round(time.perf_counter() - t0, 3)}
+        return MethodInputs(alignment=alignment), info
+    if need.needs_receiver_weights:
+        weights = {k: v.detach().clone() for k, v in receiver.model.state_dict().items()}
+        return MethodInputs(receiver_weights=weights), method_record(parsed)
+    return None, method_record(parsed)
+
+
 def _origin_predictions(c: dict[str, Any], snapshot: Any, data: Any, cfg: Any) -> dict:
     """The module this post unit starts from, on its origin host, evaluated on the post data
     set's evaluation examples: what the ported module's predictions are compared with
@@ -251,8 +285,11 @@ def _adapt(unit_id: str, c: dict[str, Any], threads: int, snapshot: Any,
                                 "resolved map (the driver resolves it before any unit)")
         if layer_map is not None:
             layer_map = [int(x) for x in layer_map]
+        method = c.get("method", "copy")  # absent: copy (the config of before `methods:`)
+        inputs, method_info = method_inputs(method, c, data.num_labels, h)
         run = adapt_run(snapshot, h, data, cfg, progress=False, condition=condition,
-                        layer_map=layer_map, head=c.get("head", "follow"))
+                        layer_map=layer_map, head=c.get("head", "follow"), method=method,
+                        method_inputs=inputs)
     elif c.get("head") == "origin":  # random with the origin module's head (plan.py)
         if snapshot is None:
             raise PeftportError(f"unit {unit_id}: the module whose head it keeps is missing")
@@ -268,9 +305,13 @@ def _adapt(unit_id: str, c: dict[str, Any], threads: int, snapshot: Any,
         extra = {"study_unit": unit_id, "condition": condition}
         if layer_map is not None:
             extra["layer_map"] = layer_map
+        if c.get("method"):
+            extra["method"] = method_info
         out["adapted"] = (run.tensors, _module_meta(run, data, cfg.steps, c["seed"], extra))
     out.update(_provenance({c["receiver"]: h}, {c["data"]: data}))
     out["layer_map"] = layer_map if c["kind"] == "post" else None
+    if c.get("method"):  # the unit's provenance: the method, its parameters, align's fit
+        out["method"] = method_info
     if snapshot is not None:  # where the ported module came from
         out["host_fingerprints"][c["origin"]] = snapshot[1]["origin_fingerprint"]
     out["seconds"] = time.perf_counter() - t0
