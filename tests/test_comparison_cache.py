@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 import peftport.hostcompare as hc
+from peftport.configs import CompareSettings
 from peftport.hostcompare import HostComparison, compare_cached, compare_hosts
 from test_hostcompare import cli, hosts  # noqa: F401 - the module's hosts fixture
 from test_study_run import run_inline, study_text, write_toy
@@ -39,10 +40,10 @@ def forward_passes(monkeypatch):
 
 def test_the_reverse_of_a_pair_is_derived_and_both_are_cached(hosts, home, forward_passes):  # noqa: F811
     deep, shallow = hosts["deep"], hosts["shallow"]
-    ab, how = compare_cached(deep, shallow, **SETTINGS)
+    ab, how = compare_cached(deep, shallow, CompareSettings(**SETTINGS))
     assert how == "computed" and forward_passes
     n = len(forward_passes)
-    ba, how = compare_cached(shallow, deep, **SETTINGS)
+    ba, how = compare_cached(shallow, deep, CompareSettings(**SETTINGS))
     assert how == "reversed" and len(forward_passes) == n  # no hidden states computed again
     direct = compare_hosts(shallow, deep, **SETTINGS)
     assert (ba.origin, ba.receiver, ba.origin_layers, ba.receiver_layers) == (shallow, deep, 3, 6)
@@ -58,15 +59,15 @@ def test_the_reverse_of_a_pair_is_derived_and_both_are_cached(hosts, home, forwa
     assert ba.layer_map("cka") == direct.layer_map("cka")
     assert ba.distance() == pytest.approx(direct.distance(), abs=1e-12)
     n = len(forward_passes)
-    again, how = compare_cached(deep, shallow, **SETTINGS)
+    again, how = compare_cached(deep, shallow, CompareSettings(**SETTINGS))
     assert how == "cached" and again == ab and len(forward_passes) == n
     assert len(list((home / "comparisons").glob("*.json"))) == 2
     # other settings are another comparison; a damaged cache file is computed again
-    _, how = compare_cached(deep, shallow, **{**SETTINGS, "seed": 3})
+    _, how = compare_cached(deep, shallow, CompareSettings(**{**SETTINGS, "seed": 3}))
     assert how == "computed"
     for f in (home / "comparisons").glob("*.json"):
         f.write_text("{not json")
-    _, how = compare_cached(deep, shallow, **SETTINGS)
+    _, how = compare_cached(deep, shallow, CompareSettings(**SETTINGS))
     assert how == "computed"
 
 

@@ -372,3 +372,19 @@ def test_copy_is_recorded_and_methods_need_the_ported_condition(tmp_path):
     assert meta["port"]["method"] == "scaled" and meta["port"]["factor"] == 0.5
     with pytest.raises(PeftportError, match="applies to the ported condition"):
         port_module(src, "tiny-bert", "sampled", 0, tmp_path / "c", method="scaled:0.5")
+
+
+def test_load_into_ports_as_peftport_port_does(tmp_path):
+    """One porting step (`runs.port_into`): a module loaded under a condition and a method, as
+    a study's post unit and `adapt` load it, holds exactly the tensors `peftport port` saves."""
+    from peftport.data import load_dataset
+    from peftport.runs import load_into
+
+    src = saved_module(tmp_path, "lora")
+    path, _ = port_module(src, "tiny-bert", "ported", 0, tmp_path / "out", method="scaled:0.5")
+    saved, _ = load_module(path)
+    data = load_dataset("tiny_sentiment")
+    h, att, _ = load_into(src, "tiny-bert", data, 0, condition="ported", method="scaled:0.5")
+    same_state(module_state(h.model, att.name), saved)
+    with pytest.raises(PeftportError, match="applies to the ported condition"):
+        load_into(src, "tiny-bert", data, 0, condition="random", method="scaled:0.5")

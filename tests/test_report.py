@@ -395,7 +395,8 @@ def test_html_and_markdown_have_the_same_sections_in_the_same_order(report):
 
 def test_the_page_escapes_what_the_store_says():
     """Text with markup (a failed unit's error, a study name) is shown as text, never run."""
-    from peftport.report.render import Page, Section, TableBlock, note, render_html
+    from peftport.report.blocks import Page, Section, TableBlock, note
+    from peftport.report.render import render_html
 
     evil = '<script>alert("x")</script> & <b>'
     blocks = [note(evil), TableBlock(["h"], [[(evil, "missing")]])]

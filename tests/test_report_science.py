@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from peftport.report.aggregate import aggregate
+from peftport.report.columns import stat_text
 from peftport.report.load import Observation, StoreData
 from peftport.report.model import Stat, summarize
 from peftport.report.paired import independent_units
-from peftport.report.render import render_markdown, stat_text
+from peftport.report.render import render_markdown
 from peftport.report.science import base_rates, learned_modules
 from peftport.report.uncertainty import MIN_RUNS, mean_interval
 
@@ -116,7 +117,7 @@ def test_a_module_that_did_not_learn_gets_no_retention_anywhere(tmp_path):
     assert zs["flat"]["origin_learned"].startswith("not learned")
     glance = {g["technique"]: g for g in agg.glance}
     assert glance["good"]["measured"] and not glance["flat"]["measured"]
-    from peftport.report.render import glance_rows
+    from peftport.report.columns import glance_rows
 
     header, rows = glance_rows(agg)
     flat = next(

@@ -159,3 +159,29 @@ def test_cli_plan_text_and_json():
     assert "runs (paper sense): 216" in res.output and "fewer" in res.output
     res = runner.invoke(app, ["study", "presets", "quick"])
     assert res.exit_code == 0 and "pairs:" in res.output
+
+
+def test_the_cpu_rate_is_measured_once_per_cpu_and_kept(tmp_path, monkeypatch):
+    """`study plan` reads the measured matmul rate from $PEFTPORT_HOME instead of timing a
+    product on every call; a file it cannot use is measured again and rewritten."""
+    from peftport.study import compute
+
+    monkeypatch.setenv("PEFTPORT_HOME", str(tmp_path))
+    compute.cpu_matmul_rate.cache_clear()
+    monkeypatch.setattr(compute, "_measure_rate", lambda seconds: 1.5e9)
+    assert compute.cpu_matmul_rate() == 1.5e9
+    kept = json.loads((tmp_path / "cpu_rate.json").read_text())
+    assert kept == {compute._cpu_key(): 1.5e9}
+    compute.cpu_matmul_rate.cache_clear()
+
+    def must_not_measure(seconds):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(compute, "_measure_rate", must_not_measure)
+    assert compute.cpu_matmul_rate() == 1.5e9  # a new process: read from the file
+    (tmp_path / "cpu_rate.json").write_text("not json")
+    compute.cpu_matmul_rate.cache_clear()
+    monkeypatch.setattr(compute, "_measure_rate", lambda seconds: 2.5e9)
+    assert compute.cpu_matmul_rate() == 2.5e9
+    assert json.loads((tmp_path / "cpu_rate.json").read_text()) == {compute._cpu_key(): 2.5e9}
+    compute.cpu_matmul_rate.cache_clear()

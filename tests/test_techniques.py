@@ -467,7 +467,7 @@ def test_a_new_technique_is_one_file(monkeypatch):
             return None
 
     fake = Technique(
-        name="fake", config_cls=FakeConfig, summary="a LoRA under another name",
+        config_cls=FakeConfig, summary="a LoRA under another name",
         reference="this test", order=99,
         support={ENCODER_CLASSIFIER: YES, TEXT_TO_TEXT: Support(False, "not here"),
                  DECODER_LM: YES},

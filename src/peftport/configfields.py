@@ -196,19 +196,9 @@ def settings(cls: type) -> dict[str, Setting]:
                 f"{cls.__name__}.{f.name} has no description: declare it with setting(...)"
             )
         default = f.default if f.default_factory is MISSING else f.default_factory()
-        out[f.name] = Setting(
-            name=f.name,
-            key=m["key"] or f.name,
-            annotation=hints[f.name],
-            default=default,
-            help=m["help"],
-            ge=m["ge"],
-            gt=m["gt"],
-            lt=m["lt"],
-            choices=m["choices"],
-            flags=m["flags"],
-            internal=m["internal"],
-        )
+        described = {k: m[k] for k in ("help", "ge", "gt", "lt", "choices", "flags", "internal")}
+        out[f.name] = Setting(name=f.name, key=m["key"] or f.name, annotation=hints[f.name],
+                              default=default, **described)
     return out
 
 

@@ -18,6 +18,7 @@ text, so the first n rows of a split are a seeded random sample (that is how `ma
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from pathlib import Path
@@ -132,30 +133,27 @@ DATASETS.add("sst2", DatasetSpec(
     notes="GLUE's sst2 test split has no labels: the hub validation split is used as test, and "
     "validation is carved out of the hub train split (10% by hash of text with the seed).",
 ))
-DATASETS.add("imdb", DatasetSpec(
-    id="imdb",
-    description="IMDB movie reviews, 25k train / 25k test (hub only)",
-    sources=(_local("imdb"), _hub("stanfordnlp/imdb", splits=(("train", "train"),
-                                                              ("test", "test")))),
-    notes="Validation is carved out of train (10% by hash of text); the unlabelled split is not "
-    "used.",
-))
-DATASETS.add("yelp_polarity", DatasetSpec(
-    id="yelp_polarity",
-    description="Yelp review polarity, 560k train / 38k test (hub only)",
-    sources=(_local("yelp_polarity"), _hub("fancyzhx/yelp_polarity", splits=(
-        ("train", "train"), ("test", "test")))),
-    notes="Validation is carved out of train (10% by hash of text).",
-))
-DATASETS.add("amazon_polarity", DatasetSpec(
-    id="amazon_polarity",
-    description="Amazon review polarity, 3.6M train / 400k test (hub only; title and content "
-    "joined)",
-    sources=(_local("amazon_polarity"), _hub("fancyzhx/amazon_polarity", text_fields=(
-        "title", "content"), splits=(("train", "train"), ("test", "test")))),
-    notes="Validation is carved out of train (10% by hash of text). Large: the first load "
-    "exports millions of rows.",
-))
+
+
+def _hub_train_test(data_id: str, description: str, repo_id: str, notes_end: str = ".",
+                    **kw: Any) -> None:
+    """A hub set with a train and a test split only: validation is carved out of train."""
+    DATASETS.add(data_id, DatasetSpec(
+        id=data_id, description=description,
+        sources=(_local(data_id), _hub(repo_id, splits=(("train", "train"), ("test", "test")),
+                                       **kw)),
+        notes="Validation is carved out of train (10% by hash of text)" + notes_end,
+    ))
+
+
+_hub_train_test("imdb", "IMDB movie reviews, 25k train / 25k test (hub only)",
+                "stanfordnlp/imdb", "; the unlabelled split is not used.")
+_hub_train_test("yelp_polarity", "Yelp review polarity, 560k train / 38k test (hub only)",
+                "fancyzhx/yelp_polarity")
+_hub_train_test("amazon_polarity", "Amazon review polarity, 3.6M train / 400k test (hub only; "
+                "title and content joined)", "fancyzhx/amazon_polarity",
+                ". Large: the first load exports millions of rows.",
+                text_fields=("title", "content"))
 # Shipped with the package (peftport/data_files): toy sentiment in the tiny hosts' vocabulary,
 # for `--preset paper-tiny` (the paper's grid on tiny hosts, offline, in CI).
 for _id, _what in (("tiny_sentiment", "the movie"), ("tiny_sentiment_b", "the film")):
@@ -279,14 +277,10 @@ def load_dataset(name_or_spec: str | DatasetSpec, max_examples: int | None = Non
         return full
     parts = {s: full.split(s)[:max_examples] for s in SPLITS}
     fps = {s: fingerprint_examples(parts[s]) for s in SPLITS}
-    return Dataset(
-        id=full.id, source=full.source, label_names=full.label_names,
-        label_words=full.label_words, train=parts["train"], validation=parts["validation"],
-        test=parts["test"], fingerprints=fps,
-        fingerprint=overall_fingerprint(fps, full.label_names),
+    return dataclasses.replace(
+        full, **parts, fingerprints=fps, fingerprint=overall_fingerprint(fps, full.label_names),
         split_method=full.split_method + f"; first {max_examples} of each split",
-        seed=full.seed, skipped=full.skipped, stats=dict(full.stats), notes=full.notes,
-        spec=spec,
+        stats=dict(full.stats), spec=spec,
     )
 
 

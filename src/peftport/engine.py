@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -65,18 +66,11 @@ def _model_device(model) -> str:
     return str(p.device) if p is not None else "cpu"
 
 
-def evaluate(
-    model,
-    kind: str,
-    enc: tasks.Encoded,
-    batch_size: int = 64,
-    bf16: bool = False,
-    placement: Placement | None = None,
-    eval_mode: str = "rank",
-) -> dict[str, float]:
-    """Accuracy, macro-F1 and ROC-AUC (binary: on the score margin; else macro one-vs-rest);
-    `evaluate_with_predictions` without the per-example record."""
-    return evaluate_with_predictions(model, kind, enc, batch_size, bf16, placement, eval_mode)[0]
+def evaluate(model, kind: str, enc: tasks.Encoded, *args: Any, **kwargs: Any) -> dict[str, float]:
+    """Accuracy, macro-F1 and ROC-AUC (binary: on the score margin; else macro one-vs-rest):
+    `evaluate_with_predictions`, which takes the same arguments, without the per-example
+    record."""
+    return evaluate_with_predictions(model, kind, enc, *args, **kwargs)[0]
 
 
 def evaluate_with_predictions(

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from peftport.configs import CompareSettings
 from peftport.diagnostics import check_layer_map, compare_state_dicts, stride_map
 from peftport.errors import PeftportError
 from peftport.layermap import STRATEGIES as LAYER_MAP_STRATEGIES
@@ -597,21 +598,19 @@ def host_fingerprint(name: str) -> str | None:
 def compare_cached(
     origin: str,
     receiver: str,
+    settings: CompareSettings | None = None,
     *,
-    corpus: str = "rt_plots",
-    texts: int = 256,
-    max_length: int = 64,
-    seed: int = 0,
     progress: bool = False,
     fingerprints: tuple[str | None, str | None] | None = None,
 ) -> tuple[HostComparison, str]:
-    """`compare_hosts` through the shared cache: returns (comparison, how), how = "cached" (this
-    direction computed before, by `hosts compare` or a study), "reversed" (the other direction
-    was: derived from it, `reverse_of`) or "computed". `fingerprints`: the hosts' weight
-    fingerprints when the caller knows them (else found from the hosts' folders)."""
+    """`compare_hosts` with `settings` (default: `CompareSettings()`) through the shared cache:
+    returns (comparison, how), how = "cached" (this direction computed before, by `hosts
+    compare` or a study), "reversed" (the other direction was: derived from it, `reverse_of`)
+    or "computed". `fingerprints`: the hosts' weight fingerprints when the caller knows them
+    (else found from the hosts' folders)."""
     from peftport.atomic import write_json
 
-    settings = {"corpus": corpus, "texts": texts, "max_length": max_length, "seed": seed}
+    settings = (settings or CompareSettings()).as_dict()
     o_fp, r_fp = fingerprints or (host_fingerprint(origin), host_fingerprint(receiver))
     kw: dict[str, Any] = dict(settings, progress=progress)
     if o_fp is None or r_fp is None:

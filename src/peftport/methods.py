@@ -190,6 +190,17 @@ METHODS.add(
 )
 
 
+def method_for(method: str | ParsedMethod, condition: str) -> ParsedMethod:
+    """The parsed `method` for porting under `condition`: a method other than copy applies to
+    the ported condition only (the controls are drawn as they are)."""
+    parsed = parse_method(method)
+    if parsed.name != "copy" and condition != "ported":
+        shown = method if isinstance(method, str) else parsed.name
+        raise PeftportError(f"--method {shown} applies to the ported condition; {condition} is "
+                            "a control and is drawn as it is (use --method copy)")
+    return parsed
+
+
 def parse_method(text: str | ParsedMethod) -> ParsedMethod:
     """Parse a method's text: "copy", "scaled:0.5", "subspace", "subspace:4", "align",
     "align:lstsq"."""
@@ -229,7 +240,7 @@ def port_with_method(
             raise PeftportError(
                 "porting method 'align' needs a fitted Alignment (peftport.alignfit.fit_alignment)"
             )
-        return _align(tensors, meta, receiver, layer_map, keep_receiver_head, inputs.alignment)
+        return _align(inputs.alignment, tensors, meta, receiver, layer_map, keep_receiver_head)
     out = port(
         tensors,
         meta,
@@ -542,13 +553,14 @@ def align_problem(technique: str, family: str, stacks: int = 1) -> str | None:
 
 
 def _align(
+    al: Alignment,
     tensors: Mapping[str, torch.Tensor],
     meta: Mapping[str, Any],
     receiver: ReceiverSpec,
     layer_map: ResolvedMap | None,
     keep_receiver_head: bool,
-    al: Alignment,
 ) -> dict[str, torch.Tensor]:
+    """The ported condition through the alignment `al` between the hosts' hidden spaces."""
     from peftport.porting import check_header, origin_names
 
     check_header(meta, receiver, layer_map)

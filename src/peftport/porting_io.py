@@ -124,23 +124,15 @@ def port_module(
     policy (`peftport.porting`), recorded with `head_applies` (false on a host without a head,
     where the policy changes nothing)."""
     from peftport.hosts import ENCODER_CLASSIFIER, get_host, load_host
-    from peftport.methods import (
-        METHODS,
-        MethodInputs,
-        method_record,
-        parse_method,
-        port_with_method,
-    )
+    from peftport.methods import method_for, method_record
     from peftport.module import FILLED, load_module, save_module
-    from peftport.porting import PortingError, ReceiverSpec, check_head_policy, port
-    from peftport.techniques import attach, check_supported, load_module_state
+    from peftport.porting import PortingError, check_head_policy
+    from peftport.runs import port_into
+    from peftport.techniques import check_supported
 
     check_head_policy(head)
     tensors, meta = load_module(module)
-    parsed = parse_method(method)
-    if parsed.name != "copy" and condition != "ported":
-        raise PeftportError(f"--method {method} applies to the ported condition; {condition} is "
-                            "a control and is drawn as it is (use --method copy)")
+    parsed = method_for(method, condition)  # before loading anything
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise PeftportError(f"{out} already exists; choose another --out or pass --force")
     spec = get_host(to)
@@ -155,40 +147,19 @@ def port_module(
 
     num_labels = len(meta["label_words"]) if meta["host_kind"] == ENCODER_CLASSIFIER else 2
     host = load_host(spec, num_labels=max(num_labels, 1))
-    inputs = MethodInputs()
-    needs = METHODS.get(parsed.name)
-    if needs.needs_alignment:  # on the plain hosts, before a module changes what they compute
-        from peftport.alignfit import fit_alignment
+    map_info: dict[str, Any] = {}
 
-        origin = load_host(get_host(meta["origin_host"]), num_labels=max(num_labels, 1))
-        inputs = MethodInputs(alignment=fit_alignment(origin, host, fit=parsed.params["fit"],
-                                                      texts=align_texts))
-    elif needs.needs_receiver_weights:
-        inputs = MethodInputs(receiver_weights={k: v.detach().clone()
-                                                for k, v in host.model.state_dict().items()})
-    name = meta.get("adapter_name", "peftport")
-    att = attach(
-        host.model, host.spec.family, meta["technique"], meta["config"], name=name, seed=seed
-    )
-    receiver = ReceiverSpec.from_attached(att, host.spec.id, host.fingerprint)
-    lmap, map_info = choose_layer_map(
-        layer_map,
-        meta,
-        tensors,
-        to,
-        dict(receiver.dims.get("layers") or {}),
-        receiver.layer_stacks,
-        progress=progress,
-    )
-    if condition == "ported" and parsed.name != "copy":
-        state = port_with_method(tensors, meta, receiver, parsed, lmap,
-                                 keep_receiver_head=keep_receiver_head, inputs=inputs)
-    else:  # copy is the ported condition itself, bit for bit
-        state = port(
-            tensors, meta, receiver, condition, seed, lmap, keep_receiver_head=keep_receiver_head,
-            head=head,
-        )
-    load_module_state(host.model, state, name)  # proves the result loads, strictly
+    def choose(receiver: Any) -> ResolvedMap | None:
+        lmap, info = choose_layer_map(layer_map, meta, tensors, to,
+                                      dict(receiver.dims.get("layers") or {}),
+                                      receiver.layer_stacks, progress=progress)
+        map_info.update(info)
+        return lmap
+
+    ported = port_into(host, tensors, meta, condition, seed, choose, head=head,
+                       keep_receiver_head=keep_receiver_head, method=parsed,
+                       align_texts=align_texts)
+    state, receiver = ported.state, ported.receiver
 
     new_meta = {k: v for k, v in meta.items() if k not in FILLED}
     source_metrics = new_meta.pop("metrics", None)
@@ -205,7 +176,7 @@ def port_module(
         "keep_receiver_head": keep_receiver_head,
         "head": head,
         "head_applies": bool(receiver.head_keys),
-        **method_record(parsed, inputs.alignment),
+        **method_record(parsed, ported.alignment),
     }
     path = save_module(out, state, new_meta, overwrite=force)
     return path, new_meta

@@ -266,35 +266,19 @@ def check_port(
                            "module between the two hidden spaces, fitted on shared unlabelled "
                            "text"))
 
-    o_heads = origin.heads if origin is not None else None
-    if o_heads is not None and host.heads is not None and o_heads != host.heads:
-        out.append(
-            Finding(
-                "heads",
-                NOTE,
-                o_heads,
-                host.heads,
-                "attention is split into other "
-                "heads: shapes may still match, what a head attends to does not",
-            )
-        )
-    else:
-        out.append(Finding("heads", OK if o_heads else NOTE, o_heads, host.heads))
-    o_vocab = origin.vocab_size if origin is not None else None
-    if o_vocab is not None and host.vocab_size is not None and o_vocab != host.vocab_size:
-        out.append(
-            Finding(
-                "vocabulary",
-                NOTE,
-                o_vocab,
-                host.vocab_size,
-                "the hosts tokenize "
-                "differently: the module sees other token ids (no tensor depends on "
-                "the vocabulary; prompts and prefixes were trained on other inputs)",
-            )
-        )
-    else:
-        out.append(Finding("vocabulary", OK if o_vocab else NOTE, o_vocab, host.vocab_size))
+    # facts that differ without blocking anything: what the difference means for the module
+    for what, mine, theirs, means in (
+        ("heads", origin.heads if origin is not None else None, host.heads,
+         "attention is split into other heads: shapes may still match, what a head attends to "
+         "does not"),
+        ("vocabulary", origin.vocab_size if origin is not None else None, host.vocab_size,
+         "the hosts tokenize differently: the module sees other token ids (no tensor depends "
+         "on the vocabulary; prompts and prefixes were trained on other inputs)"),
+    ):
+        if mine is not None and theirs is not None and mine != theirs:
+            out.append(Finding(what, NOTE, mine, theirs, means))
+        else:
+            out.append(Finding(what, OK if mine else NOTE, mine, theirs))
 
     words = list(meta.get("label_words") or [])
     if host.label_problem:

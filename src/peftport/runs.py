@@ -185,12 +185,11 @@ def load_into(
     `condition` (ported, sampled, random) ports the module into the host first, through
     `layer_map` (receiver layer -> origin layer) if given: `peftport port` and loading in one
     step, as a study's post unit does. Without it the module must already belong to this host.
-    `head`: the head policy for encoder classifiers (`peftport.porting`: follow or origin).
-    `method`: how the ported condition carries the module (`peftport.methods`; copy is `port`
-    itself), with `method_inputs` (a `MethodInputs`: the fitted alignment, receiver weights).
+    `head`: the head policy for encoder classifiers (`peftport.porting`: follow or origin);
+    `method`: the porting method of the ported condition (`peftport.methods`; `port_into`),
+    with `method_inputs` (a `MethodInputs`) when the caller has them already.
     """
     from peftport.module import load_module
-    from peftport.porting import ReceiverSpec, port
     from peftport.techniques import attach, load_module_state
 
     tensors, meta = module if isinstance(module, tuple) else load_module(module)
@@ -201,22 +200,88 @@ def load_into(
             f"the module was made for a {meta['host_kind']} host, but {h.spec.id!r} is a "
             f"{h.kind}: a module only goes into a host of the same kind"
         )
-    if condition is None:
-        _check_belongs(meta, h)
+    if condition is not None:
+        ported = port_into(h, tensors, meta, condition, seed, layer_map, head=head, method=method,
+                           inputs=method_inputs)
+        return h, ported.attached, meta
+    _check_belongs(meta, h)
     name = meta.get("adapter_name", "peftport")
     att = attach(h.model, h.spec.family, meta["technique"], meta["config"], name=name, seed=seed)
-    if condition is not None:
-        receiver = ReceiverSpec.from_attached(att, host_id=h.spec.id, fingerprint=h.fingerprint)
-        if condition == "ported" and method != "copy":
-            from peftport.methods import port_with_method
-
-            tensors = port_with_method(tensors, meta, receiver, method, layer_map,
-                                       inputs=method_inputs)
-        else:
-            tensors = port(tensors, meta, receiver, condition, seed, layer_map=layer_map,
-                           head=head)
     load_module_state(h.model, tensors, name)
     return h, att, meta
+
+
+@dataclass
+class Ported:
+    """A module ported into a host and loaded there (`port_into`)."""
+
+    attached: Any  # the `techniques.Attached` on the host
+    receiver: Any  # the `porting.ReceiverSpec` it was ported into
+    state: dict[str, torch.Tensor]  # the tensors loaded (receiver names)
+    method: Any  # the `methods.ParsedMethod` used
+    alignment: Any = None  # the fitted `alignfit.Alignment` under method align
+
+
+def port_into(
+    h: LoadedHost,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    condition: str,
+    seed: int,
+    layer_map: Any = None,
+    *,
+    head: str = "follow",
+    keep_receiver_head: bool = False,
+    method: Any = "copy",
+    align_texts: int = 256,
+    inputs: Any = None,
+) -> Ported:
+    """Attach the module's technique to `h` (fresh, drawn with `seed`), port the module's
+    tensors into it under `condition` (the ported condition under porting `method`) and load
+    them: the one porting step of `peftport port`, `adapt --condition` and a study's post units.
+
+    `layer_map`: the resolved map `porting.port` takes, or a function of the `ReceiverSpec` that
+    chooses it (`peftport port` resolves a strategy against the receiver's depths). `inputs`:
+    the method's `MethodInputs` when the caller has them; else fitted or copied here (align
+    fits on `align_texts` texts)."""
+    from peftport.methods import method_for, port_with_method
+    from peftport.porting import ReceiverSpec, port
+    from peftport.techniques import attach, load_module_state
+
+    parsed = method_for(method, condition)
+    if inputs is None:  # on the plain hosts, before a module changes what they compute
+        inputs = _method_inputs(parsed, meta, h, align_texts)
+    name = meta.get("adapter_name", "peftport")
+    att = attach(h.model, h.spec.family, meta["technique"], meta["config"], name=name, seed=seed)
+    receiver = ReceiverSpec.from_attached(att, host_id=h.spec.id, fingerprint=h.fingerprint)
+    lmap = layer_map(receiver) if callable(layer_map) else layer_map
+    if condition == "ported" and parsed.name != "copy":
+        state = port_with_method(tensors, meta, receiver, parsed, lmap,
+                                 keep_receiver_head=keep_receiver_head, inputs=inputs)
+    else:  # copy is the ported condition itself, bit for bit
+        state = port(tensors, meta, receiver, condition, seed, lmap,
+                     keep_receiver_head=keep_receiver_head, head=head)
+    load_module_state(h.model, state, name)  # proves the result loads, strictly
+    return Ported(att, receiver, state, parsed, inputs.alignment)
+
+
+def _method_inputs(parsed: Any, meta: dict[str, Any], h: LoadedHost, align_texts: int) -> Any:
+    """What porting method `parsed` uses beyond the module (`methods.MethodInputs`): the
+    alignment between the origin's and `h`'s hidden spaces, or `h`'s own weights."""
+    from peftport.methods import METHODS, MethodInputs
+
+    needs = METHODS.get(parsed.name)
+    if needs.needs_alignment:
+        from peftport.alignfit import fit_alignment
+
+        num_labels = len(meta["label_words"]) if meta["host_kind"] == ENCODER_CLASSIFIER else 2
+        origin = load_host(get_host(meta["origin_host"]), num_labels=max(num_labels, 1))
+        return MethodInputs(alignment=fit_alignment(origin, h, fit=parsed.params["fit"],
+                                                    texts=align_texts))
+    if needs.needs_receiver_weights:
+        return MethodInputs(receiver_weights={k: v.detach().clone()
+                                              for k, v in h.model.state_dict().items()})
+    return MethodInputs()
 
 
 def _check_belongs(meta: dict[str, Any], h: LoadedHost) -> None:
@@ -270,23 +335,12 @@ def adapt_run(
 
 
 def evaluate_run(
-    module: ModuleLike,
-    host: str | LoadedHost,
-    data: str | Dataset,
-    *,
-    split: str = "test",
-    max_examples: int | None = None,
-    max_length: int = 64,
-    batch_size: int = 64,
-    placement: Placement | None = None,
-    eval_mode: str = "rank",
+    module: ModuleLike, host: str | LoadedHost, data: str | Dataset, **options: Any
 ) -> dict[str, float]:
-    """The module's metrics in `host` on `placement` (default: auto device, auto precision);
-    eval_mode: rank the label words, or generate (text-to-text hosts; `engine.evaluate`)."""
-    return evaluate_run_with_predictions(module, host, data, split=split,
-                                         max_examples=max_examples, max_length=max_length,
-                                         batch_size=batch_size, placement=placement,
-                                         eval_mode=eval_mode)[0]
+    """The module's metrics in `host`: `evaluate_run_with_predictions`, which takes the same
+    options (split, max_examples, max_length, batch_size, placement, eval_mode), without the
+    per-example record."""
+    return evaluate_run_with_predictions(module, host, data, **options)[0]
 
 
 def evaluate_run_with_predictions(
@@ -327,6 +381,8 @@ __all__ = [
     "evaluate_run_with_predictions",
     "examples_sha256",
     "load_into",
+    "port_into",
+    "Ported",
     "check_labels",
     "encodings",
     "host_for",

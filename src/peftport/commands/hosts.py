@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
 
         if plot is not None and plot.suffix.lower() != ".png":
             raise PeftportError(f"--plot {plot}: the figure is a PNG; name it *.png")
-        c, _ = compare_cached(origin, receiver, **settings, progress=True)  # shared cache
+        c, _ = compare_cached(origin, receiver, CompareSettings(**settings), progress=True)
         if plot is not None:
             write_bytes(plot, render_comparison_png(c))
         if as_json:

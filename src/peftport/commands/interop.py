@@ -14,6 +14,18 @@ FORMAT_HELP = (
     "peft: a Hugging Face PEFT adapter folder (lora, ia3, prefix); adapterhub: an AdapterHub "
     "adapter folder (every technique)."
 )
+# the longer help texts, so that each option reads on one line
+HELP = {
+    "export_host": "Check the module against this host first (default: the module's own host; "
+    "prefix exports always load it).",
+    "import_data": "Data set id or CSV/JSONL file: gives the task name and the label words (and "
+    "so the head's number of labels).",
+    "any_base": "PEFT: accept a base_model_name_or_path that names another model (tensor shapes "
+    "are still checked).",
+    "drop_unsupported": "PEFT: drop modules at sites peftport cannot adapt on this host (e.g. "
+    "attention.output.dense, the pooler) with a warning naming them and their share of the "
+    "module, instead of refusing the folder.",
+}
 
 
 def _files_table(title: str, files: dict[str, int]) -> Table:
@@ -31,12 +43,7 @@ def register(app: typer.Typer) -> None:
         module: Path = typer.Argument(..., help="A saved module folder."),
         fmt: str = typer.Option(..., "--format", help=FORMAT_HELP),
         out: Path = typer.Option(..., "--out", help="Folder to write."),
-        host: str = typer.Option(
-            "",
-            "--host",
-            help="Check the module against this host first (default: the "
-            "module's own host; prefix exports always load it).",
-        ),
+        host: str = typer.Option("", "--host", help=HELP["export_host"]),
         force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
@@ -66,25 +73,11 @@ def register(app: typer.Typer) -> None:
         folder: Path = typer.Argument(..., help="A PEFT or AdapterHub adapter folder."),
         fmt: str = typer.Option(..., "--format", help=FORMAT_HELP),
         host: str = typer.Option(..., "--host", help="The host the module is for."),
-        data: str = typer.Option(
-            ...,
-            "--data",
-            help="Data set id or CSV/JSONL file: gives the task name and the "
-            "label words (and so the head's number of labels).",
-        ),
+        data: str = typer.Option(..., "--data", help=HELP["import_data"]),
         out: Path = typer.Option(..., "--out", help="Module folder to write."),
-        any_base: bool = typer.Option(
-            False,
-            "--any-base",
-            help="PEFT: accept a base_model_name_or_path that names "
-            "another model (tensor shapes are still checked).",
-        ),
+        any_base: bool = typer.Option(False, "--any-base", help=HELP["any_base"]),
         drop_unsupported: bool = typer.Option(
-            False,
-            "--drop-unsupported",
-            help="PEFT: drop modules at sites peftport cannot adapt on this host (e.g. "
-            "attention.output.dense, the pooler) with a warning naming them and their share "
-            "of the module, instead of refusing the folder.",
+            False, "--drop-unsupported", help=HELP["drop_unsupported"]
         ),
         force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),

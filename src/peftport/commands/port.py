@@ -57,11 +57,10 @@ def register(app: typer.Typer) -> None:
         from peftport.layermap import parse_layer_map
         from peftport.porting_io import port_module
 
-        lmap = parse_layer_map(layer_map) if layer_map.strip() else None
-        path, meta = port_module(module, to, condition.value, seed, out,
-                                 keep_receiver_head=keep_receiver_head, layer_map=lmap,
-                                 force=force, progress=True, method=method,
-                                 align_texts=align_texts, head=head)
+        path, meta = port_module(
+            module, to, condition.value, seed, out, keep_receiver_head=keep_receiver_head,
+            layer_map=parse_layer_map(layer_map) if layer_map.strip() else None, force=force,
+            progress=True, method=method, align_texts=align_texts, head=head)
         info = meta["port"]
         if info.get("layer_map") is not None:
             typer.echo(f"layer map ({info['layer_map_strategy']}, receiver <- origin): "

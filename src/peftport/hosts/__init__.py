@@ -121,6 +121,13 @@ def derived_recipe(name: str, parent: str, **kw: Any) -> tuple[tuple[str, str], 
     return tuple(sorted({"name": name, "how": "masked-LM derivation", **cfg.as_recipe()}.items()))
 
 
+def _from_onnx(name: str, how: str, wheel: Any, build: Any) -> Built:
+    """A host built from an ONNX file in a pinned wheel: its recipe names the file's sha256, so
+    another file is another build."""
+    recipe = (("how", how), ("name", name), ("onnx_sha256", wheel.sha256), ("version", "1"))
+    return Built(recipe, build)
+
+
 HOSTS.add(
     "minilm-l6",
     HostSpec(
@@ -145,15 +152,7 @@ HOSTS.add(
         sources=(
             _local("minilm-l3"),
             HubSnapshot("sentence-transformers/paraphrase-MiniLM-L3-v2"),
-            Built(
-                (
-                    ("how", "ONNX conversion"),
-                    ("name", "minilm-l3"),
-                    ("onnx_sha256", MINILM_L3_WHEEL.sha256),
-                    ("version", "1"),
-                ),
-                _build_minilm_l3,
-            ),
+            _from_onnx("minilm-l3", "ONNX conversion", MINILM_L3_WHEEL, _build_minilm_l3),
         ),
         license="Apache-2.0",
     ),
@@ -169,14 +168,8 @@ HOSTS.add(
         # No hub source: the hub's quantized copies are ONNX too, so this is always built.
         sources=(
             _local("minilm-l6-int8"),
-            Built(
-                (
-                    ("how", "ONNX int8 dequantization"),
-                    ("name", "minilm-l6-int8"),
-                    ("onnx_sha256", MINILM_INT8_WHEEL.sha256),
-                    ("version", "1"),
-                ),
-                _build_minilm_int8,
+            _from_onnx(
+                "minilm-l6-int8", "ONNX int8 dequantization", MINILM_INT8_WHEEL, _build_minilm_int8
             ),
         ),
         license="Apache-2.0",

@@ -372,21 +372,24 @@ def _embeddings(g: _Graph) -> dict[str, tuple[str, int]]:
 # The walk
 
 
+def load_onnx(onnx_path: Path) -> Any:
+    """The ONNX model at `onnx_path` (an onnx.ModelProto), or a PeftportError naming the file."""
+    import onnx
+
+    try:
+        return onnx.load(str(onnx_path))
+    except Exception as e:  # protobuf errors come in many types
+        raise PeftportError(
+            f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+
+
 def read_onnx_bert(onnx_path: Path, model: Any = None) -> OnnxBert:
     """Walk an ONNX BERT encoder graph: BertModel parameter names -> arrays, and the config.
 
     `model`: the graph already loaded (an onnx.ModelProto, e.g. with its int8 weights folded
     into float ones by `onnx_int8`); `onnx_path` then only names it in messages.
     """
-    import onnx
-
-    if model is None:
-        try:
-            model = onnx.load(str(onnx_path))
-        except Exception as e:  # protobuf errors come in many types
-            raise PeftportError(
-                f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
-    g = _Graph(model)
+    g = _Graph(model if model is not None else load_onnx(onnx_path))
     res = OnnxBert()
     taken: dict[str, str] = {}  # BertModel key -> initializer
 
@@ -496,17 +499,19 @@ def read_onnx_bert(onnx_path: Path, model: Any = None) -> OnnxBert:
         raise PeftportError("ONNX graph: no Erf (exact gelu) or Relu: unknown activation")
     pos = res.tensors.get("embeddings.position_embeddings.weight")
     types = res.tensors.get("embeddings.token_type_embeddings.weight")
-    res.config = dict(
-        vocab_size=int(vocab), hidden_size=int(hidden), num_hidden_layers=num_layers,
-        num_attention_heads=heads, intermediate_size=int(ffn), hidden_act=act,
-        max_position_embeddings=int(pos[0].shape[0]) if pos else 512,
-        type_vocab_size=int(types[0].shape[0]) if types else 2,
-        layer_norm_eps=_layer_norm_eps(g) or 1e-12,
-        # BERT's defaults, as in all-MiniLM-L6-v2's config.json:
-        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, initializer_range=0.02,
-        pad_token_id=0, position_embedding_type="absolute", use_cache=True,
-    )
+    read = {"vocab_size": int(vocab), "hidden_size": int(hidden), "num_hidden_layers": num_layers,
+            "num_attention_heads": heads, "intermediate_size": int(ffn), "hidden_act": act,
+            "max_position_embeddings": int(pos[0].shape[0]) if pos else 512,
+            "type_vocab_size": int(types[0].shape[0]) if types else 2,
+            "layer_norm_eps": _layer_norm_eps(g) or 1e-12}
+    res.config = {**read, **BERT_DEFAULTS}
     return res
+
+
+# What an ONNX graph does not say: BERT's defaults, as in all-MiniLM-L6-v2's config.json.
+BERT_DEFAULTS = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+                 "initializer_range": 0.02, "pad_token_id": 0,
+                 "position_embedding_type": "absolute", "use_cache": True}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -245,19 +245,12 @@ def convert_onnx_int8_bert(
     not use it, but a sequence classifier reads the pooled [CLS]; a fresh pooler there would make
     the quantized copy differ from its source by far more than quantization.
     """
-    import onnx
-
-    from peftport.hosts.onnx_bert import convert_onnx_bert
+    from peftport.hosts.onnx_bert import convert_onnx_bert, load_onnx
 
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise PeftportError(f"{onnx_path}: no such ONNX file")
-    try:
-        model = onnx.load(str(onnx_path))
-    except Exception as e:  # protobuf errors come in many types
-        raise PeftportError(
-            f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})"
-        ) from e
+    model = load_onnx(onnx_path)
     folded = fold_quantized_weights(model)
     if not folded:
         raise PeftportError(

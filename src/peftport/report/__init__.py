@@ -107,14 +107,9 @@ def build_report(
     from peftport.report import agreement
     from peftport.report import figures as figmod
     from peftport.report.aggregate import aggregate
+    from peftport.report.blocks import RenderedFigure
     from peftport.report.load import load_store
-    from peftport.report.render import (
-        RenderedFigure,
-        page,
-        render_csv,
-        render_html,
-        render_markdown,
-    )
+    from peftport.report.render import page, render_csv, render_html, render_markdown
 
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():

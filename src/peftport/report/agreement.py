@@ -29,9 +29,18 @@ from typing import Any
 
 import numpy as np
 
+from peftport.report.blocks import Section, TableBlock, note
+from peftport.report.columns import apply, stat_text
 from peftport.report.load import Observation, StoreData
-from peftport.report.model import CONDITIONS, CONFIDENCE, Stat, Table, number, stat_columns
-from peftport.report.render import Section, TableBlock, apply, note, stat_from, stat_text
+from peftport.report.model import (
+    CONDITIONS,
+    CONFIDENCE,
+    Stat,
+    Table,
+    number,
+    stat_columns,
+    stat_from,
+)
 from peftport.report.uncertainty import per_example_interval
 
 NO_PREDICTIONS = "no per-example predictions in the store"

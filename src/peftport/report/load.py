@@ -16,7 +16,7 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -350,18 +350,8 @@ def _host_pairs(
         ).fetchall()
     except sqlite3.OperationalError as e:  # e.g. "no such column": a table of another shape
         return None, f"its host_pairs/comparisons tables cannot be read ({e})"
-    return [
-        HostPairRecord(
-            study_id=r["study_id"],
-            origin=r["origin"],
-            receiver=r["receiver"],
-            strategy=r["strategy"],
-            layer_map=r["layer_map"],
-            comparison_key=r["comparison_key"],
-            comparison=r["comparison"],
-        )
-        for r in rows
-    ], ""
+    names = [f.name for f in fields(HostPairRecord)]  # the query's columns, by name
+    return [HostPairRecord(**{k: r[k] for k in names}) for r in rows], ""
 
 
 def _sort_key(o: Observation) -> tuple:

@@ -112,7 +112,8 @@ def method_tables(data: StoreData, learned: dict[ModuleKey, Learned]) -> list[Ta
 
 def methods_sections(agg: Aggregates) -> list[Any]:
     """The report's "Porting methods" section, or nothing for a single-method study."""
-    from peftport.report import render as r
+    from peftport.report import blocks as b
+    from peftport.report import columns as c
 
     if ACCURACY not in agg.tables or not agg.tables[ACCURACY].rows:
         return []
@@ -127,19 +128,19 @@ def methods_sections(agg: Aggregates) -> list[Any]:
         ("post", lambda row: "0 (zero-shot)" if row["post_steps"] == 0
          else str(row["post_steps"])),
         ("method / control", what),
-        (f"{agg.metric} [95% CI]", r._stat_cell("")),
+        (f"{agg.metric} [95% CI]", c._stat_cell("")),
         ("runs", lambda row: f"{row['n']}/{row['expected']}"),
     ]
-    diff_cols = r.diff_columns(agg, False)
-    return [r.Section(
+    diff_cols = c.diff_columns(agg, False)
+    return [b.Section(
         "porting-methods",
         "Porting methods",
         "Porting methods against copy and the controls",
         [
-            r.TableBlock(*r.apply(acc_cols, acc.rows)),
-            *r.notes(acc.notes),
-            r.TableBlock(*r.apply(diff_cols, diff.rows)),
-            *r.notes(diff.notes),
-            r.CsvLinks((ACCURACY, DIFFERENCES)),
+            b.TableBlock(*c.apply(acc_cols, acc.rows)),
+            *b.notes(acc.notes),
+            b.TableBlock(*c.apply(diff_cols, diff.rows)),
+            *b.notes(diff.notes),
+            b.CsvLinks((ACCURACY, DIFFERENCES)),
         ],
     )]

@@ -13,15 +13,20 @@ for the paper's hub-only hosts, the sizes of their published config.json (KNOWN_
 a host of unknown size is named and left out.
 
 Hours: FLOPs / a sustained rate. The reference GPU is an NVIDIA A100 (312 dense bf16 TFLOP/s
-peak) at 40% of peak; this CPU's rate is measured by a float32 matrix product on one thread,
-times the cores, at half of that rate (a training step is not one large product).
+peak) at 40% of peak; this CPU's rate is measured by a float32 matrix product on one thread
+(once per CPU model and torch version, kept in $PEFTPORT_HOME), times the cores, at half of
+that rate (a training step is not one large product).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 A100_PEAK = 312e12  # dense bf16 FLOP/s
@@ -128,28 +133,57 @@ def host_size(host: str) -> tuple[int, int, str] | None:
     return (*counts, origin) if counts else None
 
 
-_CPU_RATE: float | None = None
+
+def _cpu_key() -> str:
+    """What the measured rate depends on: the CPU model and torch's version."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} | torch {torch.__version__}"
 
 
+@functools.cache
 def cpu_matmul_rate(seconds: float = 0.2) -> float:
-    """float32 FLOP/s of one thread on a 256 x 256 matrix product (measured once a process)."""
-    global _CPU_RATE
-    if _CPU_RATE is None:
-        import torch
+    """float32 FLOP/s of one thread on a 256 x 256 matrix product: measured once per CPU model
+    and torch version and kept in $PEFTPORT_HOME/cpu_rate.json (so `study plan` does not time
+    a product on every call), and once a process when that file cannot be read or written."""
+    from peftport.assets import peftport_home
+    from peftport.atomic import write_json
 
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            a = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
-            a @ a  # warm up
-            n, start = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - start) < seconds:
-                a @ a
-                n += 1
-            _CPU_RATE = 2 * 256**3 * n / elapsed
-        finally:
-            torch.set_num_threads(before)
-    return _CPU_RATE
+    path, key = peftport_home() / "cpu_rate.json", _cpu_key()
+    known: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        known = json.loads(path.read_text())
+    if isinstance(known, dict) and isinstance(known.get(key), int | float) and known[key] > 0:
+        return float(known[key])
+    rate = _measure_rate(seconds)
+    with contextlib.suppress(OSError):  # a read-only home: measured again next time
+        write_json(path, {**(known if isinstance(known, dict) else {}), key: rate})
+    return rate
+
+
+def _measure_rate(seconds: float) -> float:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+        a @ a  # warm up
+        n, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            a @ a
+            n += 1
+        return 2 * 256**3 * n / elapsed
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

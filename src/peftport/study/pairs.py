@@ -106,14 +106,7 @@ def prepare_pairs(
             t0 = time.perf_counter()
             try:  # through the cache `hosts compare` shares; the reverse of a pair derived
                 comp, how = compare_cached(
-                    o,
-                    r,
-                    corpus=settings["corpus"],
-                    texts=settings["texts"],
-                    max_length=settings["max_length"],
-                    seed=settings["seed"],
-                    progress=progress,
-                    fingerprints=(prints[o], prints[r]),
+                    o, r, spec.compare, progress=progress, fingerprints=(prints[o], prints[r])
                 )
             except Exception as e:  # noqa: BLE001 - without a cka map, only the report needs it
                 if pm is not None and pm.strategy == "cka":

@@ -40,6 +40,7 @@ post units of the step counts that were there.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -133,6 +134,14 @@ class Cell:
 # the fields of a Cell that name one result of one method (the unit and step say where it is
 # stored; the store's `cells` key adds `method`)
 CELL_KEY = tuple(f.name for f in fields(Cell) if f.name not in ("unit_id", "step", "method"))
+# where a run stands in the grid: the first fields of a Cell, and fields of its Unit too
+RUN_AT = ("technique", "origin", "receiver", "pre_data", "post_data", "seed")
+
+
+def _at(where: tuple[Any, ...], **but: Any) -> dict[str, Any]:
+    """A unit's fields for the grid position `where` (values in the order of RUN_AT), `but`
+    those it does not have."""
+    return {**dict(zip(RUN_AT, where, strict=True)), **but}
 
 
 @dataclass
@@ -265,21 +274,22 @@ def make_plan(spec: StudySpec) -> Plan:
                               "save_at": list(spec.pre_steps)}
                     uid = _hash(config)
                     steps_txt = ",".join(map(str, spec.pre_steps))
+                    where = (t.name, origin, origin, pre_data, pre_data, seed)
                     units[uid] = Unit(
                         id=uid, kind="pretrain", config=config, steps=max(spec.pre_steps),
                         evals=len(spec.pre_steps), runs=0, naive_steps=0,
-                        produces=tuple(produces), technique=t.name, origin=origin,
-                        pre_data=pre_data, post_data=pre_data, seed=seed,
+                        produces=tuple(produces), **_at(where, receiver=None),
                         pre_steps=max(spec.pre_steps),
                         label=f"pretrain {t.name} on {origin} with {pre_data}, seed {seed}, "
                               f"snapshots at {steps_txt}")
                     for p, key in produces:
                         producer[key] = uid
-                        cells.append(Cell(t.name, origin, origin, pre_data, pre_data, seed,
-                                          "origin", p, 0, uid, p))
+                        cells.append(Cell(*where, "origin", p, 0, uid, p))
 
             post_train = train_dict(t.post, post_top, post_eval, seed)
             naive_post = sum(post)
+            # every unit after porting trains to the last post step and evaluates at each
+            after_port = functools.partial(Unit, steps=post_top, evals=len(post_eval))
             for origin, receiver in spec.pairs:
                 pm = spec.layer_map(origin, receiver)
                 # an identity map is what no map does: same config, same id as without one
@@ -311,19 +321,16 @@ def make_plan(spec: StudySpec) -> Plan:
                                 # comparison settings it comes from)
                                 config["layer_map"] = pm.as_config(spec.compare)
                             uid = _hash(config)
-                            units[uid] = Unit(
-                                id=uid, kind="post", config=config, steps=post_top,
-                                evals=len(post_eval), runs=len(post),
+                            where = (t.name, origin, receiver, pre_data, post_data, seed)
+                            units[uid] = after_port(
+                                id=uid, kind="post", config=config, runs=len(post),
                                 naive_steps=len(post) * p + naive_post, needs=(key,),
-                                technique=t.name, origin=origin, receiver=receiver,
-                                pre_data=pre_data, post_data=post_data, seed=seed,
-                                condition=cond, pre_steps=p, method=method,
+                                **_at(where), condition=cond, pre_steps=p, method=method,
                                 label=f"{cond}{'' if method == 'copy' else f' ({method})'} "
                                       f"{t.name} {origin} -> {receiver}{via}, "
                                       f"{pre_data} -> {post_data}, seed {seed}, after {p} steps")
                             deps[uid] = (producer[key],)
-                            cells.extend(Cell(t.name, origin, receiver, pre_data, post_data, seed,
-                                              cond, p, q, uid, q, method=method)
+                            cells.extend(Cell(*where, cond, p, q, uid, q, method=method)
                                          for q in post_eval)
                     if "random" in spec.conditions:
                         config = {"kind": "random", "technique": t.name,
@@ -340,20 +347,19 @@ def make_plan(spec: StudySpec) -> Plan:
                             head_txt = f", head of {origin}'s module ({pre_data}, {top} steps)"
                         uid = _hash(config)
                         old = units.get(uid)
-                        units[uid] = Unit(
-                            id=uid, kind="random", config=config, steps=post_top,
-                            evals=len(post_eval), runs=(old.runs if old else 0) + len(post),
+                        where = (t.name, origin, receiver, pre_data, post_data, seed)
+                        units[uid] = after_port(
+                            id=uid, kind="random", config=config,
+                            runs=(old.runs if old else 0) + len(post),
                             naive_steps=(old.naive_steps if old else 0) + naive_post,
-                            needs=needs, technique=t.name,
-                            origin=origin if needs else None, receiver=receiver,
-                            pre_data=pre_data if needs else None, post_data=post_data,
-                            seed=seed, condition="random", pre_steps=0,
+                            needs=needs, condition="random", pre_steps=0,
+                            **_at(where, origin=origin if needs else None,
+                                  pre_data=pre_data if needs else None),
                             label=f"random {t.name} on {receiver} with {post_data}, seed {seed}"
                                   f"{head_txt} (also the from-scratch baseline)")
                         if needs:
                             deps[uid] = (producer[needs[0]],)
-                        cells.extend(Cell(t.name, origin, receiver, pre_data, post_data, seed,
-                                          "random", 0, q, uid, q) for q in post_eval)
+                        cells.extend(Cell(*where, "random", 0, q, uid, q) for q in post_eval)
     order = {k: i for i, k in enumerate(KINDS)}
     ordered = tuple(sorted(units.values(), key=lambda u: order[u.kind]))
     return Plan(spec=spec, units=ordered, cells=tuple(cells), deps=deps)

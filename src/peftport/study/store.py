@@ -198,11 +198,15 @@ class Store:
         return {r["id"]: r["status"] for r in rows if want is None or r["id"] in want}
 
     def unit_rows(self, ids: Iterable[str] | None = None) -> list[sqlite3.Row]:
-        rows = self.db.execute("SELECT * FROM units ORDER BY created_at, id").fetchall()
-        if ids is None:
+        return self._rows("SELECT * FROM units ORDER BY created_at, id", "id", ids)
+
+    def _rows(self, sql: str, column: str, among: Iterable[str] | None) -> list[sqlite3.Row]:
+        """The rows `sql` selects, only those whose `column` is `among` the given values."""
+        rows = self.db.execute(sql).fetchall()
+        if among is None:
             return rows
-        want = set(ids)
-        return [r for r in rows if r["id"] in want]
+        want = set(among)
+        return [r for r in rows if r[column] in want]
 
     def snapshots(self) -> dict[str, sqlite3.Row]:
         return {r["key"]: r for r in self.db.execute(
@@ -368,11 +372,7 @@ class Store:
 
     # --- damaged artifacts -----------------------------------------------------------------
     def artifact_rows(self, unit_ids: Iterable[str] | None = None) -> list[sqlite3.Row]:
-        rows = self.db.execute("SELECT * FROM artifacts ORDER BY key").fetchall()
-        if unit_ids is None:
-            return rows
-        want = set(unit_ids)
-        return [r for r in rows if r["unit_id"] in want]
+        return self._rows("SELECT * FROM artifacts ORDER BY key", "unit_id", unit_ids)
 
     def damaged_artifacts(self, rows: Iterable[sqlite3.Row], full: bool = True
                           ) -> list[dict[str, Any]]:

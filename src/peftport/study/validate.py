@@ -139,20 +139,15 @@ def local_path(name: str, base: Path | None) -> str:
     return str((base / name).resolve())
 
 
+HOST_EXPECTED = "a host must be a host id, a checkpoint folder or a hub id"
+DATA_EXPECTED = "a data set id or a CSV/JSONL file"
+
+
 def host_ok(name: Any, path: Path_, probs: Problems, cache: dict, base: Path | None) -> Any:
     """The HostSpec a study names (cached by name), or None with the problem reported."""
     from peftport.hosts import HOSTS, get_host
 
-    return _named(
-        name,
-        path,
-        probs,
-        cache,
-        base,
-        HOSTS,
-        get_host,
-        "a host must be a host id, a checkpoint folder or a hub id",
-    )
+    return _named(name, path, probs, cache, base, HOSTS, get_host, HOST_EXPECTED)
 
 
 def dataset_ok(name: Any, path: Path_, probs: Problems, cache: dict, base: Path | None) -> Any:
@@ -163,9 +158,7 @@ def dataset_ok(name: Any, path: Path_, probs: Problems, cache: dict, base: Path 
         p = Path(name).expanduser()
         if p.suffix or "/" in name or (base / p).exists():  # a path, not a mistyped id:
             name = str(base / p)  # relative to the study file, found or not
-    return _named(
-        name, path, probs, cache, base, DATASETS, _local_dataset, "a data set id or a CSV/JSONL file"
-    )
+    return _named(name, path, probs, cache, base, DATASETS, _local_dataset, DATA_EXPECTED)
 
 
 def _local_dataset(name: str) -> Any:

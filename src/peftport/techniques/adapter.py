@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.techniques.base import EVERY_KIND, USE_ADAPTERHUB, Technique, TechniqueConfig, doc
+from peftport.techniques.base import USE_ADAPTERHUB, Technique, TechniqueConfig, doc
 
 # variant -> (adapters config class, its published non-linearity)
 VARIANTS = {"pfeiffer": ("SeqBnConfig", "relu"), "houlsby": ("DoubleSeqBnConfig", "swish")}
@@ -33,6 +33,8 @@ class BottleneckConfig(TechniqueConfig):
     non_linearity: str = doc("", "activation inside the bottleneck; empty = the variant's "
                              "published one (relu for pfeiffer, swish for houlsby)")
     dropout: float = doc(0.0, "dropout inside the adapter")
+
+    adapters_fields = "reduction_factor non_linearity dropout"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,12 +57,8 @@ class BottleneckConfig(TechniqueConfig):
                 f"adapter: reduction_factor {self.reduction_factor} leaves no bottleneck on "
                 f"{host} (hidden size {hidden_size}); use at most {hidden_size}")
 
-    def to_adapters(self) -> Any:
-        import adapters
-
-        cls = getattr(adapters, VARIANTS[self.variant][0])
-        return cls(reduction_factor=self.reduction_factor, non_linearity=self.non_linearity,
-                   dropout=self.dropout)
+    def adapters_class_name(self) -> str:
+        return VARIANTS[self.variant][0]
 
     @classmethod
     def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -83,9 +81,9 @@ def bottleneck_fields(c: Mapping[str, Any]) -> dict[str, Any]:
 
 
 TECHNIQUE = Technique(
-    name="adapter", config_cls=BottleneckConfig,
+    config_cls=BottleneckConfig,
     summary="bottleneck adapter in every layer (Pfeiffer: one, Houlsby: two)",
     reference="Houlsby et al. 2019 (arXiv 1902.00751); Pfeiffer et al. 2021 (arXiv 2005.00247)",
-    support=EVERY_KIND, order=1,
+    order=1,
     peft_refused=f"PEFT 0.21.2 has no bottleneck (Houlsby / Pfeiffer) adapters; {USE_ADAPTERHUB}",
 )

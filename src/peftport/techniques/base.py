@@ -67,9 +67,14 @@ def _describe(hint: Any) -> str:
 
 @dataclass(frozen=True)
 class TechniqueConfig:
-    """Base of every technique config. Subclasses set `technique` and implement `to_adapters`."""
+    """Base of every technique config. Subclasses set `technique` and say how they map to an
+    AdapterHub config: `adapters_class` and `adapters_fields` (or override `to_adapters`)."""
 
     technique: ClassVar[str] = ""
+    # The `adapters` config class this config stands for, and the fields passed to it as they
+    # are, space-separated; `ours:theirs` where AdapterHub names a field otherwise.
+    adapters_class: ClassVar[str] = ""
+    adapters_fields: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -87,7 +92,21 @@ class TechniqueConfig:
 
     def to_adapters(self) -> Any:
         """The AdapterHub `adapters` config object this config stands for."""
-        raise NotImplementedError
+        import adapters
+
+        kwargs = dict(self.adapters_extra())
+        for item in self.adapters_fields.split():
+            ours, _, theirs = item.partition(":")
+            kwargs[theirs or ours] = getattr(self, ours)
+        return getattr(adapters, self.adapters_class_name())(**kwargs)
+
+    def adapters_class_name(self) -> str:
+        """The `adapters` config class (a variant may choose another)."""
+        return self.adapters_class
+
+    def adapters_extra(self) -> dict[str, Any]:
+        """`adapters` config arguments that are not one field as it is (fixed, or derived)."""
+        return {}
 
     @classmethod
     def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -137,7 +156,20 @@ class Support:
 
 
 YES = Support(True)
+ATTENTION_MATRICES = ("q", "k", "v")
+
+
+def attention_targets(targets: tuple[str, ...], default: str) -> dict[str, Any]:
+    """AdapterHub's LoRA-family arguments for the attention matrices `targets` (none: off; the
+    list must still name one, `default`)."""
+    return {"selfattn_lora": bool(targets), "attn_matrices": list(targets) or [default]}
 EVERY_KIND: Mapping[str, Support] = types.MappingProxyType(dict.fromkeys(KINDS, YES))
+
+
+def everywhere(notes: Mapping[str, str]) -> Mapping[str, Support]:
+    """Supported on every host kind, with what is special on some (kind -> note)."""
+    return types.MappingProxyType({k: Support(True, notes.get(k, "")) for k in KINDS})
+
 # the end of the reason a technique PEFT lacks gives
 USE_ADAPTERHUB = "export it as an AdapterHub folder (--format adapterhub)"
 
@@ -148,7 +180,8 @@ class Technique:
     rest of peftport asks of it (porting, attach, interop), so that no code outside
     techniques/ tells techniques apart by name.
 
-    - `support`: host kind -> Support, for every kind (the support table of docs/techniques.md).
+    - `support`: host kind -> Support, for every kind (the support table of docs/techniques.md);
+      by default a plain yes on every kind.
     - `order`: its place in tables and listings (the paper's four first).
     - `layer_mappable`: its layers' tensors are separate, so a layer map may move layers. False
       when one tensor holds every layer's part (prefix tuning's MLP output): then only a map
@@ -163,18 +196,22 @@ class Technique:
       of AdapterHub's own saved folders.
     """
 
-    name: str
     config_cls: type[TechniqueConfig]
     summary: str
     reference: str
-    support: Mapping[str, Support]
     order: int
+    support: Mapping[str, Support] = field(default_factory=lambda: EVERY_KIND)
     layer_mappable: bool = True
     eager_attention: frozenset[str] = frozenset()
     neutral_fill: float | None = None
     peft_type: str | None = None
     peft_refused: str = ""
     adapterhub_hints: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The technique's name: its config's `technique` (said once, there)."""
+        return self.config_cls.technique
 
     def __post_init__(self) -> None:
         # A programming error in a technique file, caught when the registry imports it.
@@ -183,9 +220,6 @@ class Technique:
                              f"{list(KINDS)}, got {sorted(self.support)}")
         if not set(self.eager_attention) <= set(KINDS):
             raise ValueError(f"technique {self.name!r}: eager_attention names unknown kinds")
-        if self.config_cls.technique != self.name:
-            raise ValueError(f"technique {self.name!r}: its config says "
-                             f"{self.config_cls.technique!r}")
         if self.peft_type is None and not self.peft_refused:
             raise ValueError(f"technique {self.name!r}: without a peft_type, peft_refused must "
                              "say why PEFT cannot take it")

@@ -20,7 +20,7 @@ from typing import Any
 
 from peftport.errors import PeftportError
 from peftport.techniques.adapter import bottleneck_fields, is_bottleneck
-from peftport.techniques.base import EVERY_KIND, USE_ADAPTERHUB, Technique, TechniqueConfig, doc
+from peftport.techniques.base import USE_ADAPTERHUB, Technique, TechniqueConfig, doc
 
 # variant -> adapters config class
 VARIANTS = {"houlsby": "CompacterConfig", "pfeiffer": "CompacterPlusPlusConfig"}
@@ -38,6 +38,8 @@ class CompacterConfig(TechniqueConfig):
     non_linearity: str = doc("gelu", "activation inside the bottleneck")
     phm_rank: int = doc(1, "rank of the low-rank per-layer factors")
     shared_phm_rule: bool = doc(True, "share the rule matrices across layers")
+
+    adapters_fields = "phm_dim reduction_factor non_linearity phm_rank shared_phm_rule"
 
     def validate(self) -> None:
         if self.variant not in VARIANTS:
@@ -61,13 +63,8 @@ class CompacterConfig(TechniqueConfig):
             f"reduction_factor {self.reduction_factor}) and the hidden size must be multiples "
             f"of phm_dim {self.phm_dim}; {hint}")
 
-    def to_adapters(self) -> Any:
-        import adapters
-
-        cls = getattr(adapters, VARIANTS[self.variant])
-        return cls(phm_dim=self.phm_dim, reduction_factor=self.reduction_factor,
-                   non_linearity=self.non_linearity, phm_rank=self.phm_rank,
-                   shared_phm_rule=self.shared_phm_rule)
+    def adapters_class_name(self) -> str:
+        return VARIANTS[self.variant]
 
     @classmethod
     def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -78,11 +75,11 @@ class CompacterConfig(TechniqueConfig):
 
 
 TECHNIQUE = Technique(
-    name="compacter", config_cls=CompacterConfig,
+    config_cls=CompacterConfig,
     summary="bottleneck adapters built from shared Kronecker-product (PHM) layers",
     reference="Karimi Mahabadi et al. 2021 (arXiv 2106.04647)",
-    support=EVERY_KIND, order=4,
-    peft_refused=f"PEFT 0.21.2 has no Compacter (PHM bottleneck adapters); {USE_ADAPTERHUB}",
+    order=4,
     adapterhub_hints={"phm_rule": "adapters 1.3.0's save_adapter does not save T5 Compacter's "
                       "shared phm_rule; export such modules with peftport"},
+    peft_refused=f"PEFT 0.21.2 has no Compacter (PHM bottleneck adapters); {USE_ADAPTERHUB}",
 )

@@ -10,9 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.techniques.base import EVERY_KIND, Technique, TechniqueConfig, doc
-
-ATTENTION_MATRICES = ("q", "k", "v")
+from peftport.techniques.base import (
+    ATTENTION_MATRICES,
+    Technique,
+    TechniqueConfig,
+    attention_targets,
+    doc,
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,9 @@ class IA3Config(TechniqueConfig):
     targets: tuple[str, ...] = doc(("k", "v"), "attention matrices to rescale (of q, k, v)")
     intermediate: bool = doc(True, "rescale the feed-forward intermediate activations")
 
+    adapters_class = "IA3Config"
+    adapters_fields = "intermediate:intermediate_lora"
+
     def validate(self) -> None:
         bad = [t for t in self.targets if t not in ATTENTION_MATRICES]
         if bad or len(set(self.targets)) != len(self.targets):
@@ -30,12 +37,8 @@ class IA3Config(TechniqueConfig):
         if not (self.targets or self.intermediate):
             raise PeftportError("ia3 config: nothing to rescale (no targets, intermediate off)")
 
-    def to_adapters(self) -> Any:
-        import adapters
-
-        return adapters.IA3Config(selfattn_lora=bool(self.targets),
-                                  attn_matrices=list(self.targets) or ["k"],
-                                  intermediate_lora=self.intermediate)
+    def adapters_extra(self) -> dict[str, Any]:
+        return attention_targets(self.targets, "k")
 
     @classmethod
     def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -47,9 +50,9 @@ class IA3Config(TechniqueConfig):
 
 
 TECHNIQUE = Technique(
-    name="ia3", config_cls=IA3Config,
+    config_cls=IA3Config,
     summary="learnt rescaling vectors on keys, values and feed-forward activations",
     reference="Liu et al. 2022 (arXiv 2205.05638)",
-    support=EVERY_KIND, order=6, peft_type="IA3",
+    order=6, peft_type="IA3",
     neutral_fill=1.0,  # a vector of ones scales nothing
 )

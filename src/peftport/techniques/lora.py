@@ -12,10 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.hosts.spec import DECODER_LM, ENCODER_CLASSIFIER, TEXT_TO_TEXT
-from peftport.techniques.base import YES, Support, Technique, TechniqueConfig, doc
-
-ATTENTION_MATRICES = ("q", "k", "v")
+from peftport.hosts.spec import TEXT_TO_TEXT
+from peftport.techniques.base import (
+    ATTENTION_MATRICES,
+    Technique,
+    TechniqueConfig,
+    attention_targets,
+    doc,
+    everywhere,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,9 @@ class LoraConfig(TechniqueConfig):
         "puts this one on down_proj)",
     )
     output: bool = doc(False, "also adapt the feed-forward down-projection (on Llama: up_proj)")
+
+    adapters_class = "LoRAConfig"
+    adapters_fields = "r alpha dropout intermediate:intermediate_lora output:output_lora"
 
     def validate(self) -> None:
         if self.r < 1:
@@ -51,18 +59,8 @@ class LoraConfig(TechniqueConfig):
         if not 0.0 <= self.dropout < 1.0:
             raise PeftportError(f"lora config: dropout must be in [0, 1), got {self.dropout}")
 
-    def to_adapters(self) -> Any:
-        import adapters
-
-        return adapters.LoRAConfig(
-            selfattn_lora=bool(self.targets),
-            attn_matrices=list(self.targets) or ["q"],
-            intermediate_lora=self.intermediate,
-            output_lora=self.output,
-            r=self.r,
-            alpha=self.alpha,
-            dropout=self.dropout,
-        )
+    def adapters_extra(self) -> dict[str, Any]:
+        return attention_targets(self.targets, "q")
 
     @classmethod
     def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -79,12 +77,10 @@ class LoraConfig(TechniqueConfig):
 
 
 TECHNIQUE = Technique(
-    name="lora",
     config_cls=LoraConfig,
     summary="low-rank update of the attention query and value matrices",
     reference="Hu et al. 2021 (arXiv 2106.09685)",
-    support={ENCODER_CLASSIFIER: YES, TEXT_TO_TEXT: Support(True, "also cross-attention q, v"),
-             DECODER_LM: YES},
+    support=everywhere({TEXT_TO_TEXT: "also cross-attention q, v"}),
     order=2, peft_type="LORA",
     neutral_fill=0.0,  # B = 0: no update (A = 0 too, so nothing of the site is left)
 )

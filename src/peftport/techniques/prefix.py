@@ -25,8 +25,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from peftport.errors import PeftportError
-from peftport.hosts.spec import DECODER_LM, ENCODER_CLASSIFIER, TEXT_TO_TEXT
-from peftport.techniques.base import YES, Support, Technique, TechniqueConfig, doc
+from peftport.hosts.spec import DECODER_LM, TEXT_TO_TEXT
+from peftport.techniques.base import Technique, TechniqueConfig, doc, everywhere
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class PrefixConfig(TechniqueConfig):
     encoder_prefix: bool = doc(True, "encoder-decoder hosts: prefix the encoder self-attention")
     cross_prefix: bool = doc(True, "encoder-decoder hosts: prefix the cross-attention")
 
+    adapters_class = "PrefixTuningConfig"
+    adapters_fields = (
+        "prefix_length flat bottleneck_size non_linearity dropout encoder_prefix cross_prefix"
+    )
+
     def validate(self) -> None:
         for name in ("prefix_length", "bottleneck_size"):
             if getattr(self, name) < 1:
@@ -49,16 +54,6 @@ class PrefixConfig(TechniqueConfig):
                                     f"got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise PeftportError(f"prefix config: dropout must be in [0, 1), got {self.dropout}")
-
-    def to_adapters(self) -> Any:
-        import adapters
-
-        return adapters.PrefixTuningConfig(
-            prefix_length=self.prefix_length, flat=self.flat,
-            bottleneck_size=self.bottleneck_size, non_linearity=self.non_linearity,
-            dropout=self.dropout, encoder_prefix=self.encoder_prefix,
-            cross_prefix=self.cross_prefix,
-        )
 
     @classmethod
     def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -68,12 +63,11 @@ class PrefixConfig(TechniqueConfig):
 
 
 TECHNIQUE = Technique(
-    name="prefix", config_cls=PrefixConfig,
+    config_cls=PrefixConfig,
     summary="trainable attention prefixes, reparameterised by an MLP during training",
     reference="Li and Liang 2021 (arXiv 2101.00190)",
-    support={ENCODER_CLASSIFIER: YES,
-             TEXT_TO_TEXT: Support(True, "encoder, decoder and cross-attention prefixes"),
-             DECODER_LM: Support(True, "eager attention: attach switches the host to it")},
+    support=everywhere({TEXT_TO_TEXT: "encoder, decoder and cross-attention prefixes",
+                        DECODER_LM: "eager attention: attach switches the host to it"}),
     order=3, peft_type="PREFIX_TUNING",
     layer_mappable=False,  # the MLP's last layer holds every layer's prefix (docstring)
     # with sdpa a padded batch masks the prefix out and its gradients are zero

@@ -28,6 +28,9 @@ class PromptConfig(TechniqueConfig):
     combine: str = doc("prefix", "where the soft tokens go: prefix (before everything) or "
                        "prefix_after_bos (after the first token)")
 
+    adapters_class = "PromptTuningConfig"
+    adapters_fields = "prompt_length combine"
+
     def validate(self) -> None:
         if self.prompt_length < 1:
             raise PeftportError(f"prompt config: prompt_length must be >= 1, "
@@ -36,12 +39,9 @@ class PromptConfig(TechniqueConfig):
             raise PeftportError(f"prompt config: combine must be one of {list(COMBINE)}, "
                                 f"got {self.combine!r}")
 
-    def to_adapters(self) -> Any:
-        import adapters
-
+    def adapters_extra(self) -> dict[str, Any]:
         # random_uniform init (scale 0.5, as in the paper); "from_string" would need a text
-        return adapters.PromptTuningConfig(prompt_length=self.prompt_length,
-                                           prompt_init="random_uniform", combine=self.combine)
+        return {"prompt_init": "random_uniform"}
 
     @classmethod
     def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -51,7 +51,7 @@ class PromptConfig(TechniqueConfig):
 
 
 TECHNIQUE = Technique(
-    name="prompt", config_cls=PromptConfig,
+    config_cls=PromptConfig,
     summary="trainable soft-token embeddings prepended to the input",
     reference="Lester et al. 2021 (arXiv 2104.08691)",
     support={ENCODER_CLASSIFIER: YES, TEXT_TO_TEXT: _REFUSED, DECODER_LM: _REFUSED},
