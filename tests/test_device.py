@@ -68,8 +68,10 @@ def test_cpu_auto_precision_is_bf16_only_with_native_bf16(flags, want):
 
 def test_cpu_flags_read_from_cpuinfo(tmp_path):
     x86 = tmp_path / "x86"
-    x86.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 amx_bf16\n"
-                   "bugs\t\t: spectre_v1\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    x86.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 amx_bf16\n"
+        "bugs\t\t: spectre_v1\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+    )
     assert devmod.cpu_flags(str(x86)) == {"fpu", "avx2", "amx_bf16"}
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 sve\n")
@@ -319,8 +321,7 @@ def _run(data: Path, cfg: TrainConfig):
     return train_run("tiny-bert", "lora", str(data), cfg, technique_config={"r": 2}, progress=False)
 
 
-def test_cpu_fp32_spellings_give_identical_numbers_and_record_the_placement(tmp_path,
-                                                                           monkeypatch):
+def test_cpu_fp32_spellings_give_identical_numbers_and_record_the_placement(tmp_path, monkeypatch):
     data = write_toy(tmp_path / "toy.csv")
     native_bf16(monkeypatch, False)  # auto is fp32 on a CPU without native bf16
     a = _run(data, _cfg())
@@ -345,8 +346,9 @@ def test_cpu_fp32_spellings_give_identical_numbers_and_record_the_placement(tmp_
 def test_study_plan_and_run_say_what_auto_chose(tmp_path, monkeypatch, no_loading):
     study = tmp_path / "s.yaml"
     data = write_toy(tmp_path / "toy.csv")
-    study.write_text(STUDY_FP16.replace("train: {precision: fp16}\n", "")
-                     .replace("toy.csv", str(data)))
+    study.write_text(
+        STUDY_FP16.replace("train: {precision: fp16}\n", "").replace("toy.csv", str(data))
+    )
     for on, want in ((True, "precision auto -> bf16"), (False, "precision auto -> fp32")):
         native_bf16(monkeypatch, on)
         out = runner.invoke(app, ["study", "plan", str(study), "--no-units"])
@@ -355,8 +357,10 @@ def test_study_plan_and_run_say_what_auto_chose(tmp_path, monkeypatch, no_loadin
     assert "no native bfloat16" in out.output
     native_bf16(monkeypatch, True)
     line = devmod.precision_line("auto", {"auto", "fp32"})
-    assert line.startswith("device cpu, precision auto -> bf16, fp32 (this CPU has native "
-                           "bfloat16: avx512_bf16; a rerun on a CPU without it runs fp32")
+    assert line.startswith(
+        "device cpu, precision auto -> bf16, fp32 (this CPU has native "
+        "bfloat16: avx512_bf16; a rerun on a CPU without it runs fp32"
+    )
     assert "`precision: fp32` in the study's train section" in line
     assert devmod.precision_line("cpu", {"fp32"}) == "device cpu, precision fp32"
     # the run's start line (the run itself stops at the first load: no_loading)
@@ -380,9 +384,22 @@ def test_study_ids_leave_out_the_device_and_unset_new_settings():
     d = train_dict({}, 5, (5,), 0)
     # the fields unit configs held before devices (and later settings) existed: a setting added
     # since enters a unit's config only when set, so the ids of existing studies do not move
-    before = {"batch_size", "bf16", "eval_at", "eval_batch_size", "eval_split", "horizon", "lr",
-              "max_eval_examples", "max_grad_norm", "max_length", "seed", "steps",
-              "warmup_ratio", "weight_decay"}
+    before = {
+        "batch_size",
+        "bf16",
+        "eval_at",
+        "eval_batch_size",
+        "eval_split",
+        "horizon",
+        "lr",
+        "max_eval_examples",
+        "max_grad_norm",
+        "max_length",
+        "seed",
+        "steps",
+        "warmup_ratio",
+        "weight_decay",
+    }
     assert set(d) == before
     assert "device" not in train_dict({"device": "cpu"}, 5, (5,), 0)
     assert train_dict({"precision": "bf16"}, 5, (5,), 0)["precision"] == "bf16"

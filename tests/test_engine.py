@@ -379,12 +379,10 @@ def test_real_training_beats_chance():
 
 def test_threads_are_restored_after_training(small_rt):
     """cfg.threads applies to the training only, also when it fails."""
-    train_run("tiny-bert", "lora", small_rt, _cfg(steps=1, eval_at=(), threads=2),
-              progress=False)
+    train_run("tiny-bert", "lora", small_rt, _cfg(steps=1, eval_at=(), threads=2), progress=False)
     assert torch.get_num_threads() == 1
     with pytest.raises(PeftportError, match="fewer than one batch"):
-        train_run("tiny-bert", "lora", small_rt, _cfg(batch_size=1000, threads=2),
-                  progress=False)
+        train_run("tiny-bert", "lora", small_rt, _cfg(batch_size=1000, threads=2), progress=False)
     assert torch.get_num_threads() == 1
 
 

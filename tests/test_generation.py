@@ -143,20 +143,62 @@ def test_evaluate_takes_the_eval_mode_on_the_command_line(tmp_path):
 
     runner = CliRunner()
     module = tmp_path / "m"
-    res = runner.invoke(app, ["train", "--host", "tiny-t5", "--technique", "lora", "--data",
-                              "tiny_sentiment", "--steps", "1", "--eval-at", "", "--max-length",
-                              "32", "--out", str(module), "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--host",
+            "tiny-t5",
+            "--technique",
+            "lora",
+            "--data",
+            "tiny_sentiment",
+            "--steps",
+            "1",
+            "--eval-at",
+            "",
+            "--max-length",
+            "32",
+            "--out",
+            str(module),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     got = {}
     for mode in ("rank", "generate"):
-        res = runner.invoke(app, ["evaluate", str(module), "--host", "tiny-t5", "--data",
-                                  "tiny_sentiment", "--max-length", "32", "--eval-mode", mode,
-                                  "--json"])
+        res = runner.invoke(
+            app,
+            [
+                "evaluate",
+                str(module),
+                "--host",
+                "tiny-t5",
+                "--data",
+                "tiny_sentiment",
+                "--max-length",
+                "32",
+                "--eval-mode",
+                mode,
+                "--json",
+            ],
+        )
         assert res.exit_code == 0, res.output
         got[mode] = json.loads(res.output)
     # an all but untrained module: generation answers no label word, ranking still picks one
     assert got["generate"]["no_label_share"] > 0.5 and "no_label_share" not in got["rank"]
     assert got["generate"]["auc"] == got["rank"]["auc"]
-    res = runner.invoke(app, ["evaluate", str(module), "--host", "tiny-t5", "--data",
-                              "tiny_sentiment", "--eval-mode", "sample"])
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(module),
+            "--host",
+            "tiny-t5",
+            "--data",
+            "tiny_sentiment",
+            "--eval-mode",
+            "sample",
+        ],
+    )
     assert "eval_mode must be one of rank, generate, got 'sample'" in str(res.exception)

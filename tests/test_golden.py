@@ -155,7 +155,11 @@ def chain_values(tmp: Path, data: Path) -> dict:
         progress=False,
     )
     evaluated = evaluate_run(
-        (adapted.tensors, adapted.meta), "tiny-bert", str(data), max_examples=24, max_length=32,
+        (adapted.tensors, adapted.meta),
+        "tiny-bert",
+        str(data),
+        max_examples=24,
+        max_length=32,
         placement=resolve("cpu", "fp32"),
     )
 

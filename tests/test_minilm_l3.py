@@ -65,8 +65,10 @@ def bert_hidden(converted, batch):
 
     model = BertModel.from_pretrained(converted, use_safetensors=True).eval()
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(batch["input_ids"]),
-                    attention_mask=torch.from_numpy(batch["attention_mask"]))
+        out = model(
+            input_ids=torch.from_numpy(batch["input_ids"]),
+            attention_mask=torch.from_numpy(batch["attention_mask"]),
+        )
     return out.last_hidden_state.numpy()
 
 
@@ -122,9 +124,17 @@ def test_config_comes_from_the_graph(converted, l6_folder):
     l6 = json.loads((l6_folder / "config.json").read_text())
     assert cfg["model_type"] == "bert"
     assert cfg["num_hidden_layers"] == 3
-    for key in ("vocab_size", "hidden_size", "num_attention_heads", "intermediate_size",
-                "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "hidden_act",
-                "pad_token_id"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "hidden_act",
+        "pad_token_id",
+    ):
         assert cfg[key] == l6[key], key
 
 

@@ -31,8 +31,12 @@ KEY = "bert.encoder.layer.{}.attention.self.{}.loras.peftport.lora_{}"
 
 def tensors() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    out = {KEY.format(i, m, ab): torch.randn((8, 16) if ab == "A" else (16, 8), generator=g)
-           for i in (0, 1) for m in ("query", "value") for ab in "AB"}
+    out = {
+        KEY.format(i, m, ab): torch.randn((8, 16) if ab == "A" else (16, 8), generator=g)
+        for i in (0, 1)
+        for m in ("query", "value")
+        for ab in "AB"
+    }
     out["classifier.weight"] = torch.randn(2, 16, generator=g)
     out["classifier.bias"] = torch.zeros(2)
     return out
@@ -40,10 +44,17 @@ def tensors() -> dict[str, torch.Tensor]:
 
 def meta(**changes) -> dict:
     base = {
-        "technique": "lora", "config": {"r": 8, "alpha": 16, "targets": ["q", "v"]},
-        "host_kind": "encoder-classifier", "host_family": "bert", "origin_host": "tiny-bert",
-        "origin_fingerprint": "f" * 64, "task": "sst2", "label_words": ["negative", "positive"],
-        "steps": 100, "seed": 0, "metrics": {"accuracy": 0.75},
+        "technique": "lora",
+        "config": {"r": 8, "alpha": 16, "targets": ["q", "v"]},
+        "host_kind": "encoder-classifier",
+        "host_family": "bert",
+        "origin_host": "tiny-bert",
+        "origin_fingerprint": "f" * 64,
+        "task": "sst2",
+        "label_words": ["negative", "positive"],
+        "steps": 100,
+        "seed": 0,
+        "metrics": {"accuracy": 0.75},
     }
     base.update(changes)
     return {k: v for k, v in base.items() if v is not None}
@@ -88,8 +99,9 @@ def test_round_trip(tmp_path):
 def test_the_same_module_always_gets_the_same_hash(tmp_path):
     # the store and users compare modules by sha256: identical tensors, identical file bytes
     # (safetensors writes a metadata map in hash order; with several keys the order varied)
-    digests = {read_meta(save_module(tmp_path / f"m{i}", tensors(), meta()))["sha256"]
-               for i in range(8)}
+    digests = {
+        read_meta(save_module(tmp_path / f"m{i}", tensors(), meta()))["sha256"] for i in range(8)
+    }
     assert len(digests) == 1
 
 
@@ -99,8 +111,7 @@ def test_real_module_round_trip_loads_strictly(tmp_path):
     perturb(host.model)
     state = module_state(host.model)
     m = module_meta(att, host, task="sst2", label_words=["negative", "positive"], steps=3)
-    assert m["host_dims"] == {"hidden_size": 16,
-                              "layers": {"encoder.block": 2, "decoder.block": 2}}
+    assert m["host_dims"] == {"hidden_size": 16, "layers": {"encoder.block": 2, "decoder.block": 2}}
     got, loaded = load_module(save_module(tmp_path / "c", state, m))
     assert any(k.endswith("phm_rule") for k in got), "the shared Compacter rule travels"
     other = load("t5")
@@ -134,21 +145,26 @@ def test_saving_a_loaded_meta_again_recomputes_the_filled_fields(tmp_path):
 # --- invalid saves write nothing --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("changes,expect", [
-    ({"technique": None}, "missing required field.*technique"),
-    ({"steps": "100"}, "field 'steps' must be an integer"),
-    ({"steps": True}, "field 'steps' must be an integer"),
-    ({"steps": -1}, "'steps' must be >= 0"),
-    ({"technique": "lorra"}, "field 'technique'.*Did you mean 'lora'"),
-    ({"config": {"rank": 8}}, "field 'config': lora config: unknown field"),
-    ({"config": {"r": "8"}}, "field 'config': .*'r' must be an integer"),
-    ({"host_kind": "encoder"}, "field 'host_kind' must be one of"),
-    ({"host_family": "t5"}, "host_family 't5' is a text-to-text family"),
-    ({"label_words": [1, 2]}, "label_words"),
-    ({"metrics": {"accuracy": float("nan")}}, "not JSON-able"),
-    ({"technique": "prompt", "config": {}, "host_kind": "text-to-text", "host_family": "t5"},
-     "not supported on text-to-text"),
-])
+@pytest.mark.parametrize(
+    "changes,expect",
+    [
+        ({"technique": None}, "missing required field.*technique"),
+        ({"steps": "100"}, "field 'steps' must be an integer"),
+        ({"steps": True}, "field 'steps' must be an integer"),
+        ({"steps": -1}, "'steps' must be >= 0"),
+        ({"technique": "lorra"}, "field 'technique'.*Did you mean 'lora'"),
+        ({"config": {"rank": 8}}, "field 'config': lora config: unknown field"),
+        ({"config": {"r": "8"}}, "field 'config': .*'r' must be an integer"),
+        ({"host_kind": "encoder"}, "field 'host_kind' must be one of"),
+        ({"host_family": "t5"}, "host_family 't5' is a text-to-text family"),
+        ({"label_words": [1, 2]}, "label_words"),
+        ({"metrics": {"accuracy": float("nan")}}, "not JSON-able"),
+        (
+            {"technique": "prompt", "config": {}, "host_kind": "text-to-text", "host_family": "t5"},
+            "not supported on text-to-text",
+        ),
+    ],
+)
 def test_invalid_meta_is_refused_before_writing(tmp_path, changes, expect):
     with pytest.raises(PeftportError, match=expect):
         save_module(tmp_path / "m", tensors(), meta(**changes))
@@ -156,8 +172,11 @@ def test_invalid_meta_is_refused_before_writing(tmp_path, changes, expect):
 
 
 def test_other_fields_are_kept(tmp_path):
-    _, m = load_module(save_module(tmp_path / "m", tensors(),
-                                   meta(train_config={"lr": 1e-3}, environment={"git": "abc"})))
+    _, m = load_module(
+        save_module(
+            tmp_path / "m", tensors(), meta(train_config={"lr": 1e-3}, environment={"git": "abc"})
+        )
+    )
     assert m["train_config"] == {"lr": 1e-3} and m["environment"] == {"git": "abc"}
 
 
@@ -195,8 +214,11 @@ def test_flipped_byte_is_caught_by_the_hash(saved):
     data = bytearray((saved / TENSOR_FILE).read_bytes())
     data[len(data) // 2] ^= 0x01
     (saved / TENSOR_FILE).write_bytes(bytes(data))
-    with pytest.raises(PeftportError, match=r"module.safetensors: sha256 .* does not match "
-                       r"field 'sha256'.*changed or corrupted"):
+    with pytest.raises(
+        PeftportError,
+        match=r"module.safetensors: sha256 .* does not match "
+        r"field 'sha256'.*changed or corrupted",
+    ):
         load_module(saved)
 
 
@@ -242,16 +264,22 @@ def test_non_finite_tensors_are_refused(saved):
         load_module(saved)
 
 
-@pytest.mark.parametrize("changes,expect", [
-    ({"schema_version": 2}, "field 'schema_version' is 2; this peftport reads schema version 1"),
-    ({"schema_version": None}, "field 'schema_version' is None"),
-    ({"format": "something"}, "field 'format'.*not a peftport module"),
-    ({"seed": None}, "missing required field.*seed"),
-    ({"config": {"r": 0}}, "field 'config'.*r must be >= 1"),
-    ({"technique": "ia3"}, "field 'config': ia3 config: unknown field"),
-    ({"sha256": None}, "field 'sha256' is missing"),
-    ({"tensor_file": "weights.bin"}, "field 'tensor_file' must be 'module.safetensors'"),
-])
+@pytest.mark.parametrize(
+    "changes,expect",
+    [
+        (
+            {"schema_version": 2},
+            "field 'schema_version' is 2; this peftport reads schema version 1",
+        ),
+        ({"schema_version": None}, "field 'schema_version' is None"),
+        ({"format": "something"}, "field 'format'.*not a peftport module"),
+        ({"seed": None}, "missing required field.*seed"),
+        ({"config": {"r": 0}}, "field 'config'.*r must be >= 1"),
+        ({"technique": "ia3"}, "field 'config': ia3 config: unknown field"),
+        ({"sha256": None}, "field 'sha256' is missing"),
+        ({"tensor_file": "weights.bin"}, "field 'tensor_file' must be 'module.safetensors'"),
+    ],
+)
 def test_mismatched_metadata_is_refused(saved, changes, expect):
     rewrite_meta(saved, **changes)
     with pytest.raises(PeftportError, match=expect) as err:

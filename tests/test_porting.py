@@ -35,35 +35,44 @@ from test_techniques import (  # noqa: F401 - one_thread: an autouse fixture
 )
 
 
-def trained(family: str, technique: str, config: dict | None = None, seed: int = 0,
-            host=None):
+def trained(family: str, technique: str, config: dict | None = None, seed: int = 0, host=None):
     """An origin host carrying a 'trained' (perturbed) module: (host, tensors, meta)."""
     host = host or load(family)
-    att = attach(host.model, family, technique, small_config(technique) if config is None
-                 else config, seed=seed)
+    att = attach(
+        host.model,
+        family,
+        technique,
+        small_config(technique) if config is None else config,
+        seed=seed,
+    )
     perturb(host.model, seed=seed + 1)
     meta = module_meta(att, host, task="sst2", label_words=["negative", "positive"], steps=10)
     return host, module_state(host.model), meta
 
 
-def receiver(family: str, technique: str, config: dict | None = None, seed: int = 5,
-             model=None):
+def receiver(family: str, technique: str, config: dict | None = None, seed: int = 5, model=None):
     """A receiving host (or a given model of that family) with the technique attached."""
     if model is None:
         host = load(family)
         model, host_id, fp = host.model, host.spec.id, host.fingerprint
     else:
         host_id, fp = "custom", ""
-    att = attach(model, family, technique, small_config(technique) if config is None else config,
-                 seed=seed)
+    att = attach(
+        model, family, technique, small_config(technique) if config is None else config, seed=seed
+    )
     return model, ReceiverSpec.from_attached(att, host_id, fp)
 
 
 def small_bert(hidden: int = 16, layers: int = 2) -> BertForSequenceClassification:
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=80, hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=2, intermediate_size=2 * hidden,
-                     max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=80,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+    )
     return BertForSequenceClassification(cfg).eval()
 
 
@@ -81,8 +90,9 @@ def test_identity_port_reproduces_the_origin_and_switching_off_changes_it(techni
     load_module_state(model, state)
     torch.testing.assert_close(forward(model, family), want, rtol=1e-5, atol=1e-6)
     set_module_active(model, False)
-    assert not torch.allclose(forward(model, family), want, atol=1e-4), \
+    assert not torch.allclose(forward(model, family), want, atol=1e-4), (
         "switching the module off must change the outputs"
+    )
 
 
 def test_port_is_pure():
@@ -143,7 +153,7 @@ def test_sampled_matches_each_tensors_mean_and_std(technique, family):
         assert not torch.equal(a[k], c[k]), "another seed, another draw"
         n, std = src.numel(), float(s.std(correction=0))
         if n >= 32:  # five standard errors
-            assert abs(float(x.mean() - s.mean())) <= 5 * std / n ** 0.5 + 1e-6, k
+            assert abs(float(x.mean() - s.mean())) <= 5 * std / n**0.5 + 1e-6, k
             assert abs(float(x.std(correction=0)) - std) <= 5 * std / (2 * n) ** 0.5 + 1e-6, k
 
 
@@ -218,8 +228,10 @@ def test_shape_mismatch_lists_every_tensor_and_says_why():
     lines = [line for line in msg.splitlines() if re.match(r"\s+\S+: origin ", line)]
     # 2 layers x (q, v) x (A, B), and the head's weight; the head's bias (2,) fits
     assert len(lines) == len(tensors) - 1 == 9
-    assert "bert.encoder.layer.0.attention.self.query.loras.peftport.lora_A: " \
-           "origin (8, 16), receiver (8, 32)" in msg
+    assert (
+        "bert.encoder.layer.0.attention.self.query.loras.peftport.lora_A: "
+        "origin (8, 16), receiver (8, 32)" in msg
+    )
     assert "classifier.weight: origin (2, 16), receiver (2, 32)" in msg
     assert "hidden sizes differ (origin 16, receiver 32)" in msg
     for condition in ("sampled", "random"):  # the check runs before any condition
@@ -233,8 +245,10 @@ def test_depth_mismatch_names_missing_and_surplus_layers():
     with pytest.raises(PortingError) as err:
         port(tensors, meta, spec, "ported", seed=5)
     msg = str(err.value)
-    assert "bert.encoder.layer.1.output.adapters.peftport.adapter_up.weight: origin (16, 1), " \
-           "receiver absent" in msg
+    assert (
+        "bert.encoder.layer.1.output.adapters.peftport.adapter_up.weight: origin (16, 1), "
+        "receiver absent" in msg
+    )
     assert "has 2 layers on the origin and 1 on the receiver (a layer map can pair them)" in msg
 
 
@@ -283,8 +297,14 @@ def test_layer_map_errors():
 def test_layer_map_per_stack_on_t5():
     _, tensors, meta = trained("t5", "lora")
     _, spec = receiver("t5", "lora")
-    out = port(tensors, meta, spec, "ported", seed=5,
-               layer_map={"encoder.block": {0: 1, 1: 0}, "decoder.block": {0: 0, 1: 1}})
+    out = port(
+        tensors,
+        meta,
+        spec,
+        "ported",
+        seed=5,
+        layer_map={"encoder.block": {0: 1, 1: 0}, "decoder.block": {0: 0, 1: 1}},
+    )
     enc = "encoder.block.{}.layer.0.SelfAttention.q.loras.peftport.lora_A"
     dec = "decoder.block.{}.layer.0.SelfAttention.q.loras.peftport.lora_A"
     assert torch.equal(out[enc.format(0)], tensors[enc.format(1)])
@@ -308,8 +328,21 @@ def saved(tmp_path, family="bert", technique="lora"):
 def test_port_command_writes_a_checked_module(tmp_path):
     src, tensors = saved(tmp_path)
     out = tmp_path / "ported"
-    result = CliRunner().invoke(cli(), ["port", str(src), "--to", "tiny-bert", "--condition",
-                                        "sampled", "--seed", "3", "--out", str(out)])
+    result = CliRunner().invoke(
+        cli(),
+        [
+            "port",
+            str(src),
+            "--to",
+            "tiny-bert",
+            "--condition",
+            "sampled",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "sampled, seed 3" in result.output
     got, meta = load_module(out)
@@ -322,8 +355,7 @@ def test_port_command_writes_a_checked_module(tmp_path):
     # the same command again refuses to overwrite, and --force replaces
     args = ["port", str(src), "--to", "tiny-bert", "--out", str(out)]
     result = CliRunner().invoke(cli(), args)
-    assert isinstance(result.exception, PeftportError) and "already exists" in str(
-        result.exception)
+    assert isinstance(result.exception, PeftportError) and "already exists" in str(result.exception)
     assert CliRunner().invoke(cli(), [*args, "--force"]).exit_code == 0
     assert load_module(out)[1]["port"]["condition"] == "ported"
 
@@ -337,10 +369,13 @@ def test_port_command_ported_equals_the_library(tmp_path):
     assert all(torch.equal(got[k], tensors[k]) for k in tensors)
 
 
-@pytest.mark.parametrize("to,expect", [
-    ("tiny-t5", "wrong host kind"),
-    ("tiny-bret", "Did you mean 'tiny-bert'"),
-])
+@pytest.mark.parametrize(
+    "to,expect",
+    [
+        ("tiny-t5", "wrong host kind"),
+        ("tiny-bret", "Did you mean 'tiny-bert'"),
+    ],
+)
 def test_port_command_errors_write_nothing(tmp_path, to, expect):
     src, _ = saved(tmp_path)
     out = tmp_path / "never"
@@ -357,8 +392,9 @@ def test_port_command_shape_mismatch_writes_nothing(tmp_path):
     load_host("tiny-bert").tokenizer.save_pretrained(tmp_path / "wide-bert")
     src, _ = saved(tmp_path)
     out = tmp_path / "never"
-    result = CliRunner().invoke(cli(), ["port", str(src), "--to", str(tmp_path / "wide-bert"),
-                                        "--out", str(out)])
+    result = CliRunner().invoke(
+        cli(), ["port", str(src), "--to", str(tmp_path / "wide-bert"), "--out", str(out)]
+    )
     assert isinstance(result.exception, PortingError), result.output
     assert "origin (8, 16), receiver (8, 32)" in str(result.exception)
     assert not out.exists()
@@ -378,8 +414,9 @@ def test_port_command_refuses_a_corrupted_module(tmp_path):
 def test_port_command_layer_map_option(tmp_path):
     src, tensors = saved(tmp_path)
     out = tmp_path / "swapped"
-    result = CliRunner().invoke(cli(), ["port", str(src), "--to", "tiny-bert", "--out", str(out),
-                                        "--layer-map", "0:1,1:0"])
+    result = CliRunner().invoke(
+        cli(), ["port", str(src), "--to", "tiny-bert", "--out", str(out), "--layer-map", "0:1,1:0"]
+    )
     assert result.exit_code == 0, result.output
     got, meta = load_module(out)
     key = "bert.encoder.layer.{}.attention.self.query.loras.peftport.lora_A"
@@ -442,10 +479,11 @@ def test_port_command_minilm_into_tuned(tmp_path):
     _, tensors, meta = trained("bert", "lora", config={}, host=load_host("minilm-l6"))
     src = save_module(tmp_path / "m", tensors, meta)
     out = tmp_path / "ported"
-    result = CliRunner().invoke(cli(), ["port", str(src), "--to", "minilm-l6-tuned",
-                                        "--condition", "ported", "--out", str(out)])
+    result = CliRunner().invoke(
+        cli(),
+        ["port", str(src), "--to", "minilm-l6-tuned", "--condition", "ported", "--out", str(out)],
+    )
     assert result.exit_code == 0, result.output
     got, pmeta = load_module(out)
     assert pmeta["port"]["receiver_host"] == "minilm-l6-tuned"
     assert all(torch.equal(got[k], tensors[k]) for k in tensors)
-

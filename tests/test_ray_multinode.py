@@ -64,9 +64,13 @@ class Node:
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._out = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([RAY, "start", "--block", *args], env=env,
-                                     stdout=self._out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [RAY, "start", "--block", *args],
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_started(self, timeout: float = 180) -> str:
         deadline = time.time() + timeout
@@ -104,8 +108,12 @@ class Node:
 def units_of(store: Path) -> tuple[dict, list]:
     con = sqlite3.connect(store)
     try:
-        rows = {uid: (status, json.loads(r) if r else None, worker) for uid, status, r, worker
-                in con.execute("SELECT id, status, result, worker FROM units")}
+        rows = {
+            uid: (status, json.loads(r) if r else None, worker)
+            for uid, status, r, worker in con.execute(
+                "SELECT id, status, result, worker FROM units"
+            )
+        }
         metrics = sorted(con.execute("SELECT unit_id, step, name, value FROM metrics"))
     finally:
         con.close()
@@ -118,10 +126,16 @@ def test_a_study_on_two_ray_nodes_with_their_own_homes_equals_the_local_run(tmp_
     toy = write_toy(tmp_path / "toy.csv")
     (tmp_path / "s.yaml").write_text(STUDY.format(data=toy))
     homes = {n: tmp_path / n for n in ("head", "node2", "driver")}
-    base = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
-            # this cluster's own token (Ray's default token file is the user's, shared)
-            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    base = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # this cluster's own token (Ray's default token file is the user's, shared)
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
     for k in [k for k in base if k.startswith(("PEFTPORT_HOST_", "PEFTPORT_DATA_"))]:
         del base[k]
     base.pop("OMP_WAIT_POLICY", None)
@@ -133,26 +147,57 @@ def test_a_study_on_two_ray_nodes_with_their_own_homes_equals_the_local_run(tmp_
     t0 = time.time()
     try:
         port = free_port()
-        head = Node(["--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
-                     "--include-dashboard=false", f"--temp-dir={temp}",
-                     f"--ray-client-server-port={free_port()}",
-                     f"--dashboard-agent-listen-port={free_port()}"],
-                    env["head"], tmp_path / "head.log")
+        head = Node(
+            [
+                "--head",
+                f"--port={port}",
+                "--num-cpus=1",
+                "--num-gpus=0",
+                "--include-dashboard=false",
+                f"--temp-dir={temp}",
+                f"--ray-client-server-port={free_port()}",
+                f"--dashboard-agent-listen-port={free_port()}",
+            ],
+            env["head"],
+            tmp_path / "head.log",
+        )
         nodes.append(head)
         address = re.search(r"ray start --address='([^']+)'", head.wait_started()).group(1)
-        node2 = Node([f"--address={address}", "--num-cpus=1", "--num-gpus=0",
-                      f"--dashboard-agent-listen-port={free_port()}"],
-                     env["node2"], tmp_path / "node2.log")
+        node2 = Node(
+            [
+                f"--address={address}",
+                "--num-cpus=1",
+                "--num-gpus=0",
+                f"--dashboard-agent-listen-port={free_port()}",
+            ],
+            env["node2"],
+            tmp_path / "node2.log",
+        )
         nodes.append(node2)
         node2.wait_started()
         started = time.time() - t0
 
         # two units at a time, one CPU each: one on each node
         run = subprocess.run(
-            cli_args("study", "run", str(tmp_path / "s.yaml"), "--store",
-                     str(tmp_path / "ray.sqlite"), "--executor", "ray", "--ray-address",
-                     address, "--workers", "2", "--no-progress"),
-            env=env["driver"], capture_output=True, text=True, timeout=1200)
+            cli_args(
+                "study",
+                "run",
+                str(tmp_path / "s.yaml"),
+                "--store",
+                str(tmp_path / "ray.sqlite"),
+                "--executor",
+                "ray",
+                "--ray-address",
+                address,
+                "--workers",
+                "2",
+                "--no-progress",
+            ),
+            env=env["driver"],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
         assert run.returncode == 0, run.stderr[-4000:]
     finally:
         for n in reversed(nodes):
@@ -176,14 +221,28 @@ def test_a_study_on_two_ray_nodes_with_their_own_homes_equals_the_local_run(tmp_
 
     # the same study with the local executor: the same numbers, metric for metric
     local = subprocess.run(
-        cli_args("study", "run", str(tmp_path / "s.yaml"), "--store",
-                 str(tmp_path / "local.sqlite"), "--workers", "1", "--no-progress"),
-        env=env["driver"], capture_output=True, text=True, timeout=1200)
+        cli_args(
+            "study",
+            "run",
+            str(tmp_path / "s.yaml"),
+            "--store",
+            str(tmp_path / "local.sqlite"),
+            "--workers",
+            "1",
+            "--no-progress",
+        ),
+        env=env["driver"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert local.returncode == 0, local.stderr[-4000:]
     local_rows, local_metrics = units_of(tmp_path / "local.sqlite")
     assert set(local_rows) == set(rows)
     assert ray_metrics == local_metrics and len(ray_metrics) > 0
     for uid, (_, r, _) in rows.items():
         assert r["losses"] == local_rows[uid][1]["losses"], uid
-    print(f"two-node cluster up in {started:.0f} s; study on it and teardown {took:.0f} s; "
-          f"{len(rows)} units")
+    print(
+        f"two-node cluster up in {started:.0f} s; study on it and teardown {took:.0f} s; "
+        f"{len(rows)} units"
+    )

@@ -160,9 +160,12 @@ def build_store(
         units,
     )
     con.executemany("INSERT INTO study_units VALUES (?, ?)", [(study_id, u[0]) for u in units])
-    con.executemany("INSERT INTO cells (study_id, technique, origin, receiver, pre_data, "
-                    "post_data, seed, condition, pre_steps, post_steps, unit_id, step) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", cells)  # method: copy
+    con.executemany(
+        "INSERT INTO cells (study_id, technique, origin, receiver, pre_data, "
+        "post_data, seed, condition, pre_steps, post_steps, unit_id, step) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        cells,
+    )  # method: copy
     con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)", metrics)
     if tables:
         con.executescript(HOST_PAIR_SQL)

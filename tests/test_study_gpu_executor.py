@@ -70,10 +70,16 @@ def test_device_cpu_or_mps_uses_no_gpu_and_cuda_n_only_gpu_n():
     [
         (["0"], {"units_per_gpu": 0}, "--units-per-gpu must be >= 1, got 0"),
         ([], {"units_per_gpu": 2}, "--units-per-gpu 2 needs a GPU"),
-        (["0", "1"], {"units_per_gpu": 2, "device": "cpu"}, "needs a GPU, and none is used "
-         "here (--device cpu)"),
-        (["0", "1"], {"units_per_gpu": 2, "workers": 5}, "--workers 5 is more than "
-         "--units-per-gpu 2 x 2 GPU(s)"),
+        (
+            ["0", "1"],
+            {"units_per_gpu": 2, "device": "cpu"},
+            "needs a GPU, and none is used here (--device cpu)",
+        ),
+        (
+            ["0", "1"],
+            {"units_per_gpu": 2, "workers": 5},
+            "--workers 5 is more than --units-per-gpu 2 x 2 GPU(s)",
+        ),
         (["0", "1"], {"device": "cuda:2"}, "--device cuda:2: only 2 GPU(s) are visible"),
         (["0"], {"workers": -1}, "--workers must be >= 1"),
     ],
@@ -153,16 +159,25 @@ def test_node_info_names_the_home_the_hosts_came_from(isolated_home, monkeypatch
 
 
 def test_a_result_on_other_host_weights_or_data_is_refused():
-    result = {"host_fingerprints": {"tiny-bert": "b" * 64}, "worker": "node2:12",
-              "data_fingerprints": {"toy.csv": "d" * 64},
-              "environment": {"peftport_home": "/node2"}}
+    result = {
+        "host_fingerprints": {"tiny-bert": "b" * 64},
+        "worker": "node2:12",
+        "data_fingerprints": {"toy.csv": "d" * 64},
+        "environment": {"peftport_home": "/node2"},
+    }
     _check_inputs(result, {"tiny-bert": "b" * 64}, {"toy.csv": "d" * 64})  # the same: fine
     _check_inputs(result, {}, {})  # what the driver could not fingerprint: not checked
-    with pytest.raises(PeftportError, match=r"host tiny-bert on worker node2:12 \(PEFTPORT_HOME "
-                       r"/node2\) has weights bbbbbbbbbbbb, the driver's are aaaaaaaaaaaa"):
+    with pytest.raises(
+        PeftportError,
+        match=r"host tiny-bert on worker node2:12 \(PEFTPORT_HOME "
+        r"/node2\) has weights bbbbbbbbbbbb, the driver's are aaaaaaaaaaaa",
+    ):
         _check_inputs(result, {"tiny-bert": "a" * 64}, {})
-    with pytest.raises(PeftportError, match=r"data set toy.csv on worker node2:12 .* has "
-                       r"examples dddddddddddd, the driver's are eeeeeeeeeeee"):
+    with pytest.raises(
+        PeftportError,
+        match=r"data set toy.csv on worker node2:12 .* has "
+        r"examples dddddddddddd, the driver's are eeeeeeeeeeee",
+    ):
         _check_inputs(result, {}, {"toy.csv": "e" * 64})
 
 
@@ -172,8 +187,10 @@ def test_a_result_on_other_host_weights_or_data_is_refused():
 def stored(path):
     con = sqlite3.connect(path)
     try:
-        env = {uid: json.loads(r)["environment"] for uid, r in
-               con.execute("SELECT id, result FROM units WHERE status = 'done'")}
+        env = {
+            uid: json.loads(r)["environment"]
+            for uid, r in con.execute("SELECT id, result FROM units WHERE status = 'done'")
+        }
         metrics = sorted(con.execute("SELECT unit_id, step, name, value FROM metrics"))
     finally:
         con.close()
@@ -185,15 +202,30 @@ def test_each_local_worker_runs_with_its_cuda_visible_devices(tmp_path):
     two worker processes, one with CUDA_VISIBLE_DEVICES=7 and one with 9 (torch finds no CUDA
     there, so they compute on the CPU), with the numbers of the in-process run."""
     toy = write_toy(tmp_path / "toy.csv")
-    text = study_text(toy, techniques="{lora: {config: {r: 2}}}", pre="[4]", post="[2]",
-                      seeds="[0, 1]")
+    text = study_text(
+        toy, techniques="{lora: {config: {r: 2}}}", pre="[4]", post="[2]", seeds="[0, 1]"
+    )
     (tmp_path / "s.yaml").write_text(text)
     env = {**os.environ, GPUS_ENV: "7,9", "OMP_NUM_THREADS": "1"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    res = subprocess.run(cli_args("study", "run", str(tmp_path / "s.yaml"), "--store",
-                                  str(tmp_path / "gpu.sqlite"), "--units-per-gpu", "1",
-                                  "--threads", "1", "--no-progress"),
-                         capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run(
+        cli_args(
+            "study",
+            "run",
+            str(tmp_path / "s.yaml"),
+            "--store",
+            str(tmp_path / "gpu.sqlite"),
+            "--units-per-gpu",
+            "1",
+            "--threads",
+            "1",
+            "--no-progress",
+        ),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "(2 at a time, 1 thread(s) each on GPU(s) 7, 9, pinned one each" in res.stderr
     envs, metrics = stored(tmp_path / "gpu.sqlite")
@@ -235,8 +267,9 @@ def test_each_local_worker_runs_with_its_cuda_visible_devices(tmp_path):
         (["--device", "cuda"], "0,1", "'cuda' asked for, but there is no CUDA GPU"),
     ],
 )
-def test_gpu_options_that_cannot_work_exit_2_with_one_line(extra, gpus, fragment, tmp_path,
-                                                           monkeypatch, capsys):
+def test_gpu_options_that_cannot_work_exit_2_with_one_line(
+    extra, gpus, fragment, tmp_path, monkeypatch, capsys
+):
     import sys
 
     import torch
@@ -252,8 +285,11 @@ def test_gpu_options_that_cannot_work_exit_2_with_one_line(extra, gpus, fragment
     monkeypatch.setattr("peftport.study.executors.prepare", boom)
     monkeypatch.setenv(GPUS_ENV, gpus)
     store = tmp_path / "out" / "s.sqlite"
-    monkeypatch.setattr(sys, "argv", ["peftport", "study", "run", "--preset", "quick",
-                                      "--store", str(store), *extra])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["peftport", "study", "run", "--preset", "quick", "--store", str(store), *extra],
+    )
     with pytest.raises(SystemExit) as e:
         main()
     assert e.value.code == 2

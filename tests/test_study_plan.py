@@ -72,8 +72,10 @@ def test_standard_preset_validates_and_plans():
     spec = load_preset("standard")
     assert {t.name for t in spec.techniques} == {"adapter", "lora", "prefix", "compacter"}
     assert set(spec.pairs) == {
-        ("minilm-l6", "minilm-l6-tuned"), ("minilm-l6-tuned", "minilm-l6"),
-        ("minilm-l6", "minilm-l6-int8"), ("minilm-l6-int8", "minilm-l6"),
+        ("minilm-l6", "minilm-l6-tuned"),
+        ("minilm-l6-tuned", "minilm-l6"),
+        ("minilm-l6", "minilm-l6-int8"),
+        ("minilm-l6-int8", "minilm-l6"),
     }
     assert len(spec.data) == 2 and len(spec.pre_steps) == 2 and len(spec.seeds) == 3
     assert spec.head_policy == "origin"
@@ -85,8 +87,11 @@ def test_standard_preset_validates_and_plans():
     # origin head policy
     assert t["units"] == {"total": 36 + 384 + 96, "pretrain": 36, "post": 384, "random": 96}
     # full test splits: no cap on evaluation
-    assert all(u.config["train"].get("max_eval_examples") is None
-               for u in plan.units if u.kind != "pretrain")
+    assert all(
+        u.config["train"].get("max_eval_examples") is None
+        for u in plan.units
+        if u.kind != "pretrain"
+    )
     res = runner.invoke(study_app(), ["study", "plan", "--preset", "standard", "--no-units"])
     assert res.exit_code == 0, res.output
     assert f"runs (paper sense): {t['runs']}" in res.output

@@ -332,8 +332,11 @@ def test_a_dead_worker_charges_only_its_own_unit(tmp_path):
 def _every_unit_done_once(store, plan):
     con = db(store)
     assert {r[0] for r in con.execute("SELECT status FROM units")} == {"done"}
-    per_unit = dict(con.execute("SELECT unit_id, COUNT(*) FROM events WHERE event = 'done' "
-                                "GROUP BY unit_id").fetchall())
+    per_unit = dict(
+        con.execute(
+            "SELECT unit_id, COUNT(*) FROM events WHERE event = 'done' GROUP BY unit_id"
+        ).fetchall()
+    )
     assert per_unit == {u.id: 1 for u in plan.units}
     n = con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
     assert n == sum(u.evals for u in plan.units) * 5  # no metric lost or written twice
@@ -345,15 +348,26 @@ def test_two_drivers_on_one_store_run_every_unit_exactly_once(tmp_path):
     (tmp_path / "s.yaml").write_text(text)
     plan = make_plan(parse_study(text, "tiny.yaml"))
     store = tmp_path / "s.sqlite"
-    args = cli_args("study", "run", str(tmp_path / "s.yaml"), "--store", str(store),
-                    "--workers", "1", "--no-progress")
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=ENV) for _ in range(2)]
+    args = cli_args(
+        "study",
+        "run",
+        str(tmp_path / "s.yaml"),
+        "--store",
+        str(store),
+        "--workers",
+        "1",
+        "--no-progress",
+    )
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     _every_unit_done_once(store, plan)
-    drivers = {r[0] for r in db(store).execute("SELECT DISTINCT pid FROM events WHERE event = "
-                                               "'done'")}
+    drivers = {
+        r[0] for r in db(store).execute("SELECT DISTINCT pid FROM events WHERE event = 'done'")
+    }
     assert drivers <= {p.pid for p in procs}
 
 
@@ -369,7 +383,8 @@ MOMENTS = [
 
 @pytest.mark.parametrize("moment,what", MOMENTS, ids=[m[0] for m in MOMENTS])
 def test_a_driver_killed_at_any_moment_then_rerun_runs_every_unit_exactly_once(
-        tmp_path, moment, what):
+    tmp_path, moment, what
+):
     from peftport.module import load_module
 
     toy = write_toy(tmp_path / "toy.csv")
@@ -377,10 +392,23 @@ def test_a_driver_killed_at_any_moment_then_rerun_runs_every_unit_exactly_once(
     (tmp_path / "s.yaml").write_text(text)
     plan = make_plan(parse_study(text, "tiny.yaml"))
     store = tmp_path / "s.sqlite"
-    args = cli_args("study", "run", str(tmp_path / "s.yaml"), "--store", str(store),
-                    "--workers", "1", "--no-progress")
-    res = subprocess.run(args, capture_output=True, text=True, timeout=600,
-                         env={**ENV, "PEFTPORT_TEST_KILL_DRIVER_AT": moment})
+    args = cli_args(
+        "study",
+        "run",
+        str(tmp_path / "s.yaml"),
+        "--store",
+        str(store),
+        "--workers",
+        "1",
+        "--no-progress",
+    )
+    res = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**ENV, "PEFTPORT_TEST_KILL_DRIVER_AT": moment},
+    )
     assert res.returncode == -9, res.stderr[-2000:]  # SIGKILLed at that moment
     res = subprocess.run(args, capture_output=True, text=True, timeout=600, env=ENV)
     assert res.returncode == 0, res.stderr[-3000:]

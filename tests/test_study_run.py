@@ -25,27 +25,33 @@ runner = CliRunner()
 
 def write_toy(path, n=240):
     """A learnable toy task in tiny-bert's vocabulary (its tokenizer knows these words)."""
-    pos, neg, fill = ["great", "good", "positive"], ["terrible", "bad", "negative"], [
-        "the", "movie", "film", "a"]
+    pos, neg, fill = (
+        ["great", "good", "positive"],
+        ["terrible", "bad", "negative"],
+        ["the", "movie", "film", "a"],
+    )
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["text", "label"])
         for i in range(n):
             label = i % 2
-            words = [(pos if label else neg)[i % 3]] + [fill[(i * 7 + k) % 4] for k in range(
-                2 + i % 4)]
-            w.writerow([" ".join(words[i % 3:] + words[: i % 3]) + f" {i}", label])
+            words = [(pos if label else neg)[i % 3]] + [
+                fill[(i * 7 + k) % 4] for k in range(2 + i % 4)
+            ]
+            w.writerow([" ".join(words[i % 3 :] + words[: i % 3]) + f" {i}", label])
     return path
 
 
 def study_text(data, *, seeds="[0]", techniques=None, pre="[4, 8]", post="[3, 6]"):
     techniques = techniques or "{lora: {config: {r: 2}}, adapter: {config: {reduction_factor: 4}}}"
-    return (f"name: tiny\ntechniques: {techniques}\npairs: [[tiny-bert, tiny-bert]]\n"
-            f"data: [[{data}, {data}]]\npre_steps: {pre}\npost_steps: {post}\nseeds: {seeds}\n"
-            "train: {lr: 1.0e-2, batch_size: 8, max_length: 32, max_eval_examples: 40}\n"
-            # host comparisons stay on (the default path) but small: a tiny host is compared in
-            # a fraction of a second on 16 texts, against seconds on the default 256
-            "compare: {texts: 16, max_length: 16}\n")
+    return (
+        f"name: tiny\ntechniques: {techniques}\npairs: [[tiny-bert, tiny-bert]]\n"
+        f"data: [[{data}, {data}]]\npre_steps: {pre}\npost_steps: {post}\nseeds: {seeds}\n"
+        "train: {lr: 1.0e-2, batch_size: 8, max_length: 32, max_eval_examples: 40}\n"
+        # host comparisons stay on (the default path) but small: a tiny host is compared in
+        # a fraction of a second on 16 texts, against seconds on the default 256
+        "compare: {texts: 16, max_length: 16}\n"
+    )
 
 
 @pytest.fixture
@@ -57,8 +63,9 @@ def run_inline(store_path, text, **kw):
     plan = make_plan(parse_study(text, "tiny.yaml"))
     store = Store(store_path)
     try:
-        out = run_plan(store, plan, InlineExecutor(), progress=False,
-                       **{"echo": lambda s: None, **kw})
+        out = run_plan(
+            store, plan, InlineExecutor(), progress=False, **{"echo": lambda s: None, **kw}
+        )
     finally:
         store.close()
     return plan, out
@@ -76,8 +83,10 @@ def cli_args(*args):
 
     if "study" in cli.COMMAND_MODULES:
         return [sys.executable, "-m", "peftport", *args]
-    code = ("import typer; from peftport.commands import study; app = typer.Typer(); "
-            "study.register(app); app.callback()(lambda: None); app()")
+    code = (
+        "import typer; from peftport.commands import study; app = typer.Typer(); "
+        "study.register(app); app.callback()(lambda: None); app()"
+    )
     return [sys.executable, "-c", code, *args]
 
 
@@ -100,8 +109,9 @@ def test_run_records_results_provenance_and_artifacts(tmp_path, toy):
     assert out["done"] == len(plan.units) == 12 and out["failed"] == 0
     con = db(tmp_path / "s.sqlite")
     for u in plan.units:
-        steps = {r["step"] for r in con.execute("SELECT step FROM metrics WHERE unit_id = ?",
-                                                (u.id,))}
+        steps = {
+            r["step"] for r in con.execute("SELECT step FROM metrics WHERE unit_id = ?", (u.id,))
+        }
         assert steps == set(u.config["train"]["eval_at"])
         row = con.execute("SELECT * FROM units WHERE id = ?", (u.id,)).fetchone()
         assert row["status"] == "done" and row["seconds"] > 0 and row["git"]
@@ -113,10 +123,16 @@ def test_run_records_results_provenance_and_artifacts(tmp_path, toy):
     assert len(results) == len(plan.cells) and all(r["accuracy"] is not None for r in results)
     # the pair, its (identity) layer map and its host comparison, for the report
     (pair,) = con.execute("SELECT * FROM host_pairs").fetchall()
-    assert (pair["study_id"], pair["origin"], pair["receiver"], pair["strategy"],
-            pair["layer_map"]) == (plan.spec.id, "tiny-bert", "tiny-bert", "identity", "[0, 1]")
-    comp = con.execute("SELECT * FROM comparisons WHERE key = ?",
-                       (pair["comparison_key"],)).fetchone()
+    assert (
+        pair["study_id"],
+        pair["origin"],
+        pair["receiver"],
+        pair["strategy"],
+        pair["layer_map"],
+    ) == (plan.spec.id, "tiny-bert", "tiny-bert", "identity", "[0, 1]")
+    comp = con.execute(
+        "SELECT * FROM comparisons WHERE key = ?", (pair["comparison_key"],)
+    ).fetchone()
     assert json.loads(comp["comparison"])["cka"][0][0] == pytest.approx(1.0)  # a host is itself
     # the snapshots are on disk, content-addressed, and load as modules
     arts = con.execute("SELECT * FROM artifacts").fetchall()
@@ -136,8 +152,11 @@ def test_run_records_results_provenance_and_artifacts(tmp_path, toy):
 
 def test_rerun_does_nothing_and_a_new_value_runs_only_new_units(tmp_path, toy):
     plan, _ = run_inline(tmp_path / "s.sqlite", study_text(toy))
-    claims = lambda: db(tmp_path / "s.sqlite").execute(  # noqa: E731
-        "SELECT unit_id FROM events WHERE event = 'claimed'").fetchall()
+
+    def claims() -> list:
+        sql = "SELECT unit_id FROM events WHERE event = 'claimed'"
+        return db(tmp_path / "s.sqlite").execute(sql).fetchall()
+
     before = len(claims())
     _, out = run_inline(tmp_path / "s.sqlite", study_text(toy))
     assert out["ran"] == 0 and out["done"] == 12 and len(claims()) == before
@@ -162,11 +181,15 @@ def test_a_failed_unit_is_recorded_and_the_others_go_on(tmp_path, toy, monkeypat
     plan, out = run_inline(tmp_path / "s.sqlite", study_text(toy))
     assert out["failed"] == 1 and out["blocked"] == 4  # lora's ported/sampled units wait
     assert out["done"] == len(plan.units) - 5
-    row = db(tmp_path / "s.sqlite").execute(
-        "SELECT error FROM units WHERE status = 'failed'").fetchone()
+    row = (
+        db(tmp_path / "s.sqlite")
+        .execute("SELECT error FROM units WHERE status = 'failed'")
+        .fetchone()
+    )
     assert "boom in the lora pretraining" in row[0] and "Traceback" in row[0]
-    res = runner.invoke(study_app(), ["study", "status", "--store", str(tmp_path / "s.sqlite"),
-                                      "--json"])
+    res = runner.invoke(
+        study_app(), ["study", "status", "--store", str(tmp_path / "s.sqlite"), "--json"]
+    )
     info = json.loads(res.output)["studies"][0]
     assert info["status"]["failed"] == 1 and info["blocked"] == 4
     assert "boom" in info["failed"][0]["error"]
@@ -189,8 +212,9 @@ def test_status_and_export(tmp_path, toy):
     res = runner.invoke(app, ["study", "status", str(study_file), "--store", str(store)])
     assert res.exit_code == 0, res.output
     assert "12/12 units done" in res.output
-    res = runner.invoke(app, ["study", "export", "--store", str(store), "--csv",
-                              str(tmp_path / "r.csv")])
+    res = runner.invoke(
+        app, ["study", "export", "--store", str(store), "--csv", str(tmp_path / "r.csv")]
+    )
     assert res.exit_code == 0, res.output
     with open(tmp_path / "r.csv") as f:
         rows = list(csv.DictReader(f))
@@ -201,12 +225,16 @@ def test_status_and_export(tmp_path, toy):
         import pandas  # noqa: F401
         import pyarrow  # noqa: F401
     except ImportError:
-        res = runner.invoke(app, ["study", "export", "--store", str(store), "--parquet",
-                                  str(tmp_path / "r.parquet")])
+        res = runner.invoke(
+            app,
+            ["study", "export", "--store", str(store), "--parquet", str(tmp_path / "r.parquet")],
+        )
         assert "pip install pandas pyarrow" in str(res.exception)
     else:
-        res = runner.invoke(app, ["study", "export", "--store", str(store), "--parquet",
-                                  str(tmp_path / "r.parquet")])
+        res = runner.invoke(
+            app,
+            ["study", "export", "--store", str(store), "--parquet", str(tmp_path / "r.parquet")],
+        )
         assert res.exit_code == 0, res.output
         assert len(pandas.read_parquet(tmp_path / "r.parquet")) == len(plan.cells)
     res = runner.invoke(app, ["study", "export", "--store", str(store)])
@@ -274,16 +302,20 @@ def test_sigkill_in_the_middle_then_rerun(tmp_path):
     study_file.write_text(study_text(toy, seeds="[0, 1]", pre="[10, 20]", post="[10, 20]"))
     plan = make_plan(parse_study(study_file.read_text(), "tiny.yaml"))
     store = tmp_path / "s.sqlite"
-    args = cli_args("study", "run", str(study_file), "--store", str(store), "--workers", "2",
-                    "--no-progress")
+    args = cli_args(
+        "study", "run", str(study_file), "--store", str(store), "--workers", "2", "--no-progress"
+    )
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     done = 0
     while time.time() < deadline and proc.poll() is None:
         if store.exists():
             try:
-                done = db(store).execute(
-                    "SELECT COUNT(*) FROM units WHERE status = 'done'").fetchone()[0]
+                done = (
+                    db(store)
+                    .execute("SELECT COUNT(*) FROM units WHERE status = 'done'")
+                    .fetchone()[0]
+                )
             except sqlite3.OperationalError:
                 done = 0  # the schema is being created
             if done >= 3:
@@ -303,8 +335,11 @@ def test_sigkill_in_the_middle_then_rerun(tmp_path):
     assert "back to pending" in res.stderr
     con = db(store)
     assert {r[0] for r in con.execute("SELECT status FROM units")} == {"done"}
-    per_unit = dict(con.execute("SELECT unit_id, COUNT(*) FROM events WHERE event = 'done' "
-                                "GROUP BY unit_id").fetchall())
+    per_unit = dict(
+        con.execute(
+            "SELECT unit_id, COUNT(*) FROM events WHERE event = 'done' GROUP BY unit_id"
+        ).fetchall()
+    )
     assert per_unit == {u.id: 1 for u in plan.units}  # done exactly once
     resets = con.execute("SELECT COUNT(*) FROM events WHERE event = 'reset'").fetchone()[0]
     assert resets == running
@@ -337,8 +372,9 @@ def test_local_and_ray_executors_give_the_same_results(tmp_path):
                 ray.shutdown()
         assert out["done"] == len(plan.units), out
         got[name] = (
-            store.db.execute("SELECT unit_id, step, name, value FROM metrics "
-                             "ORDER BY 1, 2, 3").fetchall(),
+            store.db.execute(
+                "SELECT unit_id, step, name, value FROM metrics ORDER BY 1, 2, 3"
+            ).fetchall(),
             store.db.execute("SELECT key, sha256 FROM artifacts ORDER BY key").fetchall(),
             store.db.execute("SELECT COUNT(DISTINCT worker) FROM units").fetchone()[0],
         )
@@ -357,19 +393,38 @@ def test_units_give_what_the_cli_path_gives(tmp_path, toy):
     from peftport.runs import adapt_run, train_run
     from peftport.study.units import _train_config, execute
 
-    plan = make_plan(parse_study(study_text(toy, techniques="{lora: {config: {r: 2}}}",
-                                            pre="[4]", post="[3]"), "tiny.yaml"))
+    plan = make_plan(
+        parse_study(
+            study_text(toy, techniques="{lora: {config: {r: 2}}}", pre="[4]", post="[3]"),
+            "tiny.yaml",
+        )
+    )
     units = {(u.kind, u.condition): u for u in plan.units}
     pre, post, rnd = units["pretrain", None], units["post", "sampled"], units["random", "random"]
 
     def run(unit, snapshot=None):
-        return execute({"unit_id": unit.id, "config": unit.config, "threads": 1,
-                        "snapshot": snapshot, "keep_adapted": False, "layer_map": None})
+        return execute(
+            {
+                "unit_id": unit.id,
+                "config": unit.config,
+                "threads": 1,
+                "snapshot": snapshot,
+                "keep_adapted": False,
+                "layer_map": None,
+            }
+        )
 
     c = pre.config
     data = load_dataset(c["data"], max_examples=c["max_examples"])
-    cli = train_run("tiny-bert", "lora", data, _train_config(c["train"], 1),
-                    technique_config=c["technique_config"], progress=False, save_at=(4,))
+    cli = train_run(
+        "tiny-bert",
+        "lora",
+        data,
+        _train_config(c["train"], 1),
+        technique_config=c["technique_config"],
+        progress=False,
+        save_at=(4,),
+    )
     got = run(pre)
     assert got["metrics"] == cli.result.metrics
     ((step, (tensors, meta)),) = got["snapshots"].items()
@@ -379,8 +434,13 @@ def test_units_give_what_the_cli_path_gives(tmp_path, toy):
     snap = save_module(tmp_path / "snap", tensors, meta)
     ported, _ = port_module(snap, "tiny-bert", "sampled", post.seed, tmp_path / "ported")
     cfg = _train_config(post.config["train"], 1)
-    assert run(post, load_module(snap))["metrics"] == adapt_run(
-        ported, "tiny-bert", data, cfg, progress=False).result.metrics
-    assert run(rnd)["metrics"] == train_run(
-        "tiny-bert", "lora", data, cfg, technique_config=c["technique_config"],
-        progress=False).result.metrics
+    assert (
+        run(post, load_module(snap))["metrics"]
+        == adapt_run(ported, "tiny-bert", data, cfg, progress=False).result.metrics
+    )
+    assert (
+        run(rnd)["metrics"]
+        == train_run(
+            "tiny-bert", "lora", data, cfg, technique_config=c["technique_config"], progress=False
+        ).result.metrics
+    )

@@ -67,12 +67,14 @@ def test_quick_preset_is_offline():
 
 def test_toml_and_relative_paths(tmp_path):
     # a data file is read at plan time: enough rows for every split
-    (tmp_path / "toy.csv").write_text("text,label\n" + "".join(
-        f"film number {i},{i % 2}\n" for i in range(40)))
+    (tmp_path / "toy.csv").write_text(
+        "text,label\n" + "".join(f"film number {i},{i % 2}\n" for i in range(40))
+    )
     (tmp_path / "s.toml").write_text(
         'techniques = ["lora"]\npairs = [["tiny-bert", "tiny-bert"]]\n'
         'data = [["toy.csv", "toy.csv"]]\npre_steps = [4]\npost_steps = [0, 2]\nseeds = [0]\n'
-        '[train]\nlr = 1e-2\n')
+        "[train]\nlr = 1e-2\n"
+    )
     spec = load_study(tmp_path / "s.toml")
     assert spec.name == "s"
     assert spec.data == ((str((tmp_path / "toy.csv").resolve()),) * 2,)
@@ -81,43 +83,132 @@ def test_toml_and_relative_paths(tmp_path):
 
 # (what to change in GOOD, the line the error must name, words the message must contain)
 BAD = [
-    pytest.param("name: tiny", "name: tiny\ntechnique: [lora]", 2,
-                 ["unknown key 'technique'", "Did you mean 'techniques'"], id="unknown-axis"),
-    pytest.param("lora: {config: {r: 2}}", "lorax: {config: {r: 2}}", 3,
-                 ["techniques.lorax", "unknown technique 'lorax'", "Did you mean 'lora'"],
-                 id="unknown-technique"),
-    pytest.param("- [tiny-bert, tiny-bert]", "- [tiny-bert, tiny-bertt]", 6,
-                 ["pairs[0][1]", "unknown host 'tiny-bertt'"], id="unknown-host"),
-    pytest.param("- [rotten_tomatoes, rotten_tomatoes]", "- [rotten_tomatos, rotten_tomatoes]", 8,
-                 ["data[0][0]", "unknown data set 'rotten_tomatos'"], id="unknown-data-set"),
-    pytest.param("- [tiny-bert, tiny-bert]", "- [tiny-bert, tiny-t5]", 6,
-                 ["pairs[0]", "cannot port tiny-bert -> tiny-t5", "family"], id="pair-families"),
-    pytest.param("pre_steps: [5, 10]", "pre_steps: [5, -10]", 9,
-                 ["pre_steps[1]", "must be >= 1, got -10"], id="negative-pre-steps"),
-    pytest.param("post_steps: [3, 6]", "post_steps: [-3, 6]", 10,
-                 ["post_steps[0]", "must be >= 0, got -3"], id="negative-post-steps"),
-    pytest.param("post_steps: [3, 6]", "post_steps: [3, 3]", 10,
-                 ["post_steps[1]", "listed twice"], id="duplicate-step"),
-    pytest.param("lora: {config: {r: 2}}", "lora: {config: {r: 0}}", 3,
-                 ["techniques.lora.config", "r must be >= 1"], id="technique-config"),
-    pytest.param("lora: {config: {r: 2}}", "lora: {r: 2}", 3,
-                 ["techniques.lora.r", "go under 'config'"], id="technique-key"),
-    pytest.param("train: {lr: 1e-2,", "train: {learning_rate: 1e-2,", 12,
-                 ["train.learning_rate", "Did you mean 'lr'"], id="train-key"),
-    pytest.param("train: {lr: 1e-2,", "train: {steps: 5, lr: 1e-2,", 12,
-                 ["train.steps", "pre_steps / post_steps"], id="planner-field"),
-    pytest.param("train: {lr: 1e-2,", "train: {lr: fast,", 12,
-                 ["train.lr", "must be a number"], id="train-type"),
-    pytest.param("train: {lr: 1e-2,", "train: {lr: -1,", 12,
-                 ["train.lr", "lr must be positive"], id="train-range"),
-    pytest.param("seeds: [0]", "seeds: [0]\npre: {horizon: 7}", 12,
-                 ["pre.horizon", "shorter than the longest step count (10)"], id="horizon"),
-    pytest.param("seeds: [0]", "seeds: [0]\nconditions: [ported, copied]", 12,
-                 ["conditions[1]", "unknown condition 'copied'"], id="condition"),
-    pytest.param("seeds: [0]", "seeds: [0]\nseeds: [1]", 12,
-                 ["given twice (lines 11 and 12)"], id="duplicate-key"),
-    pytest.param("- [tiny-bert, tiny-bert]", "- [tiny-t5, tiny-t5]", 4,
-                 ["techniques.adapter", "t5"], id="technique-unsupported-on-host-kind"),
+    pytest.param(
+        "name: tiny",
+        "name: tiny\ntechnique: [lora]",
+        2,
+        ["unknown key 'technique'", "Did you mean 'techniques'"],
+        id="unknown-axis",
+    ),
+    pytest.param(
+        "lora: {config: {r: 2}}",
+        "lorax: {config: {r: 2}}",
+        3,
+        ["techniques.lorax", "unknown technique 'lorax'", "Did you mean 'lora'"],
+        id="unknown-technique",
+    ),
+    pytest.param(
+        "- [tiny-bert, tiny-bert]",
+        "- [tiny-bert, tiny-bertt]",
+        6,
+        ["pairs[0][1]", "unknown host 'tiny-bertt'"],
+        id="unknown-host",
+    ),
+    pytest.param(
+        "- [rotten_tomatoes, rotten_tomatoes]",
+        "- [rotten_tomatos, rotten_tomatoes]",
+        8,
+        ["data[0][0]", "unknown data set 'rotten_tomatos'"],
+        id="unknown-data-set",
+    ),
+    pytest.param(
+        "- [tiny-bert, tiny-bert]",
+        "- [tiny-bert, tiny-t5]",
+        6,
+        ["pairs[0]", "cannot port tiny-bert -> tiny-t5", "family"],
+        id="pair-families",
+    ),
+    pytest.param(
+        "pre_steps: [5, 10]",
+        "pre_steps: [5, -10]",
+        9,
+        ["pre_steps[1]", "must be >= 1, got -10"],
+        id="negative-pre-steps",
+    ),
+    pytest.param(
+        "post_steps: [3, 6]",
+        "post_steps: [-3, 6]",
+        10,
+        ["post_steps[0]", "must be >= 0, got -3"],
+        id="negative-post-steps",
+    ),
+    pytest.param(
+        "post_steps: [3, 6]",
+        "post_steps: [3, 3]",
+        10,
+        ["post_steps[1]", "listed twice"],
+        id="duplicate-step",
+    ),
+    pytest.param(
+        "lora: {config: {r: 2}}",
+        "lora: {config: {r: 0}}",
+        3,
+        ["techniques.lora.config", "r must be >= 1"],
+        id="technique-config",
+    ),
+    pytest.param(
+        "lora: {config: {r: 2}}",
+        "lora: {r: 2}",
+        3,
+        ["techniques.lora.r", "go under 'config'"],
+        id="technique-key",
+    ),
+    pytest.param(
+        "train: {lr: 1e-2,",
+        "train: {learning_rate: 1e-2,",
+        12,
+        ["train.learning_rate", "Did you mean 'lr'"],
+        id="train-key",
+    ),
+    pytest.param(
+        "train: {lr: 1e-2,",
+        "train: {steps: 5, lr: 1e-2,",
+        12,
+        ["train.steps", "pre_steps / post_steps"],
+        id="planner-field",
+    ),
+    pytest.param(
+        "train: {lr: 1e-2,",
+        "train: {lr: fast,",
+        12,
+        ["train.lr", "must be a number"],
+        id="train-type",
+    ),
+    pytest.param(
+        "train: {lr: 1e-2,",
+        "train: {lr: -1,",
+        12,
+        ["train.lr", "lr must be positive"],
+        id="train-range",
+    ),
+    pytest.param(
+        "seeds: [0]",
+        "seeds: [0]\npre: {horizon: 7}",
+        12,
+        ["pre.horizon", "shorter than the longest step count (10)"],
+        id="horizon",
+    ),
+    pytest.param(
+        "seeds: [0]",
+        "seeds: [0]\nconditions: [ported, copied]",
+        12,
+        ["conditions[1]", "unknown condition 'copied'"],
+        id="condition",
+    ),
+    pytest.param(
+        "seeds: [0]",
+        "seeds: [0]\nseeds: [1]",
+        12,
+        ["given twice (lines 11 and 12)"],
+        id="duplicate-key",
+    ),
+    pytest.param(
+        "- [tiny-bert, tiny-bert]",
+        "- [tiny-t5, tiny-t5]",
+        4,
+        ["techniques.adapter", "t5"],
+        id="technique-unsupported-on-host-kind",
+    ),
 ]
 
 
@@ -151,9 +242,11 @@ def test_yaml_syntax_error_names_the_line():
 
 def test_toml_error_names_the_line(tmp_path):
     p = tmp_path / "s.toml"
-    p.write_text('techniques = ["lora"]\npairs = [["tiny-bert", "tiny-bert"]]\n'
-                 'data = [["rotten_tomatoes", "rotten_tomatoes"]]\npre_steps = [4]\n'
-                 'post_steps = [2]\nseeds = [0]\n[train]\nlearning_rate = 0.01\n')
+    p.write_text(
+        'techniques = ["lora"]\npairs = [["tiny-bert", "tiny-bert"]]\n'
+        'data = [["rotten_tomatoes", "rotten_tomatoes"]]\npre_steps = [4]\n'
+        "post_steps = [2]\nseeds = [0]\n[train]\nlearning_rate = 0.01\n"
+    )
     with pytest.raises(StudyFileError, match=r"s.toml, line 8, key 'train.learning_rate'"):
         load_study(p)
 
@@ -169,8 +262,11 @@ def test_shapes_that_cannot_port(tmp_path):
     other.mkdir()
     (other / "config.json").write_text(json.dumps(cfg))
     text = GOOD.replace("[tiny-bert, tiny-bert]", f"[tiny-bert, {other}]")
-    with pytest.raises(StudyFileError, match=r"line 6.*their shapes differ \(hidden_size 16 vs "
-                       r"32\)"):
+    with pytest.raises(
+        StudyFileError,
+        match=r"line 6.*their shapes differ \(hidden_size 16 vs "
+        r"32\)",
+    ):
         parse_study(text, "s.yaml")
 
 
@@ -193,8 +289,11 @@ def test_train_fields_are_trainconfig_fields():
 
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     assert train_fields() == [n for n in names if n not in PLANNER_FIELDS]
-    text = GOOD.replace("train: {lr: 1e-2,", "train: {warmup_ratio: -0.5, eval_split: dev, "
-                        "weight_decay: 1, lr: 1e-2,", 1)
+    text = GOOD.replace(
+        "train: {lr: 1e-2,",
+        "train: {warmup_ratio: -0.5, eval_split: dev, weight_decay: 1, lr: 1e-2,",
+        1,
+    )
     with pytest.raises(StudyFileError) as e:
         parse_study(text, "s.yaml")
     msg = str(e.value)
@@ -231,9 +330,14 @@ def test_technique_config_checked_against_host_width():
     from peftport.hosts import get_host, host_folder
 
     host_folder(get_host("tiny-bert"))  # width 16, on disk so config.json can be read
-    text = GOOD.replace("adapter: {config: {reduction_factor: 4}}",
-                        "compacter: {config: {reduction_factor: 8, phm_dim: 4}}")
-    with pytest.raises(StudyFileError, match=r"line 4.*bottleneck width 2 \(hidden size 16 of "
-                       r"tiny-bert.*multiples of phm_dim 4"):
+    text = GOOD.replace(
+        "adapter: {config: {reduction_factor: 4}}",
+        "compacter: {config: {reduction_factor: 8, phm_dim: 4}}",
+    )
+    with pytest.raises(
+        StudyFileError,
+        match=r"line 4.*bottleneck width 2 \(hidden size 16 of "
+        r"tiny-bert.*multiples of phm_dim 4",
+    ):
         parse_study(text, "s.yaml")
     parse_study(text.replace("reduction_factor: 8", "reduction_factor: 4"), "s.yaml")

@@ -36,8 +36,12 @@ from peftport.techniques import (
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "techniques.md"
 TINY = {"bert": "tiny-bert", "t5": "tiny-t5", "gpt2": "tiny-gpt2", "llama": "tiny-llama"}
-FAMILY_KIND = {"bert": ENCODER_CLASSIFIER, "t5": TEXT_TO_TEXT, "gpt2": DECODER_LM,
-               "llama": DECODER_LM}
+FAMILY_KIND = {
+    "bert": ENCODER_CLASSIFIER,
+    "t5": TEXT_TO_TEXT,
+    "gpt2": DECODER_LM,
+    "llama": DECODER_LM,
+}
 # Width-16 hosts: Compacter's default reduction (32) leaves no bottleneck; 4 gives width 4.
 SMALL = {"compacter": {"reduction_factor": 4}}
 CASES = [(t, f) for t in ORDER for f in TINY if SUPPORT[t][FAMILY_KIND[f]].ok]
@@ -109,10 +113,20 @@ def test_unknown_technique_suggests_close_names():
 
 def test_recorded_defaults():
     d = {t: get_technique(t).defaults() for t in ORDER}
-    assert d["adapter"] == {"variant": "pfeiffer", "reduction_factor": 16,
-                            "non_linearity": "relu", "dropout": 0.0}
-    assert d["lora"] == {"r": 8, "alpha": 16, "targets": ["q", "v"], "dropout": 0.0,
-                         "intermediate": False, "output": False}
+    assert d["adapter"] == {
+        "variant": "pfeiffer",
+        "reduction_factor": 16,
+        "non_linearity": "relu",
+        "dropout": 0.0,
+    }
+    assert d["lora"] == {
+        "r": 8,
+        "alpha": 16,
+        "targets": ["q", "v"],
+        "dropout": 0.0,
+        "intermediate": False,
+        "output": False,
+    }
     assert d["prefix"]["prefix_length"] == 30 and d["prefix"]["flat"] is False
     assert d["prefix"]["bottleneck_size"] == 512
     assert d["compacter"]["phm_dim"] == 4 and d["compacter"]["reduction_factor"] == 32
@@ -137,8 +151,11 @@ def test_configs_map_to_adapters_configs():
     assert comp.shared_phm_rule is True
     assert make_config("prompt").to_adapters().prompt_length == 10
     ia3 = make_config("ia3").to_adapters()
-    assert (ia3.composition_mode, list(ia3.attn_matrices), ia3.intermediate_lora) == \
-        ("scale", ["k", "v"], True)
+    assert (ia3.composition_mode, list(ia3.attn_matrices), ia3.intermediate_lora) == (
+        "scale",
+        ["k", "v"],
+        True,
+    )
 
 
 @pytest.mark.parametrize("technique", ORDER)
@@ -151,19 +168,22 @@ def test_config_is_frozen_and_round_trips(technique):
     assert all(cls.field_help().values()), "every field documents itself"
 
 
-@pytest.mark.parametrize("technique,bad", [
-    ("adapter", {"variant": "pfeifer"}),
-    ("adapter", {"reduction_factor": 0}),
-    ("adapter", {"reduction_factor": "16"}),
-    ("lora", {"r": 0}),
-    ("lora", {"targets": ["q", "x"]}),
-    ("lora", {"alpha": True}),
-    ("prefix", {"prefix_length": 0}),
-    ("compacter", {"variant": "x"}),
-    ("prompt", {"combine": "suffix"}),
-    ("ia3", {"targets": [], "intermediate": False}),
-    ("lora", {"rank": 4}),
-])
+@pytest.mark.parametrize(
+    "technique,bad",
+    [
+        ("adapter", {"variant": "pfeifer"}),
+        ("adapter", {"reduction_factor": 0}),
+        ("adapter", {"reduction_factor": "16"}),
+        ("lora", {"r": 0}),
+        ("lora", {"targets": ["q", "x"]}),
+        ("lora", {"alpha": True}),
+        ("prefix", {"prefix_length": 0}),
+        ("compacter", {"variant": "x"}),
+        ("prompt", {"combine": "suffix"}),
+        ("ia3", {"targets": [], "intermediate": False}),
+        ("lora", {"rank": 4}),
+    ],
+)
 def test_bad_configs_are_clear_errors(technique, bad):
     with pytest.raises(PeftportError, match=technique):
         make_config(technique, bad)
@@ -200,8 +220,7 @@ def test_refused_cells_are_refused_by_adapters_and_by_attach(technique, family):
     with pytest.raises(ValueError, match="not supported"):  # adapters itself refuses the cell
         host.model.add_adapter("probe", config=make_config(technique).to_adapters())
     host = load(family)
-    with pytest.raises(PeftportError, match="not supported on .* It works on: "
-                       "encoder-classifier"):
+    with pytest.raises(PeftportError, match="not supported on .* It works on: encoder-classifier"):
         attach(host.model, family, technique)
 
 
@@ -248,8 +267,9 @@ def test_compacter_shared_rule_is_in_the_state(family):
     host = load(family)
     attach(host.model, family, "compacter", small_config("compacter"))
     rules = [k for k in module_state(host.model) if k.endswith("phm_rule")]
-    assert rules and all(k.startswith(("shared_parameters.", "bert.shared_parameters."))
-                         for k in rules)
+    assert rules and all(
+        k.startswith(("shared_parameters.", "bert.shared_parameters.")) for k in rules
+    )
 
 
 @pytest.mark.parametrize("family", ["bert", "t5", "gpt2"])
@@ -310,8 +330,7 @@ def test_module_state_is_a_copy():
 def test_module_state_without_head():
     host = load("bert")
     attach(host.model, "bert", "adapter")
-    assert not any(k.startswith("classifier") for k in module_state(host.model,
-                                                                     include_head=False))
+    assert not any(k.startswith("classifier") for k in module_state(host.model, include_head=False))
 
 
 @pytest.mark.parametrize("technique,family", CASES, ids=CASE_IDS)
@@ -389,8 +408,12 @@ def test_every_technique_declares_its_capabilities():
     for name, (mappable, eager, neutral, peft_type, refused) in CAPABILITIES.items():
         t = get_technique(name)
         assert set(t.support) == set(KINDS), name
-        assert (t.layer_mappable, set(t.eager_attention), t.neutral_fill, t.peft_type) == \
-            (mappable, eager, neutral, peft_type), name
+        assert (t.layer_mappable, set(t.eager_attention), t.neutral_fill, t.peft_type) == (
+            mappable,
+            eager,
+            neutral,
+            peft_type,
+        ), name
         assert bool(t.peft_refused) == refused, name
         assert t.peft_exportable == (peft_type is not None and not refused), name
 
@@ -402,9 +425,13 @@ def test_no_code_outside_techniques_tells_techniques_apart_by_name():
     names = "|".join(re.escape(t) for t in TECHNIQUES)
     quoted = rf"""["']({names})["']"""
     compare = re.compile(rf"(==|!=|\bin)\s*[(\[{{]?\s*{quoted}|{quoted}\s*(==|!=|\bin\b)")
-    found = [f"{path.relative_to(src)}:{i}: {line.strip()}"
-             for path in sorted(src.rglob("*.py")) if "techniques" not in path.parts
-             for i, line in enumerate(path.read_text().splitlines(), 1) if compare.search(line)]
+    found = [
+        f"{path.relative_to(src)}:{i}: {line.strip()}"
+        for path in sorted(src.rglob("*.py"))
+        if "techniques" not in path.parts
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if compare.search(line)
+    ]
     assert not found, found
 
 
@@ -412,12 +439,14 @@ def test_no_code_outside_techniques_tells_techniques_apart_by_name():
 def test_from_adapters_inverts_to_adapters_and_only_for_its_own(technique):
     """Each technique reads back its own AdapterHub config (a non-default one, so a reader
     that ignored the config could not pass) and no other technique claims it."""
-    changed = {"adapter": {"variant": "houlsby", "reduction_factor": 8},
-               "lora": {"r": 4, "alpha": 8, "targets": ["q", "k"], "output": True},
-               "prefix": {"prefix_length": 7, "flat": True},
-               "compacter": {"variant": "pfeiffer", "phm_dim": 2, "reduction_factor": 8},
-               "prompt": {"prompt_length": 3, "combine": "prefix_after_bos"},
-               "ia3": {"targets": ["q"], "intermediate": False}}[technique]
+    changed = {
+        "adapter": {"variant": "houlsby", "reduction_factor": 8},
+        "lora": {"r": 4, "alpha": 8, "targets": ["q", "k"], "output": True},
+        "prefix": {"prefix_length": 7, "flat": True},
+        "compacter": {"variant": "pfeiffer", "phm_dim": 2, "reduction_factor": 8},
+        "prompt": {"prompt_length": 3, "combine": "prefix_after_bos"},
+        "ia3": {"targets": ["q"], "intermediate": False},
+    }[technique]
     cfg = make_config(technique, changed)
     theirs = cfg.to_adapters().to_dict()
     assert make_config(technique, get_technique(technique).config_cls.from_adapters(theirs)) == cfg
@@ -467,11 +496,17 @@ def test_a_new_technique_is_one_file(monkeypatch):
             return None
 
     fake = Technique(
-        config_cls=FakeConfig, summary="a LoRA under another name",
-        reference="this test", order=99,
-        support={ENCODER_CLASSIFIER: YES, TEXT_TO_TEXT: Support(False, "not here"),
-                 DECODER_LM: YES},
-        layer_mappable=False, eager_attention=frozenset({ENCODER_CLASSIFIER}),
+        config_cls=FakeConfig,
+        summary="a LoRA under another name",
+        reference="this test",
+        order=99,
+        support={
+            ENCODER_CLASSIFIER: YES,
+            TEXT_TO_TEXT: Support(False, "not here"),
+            DECODER_LM: YES,
+        },
+        layer_mappable=False,
+        eager_attention=frozenset({ENCODER_CLASSIFIER}),
         peft_refused="PEFT has no fake",
     )
     monkeypatch.setitem(TECHNIQUES._entries, "fake", fake)
@@ -491,8 +526,7 @@ def test_a_new_technique_is_one_file(monkeypatch):
     spec = ReceiverSpec.from_attached(attach(other.model, "bert", "fake", {"r": 3}))
     with pytest.raises(PortingError, match="cannot be applied"):
         port(tensors, meta, spec, "ported", seed=0, layer_map={0: 1, 1: 0})
-    assert set(port(tensors, meta, spec, "ported", seed=0, layer_map={0: 0, 1: 1})) == \
-        set(tensors)
+    assert set(port(tensors, meta, spec, "ported", seed=0, layer_map={0: 0, 1: 1})) == set(tensors)
 
 
 # --- real host -------------------------------------------------------------------------------
@@ -514,5 +548,6 @@ def test_trainable_counts_on_minilm_l6_match_the_docs():
     for technique in ORDER:
         host = load_host("minilm-l6")
         att = attach(host.model, "bert", technique, seed=0)
-        assert (att.module_parameters, att.trainable - att.module_parameters) == \
-            documented[technique], technique
+        assert (att.module_parameters, att.trainable - att.module_parameters) == documented[
+            technique
+        ], technique

@@ -165,8 +165,10 @@ class PackageArchive:
         if cached is not None:  # another process fetched it while we waited
             return cached
         # not replaced if it exists: another process's verified download will do
-        with staged_folder(dest) as staged, \
-                tempfile.TemporaryDirectory(dir=dest.parent, prefix=".dl-") as tmp:
+        with (
+            staged_folder(dest) as staged,
+            tempfile.TemporaryDirectory(dir=dest.parent, prefix=".dl-") as tmp,
+        ):
             cmd = [
                 sys.executable,
                 "-m",

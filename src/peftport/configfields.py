@@ -197,8 +197,13 @@ def settings(cls: type) -> dict[str, Setting]:
             )
         default = f.default if f.default_factory is MISSING else f.default_factory()
         described = {k: m[k] for k in ("help", "ge", "gt", "lt", "choices", "flags", "internal")}
-        out[f.name] = Setting(name=f.name, key=m["key"] or f.name, annotation=hints[f.name],
-                              default=default, **described)
+        out[f.name] = Setting(
+            name=f.name,
+            key=m["key"] or f.name,
+            annotation=hints[f.name],
+            default=default,
+            **described,
+        )
     return out
 
 

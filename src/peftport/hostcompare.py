@@ -467,8 +467,15 @@ def compare_hosts(
 
     o_run, r_run = _Hidden(o_host), _Hidden(r_host)
     if reverse_of is not None:
-        return _reversed(reverse_of, origin, receiver, o_run, r_run, report,
-                         (corpus, len(sample), max_length, seed))
+        return _reversed(
+            reverse_of,
+            origin,
+            receiver,
+            o_run,
+            r_run,
+            report,
+            (corpus, len(sample), max_length, seed),
+        )
     o_ids = _encode(o_host.tokenizer, sample, max_length)
     r_ids = _encode(r_host.tokenizer, sample, max_length)
     tokens = o_ids == r_ids
@@ -479,8 +486,9 @@ def compare_hosts(
     if progress:  # a bar on a terminal, a plain line every 30 s in a log
         from peftport.progress import bar
 
-        batches = bar(batches, desc=f"comparing {o_host.spec.id} with {r_host.spec.id}",
-                      unit="batch")
+        batches = bar(
+            batches, desc=f"comparing {o_host.spec.id} with {r_host.spec.id}", unit="batch"
+        )
     moments = _Moments()
     for rows in batches:
         ids_a, mask_a = _pad([o_ids[k] for k in rows], o_run.pad_id)
@@ -519,12 +527,18 @@ def compare_hosts(
 
 
 def _reversed(
-    rev: HostComparison, origin: str, receiver: str, o_run: Any, r_run: Any, report: Any,
+    rev: HostComparison,
+    origin: str,
+    receiver: str,
+    o_run: Any,
+    r_run: Any,
+    report: Any,
     settings: tuple[str, int, int, int],
 ) -> HostComparison:
     have = (rev.corpus, rev.texts, rev.max_length, rev.seed)
     if have != settings or (rev.origin_layers, rev.receiver_layers) != (
-        len(r_run.blocks), len(o_run.blocks)
+        len(r_run.blocks),
+        len(o_run.blocks),
     ):
         raise PeftportError(
             f"host comparison: the comparison {rev.origin} -> {rev.receiver} given to derive "
@@ -555,16 +569,22 @@ def _reversed(
 # --------------------------------------------------------------------------------------------
 
 
-def cache_key(origin_fingerprint: str, receiver_fingerprint: str, settings: Mapping[str, Any]
-              ) -> str:
+def cache_key(
+    origin_fingerprint: str, receiver_fingerprint: str, settings: Mapping[str, Any]
+) -> str:
     """The cache file's name: both hosts' weight fingerprints (in order) and the settings."""
     import hashlib
 
-    blob = json.dumps({"what": "host comparison", "origin": origin_fingerprint,
-                       "receiver": receiver_fingerprint,
-                       "settings": {k: settings[k] for k in ("corpus", "texts", "max_length",
-                                                             "seed")}},
-                      sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(
+        {
+            "what": "host comparison",
+            "origin": origin_fingerprint,
+            "receiver": receiver_fingerprint,
+            "settings": {k: settings[k] for k in ("corpus", "texts", "max_length", "seed")},
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

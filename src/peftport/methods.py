@@ -196,8 +196,10 @@ def method_for(method: str | ParsedMethod, condition: str) -> ParsedMethod:
     parsed = parse_method(method)
     if parsed.name != "copy" and condition != "ported":
         shown = method if isinstance(method, str) else parsed.name
-        raise PeftportError(f"--method {shown} applies to the ported condition; {condition} is "
-                            "a control and is drawn as it is (use --method copy)")
+        raise PeftportError(
+            f"--method {shown} applies to the ported condition; {condition} is "
+            "a control and is drawn as it is (use --method copy)"
+        )
     return parsed
 
 

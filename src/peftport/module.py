@@ -78,20 +78,45 @@ OPTIONAL: dict[str, Any] = {
     "extra": dict,
 }
 JSON_WORDS = {int: "an integer", dict: "an object"}  # module.json speaks JSON
-FILLED = ("schema_version", "format", "sha256", "tensor_file", "num_tensors", "num_parameters",
-          "head_keys", "versions", "created")
+FILLED = (
+    "schema_version",
+    "format",
+    "sha256",
+    "tensor_file",
+    "num_tensors",
+    "num_parameters",
+    "head_keys",
+    "versions",
+    "created",
+)
 
 
-def module_meta(att: Any, host: Any, *, task: str, label_words: list[str] | tuple[str, ...],
-                steps: int, seed: int | None = None, metrics: Mapping[str, float] | None = None,
-                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def module_meta(
+    att: Any,
+    host: Any,
+    *,
+    task: str,
+    label_words: list[str] | tuple[str, ...],
+    steps: int,
+    seed: int | None = None,
+    metrics: Mapping[str, float] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Metadata for a module trained on `host` (a LoadedHost) as `att` (an Attached)."""
     meta: dict[str, Any] = {
-        "technique": att.technique, "config": att.config.as_dict(), "adapter_name": att.name,
-        "host_kind": att.kind, "host_family": att.family, "origin_host": host.spec.id,
-        "origin_fingerprint": host.fingerprint, "host_dims": dict(att.dims),
-        "task": task, "label_words": list(label_words), "steps": int(steps),
-        "seed": att.seed if seed is None else int(seed), "trainable": int(att.trainable),
+        "technique": att.technique,
+        "config": att.config.as_dict(),
+        "adapter_name": att.name,
+        "host_kind": att.kind,
+        "host_family": att.family,
+        "origin_host": host.spec.id,
+        "origin_fingerprint": host.fingerprint,
+        "host_dims": dict(att.dims),
+        "task": task,
+        "label_words": list(label_words),
+        "steps": int(steps),
+        "seed": att.seed if seed is None else int(seed),
+        "trainable": int(att.trainable),
     }
     if metrics is not None:
         meta["metrics"] = dict(metrics)
@@ -106,8 +131,7 @@ def module_meta(att: Any, host: Any, *, task: str, label_words: list[str] | tupl
 # bit in the LoRA alpha of module.json is a mismatch, not a module that runs with another alpha.
 # Head shapes are the head tensors' own shapes, covered with the tensors.
 FUNCTION_KEY = "peftport"
-FUNCTION_FIELDS = ("technique", "config", "host_kind", "host_family", "label_words",
-                   "adapter_name")
+FUNCTION_FIELDS = ("technique", "config", "host_kind", "host_family", "label_words", "adapter_name")
 
 
 def _function(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,8 +139,12 @@ def _function(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _function_text(meta: Mapping[str, Any]) -> str:
-    return json.dumps({"format": f"{FORMAT}/{SCHEMA_VERSION}", "function": _function(meta)},
-                      sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return json.dumps(
+        {"format": f"{FORMAT}/{SCHEMA_VERSION}", "function": _function(meta)},
+        sort_keys=True,
+        separators=(",", ":"),
+        allow_nan=False,
+    )
 
 
 def _stored_function(path: Path) -> dict[str, Any] | None:
@@ -136,8 +164,10 @@ def _stored_function(path: Path) -> dict[str, Any] | None:
             text = header.get("__metadata__", {}).get(FUNCTION_KEY)
             return json.loads(text)["function"] if text is not None else None
         except (ValueError, TypeError, KeyError, AttributeError):
-            raise PeftportError(f"{path}: its metadata key {FUNCTION_KEY!r} is not readable; "
-                                "the file was changed or corrupted") from None
+            raise PeftportError(
+                f"{path}: its metadata key {FUNCTION_KEY!r} is not readable; "
+                "the file was changed or corrupted"
+            ) from None
 
 
 def _check_function(meta: Mapping[str, Any], tensor_path: Path, meta_path: Path) -> None:
@@ -149,7 +179,10 @@ def _check_function(meta: Mapping[str, Any], tensor_path: Path, meta_path: Path)
         warnings.warn(
             f"{meta_path}: written by an older peftport, whose sha256 covers the tensors only, "
             "not the technique, config and labels in module.json; save the module again (e.g. "
-            "`peftport port` or re-train) to have them covered", UserWarning, stacklevel=3)
+            "`peftport port` or re-train) to have them covered",
+            UserWarning,
+            stacklevel=3,
+        )
         return
     mine = _function(meta)
     diff = [k for k in FUNCTION_FIELDS if stored.get(k) != mine[k]]
@@ -157,7 +190,8 @@ def _check_function(meta: Mapping[str, Any], tensor_path: Path, meta_path: Path)
         raise PeftportError(
             f"{meta_path}: field(s) {', '.join(repr(k) for k in diff)} differ from those the "
             f"module was saved with (in {tensor_path.name}, covered by its sha256): the file was "
-            "changed or corrupted")
+            "changed or corrupted"
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -177,34 +211,46 @@ def _check_fields(meta: Mapping[str, Any], where: str) -> None:
         raise PeftportError(f"{where}: missing required field(s) {', '.join(missing)}")
     for key, annotation in {**REQUIRED, **OPTIONAL}.items():
         if key in meta and not of_type(annotation, meta[key])[0]:
-            raise PeftportError(f"{where}: field {key!r} must be "
-                                f"{describe(annotation, JSON_WORDS)}, got {meta[key]!r}")
+            raise PeftportError(
+                f"{where}: field {key!r} must be "
+                f"{describe(annotation, JSON_WORDS)}, got {meta[key]!r}"
+            )
     if meta["steps"] < 0:
         raise PeftportError(f"{where}: field 'steps' must be >= 0, got {meta['steps']}")
     if meta["technique"] not in TECHNIQUES:
-        raise PeftportError(f"{where}: field 'technique': " +
-                            TECHNIQUES.unknown_message(meta["technique"]))
+        raise PeftportError(
+            f"{where}: field 'technique': " + TECHNIQUES.unknown_message(meta["technique"])
+        )
     if meta["host_kind"] not in KINDS:
-        raise PeftportError(f"{where}: field 'host_kind' must be one of {', '.join(KINDS)}, "
-                            f"got {meta['host_kind']!r}")
+        raise PeftportError(
+            f"{where}: field 'host_kind' must be one of {', '.join(KINDS)}, "
+            f"got {meta['host_kind']!r}"
+        )
     if meta["host_family"] not in LAYOUTS:
-        raise PeftportError(f"{where}: field 'host_family' must be one of "
-                            f"{', '.join(sorted(LAYOUTS))}, got {meta['host_family']!r}")
+        raise PeftportError(
+            f"{where}: field 'host_family' must be one of "
+            f"{', '.join(sorted(LAYOUTS))}, got {meta['host_family']!r}"
+        )
     if LAYOUTS[meta["host_family"]].kind != meta["host_kind"]:
-        raise PeftportError(f"{where}: host_family {meta['host_family']!r} is a "
-                            f"{LAYOUTS[meta['host_family']].kind} family, not "
-                            f"{meta['host_kind']!r}")
+        raise PeftportError(
+            f"{where}: host_family {meta['host_family']!r} is a "
+            f"{LAYOUTS[meta['host_family']].kind} family, not "
+            f"{meta['host_kind']!r}"
+        )
     if not supports(meta["technique"], meta["host_kind"]):
-        raise PeftportError(f"{where}: technique {meta['technique']!r} is not supported on "
-                            f"{meta['host_kind']} hosts")
+        raise PeftportError(
+            f"{where}: technique {meta['technique']!r} is not supported on "
+            f"{meta['host_kind']} hosts"
+        )
     technique = TECHNIQUES.get(meta["technique"])
     try:
         technique.config_cls.from_dict(meta["config"])
     except PeftportError as e:
         raise PeftportError(f"{where}: field 'config': {e}") from None
     if "adapter_name" in meta and not meta["adapter_name"].isidentifier():
-        raise PeftportError(f"{where}: field 'adapter_name' must be an identifier, "
-                            f"got {meta['adapter_name']!r}")
+        raise PeftportError(
+            f"{where}: field 'adapter_name' must be an identifier, got {meta['adapter_name']!r}"
+        )
 
 
 def _check_tensors(tensors: Mapping[str, torch.Tensor], name: str, where: str) -> None:
@@ -214,12 +260,19 @@ def _check_tensors(tensors: Mapping[str, torch.Tensor], name: str, where: str) -
     if bad:
         raise PeftportError(f"{where}: not a str -> tensor mapping (bad entries: {bad[:5]})")
     if not any(name in k.split(".") for k in tensors):
-        raise PeftportError(f"{where}: no tensor name contains the module name {name!r}; "
-                            "module tensors are named like '...loras.<name>.lora_A'")
+        raise PeftportError(
+            f"{where}: no tensor name contains the module name {name!r}; "
+            "module tensors are named like '...loras.<name>.lora_A'"
+        )
 
 
-def save_module(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
-                *, overwrite: bool = False) -> Path:
+def save_module(
+    out_dir: str | Path,
+    tensors: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Write a module folder atomically; returns its path. The metadata is validated first:
     an invalid module is never written. An existing non-empty folder is replaced only with
     `overwrite=True`."""
@@ -246,8 +299,11 @@ def save_module(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], meta: 
     # the fields that decide what the module computes, so the file's sha256 covers them too.
     data = save(flat, metadata={FUNCTION_KEY: _function_text(meta)})
     meta.update(
-        schema_version=SCHEMA_VERSION, format=FORMAT, tensor_file=TENSOR_FILE,
-        sha256=hashlib.sha256(data).hexdigest(), num_tensors=len(flat),
+        schema_version=SCHEMA_VERSION,
+        format=FORMAT,
+        tensor_file=TENSOR_FILE,
+        sha256=hashlib.sha256(data).hexdigest(),
+        num_tensors=len(flat),
         num_parameters=sum(v.numel() for v in flat.values()),
         head_keys=[k for k in flat if name not in k.split(".")],
         versions=package_versions(),
@@ -264,8 +320,9 @@ def _module_folder(path: str | Path) -> Path:
     if not p.exists():
         raise PeftportError(f"{p}: no such module folder")
     if not p.is_dir():
-        raise PeftportError(f"{p} is not a module folder (expected a folder with {META_FILE} "
-                            f"and {TENSOR_FILE})")
+        raise PeftportError(
+            f"{p} is not a module folder (expected a folder with {META_FILE} and {TENSOR_FILE})"
+        )
     return p
 
 
@@ -282,15 +339,23 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise PeftportError(f"{meta_path}: expected a JSON object")
     if meta.get("format") != FORMAT:
-        raise PeftportError(f"{meta_path}: field 'format' is {meta.get('format')!r}, not "
-                            f"{FORMAT!r}; not a peftport module")
+        raise PeftportError(
+            f"{meta_path}: field 'format' is {meta.get('format')!r}, not "
+            f"{FORMAT!r}; not a peftport module"
+        )
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise PeftportError(f"{meta_path}: field 'schema_version' is {version!r}; this peftport "
-                            f"reads schema version {SCHEMA_VERSION}")
+        raise PeftportError(
+            f"{meta_path}: field 'schema_version' is {version!r}; this peftport "
+            f"reads schema version {SCHEMA_VERSION}"
+        )
     _check_fields(meta, str(meta_path))
-    for key, kind in (("sha256", str), ("tensor_file", str), ("num_tensors", int),
-                      ("head_keys", list)):
+    for key, kind in (
+        ("sha256", str),
+        ("tensor_file", str),
+        ("num_tensors", int),
+        ("head_keys", list),
+    ):
         if not isinstance(meta.get(key), kind):
             raise PeftportError(f"{meta_path}: field {key!r} is missing or malformed")
     if meta["tensor_file"] != TENSOR_FILE:
@@ -311,26 +376,32 @@ def load_module(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise PeftportError(f"{tensor_path}: missing (the module's tensors)")
     digest = _sha256(tensor_path)
     if digest != meta["sha256"]:
-        raise PeftportError(f"{tensor_path}: sha256 {digest[:16]}... does not match field "
-                            f"'sha256' {meta['sha256'][:16]}... in {meta_path}: the file was "
-                            "changed or corrupted")
+        raise PeftportError(
+            f"{tensor_path}: sha256 {digest[:16]}... does not match field "
+            f"'sha256' {meta['sha256'][:16]}... in {meta_path}: the file was "
+            "changed or corrupted"
+        )
     _check_function(meta, tensor_path, meta_path)
     try:
         tensors = load_file(str(tensor_path))
     except (SafetensorError, OSError, ValueError) as e:
         raise PeftportError(f"{tensor_path}: not a readable safetensors file ({e})") from None
     if len(tensors) != meta["num_tensors"]:
-        raise PeftportError(f"{tensor_path}: holds {len(tensors)} tensors, field 'num_tensors' "
-                            f"in {meta_path} says {meta['num_tensors']}")
+        raise PeftportError(
+            f"{tensor_path}: holds {len(tensors)} tensors, field 'num_tensors' "
+            f"in {meta_path} says {meta['num_tensors']}"
+        )
     name = meta.get("adapter_name", "peftport")
     heads = sorted(k for k in tensors if name not in k.split("."))
     if heads != sorted(meta["head_keys"]):
-        raise PeftportError(f"{tensor_path}: head tensors {heads} differ from field "
-                            f"'head_keys' {meta['head_keys']} in {meta_path}")
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not
-           bool(torch.isfinite(v).all())]
+        raise PeftportError(
+            f"{tensor_path}: head tensors {heads} differ from field "
+            f"'head_keys' {meta['head_keys']} in {meta_path}"
+        )
+    bad = [
+        k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
     if bad:
         raise PeftportError(f"{tensor_path}: non-finite values in {bad[:5]}")
     _check_tensors(tensors, name, str(tensor_path))
     return tensors, meta
-

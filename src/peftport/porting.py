@@ -52,9 +52,11 @@ HEAD_POLICIES = ("follow", "origin")
 def check_head_policy(head: str) -> str:
     """`head` if it is a head policy, else a PeftportError naming the choices."""
     if head not in HEAD_POLICIES:
-        raise PeftportError(f"unknown head policy {head!r}; choose one of "
-                            f"{', '.join(HEAD_POLICIES)} (follow: the head follows the "
-                            "condition; origin: the module's trained head in every condition)")
+        raise PeftportError(
+            f"unknown head policy {head!r}; choose one of "
+            f"{', '.join(HEAD_POLICIES)} (follow: the head follows the "
+            "condition; origin: the module's trained head in every condition)"
+        )
     return head
 
 
@@ -85,27 +87,38 @@ class ReceiverSpec:
     dims: dict[str, Any] = field(default_factory=dict)  # hidden size, layers per stack
 
     @classmethod
-    def from_attached(cls, att: Any, host_id: str = "receiver", fingerprint: str = ""
-                      ) -> ReceiverSpec:
+    def from_attached(
+        cls, att: Any, host_id: str = "receiver", fingerprint: str = ""
+    ) -> ReceiverSpec:
         """From the `Attached` that `peftport.techniques.attach` returned."""
         from peftport.hosts.spec import LAYOUTS
         from peftport.techniques import module_state
 
         fresh = module_state(att.model, att.name, include_head=True)
-        return cls(host_id=host_id, fingerprint=fingerprint, kind=att.kind, family=att.family,
-                   layer_stacks=LAYOUTS[att.family].layer_stacks, technique=att.technique,
-                   config=att.config.as_dict(), name=att.name,
-                   shapes={k: tuple(v.shape) for k, v in fresh.items()},
-                   head_keys=tuple(att.head_keys), fresh=fresh, fresh_seed=att.seed,
-                   dims=dict(att.dims))
+        return cls(
+            host_id=host_id,
+            fingerprint=fingerprint,
+            kind=att.kind,
+            family=att.family,
+            layer_stacks=LAYOUTS[att.family].layer_stacks,
+            technique=att.technique,
+            config=att.config.as_dict(),
+            name=att.name,
+            shapes={k: tuple(v.shape) for k, v in fresh.items()},
+            head_keys=tuple(att.head_keys),
+            fresh=fresh,
+            fresh_seed=att.seed,
+            dims=dict(att.dims),
+        )
 
 
 def _rename_part(key: str, old: str, new: str) -> str:
     return ".".join(new if part == old else part for part in key.split("."))
 
 
-def origin_names(receiver: ReceiverSpec, layer_map: ResolvedMap | None, exclude: set[str]
-                 ) -> tuple[dict[str, str], list[str]]:
+def origin_names(
+    receiver: ReceiverSpec, layer_map: ResolvedMap | None, exclude: set[str]
+) -> tuple[dict[str, str], list[str]]:
     """receiver tensor name -> the origin tensor name it takes (origin naming, receiver's module
     name); and the receiver tensors that the layer map leaves without a source."""
     per_stack = normalise_layer_map(layer_map, receiver.layer_stacks)
@@ -135,22 +148,31 @@ def _why(meta: Mapping[str, Any], receiver: ReceiverSpec) -> str:
     reasons = []
     oh, rh = origin_dims.get("hidden_size"), receiver.dims.get("hidden_size")
     if oh is not None and rh is not None and oh != rh:
-        reasons.append(f"the hosts' hidden sizes differ (origin {oh}, receiver {rh}) and only "
-                       "the porting method align (--method align) maps a module between widths")
+        reasons.append(
+            f"the hosts' hidden sizes differ (origin {oh}, receiver {rh}) and only "
+            "the porting method align (--method align) maps a module between widths"
+        )
     ol, rl = origin_dims.get("layers") or {}, receiver.dims.get("layers") or {}
     for stack in receiver.layer_stacks:
         if stack in ol and stack in rl and ol[stack] != rl[stack]:
-            reasons.append(f"{stack} has {ol[stack]} layers on the origin and {rl[stack]} on the "
-                           "receiver (a layer map can pair them)")
+            reasons.append(
+                f"{stack} has {ol[stack]} layers on the origin and {rl[stack]} on the "
+                "receiver (a layer map can pair them)"
+            )
     if not reasons:
-        reasons.append("the hosts differ in a dimension the module's tensors depend on (hidden "
-                       "size, heads, feed-forward width, depth or vocabulary)")
-    return ("Porting copies each trained tensor into the tensor of the same name and shape on the "
-            "receiver; " + "; ".join(reasons) + ", so these tensors have no place to go.")
+        reasons.append(
+            "the hosts differ in a dimension the module's tensors depend on (hidden "
+            "size, heads, feed-forward width, depth or vocabulary)"
+        )
+    return (
+        "Porting copies each trained tensor into the tensor of the same name and shape on the "
+        "receiver; " + "; ".join(reasons) + ", so these tensors have no place to go."
+    )
 
 
-def check_header(meta: Mapping[str, Any], receiver: ReceiverSpec,
-                 layer_map: ResolvedMap | None = None) -> None:
+def check_header(
+    meta: Mapping[str, Any], receiver: ReceiverSpec, layer_map: ResolvedMap | None = None
+) -> None:
     """Raise PortingError unless the module's host kind, family, technique and config (and, for
     a prefix, the layer map) fit the receiver: everything but the tensors' shapes."""
     kind, family = meta.get("host_kind"), meta.get("host_family")
@@ -158,36 +180,54 @@ def check_header(meta: Mapping[str, Any], receiver: ReceiverSpec,
         raise PortingError(
             f"wrong host kind: the module was trained on {meta.get('origin_host', '?')} (kind "
             f"{kind}) and the receiver {receiver.host_id} is of kind {receiver.kind}; a "
-            "module only ports between hosts of one kind")
+            "module only ports between hosts of one kind"
+        )
     if family != receiver.family:
         raise PortingError(
             f"the module was trained on a host of family {family} and the receiver "
             f"{receiver.host_id} is of family {receiver.family}: tensor names and layouts "
-            "differ between families")
+            "differ between families"
+        )
     if meta.get("technique") != receiver.technique:
-        raise PortingError(f"the module is {meta.get('technique')!r} but the receiver was "
-                           f"prepared with {receiver.technique!r}")
+        raise PortingError(
+            f"the module is {meta.get('technique')!r} but the receiver was "
+            f"prepared with {receiver.technique!r}"
+        )
     from peftport.techniques import get_technique, make_config
 
     config = make_config(receiver.technique, meta.get("config") or {}).as_dict()  # + defaults
     if config != receiver.config:
-        diff = sorted(k for k in set(config) | set(receiver.config)
-                      if config.get(k) != receiver.config.get(k))
+        diff = sorted(
+            k for k in set(config) | set(receiver.config) if config.get(k) != receiver.config.get(k)
+        )
         raise PortingError(
             "the receiver must carry the same technique config as the module; differing fields: "
-            + ", ".join(f"{k} (module {config.get(k)!r}, receiver {receiver.config.get(k)!r})"
-                        for k in diff))
-    if layer_map is not None and not get_technique(receiver.technique).layer_mappable and \
-            any(r != o for m in (normalise_layer_map(layer_map, receiver.layer_stacks) or {})
-                .values() for r, o in m.items()):
+            + ", ".join(
+                f"{k} (module {config.get(k)!r}, receiver {receiver.config.get(k)!r})" for k in diff
+            )
+        )
+    if (
+        layer_map is not None
+        and not get_technique(receiver.technique).layer_mappable
+        and any(
+            r != o
+            for m in (normalise_layer_map(layer_map, receiver.layer_stacks) or {}).values()
+            for r, o in m.items()
+        )
+    ):
         raise PortingError(
             "prefix tuning keeps every layer's prefix in one MLP output tensor; a layer map that "
-            "moves layers cannot be applied to it (port between hosts of the same depth)")
+            "moves layers cannot be applied to it (port between hosts of the same depth)"
+        )
 
 
-def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
-                     receiver: ReceiverSpec, layer_map: ResolvedMap | None = None,
-                     keep_receiver_head: bool = False) -> dict[str, str]:
+def check_compatible(
+    tensors: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    receiver: ReceiverSpec,
+    layer_map: ResolvedMap | None = None,
+    keep_receiver_head: bool = False,
+) -> dict[str, str]:
     """Raise PortingError unless the module fits the receiver; return receiver name -> module
     tensor name (the module's own naming)."""
     check_header(meta, receiver, layer_map)
@@ -199,13 +239,16 @@ def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any
         raise PortingError(
             f"the module carries no classification head and the receiver {receiver.host_id} "
             "needs one: keep the receiver's own fresh head (keep_receiver_head=True, "
-            "--keep-receiver-head)")
+            "--keep-receiver-head)"
+        )
     wanted, unmapped = origin_names(receiver, layer_map, exclude)
 
     problems: list[str] = []
     for key in unmapped:
-        problems.append(f"{key}: receiver {_fmt(receiver.shapes[key])}, no origin layer (the "
-                        "layer map does not cover this receiver layer)")
+        problems.append(
+            f"{key}: receiver {_fmt(receiver.shapes[key])}, no origin layer (the "
+            "layer map does not cover this receiver layer)"
+        )
     for key, src in wanted.items():
         o = tuple(tensors[renamed[src]].shape) if src in renamed else None
         r = receiver.shapes[key]
@@ -213,19 +256,27 @@ def check_compatible(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any
             shown = key if src == key else f"{key} <- {src}"
             problems.append(f"{shown}: origin {_fmt(o)}, receiver {_fmt(r)}")
     used = set(wanted.values()) | (exclude & set(renamed))
-    leftover = sorted(k for k in set(renamed) - used
-                      if layer_map is None or split_layer(k, receiver.layer_stacks) is None)
+    leftover = sorted(
+        k
+        for k in set(renamed) - used
+        if layer_map is None or split_layer(k, receiver.layer_stacks) is None
+    )
     for key in leftover:
-        problems.append(f"{key}: origin {_fmt(tuple(tensors[renamed[key]].shape))}, "
-                        "receiver absent")
+        problems.append(
+            f"{key}: origin {_fmt(tuple(tensors[renamed[key]].shape))}, receiver absent"
+        )
     if problems:
-        shown = problems[:40] + ([f"... and {len(problems) - 40} more"]
-                                 if len(problems) > 40 else [])
+        shown = problems[:40] + (
+            [f"... and {len(problems) - 40} more"] if len(problems) > 40 else []
+        )
         raise PortingError(
             f"cannot port the {receiver.technique} module from {meta.get('origin_host', '?')} "
             f"into {receiver.host_id}: {len(problems)} tensor(s) do not match "
-            "(name: origin shape, receiver shape):\n  " + "\n  ".join(shown) + "\n"
-            + _why(meta, receiver))
+            "(name: origin shape, receiver shape):\n  "
+            + "\n  ".join(shown)
+            + "\n"
+            + _why(meta, receiver)
+        )
     return {key: renamed[src] for key, src in wanted.items()}
 
 
@@ -257,8 +308,9 @@ def sample_like(t: torch.Tensor, seed: int, name: str, module: str) -> torch.Ten
     return (mean + std * z).to(t.dtype)
 
 
-def _module_head(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
-                 receiver: ReceiverSpec) -> dict[str, torch.Tensor]:
+def _module_head(
+    tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], receiver: ReceiverSpec
+) -> dict[str, torch.Tensor]:
     """The module's head, named as the receiver has it (random with head origin: the body is
     the receiver's own, so only the header and the head must fit)."""
     check_header(meta, receiver)
@@ -275,13 +327,22 @@ def _module_head(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
         raise PortingError(
             f"head policy origin keeps the module's classification head, and the head of the "
             f"module from {meta.get('origin_host', '?')} does not fit {receiver.host_id} "
-            "(name: origin shape, receiver shape):\n  " + "\n  ".join(problems))
+            "(name: origin shape, receiver shape):\n  " + "\n  ".join(problems)
+        )
     return out
 
 
-def port(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], receiver: ReceiverSpec,
-         condition: str, seed: int, layer_map: ResolvedMap | None = None, *,
-         keep_receiver_head: bool = False, head: str = "follow") -> dict[str, torch.Tensor]:
+def port(
+    tensors: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    receiver: ReceiverSpec,
+    condition: str,
+    seed: int,
+    layer_map: ResolvedMap | None = None,
+    *,
+    keep_receiver_head: bool = False,
+    head: str = "follow",
+) -> dict[str, torch.Tensor]:
     """The tensors to load into the receiver (names as the receiver has them).
 
     `tensors`/`meta`: a module as `peftport.module.load_module` returns it. `seed` drives
@@ -290,22 +351,32 @@ def port(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], receiver:
     the head policy (module docstring); moot on a receiver without a head.
     """
     if condition not in CONDITIONS:
-        raise PeftportError(f"unknown porting condition {condition!r}; "
-                            f"choose one of {', '.join(CONDITIONS)}")
+        raise PeftportError(
+            f"unknown porting condition {condition!r}; choose one of {', '.join(CONDITIONS)}"
+        )
     check_head_policy(head)
     keep_origin_head = head == "origin" and bool(receiver.head_keys)
     if keep_origin_head and keep_receiver_head:
-        raise PeftportError("head policy origin keeps the module's trained head, and "
-                            "keep_receiver_head (--keep-receiver-head) keeps the receiver's "
-                            "fresh one: choose one")
+        raise PeftportError(
+            "head policy origin keeps the module's trained head, and "
+            "keep_receiver_head (--keep-receiver-head) keeps the receiver's "
+            "fresh one: choose one"
+        )
     if condition == "random":
         if seed != receiver.fresh_seed:
             raise PeftportError(
                 f"the random condition for seed {seed} needs a receiver initialised with that "
-                f"seed; this one was attached with seed {receiver.fresh_seed}")
+                f"seed; this one was attached with seed {receiver.fresh_seed}"
+            )
         if keep_origin_head:  # the module's body is not used: no layer map, any depth
-            return dict(sorted({**{k: v.clone() for k, v in receiver.fresh.items()},
-                                **_module_head(tensors, meta, receiver)}.items()))
+            return dict(
+                sorted(
+                    {
+                        **{k: v.clone() for k, v in receiver.fresh.items()},
+                        **_module_head(tensors, meta, receiver),
+                    }.items()
+                )
+            )
         check_compatible(tensors, meta, receiver, layer_map, keep_receiver_head)
         return {k: v.clone() for k, v in receiver.fresh.items()}
     source_of = check_compatible(tensors, meta, receiver, layer_map, keep_receiver_head)

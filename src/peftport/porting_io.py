@@ -150,15 +150,30 @@ def port_module(
     map_info: dict[str, Any] = {}
 
     def choose(receiver: Any) -> ResolvedMap | None:
-        lmap, info = choose_layer_map(layer_map, meta, tensors, to,
-                                      dict(receiver.dims.get("layers") or {}),
-                                      receiver.layer_stacks, progress=progress)
+        lmap, info = choose_layer_map(
+            layer_map,
+            meta,
+            tensors,
+            to,
+            dict(receiver.dims.get("layers") or {}),
+            receiver.layer_stacks,
+            progress=progress,
+        )
         map_info.update(info)
         return lmap
 
-    ported = port_into(host, tensors, meta, condition, seed, choose, head=head,
-                       keep_receiver_head=keep_receiver_head, method=parsed,
-                       align_texts=align_texts)
+    ported = port_into(
+        host,
+        tensors,
+        meta,
+        condition,
+        seed,
+        choose,
+        head=head,
+        keep_receiver_head=keep_receiver_head,
+        method=parsed,
+        align_texts=align_texts,
+    )
     state, receiver = ported.state, ported.receiver
 
     new_meta = {k: v for k, v in meta.items() if k not in FILLED}

@@ -93,8 +93,11 @@ class PortCheck:
 
 def _same(aspect: str, module: Any, host: Any, why_not: str) -> Finding:
     """ok when the module's value equals the host's; else blocking, saying why."""
-    return Finding(aspect, OK, module, host) if module == host else Finding(
-        aspect, BLOCK, module, host, why_not)
+    return (
+        Finding(aspect, OK, module, host)
+        if module == host
+        else Finding(aspect, BLOCK, module, host, why_not)
+    )
 
 
 def _stack_layers(cfg: Mapping[str, Any], family: str) -> dict[str, int]:
@@ -172,12 +175,23 @@ def check_port(
     technique = meta.get("technique")
     out: list[Finding] = []
     kind, family = meta.get("host_kind"), meta.get("host_family")
-    out.append(_same("kind", kind, host.kind,
-                     "a module only ports between hosts of one kind (the task framing and the "
-                     "head differ)"))
-    out.append(_same("family", family, host.family,
-                     "tensor names and layouts differ between families; no porting method maps "
-                     "one family onto another"))
+    out.append(
+        _same(
+            "kind",
+            kind,
+            host.kind,
+            "a module only ports between hosts of one kind (the task framing and the head differ)",
+        )
+    )
+    out.append(
+        _same(
+            "family",
+            family,
+            host.family,
+            "tensor names and layouts differ between families; no porting method maps "
+            "one family onto another",
+        )
+    )
     if supports(technique, host.kind):
         out.append(Finding("technique", OK, technique, "supported"))
     else:
@@ -261,19 +275,35 @@ def check_port(
             blocked = "the receiver's bottleneck would be narrower than the module's"
         else:
             blocked = ""
-        out.append(Finding("width", BLOCK if blocked else FIX, o_hidden, host.hidden_size,
-                           blocked or "the porting method align (--method align) maps the "
-                           "module between the two hidden spaces, fitted on shared unlabelled "
-                           "text"))
+        out.append(
+            Finding(
+                "width",
+                BLOCK if blocked else FIX,
+                o_hidden,
+                host.hidden_size,
+                blocked
+                or "the porting method align (--method align) maps the "
+                "module between the two hidden spaces, fitted on shared unlabelled "
+                "text",
+            )
+        )
 
     # facts that differ without blocking anything: what the difference means for the module
     for what, mine, theirs, means in (
-        ("heads", origin.heads if origin is not None else None, host.heads,
-         "attention is split into other heads: shapes may still match, what a head attends to "
-         "does not"),
-        ("vocabulary", origin.vocab_size if origin is not None else None, host.vocab_size,
-         "the hosts tokenize differently: the module sees other token ids (no tensor depends "
-         "on the vocabulary; prompts and prefixes were trained on other inputs)"),
+        (
+            "heads",
+            origin.heads if origin is not None else None,
+            host.heads,
+            "attention is split into other heads: shapes may still match, what a head attends to "
+            "does not",
+        ),
+        (
+            "vocabulary",
+            origin.vocab_size if origin is not None else None,
+            host.vocab_size,
+            "the hosts tokenize differently: the module sees other token ids (no tensor depends "
+            "on the vocabulary; prompts and prefixes were trained on other inputs)",
+        ),
     ):
         if mine is not None and theirs is not None and mine != theirs:
             out.append(Finding(what, NOTE, mine, theirs, means))

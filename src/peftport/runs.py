@@ -122,8 +122,16 @@ def train_run(
     data = as_dataset(data)
     h = host_for(host, technique, data)
     att = attach(h.model, h.spec.family, technique, technique_config, seed=cfg.seed)
-    result, snapshots = _fit(h, att, data, cfg, progress=progress, save_at=save_at,
-                             desc=f"{technique} on {h.spec.id}", placement=placement)
+    result, snapshots = _fit(
+        h,
+        att,
+        data,
+        cfg,
+        progress=progress,
+        save_at=save_at,
+        desc=f"{technique} on {h.spec.id}",
+        placement=placement,
+    )
     meta = module_meta(
         att,
         h,
@@ -134,13 +142,27 @@ def train_run(
         metrics=_step_metrics(result),
         extra=_extra(data, cfg, result),
     )
-    return RunOutput(tensors=module_state(h.model, att.name), meta=meta, result=result,
-                     snapshots=snapshots, host=h, attached=att)
+    return RunOutput(
+        tensors=module_state(h.model, att.name),
+        meta=meta,
+        result=result,
+        snapshots=snapshots,
+        host=h,
+        attached=att,
+    )
 
 
-def _fit(h: LoadedHost, att: Any, data: Dataset, cfg: TrainConfig, *, progress: bool, desc: str,
-         save_at: tuple[int, ...] = (), placement: Placement | None = None
-         ) -> tuple[TrainResult, dict[int, dict[str, torch.Tensor]]]:
+def _fit(
+    h: LoadedHost,
+    att: Any,
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    progress: bool,
+    desc: str,
+    save_at: tuple[int, ...] = (),
+    placement: Placement | None = None,
+) -> tuple[TrainResult, dict[int, dict[str, torch.Tensor]]]:
     """Encode the data for `h` and train the attached module; its tensors at `save_at` steps."""
     from peftport.techniques import module_state
 
@@ -151,8 +173,18 @@ def _fit(h: LoadedHost, att: Any, data: Dataset, cfg: TrainConfig, *, progress: 
         if step in save_at:
             snapshots[step] = module_state(h.model, att.name)
 
-    result = train(h.model, h.kind, tr, ev, cfg, progress=progress, on_checkpoint=snap,
-                   save_at=save_at, desc=desc, placement=placement)
+    result = train(
+        h.model,
+        h.kind,
+        tr,
+        ev,
+        cfg,
+        progress=progress,
+        on_checkpoint=snap,
+        save_at=save_at,
+        desc=desc,
+        placement=placement,
+    )
     sha = examples_sha256(data, cfg) if result.predictions else ""
     result.predictions = {k: p.with_examples(sha) for k, p in result.predictions.items()}
     return result, snapshots
@@ -201,8 +233,17 @@ def load_into(
             f"{h.kind}: a module only goes into a host of the same kind"
         )
     if condition is not None:
-        ported = port_into(h, tensors, meta, condition, seed, layer_map, head=head, method=method,
-                           inputs=method_inputs)
+        ported = port_into(
+            h,
+            tensors,
+            meta,
+            condition,
+            seed,
+            layer_map,
+            head=head,
+            method=method,
+            inputs=method_inputs,
+        )
         return h, ported.attached, meta
     _check_belongs(meta, h)
     name = meta.get("adapter_name", "peftport")
@@ -256,11 +297,26 @@ def port_into(
     receiver = ReceiverSpec.from_attached(att, host_id=h.spec.id, fingerprint=h.fingerprint)
     lmap = layer_map(receiver) if callable(layer_map) else layer_map
     if condition == "ported" and parsed.name != "copy":
-        state = port_with_method(tensors, meta, receiver, parsed, lmap,
-                                 keep_receiver_head=keep_receiver_head, inputs=inputs)
+        state = port_with_method(
+            tensors,
+            meta,
+            receiver,
+            parsed,
+            lmap,
+            keep_receiver_head=keep_receiver_head,
+            inputs=inputs,
+        )
     else:  # copy is the ported condition itself, bit for bit
-        state = port(tensors, meta, receiver, condition, seed, lmap,
-                     keep_receiver_head=keep_receiver_head, head=head)
+        state = port(
+            tensors,
+            meta,
+            receiver,
+            condition,
+            seed,
+            lmap,
+            keep_receiver_head=keep_receiver_head,
+            head=head,
+        )
     load_module_state(h.model, state, name)  # proves the result loads, strictly
     return Ported(att, receiver, state, parsed, inputs.alignment)
 
@@ -276,11 +332,13 @@ def _method_inputs(parsed: Any, meta: dict[str, Any], h: LoadedHost, align_texts
 
         num_labels = len(meta["label_words"]) if meta["host_kind"] == ENCODER_CLASSIFIER else 2
         origin = load_host(get_host(meta["origin_host"]), num_labels=max(num_labels, 1))
-        return MethodInputs(alignment=fit_alignment(origin, h, fit=parsed.params["fit"],
-                                                    texts=align_texts))
+        return MethodInputs(
+            alignment=fit_alignment(origin, h, fit=parsed.params["fit"], texts=align_texts)
+        )
     if needs.needs_receiver_weights:
-        return MethodInputs(receiver_weights={k: v.detach().clone()
-                                              for k, v in h.model.state_dict().items()})
+        return MethodInputs(
+            receiver_weights={k: v.detach().clone() for k, v in h.model.state_dict().items()}
+        )
     return MethodInputs()
 
 
@@ -319,19 +377,40 @@ def adapt_run(
 
     placement = resolve_config(cfg)  # a device or precision that cannot work: before any load
     data = as_dataset(data)
-    h, att, meta = load_into(module, host, data, cfg.seed, condition=condition,
-                             layer_map=layer_map, head=head, method=method,
-                             method_inputs=method_inputs)
-    result, _ = _fit(h, att, data, cfg, progress=progress,
-                     desc=f"adapting {meta['technique']} on {h.spec.id}", placement=placement)
+    h, att, meta = load_into(
+        module,
+        host,
+        data,
+        cfg.seed,
+        condition=condition,
+        layer_map=layer_map,
+        head=head,
+        method=method,
+        method_inputs=method_inputs,
+    )
+    result, _ = _fit(
+        h,
+        att,
+        data,
+        cfg,
+        progress=progress,
+        desc=f"adapting {meta['technique']} on {h.spec.id}",
+        placement=placement,
+    )
     out = {k: v for k, v in meta.items() if k not in FILLED}
     out["steps"] = int(meta["steps"]) + cfg.steps
     out["metrics"] = _step_metrics(result)
     out["extra"] = _extra(
         data, cfg, result, adapted_from=meta.get("sha256"), adapted_steps=cfg.steps
     )
-    return RunOutput(tensors=module_state(h.model, att.name), meta=out, result=result,
-                     snapshots={}, host=h, attached=att)
+    return RunOutput(
+        tensors=module_state(h.model, att.name),
+        meta=out,
+        result=result,
+        snapshots={},
+        host=h,
+        attached=att,
+    )
 
 
 def evaluate_run(
@@ -368,8 +447,9 @@ def evaluate_run_with_predictions(
     )
     h, _att, _meta = load_into(module, host, data)
     _tr, ev = encodings(h, data, cfg)
-    m, pred = evaluate_with_predictions(h.model, h.kind, ev, batch_size, placement=placement,
-                                        eval_mode=eval_mode)
+    m, pred = evaluate_with_predictions(
+        h.model, h.kind, ev, batch_size, placement=placement, eval_mode=eval_mode
+    )
     return m, pred.with_examples(examples_sha256(data, cfg))
 
 

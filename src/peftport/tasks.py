@@ -77,8 +77,15 @@ def _tokenizer_key(tokenizer) -> str:
     vocabulary, and the class, special tokens and truncation side (two tokenizers that share a
     vocabulary but frame text differently get different keys)."""
     h = hashlib.sha256()
-    h.update(repr((type(tokenizer).__name__, sorted(tokenizer.special_tokens_map.items()),
-                   getattr(tokenizer, "truncation_side", None))).encode())
+    h.update(
+        repr(
+            (
+                type(tokenizer).__name__,
+                sorted(tokenizer.special_tokens_map.items()),
+                getattr(tokenizer, "truncation_side", None),
+            )
+        ).encode()
+    )
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         state = json.loads(backend.to_str())
@@ -251,8 +258,14 @@ def generated_labels(model, kind: str, enc: Encoded, idx: list[int]) -> list[int
     ids, mask = _pad([enc.input_ids[i] for i in idx], enc.pad_id, _device(model))
     steps = max(len(c) for c in enc.candidates)
     with ForwardContext(model, input_ids=ids, attention_mask=mask):
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,
-                             min_new_tokens=0, do_sample=False, num_beams=1)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=steps,
+            min_new_tokens=0,
+            do_sample=False,
+            num_beams=1,
+        )
     eos = enc.candidates[0][-1]  # every candidate ends with </s> (candidate_ids)
     words = {tuple(c): label for label, c in enumerate(enc.candidates)}
     labels = []

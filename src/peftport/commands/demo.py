@@ -22,10 +22,12 @@ def plan_summary(totals: dict[str, Any], workers: int) -> str:
     steps = totals["training_steps"]["shared"]
     kinds = ", ".join(f"{u[k]} {k}" for k in ("pretrain", "post", "random") if u.get(k))
     guess = format_duration(steps * SECONDS_PER_STEP / max(1, workers))
-    return (f"study {totals['study']}: {u['total']} units ({kinds}), {steps:,} training steps, "
-            f"{totals['evaluations']:,} evaluations, {totals['runs']:,} runs; training about "
-            f"{guess} with {workers} worker(s) at ~{SECONDS_PER_STEP} CPU-seconds per step "
-            "(a first run also builds its hosts and data: more)")
+    return (
+        f"study {totals['study']}: {u['total']} units ({kinds}), {steps:,} training steps, "
+        f"{totals['evaluations']:,} evaluations, {totals['runs']:,} runs; training about "
+        f"{guess} with {workers} worker(s) at ~{SECONDS_PER_STEP} CPU-seconds per step "
+        "(a first run also builds its hosts and data: more)"
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -34,8 +36,12 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/quick"), help="Folder for the store and the report."),
         workers: int = typer.Option(None, help="Worker processes (default: one per core)."),
         preset: str = typer.Option("quick", help="Study preset to run."),
-        as_json: bool = typer.Option(False, "--json", help="Print the plan's totals, the run's "
-                                     "summary and the report's path as one JSON object."),
+        as_json: bool = typer.Option(
+            False,
+            "--json",
+            help="Print the plan's totals, the run's "
+            "summary and the report's path as one JSON object.",
+        ),
     ) -> None:
         """Run the quick offline study (minilm-l6 <-> minilm-l6-tuned) and write its report."""
         from peftport.report import build_report
@@ -47,13 +53,17 @@ def register(app: typer.Typer) -> None:
         spec = load_preset(preset)
         totals = make_plan(spec).totals()
         typer.echo(plan_summary(totals, workers or max(1, os.cpu_count() or 1)), err=True)
-        summary = run_study(spec, out / "store.sqlite", workers=workers,
-                            echo=lambda s: typer.echo(s, err=True))
+        summary = run_study(
+            spec, out / "store.sqlite", workers=workers, echo=lambda s: typer.echo(s, err=True)
+        )
         typer.echo(summary_line(summary), err=True)
         paths = build_report(out / "store.sqlite", out / "report")
         if as_json:
-            typer.echo(json.dumps({"plan": totals, "summary": summary,
-                                   "report": str(paths.html)}, indent=2))
+            typer.echo(
+                json.dumps(
+                    {"plan": totals, "summary": summary, "report": str(paths.html)}, indent=2
+                )
+            )
         else:
             typer.echo(f"report written: open {paths.html}")
         if summary["failed"]:

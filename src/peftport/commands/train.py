@@ -91,11 +91,19 @@ TRAIN_OPTIONS = {
 }
 ADAPT_OPTIONS = {
     "steps": {"help": "Post-porting training steps."},
-    "eval_at": {"type": str, "default": "", "help": f"{_EVAL_AT} (0 = zero-shot; default: "
-                "0 and the last step)."},
+    "eval_at": {
+        "type": str,
+        "default": "",
+        "help": f"{_EVAL_AT} (0 = zero-shot; default: 0 and the last step).",
+    },
 }
 EVALUATE_OPTIONS = (
-    "max_length", "max_eval_examples", "eval_split", "device", "precision", "deterministic",
+    "max_length",
+    "max_eval_examples",
+    "eval_split",
+    "device",
+    "precision",
+    "deterministic",
     "eval_mode",
 )
 
@@ -152,9 +160,12 @@ def register(app: typer.Typer) -> None:
         data: str = typer.Option(..., help="Data set id or a CSV/JSONL file."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
         predictions: Path = typer.Option(
-            None, "--predictions", help="Also write the per-example predictions (index into "
+            None,
+            "--predictions",
+            help="Also write the per-example predictions (index into "
             "the evaluated split, label, predicted, score margin or scores) to this .csv or "
-            ".jsonl file."),
+            ".jsonl file.",
+        ),
         *,
         settings: dict[str, Any],
     ) -> None:
@@ -166,8 +177,10 @@ def register(app: typer.Typer) -> None:
         from peftport.runs import evaluate_run_with_predictions
 
         if predictions is not None and predictions.suffix.lower() not in FILE_FORMATS:
-            raise PeftportError(f"--predictions {predictions}: the file name must end in "
-                                f"{' or '.join(FILE_FORMATS)} (the format it is written in)")
+            raise PeftportError(
+                f"--predictions {predictions}: the file name must end in "
+                f"{' or '.join(FILE_FORMATS)} (the format it is written in)"
+            )
         TrainConfig(steps=0, **settings)  # the fields' bounds (--max-eval-examples 0, ...)
         check_max_length(host, settings["max_length"])
         placement = resolve(  # a device or precision that cannot work: before any load
@@ -192,7 +205,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(m, indent=2))
         else:
-            title = f"{module} in {host}, {data} ({split}; {placement.device}, {placement.precision})"
+            title = (
+                f"{module} in {host}, {data} ({split}; {placement.device}, {placement.precision})"
+            )
             Console().print(_metrics_table(title, {0: m}))
 
 

@@ -212,8 +212,16 @@ for _fam in (f for f, lay in LAYOUTS.items() if lay.tiny_class):  # a tiny host 
         ),
     )
 for _id, _var in _tiny_variants().items():  # further tiny hosts, as data in hosts/tiny.py
-    HOSTS.add(_id, HostSpec(id=_id, family=_var.family, description=_var.description,
-                            sources=(Built(_var.recipe(_id), _build_tiny),), parent=_var.parent))
+    HOSTS.add(
+        _id,
+        HostSpec(
+            id=_id,
+            family=_var.family,
+            description=_var.description,
+            sources=(Built(_var.recipe(_id), _build_tiny),),
+            parent=_var.parent,
+        ),
+    )
 # The paper's hosts: hub only (they need the hub and, for study sizes, a GPU).
 for _id, _repo, _desc in [
     ("t5-v1_1-base", "google/t5-v1_1-base", "T5 v1.1 base (raw)"),

@@ -43,7 +43,10 @@ __all__ = ["convert_onnx_bert", "read_onnx_bert"]
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
     "added_tokens.json",
 )
 _DEFAULT_HEADS = 12  # BERT-base and the MiniLM family; used only if the graph does not say
@@ -108,7 +111,8 @@ class _Graph:
                 self.consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
         # Weights: float tensors with more than one element (scalars are the graph's own constants).
         self.weights = {
-            k: v for k, v in self.consts.items()
+            k: v
+            for k, v in self.consts.items()
             if np.issubdtype(v.dtype, np.floating) and v.ndim >= 1 and v.size > 1
         }
         self.nodes = _topological(list(g.node), set(self.consts) | set(self.inputs))
@@ -194,8 +198,12 @@ def _find_linears(g: _Graph) -> list[_Linear]:
         else:
             for u in g.users(n.output[0]):
                 other = [x for x in u.input if x != n.output[0]]
-                if u.op_type == "Add" and len(other) == 1 and other[0] in g.weights \
-                        and g.weights[other[0]].ndim == 1:
+                if (
+                    u.op_type == "Add"
+                    and len(other) == 1
+                    and other[0] in g.weights
+                    and g.weights[other[0]].ndim == 1
+                ):
                     bias, result = other[0], u.output[0]
                     break
         if bias is not None:
@@ -213,14 +221,19 @@ def _layer_norms(g: _Graph) -> list[tuple[str, str, int]]:
         if n.op_type == "LayerNormalization":
             if len(n.input) < 3 or n.input[1] not in g.weights or n.input[2] not in g.weights:
                 raise PeftportError(
-                    f"ONNX LayerNormalization {n.name!r} has no constant scale/bias")
+                    f"ONNX LayerNormalization {n.name!r} has no constant scale/bias"
+                )
             out.append((n.input[1], n.input[2], i))
         elif n.op_type == "Mul":
             # A decomposed layer norm ends in  (x - mean) / std * weight + bias.
             w = [x for x in n.input if x in g.weights and g.weights[x].ndim == 1]
             x = [x for x in n.input if x not in g.consts]
-            if len(w) != 1 or len(x) != 1 or x[0] not in g.producer \
-                    or g.producer[x[0]].op_type != "Div":
+            if (
+                len(w) != 1
+                or len(x) != 1
+                or x[0] not in g.producer
+                or g.producer[x[0]].op_type != "Div"
+            ):
                 continue
             for u in g.users(n.output[0]):
                 b = [y for y in u.input if y in g.weights and g.weights[y].ndim == 1]
@@ -380,7 +393,8 @@ def load_onnx(onnx_path: Path) -> Any:
         return onnx.load(str(onnx_path))
     except Exception as e:  # protobuf errors come in many types
         raise PeftportError(
-            f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+            f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})"
+        ) from e
 
 
 def read_onnx_bert(onnx_path: Path, model: Any = None) -> OnnxBert:
@@ -427,7 +441,7 @@ def read_onnx_bert(onnx_path: Path, model: Any = None) -> OnnxBert:
     ffn = encoder[4].shape[0]
     module_of: dict[int, str] = {}
     for layer in range(num_layers):
-        six = encoder[6 * layer: 6 * layer + 6]
+        six = encoder[6 * layer : 6 * layer + 6]
         if len({lin.input for lin in six[:3]}) != 1:
             raise PeftportError(
                 f"ONNX graph, layer {layer}: the first three projections "
@@ -435,8 +449,14 @@ def read_onnx_bert(onnx_path: Path, model: Any = None) -> OnnxBert:
             )
         roles = _qkv_roles(g, six[:3], layer)
         roles.update({_O: six[3], _UP: six[4], _DOWN: six[5]})
-        want = {_Q: (hidden, hidden), _K: (hidden, hidden), _V: (hidden, hidden),
-                _O: (hidden, hidden), _UP: (ffn, hidden), _DOWN: (hidden, ffn)}
+        want = {
+            _Q: (hidden, hidden),
+            _K: (hidden, hidden),
+            _V: (hidden, hidden),
+            _O: (hidden, hidden),
+            _UP: (ffn, hidden),
+            _DOWN: (hidden, ffn),
+        }
         for role, lin in roles.items():
             if lin.shape != want[role]:
                 raise PeftportError(
@@ -468,7 +488,8 @@ def read_onnx_bert(onnx_path: Path, model: Any = None) -> OnnxBert:
             f"(embeddings + 2 per layer for {num_layers} layers)"
         )
     names = ["embeddings.LayerNorm"] + [
-        f"encoder.layer.{i}.{part}" for i in range(num_layers)
+        f"encoder.layer.{i}.{part}"
+        for i in range(num_layers)
         for part in ("attention.output.LayerNorm", "output.LayerNorm")
     ]
     for name, (w, b, _) in zip(names, norms, strict=True):
@@ -493,25 +514,39 @@ def read_onnx_bert(onnx_path: Path, model: Any = None) -> OnnxBert:
         # The graph does not spell it out; 12 is right for BERT-base and the MiniLM family.
         heads = _DEFAULT_HEADS
         res.notes.append(f"number of heads not found in the graph; using {heads}")
-    act = "gelu" if any(n.op_type == "Erf" for n in g.nodes) else (
-        "relu" if any(n.op_type == "Relu" for n in g.nodes) else None)
+    act = (
+        "gelu"
+        if any(n.op_type == "Erf" for n in g.nodes)
+        else ("relu" if any(n.op_type == "Relu" for n in g.nodes) else None)
+    )
     if act is None:
         raise PeftportError("ONNX graph: no Erf (exact gelu) or Relu: unknown activation")
     pos = res.tensors.get("embeddings.position_embeddings.weight")
     types = res.tensors.get("embeddings.token_type_embeddings.weight")
-    read = {"vocab_size": int(vocab), "hidden_size": int(hidden), "num_hidden_layers": num_layers,
-            "num_attention_heads": heads, "intermediate_size": int(ffn), "hidden_act": act,
-            "max_position_embeddings": int(pos[0].shape[0]) if pos else 512,
-            "type_vocab_size": int(types[0].shape[0]) if types else 2,
-            "layer_norm_eps": _layer_norm_eps(g) or 1e-12}
+    read = {
+        "vocab_size": int(vocab),
+        "hidden_size": int(hidden),
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": heads,
+        "intermediate_size": int(ffn),
+        "hidden_act": act,
+        "max_position_embeddings": int(pos[0].shape[0]) if pos else 512,
+        "type_vocab_size": int(types[0].shape[0]) if types else 2,
+        "layer_norm_eps": _layer_norm_eps(g) or 1e-12,
+    }
     res.config = {**read, **BERT_DEFAULTS}
     return res
 
 
 # What an ONNX graph does not say: BERT's defaults, as in all-MiniLM-L6-v2's config.json.
-BERT_DEFAULTS = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-                 "initializer_range": 0.02, "pad_token_id": 0,
-                 "position_embedding_type": "absolute", "use_cache": True}
+BERT_DEFAULTS = {
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "initializer_range": 0.02,
+    "pad_token_id": 0,
+    "position_embedding_type": "absolute",
+    "use_cache": True,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,8 +575,11 @@ def convert_onnx_bert(
         torch.manual_seed(0)
         bert = BertModel(config, add_pooling_layer=True)
     params = dict(bert.named_parameters())
-    optional = set() if "pooler.dense.weight" in found.tensors else {
-        "pooler.dense.weight", "pooler.dense.bias"}
+    optional = (
+        set()
+        if "pooler.dense.weight" in found.tensors
+        else {"pooler.dense.weight", "pooler.dense.bias"}
+    )
     missing = [k for k in params if k not in found.tensors and k not in optional]
     extra = [f"{k} (from {init})" for k, (_, init) in found.tensors.items() if k not in params]
     extra += [f"{w} (not used by any BertModel parameter)" for w in found.unused]

@@ -73,8 +73,7 @@ class TinyVariant:
     parent: str | None = None  # the host a drifted variant is the twin of
 
     def recipe(self, name: str) -> tuple[tuple[str, str], ...]:
-        r = {"family": self.family, "how": "tiny random", "name": name, "seed": "0",
-             "version": "3"}
+        r = {"family": self.family, "how": "tiny random", "name": name, "seed": "0", "version": "3"}
         if self.config:
             r["config"] = json.dumps(self.config, sort_keys=True)
         if self.drift:
@@ -89,13 +88,21 @@ class TinyVariant:
 _LARGE_T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=4, num_decoder_layers=4, num_heads=4)
 TINY_VARIANTS: dict[str, TinyVariant] = {
     "tiny-t5-tuned": TinyVariant(
-        "t5", "tiny-t5 with every weight drifted by 5% of its spread (its raw -> tuned twin)",
-        drift=0.05, parent="tiny-t5"),
+        "t5",
+        "tiny-t5 with every weight drifted by 5% of its spread (its raw -> tuned twin)",
+        drift=0.05,
+        parent="tiny-t5",
+    ),
     "tiny-t5-large": TinyVariant(
-        "t5", "tiny random t5, \"large\" (4 layers, width 32) for unit tests", config=_LARGE_T5),
+        "t5", 'tiny random t5, "large" (4 layers, width 32) for unit tests', config=_LARGE_T5
+    ),
     "tiny-t5-large-tuned": TinyVariant(
-        "t5", "tiny-t5-large with every weight drifted by 5% of its spread (its tuned twin)",
-        config=_LARGE_T5, drift=0.05, parent="tiny-t5-large"),
+        "t5",
+        "tiny-t5-large with every weight drifted by 5% of its spread (its tuned twin)",
+        config=_LARGE_T5,
+        drift=0.05,
+        parent="tiny-t5-large",
+    ),
 }
 
 

@@ -164,16 +164,23 @@ def export_module(
     return export_adapterhub(module_dir, out_dir, overwrite=overwrite)
 
 
-def import_module(folder: str | Path, fmt: str, *, any_base: bool = False,
-                  drop_unsupported: bool = False, **request: Any) -> Path:
+def import_module(
+    folder: str | Path,
+    fmt: str,
+    *,
+    any_base: bool = False,
+    drop_unsupported: bool = False,
+    **request: Any,
+) -> Path:
     """Import a folder of format `fmt` ("peft" or "adapterhub") as a peftport module.
     `request`: host, out_dir, task, label_words and overwrite, as both importers take them;
     `any_base` and `drop_unsupported` are for PEFT folders only (the AdapterHub import checks
     no base-model name, and its sites are AdapterHub's own)."""
     if _check_format(fmt) == "peft":
-        return import_peft(folder, any_base=any_base, drop_unsupported=drop_unsupported,
-                           **request)
+        return import_peft(folder, any_base=any_base, drop_unsupported=drop_unsupported, **request)
     if drop_unsupported:
-        raise PeftportError("--drop-unsupported is for --format peft (an AdapterHub folder "
-                            "adapts only sites AdapterHub supports)")
+        raise PeftportError(
+            "--drop-unsupported is for --format peft (an AdapterHub folder "
+            "adapts only sites AdapterHub supports)"
+        )
     return import_adapterhub(folder, **request)

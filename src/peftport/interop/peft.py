@@ -144,8 +144,9 @@ class DroppedSitesWarning(UserWarning):
     """An import dropped modules at sites peftport cannot adapt (`--drop-unsupported`)."""
 
 
-def _warn_dropped(dropped: Mapping[str, int], tensors: Mapping[str, torch.Tensor],
-                  head: Any, config_path: Path) -> dict[str, Any]:
+def _warn_dropped(
+    dropped: Mapping[str, int], tensors: Mapping[str, torch.Tensor], head: Any, config_path: Path
+) -> dict[str, Any]:
     """Warn about the dropped sites and their share of the module; the record for metadata."""
     total = sum(v.numel() for k, v in tensors.items() if k not in head)
     n = sum(dropped.values())
@@ -154,7 +155,9 @@ def _warn_dropped(dropped: Mapping[str, int], tensors: Mapping[str, torch.Tensor
         f"{config_path}: dropped {len(dropped)} module(s) at sites peftport cannot adapt on "
         f"this host: {listing(sorted(dropped), 8)} ({n:,} of {total:,} parameters, "
         f"{share:.1%} of the module); the imported module computes a different function",
-        DroppedSitesWarning, stacklevel=3)
+        DroppedSitesWarning,
+        stacklevel=3,
+    )
     return {"sites": sorted(dropped), "parameters": n, "share": round(share, 6)}
 
 
@@ -230,8 +233,15 @@ def import_peft(
             "words with its own LM head"
         )
     head = folders.head_state(head_found, h, where, str(weights))
-    source = PeftFolder(tech.name, config, config_path, tensors, frozenset(used), hint_cfg,
-                        drop_unsupported=drop_unsupported)
+    source = PeftFolder(
+        tech.name,
+        config,
+        config_path,
+        tensors,
+        frozenset(used),
+        hint_cfg,
+        drop_unsupported=drop_unsupported,
+    )
     cfg, state = codec.from_peft(source, h, name, where)
     extra = {
         "format": "peft",

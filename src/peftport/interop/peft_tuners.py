@@ -261,7 +261,12 @@ def _check_peft_fields(config: Mapping[str, Any], path: Path) -> None:
     save = [
         m
         for m in (config.get("modules_to_save") or [])
-        if m not in ("classifier", "score", *(lay.position_table for lay in LAYOUTS.values() if lay.position_table))
+        if m
+        not in (
+            "classifier",
+            "score",
+            *(lay.position_table for lay in LAYOUTS.values() if lay.position_table),
+        )
     ]
     if save:
         raise PeftportError(

@@ -146,9 +146,17 @@ def build_report(
         csvs[name] = p
         written.append(p)
     html_path, md_path, json_path = out / "index.html", out / "report.md", out / "report.json"
-    the_page = page(data, agg, figs, overview, generated_at, __version__, distance_figs,
-                    [agreement.section(data, agg.tables["agreement"])],
-                    [agreement.interval_methods(data)])
+    the_page = page(
+        data,
+        agg,
+        figs,
+        overview,
+        generated_at,
+        __version__,
+        distance_figs,
+        [agreement.section(data, agg.tables["agreement"])],
+        [agreement.interval_methods(data)],
+    )
     _write(md_path, render_markdown(the_page))
     _write(html_path, render_html(the_page))
     written += [html_path, md_path]

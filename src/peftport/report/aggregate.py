@@ -74,7 +74,7 @@ _LEARNED = Learned(None, None, None, True, "")
 
 
 def _not_learned_note(learned: dict[ModuleKey, Learned], t: str, p: int) -> str:
-    """" (not learned on its origin)" when no module of `t` at `p` steps learned."""
+    """ " (not learned on its origin)" when no module of `t` at `p` steps learned."""
     mods = [v for k, v in learned.items() if k[0] == t and k[3] == p]
     return f" ({NOT_LEARNED} on its origin)" if mods and not any(m.learned for m in mods) else ""
 
@@ -91,16 +91,16 @@ def _learned_of(sel: list[Observation], learned: dict[ModuleKey, Learned]) -> st
     if len(bad) == 1:  # one module: its numbers
         why = bad[0].why
     else:
-        why = f"{len(bad)} of {len(known)} origins: " + "; ".join(dict.fromkeys(g.short for g in bad))
+        why = f"{len(bad)} of {len(known)} origins: " + "; ".join(
+            dict.fromkeys(g.short for g in bad)
+        )
     return f"{NOT_LEARNED} ({why})" if len(bad) == len(known) else f"partly ({why})"
 
 
 # --- small pieces ------------------------------------------------------------------------------
 
 
-def ratio_stat(
-    pairs: Sequence[tuple[Observation, Observation]], not_learned: int = 0
-) -> Stat:
+def ratio_stat(pairs: Sequence[tuple[Observation, Observation]], not_learned: int = 0) -> Stat:
     """Mean and interval of a / b over pairs (b > 0); a pair with a side missing is missing.
     The interval is a percentile bootstrap over the pairs (within their own ratios), none below
     3 pairs. `not_learned`: further planned pairs left out because their origin did not learn."""
@@ -211,8 +211,11 @@ def figures(axes: Axes, obs: list[Observation], metric: str) -> list[FigureSpec]
                     panels.append(
                         Panel(
                             title=f"data: {axes.data_combo(pre, post)}"
-                            + ("" if learned.get((t, o, pre, p), _LEARNED).learned
-                               else f" ({NOT_LEARNED} on its origin)"),  # fmt: skip
+                            + (
+                                ""
+                                if learned.get((t, o, pre, p), _LEARNED).learned
+                                else f" ({NOT_LEARNED} on its origin)"
+                            ),  # fmt: skip
                             steps=axes.steps,
                             bars=bars,
                             origin=origin.get((t, o, pre, p)),

@@ -286,9 +286,11 @@ def ranking_columns() -> list[Column]:
         ("technique", lambda r: r["technique"]),
         (
             "mean score [95% CI]",
-            lambda r: f"{signed(r['mean'])} [{signed(r['ci_low'])}, {signed(r['ci_high'])}]"
-            if r["ci_low"] is not None
-            else f"{signed(r['mean'])} ({r['n']} runs: no interval)",
+            lambda r: (
+                f"{signed(r['mean'])} [{signed(r['ci_low'])}, {signed(r['ci_high'])}]"
+                if r["ci_low"] is not None
+                else f"{signed(r['mean'])} ({r['n']} runs: no interval)"
+            ),
         ),
         ("rank 95% interval", rank_iv),
         ("P(best)", lambda r: f"{r['p_best']:.2f}"),

@@ -227,8 +227,9 @@ def load_store(path: str | Path, metric: str = "accuracy", study: str | None = N
 
     observations: dict[tuple, Observation] = {}
     by_method: dict[tuple, Observation] = {}
-    primary = {s["id"]: primary_method(tuple(_json(s["spec"]).get("methods") or ["copy"]))
-               for s in studies}
+    primary = {
+        s["id"]: primary_method(tuple(_json(s["spec"]).get("methods") or ["copy"])) for s in studies
+    }
     for c in cells:
         key = tuple(c[k] for k in CELL_KEY)
         u = units.get(c["unit_id"])
@@ -319,7 +320,8 @@ def _predictions(con: sqlite3.Connection, units: set[str]) -> tuple[dict, dict, 
     for r in con.execute("SELECT * FROM predictions"):
         if r["unit_id"] in units:
             (origin if r["evaluated"] == "origin" else own)[(r["unit_id"], r["step"])] = (
-                Predictions.from_record(r))
+                Predictions.from_record(r)
+            )
     return own, origin, True
 
 
@@ -425,8 +427,9 @@ def precision_warning(provenance: dict[str, Any]) -> str | None:
     """One line when the done units computed in more than one precision (e.g. `precision: auto`
     on Ray nodes with and without native bf16: the same unit ids, different numbers), else
     None."""
-    counts = {k: n for k, n in (provenance.get("precisions") or {}).items()
-              if k != "not recorded"}  # units from before devices: fp32 or the bf16 switch
+    counts = {
+        k: n for k, n in (provenance.get("precisions") or {}).items() if k != "not recorded"
+    }  # units from before devices: fp32 or the bf16 switch
     if len(counts) < 2:
         return None
     parts = ", ".join(f"{p} ({n} units)" for p, n in counts.items())

@@ -82,8 +82,16 @@ class Stat:
 def stat_columns(prefix: str) -> list[str]:
     return [
         f"{prefix}{k}"
-        for k in ("mean", "ci_low", "ci_high", "n", "expected", "missing", "majority_share",
-                  "ci_method")
+        for k in (
+            "mean",
+            "ci_low",
+            "ci_high",
+            "n",
+            "expected",
+            "missing",
+            "majority_share",
+            "ci_method",
+        )
     ]
 
 
@@ -135,13 +143,22 @@ def summarize(obs: Iterable[Observation]) -> Stat:
     if not method:
         binomial = all(o.metric == "accuracy" and o.examples for o in have)
         mean, low, high, n, method = mean_interval(
-            values, [o.examples for o in have] if binomial else None, confidence=CONFIDENCE)
+            values, [o.examples for o in have] if binomial else None, confidence=CONFIDENCE
+        )
     elif values:
         mean = sum(values) / len(values)  # the stored metrics' mean, as without predictions
     shares = [o.majority_share for o in have if o.majority_share is not None]
     share = sum(shares) / len(shares) if shares else None
-    return Stat(number(mean), number(low), number(high), n, len(unique), reasons(unique), share,
-                method if low is not None else "")
+    return Stat(
+        number(mean),
+        number(low),
+        number(high),
+        n,
+        len(unique),
+        reasons(unique),
+        share,
+        method if low is not None else "",
+    )
 
 
 def _per_example(have: list[Observation]) -> tuple:
@@ -155,8 +172,9 @@ def _per_example(have: list[Observation]) -> tuple:
     if metric == "accuracy":
         return per_example_interval([p.correct() for p in preds], keys, confidence=CONFIDENCE)
     if metric == "auc" and all(p.n_classes == 2 for p in preds):
-        return auc_interval([p.labels for p in preds], [p.scores for p in preds], keys,
-                            confidence=CONFIDENCE)
+        return auc_interval(
+            [p.labels for p in preds], [p.scores for p in preds], keys, confidence=CONFIDENCE
+        )
     return None, None, None, len(have), ""
 
 

@@ -53,12 +53,18 @@ def method_tables(data: StoreData, learned: dict[ModuleKey, Learned]) -> list[Ta
     mobs = data.method_observations
     by = group(mobs, lambda o: (o.technique, o.method, o.pre_steps, o.post_steps))
     controls = [c for c in CONTROLS if any(o.condition == c for o in data.observations)]
-    ctrl = group((o for o in data.observations if o.condition in controls),
-                 lambda o: (o.technique, o.condition, o.pre_steps, o.post_steps))
-    idx = {(*setting_of(o), o.seed, o.condition, o.pre_steps, o.post_steps): o
-           for o in data.observations if o.condition in controls}
-    copies = {(*setting_of(o), o.seed, o.pre_steps, o.post_steps): o
-              for o in mobs if o.method == "copy"}
+    ctrl = group(
+        (o for o in data.observations if o.condition in controls),
+        lambda o: (o.technique, o.condition, o.pre_steps, o.post_steps),
+    )
+    idx = {
+        (*setting_of(o), o.seed, o.condition, o.pre_steps, o.post_steps): o
+        for o in data.observations
+        if o.condition in controls
+    }
+    copies = {
+        (*setting_of(o), o.seed, o.pre_steps, o.post_steps): o for o in mobs if o.method == "copy"
+    }
     techniques = list(dict.fromkeys(o.technique for o in mobs))
     pre = sorted({o.pre_steps for o in mobs})
     steps = sorted({o.post_steps for o in mobs})
@@ -71,13 +77,15 @@ def method_tables(data: StoreData, learned: dict[ModuleKey, Learned]) -> list[Ta
                 for m in methods:
                     sel = by.get((t, m, p, s))
                     if sel:
-                        acc_rows.append({**head, "condition": "ported", "method": m}
-                                        | summarize(sel).fields(""))
+                        acc_rows.append(
+                            {**head, "condition": "ported", "method": m} | summarize(sel).fields("")
+                        )
                 for c in controls:  # random has no pre-porting steps: it serves every p
                     sel = ctrl.get((t, c, 0 if c == "random" else p, s))
                     if sel:
-                        acc_rows.append({**head, "condition": c, "method": ""}
-                                        | summarize(sel).fields(""))
+                        acc_rows.append(
+                            {**head, "condition": c, "method": ""} | summarize(sel).fields("")
+                        )
                 for m in methods:
                     sel = by.get((t, m, p, s))
                     if not sel:
@@ -87,26 +95,36 @@ def method_tables(data: StoreData, learned: dict[ModuleKey, Learned]) -> list[Ta
                         against.append(("copy", _copy_pairs(sel, copies)))
                     against += [(c, pairs_of(sel, c, idx)) for c in controls]
                     for what, pairs in against:
-                        diff_rows.append({"comparison": f"{m} - {what}", **head}
-                                         | diff_row(pairs, learned))
+                        diff_rows.append(
+                            {"comparison": f"{m} - {what}", **head} | diff_row(pairs, learned)
+                        )
     apply_holm(diff_rows)
     return [
-        Table(ACCURACY, "Porting methods: metric by method and control",
-              ["technique", "pre_steps", "post_steps", "condition", "method",
-               *stat_columns("")],
-              acc_rows,
-              ["Mean over seeds (pooled over porting directions and data combinations) with "
-               "its 95% interval, as in the accuracy table; `method` is the porting method of "
-               "the ported rows (sampled and random are method-free controls)."]),
-        Table(DIFFERENCES, "Porting methods: paired differences",
-              ["comparison", "technique", "pre_steps", "post_steps", *DIFF_COLS],
-              diff_rows,
-              ["A method minus copy pairs the two ports of one pretrained snapshot; a method "
-               "minus sampled or random pairs as the ported-minus-controls table does. "
-               "mean_ported is the method's mean, mean_control the other side's. Tested over "
-               "independent units (groups of pairs sharing a snapshot or a control unit): "
-               "paired t-test, Holm-adjusted over every row of this table (p_holm), Wilcoxon "
-               "signed-rank, bootstrap interval over units (none below 3), g_z."]),
+        Table(
+            ACCURACY,
+            "Porting methods: metric by method and control",
+            ["technique", "pre_steps", "post_steps", "condition", "method", *stat_columns("")],
+            acc_rows,
+            [
+                "Mean over seeds (pooled over porting directions and data combinations) with "
+                "its 95% interval, as in the accuracy table; `method` is the porting method of "
+                "the ported rows (sampled and random are method-free controls)."
+            ],
+        ),
+        Table(
+            DIFFERENCES,
+            "Porting methods: paired differences",
+            ["comparison", "technique", "pre_steps", "post_steps", *DIFF_COLS],
+            diff_rows,
+            [
+                "A method minus copy pairs the two ports of one pretrained snapshot; a method "
+                "minus sampled or random pairs as the ported-minus-controls table does. "
+                "mean_ported is the method's mean, mean_control the other side's. Tested over "
+                "independent units (groups of pairs sharing a snapshot or a control unit): "
+                "paired t-test, Holm-adjusted over every row of this table (p_holm), Wilcoxon "
+                "signed-rank, bootstrap interval over units (none below 3), g_z."
+            ],
+        ),
     ]
 
 
@@ -125,22 +143,23 @@ def methods_sections(agg: Aggregates) -> list[Any]:
     acc_cols: list[Any] = [
         ("technique", lambda row: row["technique"]),
         ("pre", lambda row: str(row["pre_steps"])),
-        ("post", lambda row: "0 (zero-shot)" if row["post_steps"] == 0
-         else str(row["post_steps"])),
+        ("post", lambda row: "0 (zero-shot)" if row["post_steps"] == 0 else str(row["post_steps"])),
         ("method / control", what),
         (f"{agg.metric} [95% CI]", c._stat_cell("")),
         ("runs", lambda row: f"{row['n']}/{row['expected']}"),
     ]
     diff_cols = c.diff_columns(agg, False)
-    return [b.Section(
-        "porting-methods",
-        "Porting methods",
-        "Porting methods against copy and the controls",
-        [
-            b.TableBlock(*c.apply(acc_cols, acc.rows)),
-            *b.notes(acc.notes),
-            b.TableBlock(*c.apply(diff_cols, diff.rows)),
-            *b.notes(diff.notes),
-            b.CsvLinks((ACCURACY, DIFFERENCES)),
-        ],
-    )]
+    return [
+        b.Section(
+            "porting-methods",
+            "Porting methods",
+            "Porting methods against copy and the controls",
+            [
+                b.TableBlock(*c.apply(acc_cols, acc.rows)),
+                *b.notes(acc.notes),
+                b.TableBlock(*c.apply(diff_cols, diff.rows)),
+                *b.notes(diff.notes),
+                b.CsvLinks((ACCURACY, DIFFERENCES)),
+            ],
+        )
+    ]

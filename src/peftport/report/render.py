@@ -155,7 +155,7 @@ def _missing_blocks(data: StoreData) -> list[Block]:
 HEAD_POLICY_TEXT = {
     "follow": "follow (sampled and random draw or re-initialise the head with the body)",
     "origin": "origin (the origin's trained head in every condition: controls differ in the "
-              "body only)",
+    "body only)",
 }
 
 
@@ -178,9 +178,17 @@ def _provenance_blocks(data: StoreData, generated_at: str, version: str) -> list
         ),
     ]
     rows.append(("precision", precision_summary(p)))
-    rows.append(("head policy (encoder classifiers)", "; ".join(
-        f"{st['name']}: " + HEAD_POLICY_TEXT[(st.get("spec") or {}).get("head_policy", "follow")]
-        for st in data.studies) or "–"))
+    rows.append(
+        (
+            "head policy (encoder classifiers)",
+            "; ".join(
+                f"{st['name']}: "
+                + HEAD_POLICY_TEXT[(st.get("spec") or {}).get("head_policy", "follow")]
+                for st in data.studies
+            )
+            or "–",
+        )
+    )
     for name, versions in p.get("versions", {}).items():
         txt = "; ".join(f"{v} ({n} units)" for v, n in versions.items())
         if len(versions) > 1:

@@ -176,8 +176,9 @@ def per_example_interval(
     if any(xs[j].size != sizes[key] for j, key in enumerate(keys)):
         raise ValueError("runs with the same examples key have different numbers of examples")
     x32 = [x.astype(np.float32) for x in xs]  # w is float32: no float64 copy of w per run
-    boot = _two_level(k, keys, sizes, lambda j, w: (w @ x32[j]) / x32[j].size,
-                      np.random.default_rng(SEED), n_boot)
+    boot = _two_level(
+        k, keys, sizes, lambda j, w: (w @ x32[j]) / x32[j].size, np.random.default_rng(SEED), n_boot
+    )
     low, high = _quantiles(boot, confidence)
     return mean, max(low, bounds[0]), min(high, bounds[1]), k, TWO_LEVEL_EXAMPLES
 
@@ -221,8 +222,14 @@ def auc_interval(
         return (mean if np.isfinite(mean) else None), None, None, k, ""
     keys = list(keys) if keys is not None else [""] * k
     sizes = {key: ys[j].size for j, key in enumerate(keys)}
-    boot = _two_level(k, keys, sizes, lambda j, w: _weighted_auc(ys[j], ss[j], w),
-                      np.random.default_rng(SEED), n_boot)
+    boot = _two_level(
+        k,
+        keys,
+        sizes,
+        lambda j, w: _weighted_auc(ys[j], ss[j], w),
+        np.random.default_rng(SEED),
+        n_boot,
+    )
     boot = boot[np.isfinite(boot)]  # a resample without one of the classes has no AUC
     if boot.size == 0:
         return mean, None, None, k, ""

@@ -133,7 +133,6 @@ def host_size(host: str) -> tuple[int, int, str] | None:
     return (*counts, origin) if counts else None
 
 
-
 def _cpu_key() -> str:
     """What the measured rate depends on: the CPU model and torch's version."""
     import platform

@@ -44,8 +44,14 @@ from peftport.progress import format_duration
 from peftport.study.gpus import Slot, local_slots
 from peftport.study.store import LEASE_SECONDS, Store, crash_point, plan_ids
 
-ENV_KEYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "PEFTPORT_HOME",
-            "HF_HOME", "XDG_CACHE_HOME")
+ENV_KEYS = (
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "TOKENIZERS_PARALLELISM",
+    "PEFTPORT_HOME",
+    "HF_HOME",
+    "XDG_CACHE_HOME",
+)
 # paths on the driver's machine: not passed to the workers of a Ray cluster (each node has its own)
 PATH_KEYS = ("PEFTPORT_HOME", "HF_HOME", "XDG_CACHE_HOME")
 PATH_PREFIXES = ("PEFTPORT_HOST_", "PEFTPORT_DATA_")
@@ -62,8 +68,9 @@ def _env(paths: bool = True) -> dict[str, str]:
     env = {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
     env.update({k: v for k, v in os.environ.items() if k.startswith(PATH_PREFIXES)})
     if not paths:
-        env = {k: v for k, v in env.items()
-               if k not in PATH_KEYS and not k.startswith(PATH_PREFIXES)}
+        env = {
+            k: v for k, v in env.items() if k not in PATH_KEYS and not k.startswith(PATH_PREFIXES)
+        }
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 
@@ -220,8 +227,12 @@ class _Worker:
     def __init__(self, ctx: Any, threads: int, slot: int, env: dict[str, str]) -> None:
         self.conn, child = ctx.Pipe()
         self.slot = slot
-        self.proc = ctx.Process(target=_worker_main, args=(child, threads, {**_env(), **env}),
-                                daemon=True, name="peftport-worker")
+        self.proc = ctx.Process(
+            target=_worker_main,
+            args=(child, threads, {**_env(), **env}),
+            daemon=True,
+            name="peftport-worker",
+        )
         self.proc.start()
         child.close()
         self.job: _Job | None = None
@@ -234,14 +245,18 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, threads: int = 1, context: str = "spawn",
-                 slots: Sequence[Slot] | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        threads: int = 1,
+        context: str = "spawn",
+        slots: Sequence[Slot] | None = None,
+    ) -> None:
         import multiprocessing as mp
 
         if slots is None:
             if workers is None or workers < 1:
-                raise PeftportError(f"--workers must be >= 1 for the local executor, got "
-                                    f"{workers}")
+                raise PeftportError(f"--workers must be >= 1 for the local executor, got {workers}")
             slots = [Slot()] * workers
         self.slots = list(slots)
         self.capacity = len(self.slots)
@@ -249,8 +264,11 @@ class LocalExecutor:
         self._ctx = mp.get_context(context)
         self._workers: list[_Worker] = []
         gpus = [s.gpu for s in self.slots if s.gpu is not None]
-        self.where = (f" on GPU(s) {', '.join(dict.fromkeys(gpus))}, pinned one each by "
-                      "CUDA_VISIBLE_DEVICES" if gpus else "")
+        self.where = (
+            f" on GPU(s) {', '.join(dict.fromkeys(gpus))}, pinned one each by CUDA_VISIBLE_DEVICES"
+            if gpus
+            else ""
+        )
 
     def _start(self) -> _Worker:
         """A new worker in the first slot no live worker holds (a dead one's, when replaced)."""
@@ -292,8 +310,11 @@ class LocalExecutor:
         except (EOFError, OSError):
             w.proc.join(timeout=5)
             code = w.proc.exitcode
-            how = f"killed by signal {-code}" if code is not None and code < 0 else \
-                f"exit code {code}"
+            how = (
+                f"killed by signal {-code}"
+                if code is not None and code < 0
+                else f"exit code {code}"
+            )
             job.error = WorkerLost(f"its worker process (pid {w.proc.pid}) died ({how})")
         else:
             if kind == "ok":
@@ -355,8 +376,7 @@ def check_executor(kind: str) -> None:
         try:
             import ray  # noqa: F401
         except ImportError:
-            raise PeftportError("the ray executor needs Ray: pip install 'peftport[ray]'") \
-                from None
+            raise PeftportError("the ray executor needs Ray: pip install 'peftport[ray]'") from None
 
 
 def check_store_file(path: Path) -> None:
@@ -380,21 +400,31 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def check_gpu_options(kind: str, workers: int | None, units_per_gpu: int | None,
-                      gpus_per_unit: float | None) -> None:
+def check_gpu_options(
+    kind: str, workers: int | None, units_per_gpu: int | None, gpus_per_unit: float | None
+) -> None:
     """Refuse the GPU options of the other executor (one line, before anything starts)."""
     if units_per_gpu is not None and (kind != "local" or workers == 0):
-        raise PeftportError("--units-per-gpu is for the local executor's worker processes"
-                            + (" (not --workers 0)" if kind == "local" else
-                               "; on Ray use --gpus-per-unit"))
+        raise PeftportError(
+            "--units-per-gpu is for the local executor's worker processes"
+            + (" (not --workers 0)" if kind == "local" else "; on Ray use --gpus-per-unit")
+        )
     if gpus_per_unit is not None and kind != "ray":
-        raise PeftportError("--gpus-per-unit is for --executor ray; the local executor "
-                            "packs units with --units-per-gpu")
+        raise PeftportError(
+            "--gpus-per-unit is for --executor ray; the local executor "
+            "packs units with --units-per-gpu"
+        )
 
 
-def make_executor(kind: str, workers: int | None, threads: int = 1,
-                  address: str | None = None, *, units_per_gpu: int | None = None,
-                  gpus_per_unit: float | None = None):
+def make_executor(
+    kind: str,
+    workers: int | None,
+    threads: int = 1,
+    address: str | None = None,
+    *,
+    units_per_gpu: int | None = None,
+    gpus_per_unit: float | None = None,
+):
     check_gpu_options(kind, workers, units_per_gpu, gpus_per_unit)
     if kind == "local":
         if workers == 0:
@@ -428,8 +458,11 @@ class _LeaseKeeper(threading.Thread):
                 tokens = self.tokens()
                 if tokens:
                     until = time.time() + LEASE_SECONDS
-                    db.executemany("UPDATE units SET lease_until = ? WHERE claimed_by = ? AND "
-                                   "status = 'running'", [(until, t) for t in tokens])
+                    db.executemany(
+                        "UPDATE units SET lease_until = ? WHERE claimed_by = ? AND "
+                        "status = 'running'",
+                        [(until, t) for t in tokens],
+                    )
         except sqlite3.Error:
             pass
         finally:
@@ -452,22 +485,35 @@ def prepare(plan: Any, echo: Callable[[str], None] = print) -> None:
     check_resolved_pairs(spec)
     for d in spec.datasets:
         data = load_dataset(d, max_examples=spec.max_examples)
-        echo(f"data set {d}: {len(data.train)} train / {len(data.test)} test examples "
-             f"(fingerprint {data.fingerprint[:12]})")
+        echo(
+            f"data set {d}: {len(data.train)} train / {len(data.test)} test examples "
+            f"(fingerprint {data.fingerprint[:12]})"
+        )
 
 
-def _payload(store: Store, unit: Any, threads: int, keep_adapted: bool,
-             layer_map: list[int] | None = None, derived: list | None = None) -> dict:
+def _payload(
+    store: Store,
+    unit: Any,
+    threads: int,
+    keep_adapted: bool,
+    layer_map: list[int] | None = None,
+    derived: list | None = None,
+) -> dict:
     from peftport.module import load_module
 
     snapshot = None
     if unit.needs:
         row = store.snapshots()[unit.needs[0]]
         snapshot = load_module(store.artifact_path(row["path"]))  # sha256-checked
-    return {"unit_id": unit.id, "config": unit.config, "threads": threads,
-            "snapshot": snapshot, "keep_adapted": keep_adapted,
-            "layer_map": list(layer_map) if layer_map is not None else None,
-            "derived_hosts": derived or []}
+    return {
+        "unit_id": unit.id,
+        "config": unit.config,
+        "threads": threads,
+        "snapshot": snapshot,
+        "keep_adapted": keep_adapted,
+        "layer_map": list(layer_map) if layer_map is not None else None,
+        "derived_hosts": derived or [],
+    }
 
 
 def _host_fingerprints(spec: Any) -> dict[str, str]:
@@ -497,8 +543,10 @@ def _check_inputs(result: dict, hosts: dict[str, str], data: dict[str, str]) -> 
     """Refuse a result computed on other host weights or other data than the driver's under
     the same name (a node that resolved its own, different copy)."""
     where = (result.get("environment") or {}).get("peftport_home", "?")
-    for kind, key, expected, what in (("host", "host_fingerprints", hosts, "weights"),
-                                      ("data set", "data_fingerprints", data, "examples")):
+    for kind, key, expected, what in (
+        ("host", "host_fingerprints", hosts, "weights"),
+        ("data set", "data_fingerprints", data, "examples"),
+    ):
         for name, got in (result.get(key) or {}).items():
             want = expected.get(name)
             if want and got != want:
@@ -506,11 +554,13 @@ def _check_inputs(result: dict, hosts: dict[str, str], data: dict[str, str]) -> 
                     f"{kind} {name} on worker {result.get('worker')} (PEFTPORT_HOME {where}) "
                     f"has {what} {got[:12]}, the driver's are {want[:12]}: that node resolved "
                     f"another {kind} under this name; give every node the same one (its cache, "
-                    "or the $PEFTPORT_HOST_* / $PEFTPORT_DATA_* folder set on the node)")
+                    "or the $PEFTPORT_HOST_* / $PEFTPORT_DATA_* folder set on the node)"
+                )
 
 
-def repair_artifacts(store: Store, ids: list[str], echo: Callable[[str], None],
-                     full: bool = True) -> int:
+def repair_artifacts(
+    store: Store, ids: list[str], echo: Callable[[str], None], full: bool = True
+) -> int:
     """Find the damaged or missing artifacts of the units `ids` and make them recomputable
     (`Store.recompute`): the snapshots that units still to run need are checked in full (their
     tensors' sha256), every other artifact in full too with `full`, else for its folder and
@@ -518,8 +568,9 @@ def repair_artifacts(store: Store, ids: list[str], echo: Callable[[str], None],
     needed = store.needed_snapshots(ids)
     keys = {r["key"] for r in needed}
     damaged = store.damaged_artifacts(needed, full=True)
-    damaged += store.damaged_artifacts([r for r in store.artifact_rows(ids)
-                                        if r["key"] not in keys], full=full)
+    damaged += store.damaged_artifacts(
+        [r for r in store.artifact_rows(ids) if r["key"] not in keys], full=full
+    )
     n = 0
     for d in damaged:
         got = store.recompute(d)
@@ -528,11 +579,16 @@ def repair_artifacts(store: Store, ids: list[str], echo: Callable[[str], None],
         uid, dependents = got
         waiting = store.db.execute(
             "SELECT COUNT(DISTINCT e.unit_id) FROM edges e JOIN units u ON u.id = e.unit_id "
-            "WHERE e.depends_on = ? AND u.status != 'done'", (uid,)).fetchone()[0]
+            "WHERE e.depends_on = ? AND u.status != 'done'",
+            (uid,),
+        ).fetchone()[0]
         n += 1
-        echo(f"{d['kind']} {d['path']} is damaged ({d['problem']}): unit {uid} runs again to "
-             f"rewrite it" + (f", then the {waiting} unit(s) that need it" if waiting else "")
-             + (f" ({dependents} failed one(s) among them retried)" if dependents else ""))
+        echo(
+            f"{d['kind']} {d['path']} is damaged ({d['problem']}): unit {uid} runs again to "
+            f"rewrite it"
+            + (f", then the {waiting} unit(s) that need it" if waiting else "")
+            + (f" ({dependents} failed one(s) among them retried)" if dependents else "")
+        )
     return n
 
 
@@ -543,8 +599,13 @@ def _input_recomputed(store: Store, unit: Any, echo: Callable[[str], None]) -> b
     return repair_artifacts(store, [unit.id], echo) > 0 if rows else False
 
 
-def _commit(store: Store, unit: Any, token: str, result: dict,
-            inputs: tuple[dict[str, str], dict[str, str]] = ({}, {})) -> bool:
+def _commit(
+    store: Store,
+    unit: Any,
+    token: str,
+    result: dict,
+    inputs: tuple[dict[str, str], dict[str, str]] = ({}, {}),
+) -> bool:
     _check_inputs(result, *inputs)
     artifacts = []
     produces = dict(unit.produces)
@@ -559,10 +620,20 @@ def _commit(store: Store, unit: Any, token: str, result: dict,
     return store.finish(unit.id, token, result, artifacts)
 
 
-def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
-             retry_failed: bool = False, progress: bool = True, max_attempts: int = 3,
-             poll: float = 1.0, echo: Callable[[str], None] | None = None,
-             check_first: bool = True, verify: bool = True) -> dict[str, Any]:
+def run_plan(
+    store: Store,
+    plan: Any,
+    executor: Any,
+    *,
+    threads: int = 1,
+    retry_failed: bool = False,
+    progress: bool = True,
+    max_attempts: int = 3,
+    poll: float = 1.0,
+    echo: Callable[[str], None] | None = None,
+    check_first: bool = True,
+    verify: bool = True,
+) -> dict[str, Any]:
     """Run every unit of the plan that is not done; returns counts. Safe to run again at any
     time (and from several drivers at once on one store): done units are never re-run.
     `check_first`: resolve hosts and data sets and compare the pairs' shapes before anything
@@ -603,16 +674,23 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
         return u.steps + u.evals  # the bar's unit: a training step (an evaluation counts one)
 
     todo = [u for u in plan.units if status[u.id] != "done"]
-    echo(f"{len(plan.units) - len(todo)} of {len(plan.units)} units done already; "
-         f"{len(todo)} to run with the {executor.name} executor "
-         f"({executor.capacity} at a time, {threads} thread(s) each"
-         f"{getattr(executor, 'where', '')})")
+    echo(
+        f"{len(plan.units) - len(todo)} of {len(plan.units)} units done already; "
+        f"{len(todo)} to run with the {executor.name} executor "
+        f"({executor.capacity} at a time, {threads} thread(s) each"
+        f"{getattr(executor, 'where', '')})"
+    )
     in_flight: dict[Any, tuple[Any, str]] = {}
     held: dict[str, tuple[Any, str]] = {}  # unit id -> (unit, claim token): claims not recorded
     keeper = _LeaseKeeper(str(store.path), lambda: [t for _, t in list(held.values())])
     keeper.start()
-    bar = progress_lines.bar(total=sum(work(u) for u in todo), desc=f"study {plan.spec.name}",
-                             unit="step", enabled=progress, leave=True)
+    bar = progress_lines.bar(
+        total=sum(work(u) for u in todo),
+        desc=f"study {plan.spec.name}",
+        unit="step",
+        enabled=progress,
+        leave=True,
+    )
     counts = {"done": 0, "failed": 0, "released": 0}
 
     def say(line: str) -> None:  # above a terminal's bar; else the echo (stderr, a log)
@@ -622,8 +700,9 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
             echo(line)
 
     def note() -> None:
-        bar.set_postfix(done=counts["done"], running=len(in_flight), failed=counts["failed"],
-                        refresh=False)
+        bar.set_postfix(
+            done=counts["done"], running=len(in_flight), failed=counts["failed"], refresh=False
+        )
 
     last_recover = time.time()
     try:
@@ -640,9 +719,14 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
                     held[u.id] = (u, token)
                     crash_point("claimed")
                     try:
-                        payload = _payload(store, u, threads, plan.spec.keep_adapted,
-                                           layer_maps.get((u.origin, u.receiver))
-                                           if u.kind == "post" else None, derived)
+                        payload = _payload(
+                            store,
+                            u,
+                            threads,
+                            plan.spec.keep_adapted,
+                            layer_maps.get((u.origin, u.receiver)) if u.kind == "post" else None,
+                            derived,
+                        )
                     except Exception as e:  # noqa: BLE001 - e.g. a damaged artifact
                         held.pop(u.id, None)
                         if _input_recomputed(store, u, echo):  # not this unit's fault
@@ -687,8 +771,10 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
                     store.fail(u.id, token, format_error(e))
                     held.pop(u.id, None)
                     counts["failed"] += 1
-                    say(f"unit {u.id} failed ({u.label}): "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                    say(
+                        f"unit {u.id} failed ({u.label}): "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                    )
                     bar.update(work(u))
                     continue
                 try:
@@ -721,22 +807,35 @@ def run_plan(store: Store, plan: Any, executor: Any, *, threads: int = 1,
     final = store.statuses(ids)
     blocked = store.blocked(plan)
     out = {
-        "study": plan.spec.name, "study_id": plan.spec.id, "units": len(ids),
-        "new_units": added["new"], "ran": counts["done"] + counts["failed"],
+        "study": plan.spec.name,
+        "study_id": plan.spec.id,
+        "units": len(ids),
+        "new_units": added["new"],
+        "ran": counts["done"] + counts["failed"],
         "done": sum(1 for s in final.values() if s == "done"),
         "failed": sum(1 for s in final.values() if s == "failed"),
         "pending": sum(1 for s in final.values() if s == "pending"),
-        "blocked": len(blocked), "seconds": round(time.time() - t0, 1),
+        "blocked": len(blocked),
+        "seconds": round(time.time() - t0, 1),
     }
     return out
 
 
-def run_study(spec: Any, store_path: Path, *, executor: str = "local",
-              workers: int | None = None, threads: int = 1, address: str | None = None,
-              retry_failed: bool = False, progress: bool = True,
-              echo: Callable[[str], None] | None = None, verify: bool = True,
-              units_per_gpu: int | None = None, gpus_per_unit: float | None = None
-              ) -> dict[str, Any]:
+def run_study(
+    spec: Any,
+    store_path: Path,
+    *,
+    executor: str = "local",
+    workers: int | None = None,
+    threads: int = 1,
+    address: str | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+    verify: bool = True,
+    units_per_gpu: int | None = None,
+    gpus_per_unit: float | None = None,
+) -> dict[str, Any]:
     """Plan `spec`, check and prepare it (hosts, shapes, data: before the store is touched),
     then run every unit that is not done in the store at `store_path` (`run_plan`). Returns
     `run_plan`'s summary with the store's path. units_per_gpu (local) and gpus_per_unit
@@ -759,16 +858,31 @@ def run_study(spec: Any, store_path: Path, *, executor: str = "local",
     plan = make_plan(spec)
     prepare(plan, echo)
     # before the store: a GPU request the Ray cluster cannot meet is refused here
-    ex = make_executor(executor, workers, threads, address, units_per_gpu=units_per_gpu,
-                       gpus_per_unit=gpus_per_unit)
+    ex = make_executor(
+        executor,
+        workers,
+        threads,
+        address,
+        units_per_gpu=units_per_gpu,
+        gpus_per_unit=gpus_per_unit,
+    )
     try:
         st = Store(store_path)
     except BaseException:
         ex.close(cancel=True)
         raise
     try:
-        out = run_plan(st, plan, ex, threads=threads, retry_failed=retry_failed,
-                       progress=progress, echo=echo, check_first=False, verify=verify)
+        out = run_plan(
+            st,
+            plan,
+            ex,
+            threads=threads,
+            retry_failed=retry_failed,
+            progress=progress,
+            echo=echo,
+            check_first=False,
+            verify=verify,
+        )
     finally:
         st.close()
     out["store"] = str(st.path)
@@ -778,6 +892,8 @@ def run_study(spec: Any, store_path: Path, *, executor: str = "local",
 def summary_line(out: dict[str, Any]) -> str:
     """One line for a person: `run_study`'s summary."""
     blocked = f" ({out['blocked']} blocked by a failed unit)" if out["blocked"] else ""
-    return (f"study {out['study']}: {out['done']}/{out['units']} units done, {out['failed']} "
-            f"failed, {out['pending']} pending{blocked}; ran {out['ran']} unit(s) in "
-            f"{format_duration(out['seconds'])}; store {out['store']}")
+    return (
+        f"study {out['study']}: {out['done']}/{out['units']} units done, {out['failed']} "
+        f"failed, {out['pending']} pending{blocked}; ran {out['ran']} unit(s) in "
+        f"{format_duration(out['seconds'])}; store {out['store']}"
+    )

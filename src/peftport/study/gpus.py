@@ -47,9 +47,14 @@ class Slot:
     env: tuple[tuple[str, str], ...] = ()
 
 
-def gpu_slots(gpus: Sequence[str], *, units_per_gpu: int | None = None,
-              workers: int | None = None, device: str = "auto",
-              cpu_workers: int = 1) -> list[Slot]:
+def gpu_slots(
+    gpus: Sequence[str],
+    *,
+    units_per_gpu: int | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+    cpu_workers: int = 1,
+) -> list[Slot]:
     """The local executor's workers, one Slot each (a pure function).
 
     gpus: the visible GPU ids (`visible_gpus`); device: the study's --device (cpu or mps: no
@@ -67,24 +72,32 @@ def gpu_slots(gpus: Sequence[str], *, units_per_gpu: int | None = None,
         gpus = []
         why = f"--device {device}"
     else:
-        why = (f"${GPUS_ENV} is empty" if GPUS_ENV in os.environ else
-               "CUDA_VISIBLE_DEVICES and torch show none")
+        why = (
+            f"${GPUS_ENV} is empty"
+            if GPUS_ENV in os.environ
+            else "CUDA_VISIBLE_DEVICES and torch show none"
+        )
         if device.startswith("cuda:"):
             index = int(device.split(":", 1)[1])
             if index >= len(gpus):
-                raise PeftportError(f"--device {device}: only {len(gpus)} GPU(s) are visible "
-                                    f"({', '.join(gpus) or 'none'})")
+                raise PeftportError(
+                    f"--device {device}: only {len(gpus)} GPU(s) are visible "
+                    f"({', '.join(gpus) or 'none'})"
+                )
             gpus = [gpus[index]]
     if not gpus:
         if units_per_gpu is not None:
-            raise PeftportError(f"--units-per-gpu {units_per_gpu} needs a GPU, and none is "
-                                f"used here ({why})")
+            raise PeftportError(
+                f"--units-per-gpu {units_per_gpu} needs a GPU, and none is used here ({why})"
+            )
         return [Slot() for _ in range(workers or cpu_workers)]
     per = units_per_gpu or (-(-workers // len(gpus)) if workers else 1)
     n = workers or per * len(gpus)
     if n > per * len(gpus):
-        raise PeftportError(f"--workers {n} is more than --units-per-gpu {per} x {len(gpus)} "
-                            "GPU(s): raise --units-per-gpu or give fewer workers")
+        raise PeftportError(
+            f"--workers {n} is more than --units-per-gpu {per} x {len(gpus)} "
+            "GPU(s): raise --units-per-gpu or give fewer workers"
+        )
     # a pinned worker sees its GPU as cuda:0: an explicit cuda:N becomes that
     pin = {"PEFTPORT_DEVICE": "cuda:0"} if device.startswith("cuda") else {}
     out = []
@@ -101,10 +114,19 @@ def _device() -> str:
     return os.environ.get(ENV) or "auto"
 
 
-def local_slots(workers: int | None, threads: int = 1, units_per_gpu: int | None = None,
-                device: str | None = None) -> list[Slot]:
+def local_slots(
+    workers: int | None,
+    threads: int = 1,
+    units_per_gpu: int | None = None,
+    device: str | None = None,
+) -> list[Slot]:
     """The local executor's workers on this machine (`gpu_slots` of `visible_gpus`)."""
     device = device or _device()
     gpus = visible_gpus() if device not in ("cpu", "mps") else []
-    return gpu_slots(gpus, units_per_gpu=units_per_gpu, workers=workers, device=device,
-                     cpu_workers=max(1, (os.cpu_count() or 1) // threads))
+    return gpu_slots(
+        gpus,
+        units_per_gpu=units_per_gpu,
+        workers=workers,
+        device=device,
+        cpu_workers=max(1, (os.cpu_count() or 1) // threads),
+    )

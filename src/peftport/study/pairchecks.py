@@ -35,9 +35,16 @@ class PairMap(LayerMap):
         return out
 
 
-
-def pair_problem(origin: str, o_family: str, o_config: dict | None, receiver: str,
-                 r_family: str, r_config: dict | None, *, mapped: bool = False) -> str | None:
+def pair_problem(
+    origin: str,
+    o_family: str,
+    o_config: dict | None,
+    receiver: str,
+    r_family: str,
+    r_config: dict | None,
+    *,
+    mapped: bool = False,
+) -> str | None:
     """Why a module cannot port from origin to receiver, or None (None too when unknown).
 
     `mapped`: the pair carries a layer map, so the depths may differ (`map_problem` checks the
@@ -47,9 +54,11 @@ def pair_problem(origin: str, o_family: str, o_config: dict | None, receiver: st
     if o_family and r_family and o_family != r_family:
         ok, rk = LAYOUTS[o_family].kind, LAYOUTS[r_family].kind
         kinds = f" ({ok} vs {rk})" if ok != rk else ""
-        return (f"cannot port {origin} -> {receiver}: {origin} is a {o_family} host and "
-                f"{receiver} a {r_family} host{kinds}; a module ports only between hosts of one "
-                "family")
+        return (
+            f"cannot port {origin} -> {receiver}: {origin} is a {o_family} host and "
+            f"{receiver} a {r_family} host{kinds}; a module ports only between hosts of one "
+            "family"
+        )
     if o_config is None or r_config is None or not (o_family or r_family):
         return None
     layout = LAYOUTS.get(o_family or r_family)
@@ -57,17 +66,20 @@ def pair_problem(origin: str, o_family: str, o_config: dict | None, receiver: st
         return None
     a, b = layout.shape(o_config), layout.shape(r_config)
     depth = layout.depth_keys
-    diff = [f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b.get(k)
-            and not (mapped and k in depth)]
+    diff = [f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b.get(k) and not (mapped and k in depth)]
     if diff and all(k in depth for k in a if a[k] != b.get(k)):
-        return (f"cannot port {origin} -> {receiver}: their depths differ ({', '.join(diff)}); "
-                "add `layer_map: stride` (or `cka`) to the pair to give each receiver layer "
-                f"an origin layer, e.g. {{origin: {origin}, receiver: {receiver}, layer_map: "
-                "stride}")
+        return (
+            f"cannot port {origin} -> {receiver}: their depths differ ({', '.join(diff)}); "
+            "add `layer_map: stride` (or `cka`) to the pair to give each receiver layer "
+            f"an origin layer, e.g. {{origin: {origin}, receiver: {receiver}, layer_map: "
+            "stride}"
+        )
     if diff:
-        return (f"cannot port {origin} -> {receiver}: their shapes differ ({', '.join(diff)}); "
-                "module tensors must have the same shapes on both hosts"
-                + ("" if mapped else " (a layer map pairs different depths, not widths)"))
+        return (
+            f"cannot port {origin} -> {receiver}: their shapes differ ({', '.join(diff)}); "
+            "module tensors must have the same shapes on both hosts"
+            + ("" if mapped else " (a layer map pairs different depths, not widths)")
+        )
     return None
 
 
@@ -78,8 +90,14 @@ def host_layers(family: str, config: dict[str, Any]) -> int | None:
     return LAYOUTS[family].depth(config) if family in LAYOUTS else None
 
 
-def map_problem(origin: str, receiver: str, family: str, o_config: dict | None,
-                r_config: dict | None, pm: PairMap | None) -> str | None:
+def map_problem(
+    origin: str,
+    receiver: str,
+    family: str,
+    o_config: dict | None,
+    r_config: dict | None,
+    pm: PairMap | None,
+) -> str | None:
     """Why a directed pair's layer map cannot pair the hosts' layers, or None (None too when a
     depth is unknown, or the map is cka: that one is resolved from the host comparison)."""
     if pm is None or o_config is None or r_config is None:
@@ -94,18 +112,21 @@ def map_problem(origin: str, receiver: str, family: str, o_config: dict | None,
         for h, cfg in ((origin, o_config), (receiver, r_config)):
             sig = layout.shape(cfg)
             if len({sig[k] for k in keys}) > 1:
-                return (f"layer map for {origin} -> {receiver}: {h} has "
-                        + " and ".join(f"{k} {sig[k]}" for k in keys)
-                        + "; a study's layer map applies to every layer stack, so each host "
-                        "needs one depth")
+                return (
+                    f"layer map for {origin} -> {receiver}: {h} has "
+                    + " and ".join(f"{k} {sig[k]}" for k in keys)
+                    + "; a study's layer map applies to every layer stack, so each host "
+                    "needs one depth"
+                )
     n_o, n_r = host_layers(family, o_config), host_layers(family, r_config)
     if n_o is None or n_r is None:
         return None
     return pm.problem(n_o, n_r, subject=f"{origin} -> {receiver}", name="layer_map")
 
 
-def resolve_pair_map(pm: PairMap | None, n_origin: int, n_receiver: int,
-                     comparison: Any = None) -> list[int]:
+def resolve_pair_map(
+    pm: PairMap | None, n_origin: int, n_receiver: int, comparison: Any = None
+) -> list[int]:
     """A directed pair's resolved map (receiver layer -> origin layer): identity when it has
     none; cka needs the pair's `HostComparison`. Plain ints (the payload goes to Ray too)."""
     return list((pm or IDENTITY).resolve(n_origin, n_receiver, comparison))
@@ -149,21 +170,37 @@ def cheap_host_config(spec: Any) -> dict[str, Any] | None:
     return None
 
 
-def check_pair(o: Any, r: Any, path: Path_, probs: Problems, pm: PairMap | None = None,
-                mpath: Path_ = (), both: bool = False, mapped: bool = False) -> None:
+def check_pair(
+    o: Any,
+    r: Any,
+    path: Path_,
+    probs: Problems,
+    pm: PairMap | None = None,
+    mpath: Path_ = (),
+    both: bool = False,
+    mapped: bool = False,
+) -> None:
     """Families and shapes of a listed pair (depths aside when it has a map), and its map in
     each direction it is used (first_k, say, is fine one way and not the other)."""
     problem = pair_problem(o.id, o.family, None, r.id, r.family, None)
     if problem is None and o.family and r.family:
         oc, rc = cheap_host_config(o), cheap_host_config(r)
-        problem = pair_problem(o.id, o.family, oc, r.id, r.family, rc,
-                               mapped=mapped or pm is not None)
+        problem = pair_problem(
+            o.id, o.family, oc, r.id, r.family, rc, mapped=mapped or pm is not None
+        )
         if problem is None:
-            for a, b, ac, bc, rev in ((o, r, oc, rc, False), (r, o, rc, oc, True))[:1 + both]:
+            for a, b, ac, bc, rev in ((o, r, oc, rc, False), (r, o, rc, oc, True))[: 1 + both]:
                 mp = map_problem(a.id, b.id, o.family, ac, bc, pm)
                 if mp:
-                    probs.add(mpath, mp + (" (the reverse direction: both_directions applies "
-                                           "the strategy to each)" if rev else ""))
+                    probs.add(
+                        mpath,
+                        mp
+                        + (
+                            " (the reverse direction: both_directions applies the strategy to each)"
+                            if rev
+                            else ""
+                        ),
+                    )
     if problem:
         probs.add(path, problem)
 
@@ -174,10 +211,15 @@ def unchecked_notes(pairs: list[tuple[str, str]], cache: dict) -> list[str]:
         so, sr = cache.get(o), cache.get(r)
         if so is None or sr is None:
             continue
-        if not (so.family and sr.family) or cheap_host_config(so) is None or \
-                cheap_host_config(sr) is None:
-            out.append(f"shapes of {o} -> {r} not compared yet (a host is not on disk); "
-                       "`study run` compares them before any unit starts")
+        if (
+            not (so.family and sr.family)
+            or cheap_host_config(so) is None
+            or cheap_host_config(sr) is None
+        ):
+            out.append(
+                f"shapes of {o} -> {r} not compared yet (a host is not on disk); "
+                "`study run` compares them before any unit starts"
+            )
     return out
 
 
@@ -194,8 +236,10 @@ def check_resolved_pairs(spec: StudySpec) -> dict[str, int]:
         configs[h] = (get_host(h).family or cfg.get("model_type", ""), cfg)
     problems = []
     for t in spec.techniques:
-        for values, hosts in ((t.pre, {o for o, _ in spec.pairs}),
-                              (t.post, {r for _, r in spec.pairs})):
+        for values, hosts in (
+            (t.pre, {o for o, _ in spec.pairs}),
+            (t.post, {r for _, r in spec.pairs}),
+        ):
             ml = values.get("max_length")
             for h in sorted(hosts):
                 p = max_length_problem(h, configs[h][1], ml) if ml is not None else None
@@ -203,13 +247,15 @@ def check_resolved_pairs(spec: StudySpec) -> dict[str, int]:
                     problems.append(f"{spec.source}: technique {t.name}: {p}")
     for o, r in spec.pairs:
         pm = spec.layer_map(o, r)
-        p = pair_problem(o, configs[o][0], configs[o][1], r, configs[r][0], configs[r][1],
-                         mapped=pm is not None) or \
-            map_problem(o, r, configs[o][0], configs[o][1], configs[r][1], pm)
+        p = pair_problem(
+            o, configs[o][0], configs[o][1], r, configs[r][0], configs[r][1], mapped=pm is not None
+        ) or map_problem(o, r, configs[o][0], configs[o][1], configs[r][1], pm)
         if p:
             problems.append(f"{spec.where(o, r)}: {p}")
     if problems:
-        raise StudyFileError(problems[0] if len(problems) == 1 else
-                             f"{len(problems)} problems in {spec.source}:\n  - "
-                             + "\n  - ".join(problems))
+        raise StudyFileError(
+            problems[0]
+            if len(problems) == 1
+            else f"{len(problems)} problems in {spec.source}:\n  - " + "\n  - ".join(problems)
+        )
     return {h: host_layers(fam, cfg) or 0 for h, (fam, cfg) in configs.items()}

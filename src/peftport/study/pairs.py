@@ -125,8 +125,11 @@ def prepare_pairs(
             store.add_comparison(key, o, r, comp.to_dict(), seconds, package_versions())
             keys[(o, r)] = key
             comparisons[(o, r)] = comp
-            why = {"cached": ", from the comparison cache", "reversed": f", derived from {r} -> "
-                   f"{o}", "computed": ""}[how]
+            why = {
+                "cached": ", from the comparison cache",
+                "reversed": f", derived from {r} -> {o}",
+                "computed": "",
+            }[how]
             echo(
                 f"  {o} -> {r}: distance {comp.distance():.3f} (1 - mean CKA over the stride "
                 f"map), {format_duration(seconds)}{why}"

@@ -58,8 +58,9 @@ def _hash(obj: Any, n: int = 20) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
-def train_dict(values: dict[str, Any], steps: int, eval_at: tuple[int, ...], seed: int
-               ) -> dict[str, Any]:
+def train_dict(
+    values: dict[str, Any], steps: int, eval_at: tuple[int, ...], seed: int
+) -> dict[str, Any]:
     """A TrainConfig as canonical JSON: horizon made explicit, threads and device left out."""
     from peftport.engine import TrainConfig
 
@@ -69,8 +70,7 @@ def train_dict(values: dict[str, Any], steps: int, eval_at: tuple[int, ...], see
     d.pop("device")  # like threads, the machine's: the same unit on CPU or a GPU
     # Settings added after studies were first stored enter only when set, so the ids of
     # existing studies (hashes of this dict) stay what they were.
-    for name, default in (("precision", "auto"), ("deterministic", False),
-                          ("eval_mode", "rank")):
+    for name, default in (("precision", "auto"), ("deterministic", False), ("eval_mode", "rank")):
         if d[name] == default:
             d.pop(name)
     d["horizon"] = cfg.horizon or cfg.steps
@@ -162,25 +162,42 @@ class Plan:
         ps = [c for c in s.conditions if c != "random"]
         # a ported cell per method the technique takes (sampled is method-free)
         skipped = {(t, m) for t, m, _ in s.method_skips}
-        n_ps = {t.name: sum(sum((t.name, m) not in skipped for m in s.methods)
-                            if c == "ported" else 1 for c in ps) for t in s.techniques}
+        n_ps = {
+            t.name: sum(
+                sum((t.name, m) not in skipped for m in s.methods) if c == "ported" else 1
+                for c in ps
+            )
+            for t in s.techniques
+        }
         rnd = "random" in s.conditions
         if len(set(n_ps.values())) == 1:
             n = next(iter(n_ps.values()))
-            what = (f"{len(ps)} conditions" if n == len(ps) else
-                    f"{n} conditions and methods ({len(s.methods)} methods of ported)")
+            what = (
+                f"{len(ps)} conditions"
+                if n == len(ps)
+                else f"{n} conditions and methods ({len(s.methods)} methods of ported)"
+            )
             factor = f"{len(s.techniques)} techniques x "
             inner = f"{what} x {len(s.pre_steps)} pre-porting step counts"
         else:  # a method some technique cannot take
             factor = ""
-            inner = (" + ".join(f"{t} {k}" for t, k in n_ps.items()) + " conditions and "
-                     f"methods per technique x {len(s.pre_steps)} pre-porting step counts")
-        formula = (f"{factor}{len(s.pairs)} origin->receiver x "
-                   f"{len(s.data)} data combinations x {len(s.seeds)} seeds x "
-                   f"{len(s.post_steps)} post-porting step counts x ({inner}"
-                   f"{(' + 1 random' + (' per technique' if not factor else '')) if rnd else ''})")
-        expected = (len(s.pairs) * len(s.data) * len(s.seeds) * len(s.post_steps)
-                    * sum(k * len(s.pre_steps) + rnd for k in n_ps.values()))
+            inner = (
+                " + ".join(f"{t} {k}" for t, k in n_ps.items()) + " conditions and "
+                f"methods per technique x {len(s.pre_steps)} pre-porting step counts"
+            )
+        formula = (
+            f"{factor}{len(s.pairs)} origin->receiver x "
+            f"{len(s.data)} data combinations x {len(s.seeds)} seeds x "
+            f"{len(s.post_steps)} post-porting step counts x ({inner}"
+            f"{(' + 1 random' + (' per technique' if not factor else '')) if rnd else ''})"
+        )
+        expected = (
+            len(s.pairs)
+            * len(s.data)
+            * len(s.seeds)
+            * len(s.post_steps)
+            * sum(k * len(s.pre_steps) + rnd for k in n_ps.values())
+        )
         assert runs == expected, (runs, expected)
         zero_shot = sum(1 for c in self.cells if c.post_steps == 0 and c.condition != "origin")
         return {
@@ -190,14 +207,22 @@ class Plan:
             "runs": runs,
             "runs_formula": f"{formula} = {expected}",
             "zero_shot_results": zero_shot,
-            "units": {"total": len(self.units),
-                      **{k: sum(1 for u in self.units if u.kind == k) for k in KINDS}},
-            "training_steps": {"shared": shared, "naive": naive,
-                               "ratio": round(naive / shared, 3) if shared else None},
+            "units": {
+                "total": len(self.units),
+                **{k: sum(1 for u in self.units if u.kind == k) for k in KINDS},
+            },
+            "training_steps": {
+                "shared": shared,
+                "naive": naive,
+                "ratio": round(naive / shared, 3) if shared else None,
+            },
             "evaluations": sum(u.evals for u in self.units),
-            "baseline": ("the random units (fresh initialisation trained on the receiver) are "
-                         "the from-scratch baseline" if "random" in s.conditions else
-                         "no from-scratch baseline: add `random` to conditions"),
+            "baseline": (
+                "the random units (fresh initialisation trained on the receiver) are "
+                "the from-scratch baseline"
+                if "random" in s.conditions
+                else "no from-scratch baseline: add `random` to conditions"
+            ),
             "notes": list(s.notes),
         }
 
@@ -207,19 +232,46 @@ class Plan:
             "spec": self.spec.canonical(),
             "pairs": pair_maps(self.spec),
             "compare": self.spec.compare.as_dict() if self.spec.compare else None,
-            "units": [{"id": u.id, "kind": u.kind, "label": u.label, "steps": u.steps,
-                       "evals": u.evals, "runs": u.runs, "naive_steps": u.naive_steps,
-                       "depends_on": list(self.deps.get(u.id, ())), "config": u.config}
-                      for u in self.units],
+            "units": [
+                {
+                    "id": u.id,
+                    "kind": u.kind,
+                    "label": u.label,
+                    "steps": u.steps,
+                    "evals": u.evals,
+                    "runs": u.runs,
+                    "naive_steps": u.naive_steps,
+                    "depends_on": list(self.deps.get(u.id, ())),
+                    "config": u.config,
+                }
+                for u in self.units
+            ],
         }
 
 
-def snapshot_key(technique: str, technique_config: dict, origin: str, pre_data: str,
-                 max_examples: int | None, seed: int, train: dict, step: int) -> str:
-    return _hash({"what": "snapshot", "technique": technique, "technique_config":
-                  technique_config, "host": origin, "data": pre_data, "max_examples":
-                  max_examples, "seed": seed, "step": step,
-                  "train": {k: v for k, v in train.items() if k not in EVAL_ONLY}})
+def snapshot_key(
+    technique: str,
+    technique_config: dict,
+    origin: str,
+    pre_data: str,
+    max_examples: int | None,
+    seed: int,
+    train: dict,
+    step: int,
+) -> str:
+    return _hash(
+        {
+            "what": "snapshot",
+            "technique": technique,
+            "technique_config": technique_config,
+            "host": origin,
+            "data": pre_data,
+            "max_examples": max_examples,
+            "seed": seed,
+            "step": step,
+            "train": {k: v for k, v in train.items() if k not in EVAL_ONLY},
+        }
+    )
 
 
 def _keeps_origin_head(spec: StudySpec, host: str) -> bool:
@@ -264,24 +316,39 @@ def make_plan(spec: StudySpec) -> Plan:
                         continue
                     produces = []
                     for p in spec.pre_steps:
-                        key = snapshot_key(t.name, t.config, origin, pre_data, me, seed,
-                                           pre_train, p)
+                        key = snapshot_key(
+                            t.name, t.config, origin, pre_data, me, seed, pre_train, p
+                        )
                         snap[(origin, pre_data, p)] = key
                         produces.append((p, key))
-                    config = {"kind": "pretrain", "technique": t.name,
-                              "technique_config": t.config, "host": origin, "data": pre_data,
-                              "max_examples": me, "seed": seed, "train": pre_train,
-                              "save_at": list(spec.pre_steps)}
+                    config = {
+                        "kind": "pretrain",
+                        "technique": t.name,
+                        "technique_config": t.config,
+                        "host": origin,
+                        "data": pre_data,
+                        "max_examples": me,
+                        "seed": seed,
+                        "train": pre_train,
+                        "save_at": list(spec.pre_steps),
+                    }
                     uid = _hash(config)
                     steps_txt = ",".join(map(str, spec.pre_steps))
                     where = (t.name, origin, origin, pre_data, pre_data, seed)
                     units[uid] = Unit(
-                        id=uid, kind="pretrain", config=config, steps=max(spec.pre_steps),
-                        evals=len(spec.pre_steps), runs=0, naive_steps=0,
-                        produces=tuple(produces), **_at(where, receiver=None),
+                        id=uid,
+                        kind="pretrain",
+                        config=config,
+                        steps=max(spec.pre_steps),
+                        evals=len(spec.pre_steps),
+                        runs=0,
+                        naive_steps=0,
+                        produces=tuple(produces),
+                        **_at(where, receiver=None),
                         pre_steps=max(spec.pre_steps),
                         label=f"pretrain {t.name} on {origin} with {pre_data}, seed {seed}, "
-                              f"snapshots at {steps_txt}")
+                        f"snapshots at {steps_txt}",
+                    )
                     for p, key in produces:
                         producer[key] = uid
                         cells.append(Cell(*where, "origin", p, 0, uid, p))
@@ -297,15 +364,28 @@ def make_plan(spec: StudySpec) -> Plan:
                 via = f" (layer map {pm.describe()})" if mapped else ""
                 for pre_data, post_data in spec.data:
                     for p in spec.pre_steps:
-                        for cond, method in [(c, m) for c in ps_conditions for m in
-                                             (spec.methods if c == "ported" else ("copy",))
-                                             if (t.name, m) not in skipped]:
+                        for cond, method in [
+                            (c, m)
+                            for c in ps_conditions
+                            for m in (spec.methods if c == "ported" else ("copy",))
+                            if (t.name, m) not in skipped
+                        ]:
                             key = snap[(origin, pre_data, p)]
-                            config = {"kind": "post", "condition": cond, "technique": t.name,
-                                      "technique_config": t.config, "origin": origin,
-                                      "receiver": receiver, "pre_data": pre_data,
-                                      "data": post_data, "max_examples": me, "seed": seed,
-                                      "source": key, "pre_steps": p, "train": post_train}
+                            config = {
+                                "kind": "post",
+                                "condition": cond,
+                                "technique": t.name,
+                                "technique_config": t.config,
+                                "origin": origin,
+                                "receiver": receiver,
+                                "pre_data": pre_data,
+                                "data": post_data,
+                                "max_examples": me,
+                                "seed": seed,
+                                "source": key,
+                                "pre_steps": p,
+                                "train": post_train,
+                            }
                             if cond == "sampled":
                                 # draws seeded by the module's identity, marked in the id:
                                 # a store whose sampled units drew by seed and tensor name
@@ -323,40 +403,68 @@ def make_plan(spec: StudySpec) -> Plan:
                             uid = _hash(config)
                             where = (t.name, origin, receiver, pre_data, post_data, seed)
                             units[uid] = after_port(
-                                id=uid, kind="post", config=config, runs=len(post),
-                                naive_steps=len(post) * p + naive_post, needs=(key,),
-                                **_at(where), condition=cond, pre_steps=p, method=method,
+                                id=uid,
+                                kind="post",
+                                config=config,
+                                runs=len(post),
+                                naive_steps=len(post) * p + naive_post,
+                                needs=(key,),
+                                **_at(where),
+                                condition=cond,
+                                pre_steps=p,
+                                method=method,
                                 label=f"{cond}{'' if method == 'copy' else f' ({method})'} "
-                                      f"{t.name} {origin} -> {receiver}{via}, "
-                                      f"{pre_data} -> {post_data}, seed {seed}, after {p} steps")
+                                f"{t.name} {origin} -> {receiver}{via}, "
+                                f"{pre_data} -> {post_data}, seed {seed}, after {p} steps",
+                            )
                             deps[uid] = (producer[key],)
-                            cells.extend(Cell(*where, cond, p, q, uid, q, method=method)
-                                         for q in post_eval)
+                            cells.extend(
+                                Cell(*where, cond, p, q, uid, q, method=method) for q in post_eval
+                            )
                     if "random" in spec.conditions:
-                        config = {"kind": "random", "technique": t.name,
-                                  "technique_config": t.config, "receiver": receiver,
-                                  "data": post_data, "max_examples": me, "seed": seed,
-                                  "train": post_train}
+                        config = {
+                            "kind": "random",
+                            "technique": t.name,
+                            "technique_config": t.config,
+                            "receiver": receiver,
+                            "data": post_data,
+                            "max_examples": me,
+                            "seed": seed,
+                            "train": post_train,
+                        }
                         needs: tuple[str, ...] = ()
                         head_txt = ""
                         if origin_head[receiver]:  # the head of the most trained snapshot
                             top = max(spec.pre_steps)
                             needs = (snap[(origin, pre_data, top)],)
-                            config.update(head="origin", origin=origin, pre_data=pre_data,
-                                          source=needs[0], pre_steps=top)
+                            config.update(
+                                head="origin",
+                                origin=origin,
+                                pre_data=pre_data,
+                                source=needs[0],
+                                pre_steps=top,
+                            )
                             head_txt = f", head of {origin}'s module ({pre_data}, {top} steps)"
                         uid = _hash(config)
                         old = units.get(uid)
                         where = (t.name, origin, receiver, pre_data, post_data, seed)
                         units[uid] = after_port(
-                            id=uid, kind="random", config=config,
+                            id=uid,
+                            kind="random",
+                            config=config,
                             runs=(old.runs if old else 0) + len(post),
                             naive_steps=(old.naive_steps if old else 0) + naive_post,
-                            needs=needs, condition="random", pre_steps=0,
-                            **_at(where, origin=origin if needs else None,
-                                  pre_data=pre_data if needs else None),
+                            needs=needs,
+                            condition="random",
+                            pre_steps=0,
+                            **_at(
+                                where,
+                                origin=origin if needs else None,
+                                pre_data=pre_data if needs else None,
+                            ),
                             label=f"random {t.name} on {receiver} with {post_data}, seed {seed}"
-                                  f"{head_txt} (also the from-scratch baseline)")
+                            f"{head_txt} (also the from-scratch baseline)",
+                        )
                         if needs:
                             deps[uid] = (producer[needs[0]],)
                         cells.extend(Cell(*where, "random", 0, q, uid, q) for q in post_eval)
@@ -390,11 +498,17 @@ def pair_maps(spec: StudySpec) -> list[dict[str, Any]]:
                 layers = resolve_pair_map(pm, depth[o], depth[r])
             except PeftportError:  # `study run` reports it, with the line
                 layers = None
-        out.append({"origin": o, "receiver": r,
-                    "strategy": pm.strategy if pm else "identity",
-                    "explicit": list(pm.layers) if pm and pm.layers is not None else None,
-                    "layer_map": layers, "origin_layers": depth[o],
-                    "receiver_layers": depth[r]})
+        out.append(
+            {
+                "origin": o,
+                "receiver": r,
+                "strategy": pm.strategy if pm else "identity",
+                "explicit": list(pm.layers) if pm and pm.layers is not None else None,
+                "layer_map": layers,
+                "origin_layers": depth[o],
+                "receiver_layers": depth[r],
+            }
+        )
     return out
 
 
@@ -411,29 +525,50 @@ def describe(plan: Plan, *, units: bool = True) -> str:
         f"  pre-porting steps: {', '.join(map(str, s.pre_steps))}; post-porting steps: "
         f"{', '.join(map(str, s.post_steps)) or 'none'} (+ zero-shot)",
         f"  conditions: {', '.join(s.conditions)}; seeds: {', '.join(map(str, s.seeds))}",
-        *([f"  porting methods of ported: {', '.join(s.methods)} (one post unit each; sampled "
-           "and random are method-free)"] if s.methods != ("copy",) else []),
+        *(
+            [
+                f"  porting methods of ported: {', '.join(s.methods)} (one post unit each; sampled "
+                "and random are method-free)"
+            ]
+            if s.methods != ("copy",)
+            else []
+        ),
         f"  head policy (encoder classifiers): {s.head_policy}"
-        + (" (the origin's trained head in every condition)" if s.head_policy == "origin" else
-           " (the head follows the condition)"),
+        + (
+            " (the origin's trained head in every condition)"
+            if s.head_policy == "origin"
+            else " (the head follows the condition)"
+        ),
     ]
     if s.layer_maps:
         lines.append("  layer maps (receiver layer -> origin layer):")
         for m in maps:
-            shown = m["layer_map"] if m["layer_map"] is not None else (
-                "(from the host comparison, at run time)" if m["strategy"] == "cka" else
-                "(resolved when the hosts are on disk)")
+            shown = (
+                m["layer_map"]
+                if m["layer_map"] is not None
+                else (
+                    "(from the host comparison, at run time)"
+                    if m["strategy"] == "cka"
+                    else "(resolved when the hosts are on disk)"
+                )
+            )
             lines.append(f"    {m['origin']} -> {m['receiver']}: {m['strategy']} {shown}")
     if s.compare is None:
         lines.append("  host comparisons: off (compare: false)")
     else:
         c = s.compare
-        lines.append(f"  host comparisons: {c.texts} texts of {c.corpus}, {c.max_length} tokens, "
-                     f"seed {c.seed} (once per directed pair, before any unit; kept in the store)")
+        lines.append(
+            f"  host comparisons: {c.texts} texts of {c.corpus}, {c.max_length} tokens, "
+            f"seed {c.seed} (once per directed pair, before any unit; kept in the store)"
+        )
     if s.derived_hosts:
-        lines.append("  derived by the study (before any unit; cached): " + "; ".join(
-            f"{d.name} from {d.parent} ({', '.join(f'{k} {v}' for k, v in d.settings)})"
-            for d in s.derived_hosts))
+        lines.append(
+            "  derived by the study (before any unit; cached): "
+            + "; ".join(
+                f"{d.name} from {d.parent} ({', '.join(f'{k} {v}' for k, v in d.settings)})"
+                for d in s.derived_hosts
+            )
+        )
     lines += [
         "",
         f"runs (paper sense): {t['runs']:,} = {t['runs_formula'].split(' = ')[0]}",
@@ -461,6 +596,5 @@ def describe(plan: Plan, *, units: bool = True) -> str:
         lines.append(f"{'unit':<20} {'kind':<8} {'steps':>6} {'runs':>5}  after     what")
         for u in plan.units:
             after = ",".join(d[:8] for d in plan.deps.get(u.id, ())) or "-"
-            lines.append(f"{u.id:<20} {u.kind:<8} {u.steps:>6} {u.runs:>5}  {after:<9} "
-                         f"{u.label}")
+            lines.append(f"{u.id:<20} {u.kind:<8} {u.steps:>6} {u.runs:>5}  {after:<9} {u.label}")
     return "\n".join(lines)

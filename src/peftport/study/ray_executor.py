@@ -54,14 +54,19 @@ def gpu_request(gpus_per_unit: float | None, cluster_gpus: float) -> float:
     if gpus_per_unit <= 0:
         raise PeftportError(f"--gpus-per-unit must be > 0, got {gpus_per_unit:g}")
     if gpus_per_unit > 1 and gpus_per_unit != int(gpus_per_unit):
-        raise PeftportError(f"--gpus-per-unit {gpus_per_unit:g}: above 1 it must be a whole "
-                            "number (Ray splits one GPU, not several)")
+        raise PeftportError(
+            f"--gpus-per-unit {gpus_per_unit:g}: above 1 it must be a whole "
+            "number (Ray splits one GPU, not several)"
+        )
     if cluster_gpus <= 0:
-        raise PeftportError(f"--gpus-per-unit {gpus_per_unit:g} needs GPUs, and the Ray "
-                            "cluster has none (its units run on CPUs without the option)")
+        raise PeftportError(
+            f"--gpus-per-unit {gpus_per_unit:g} needs GPUs, and the Ray "
+            "cluster has none (its units run on CPUs without the option)"
+        )
     if gpus_per_unit > cluster_gpus:
-        raise PeftportError(f"--gpus-per-unit {gpus_per_unit:g} is more than the cluster's "
-                            f"{cluster_gpus:g} GPU(s)")
+        raise PeftportError(
+            f"--gpus-per-unit {gpus_per_unit:g} is more than the cluster's {cluster_gpus:g} GPU(s)"
+        )
     return float(gpus_per_unit)
 
 
@@ -70,13 +75,17 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, workers: int | None = None, threads: int = 1,
-                 address: str | None = None, gpus_per_unit: float | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        threads: int = 1,
+        address: str | None = None,
+        gpus_per_unit: float | None = None,
+    ) -> None:
         try:
             import ray
         except ImportError:
-            raise PeftportError("the ray executor needs Ray: pip install 'peftport[ray]'") \
-                from None
+            raise PeftportError("the ray executor needs Ray: pip install 'peftport[ray]'") from None
         from peftport.study.raylocal import LocalRay, clean_stale
 
         self.ray = ray
@@ -86,8 +95,9 @@ class RayExecutor:
             env = _env(paths=not address)  # a cluster's nodes keep their own folders
             env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
             env["OMP_NUM_THREADS"] = str(threads)
-            kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
-                                      runtime_env={"env_vars": env})
+            kw: dict[str, Any] = dict(
+                include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env}
+            )
             if address:
                 kw["address"] = address
             else:
@@ -111,8 +121,9 @@ class RayExecutor:
         if self.gpus and not workers:  # no more at a time than the GPUs hold
             self.capacity = min(self.capacity, max(1, int(cluster_gpus / self.gpus + 1e-9)))
         self.threads = threads
-        self.where = (f" asking {self.gpus:g} GPU each of the cluster's {cluster_gpus:g}"
-                      if self.gpus else "")
+        self.where = (
+            f" asking {self.gpus:g} GPU each of the cluster's {cluster_gpus:g}" if self.gpus else ""
+        )
         self._fn = ray.remote(num_cpus=threads, num_gpus=self.gpus, max_retries=0)(_ray_execute)
 
     def submit(self, payload: dict):
@@ -121,8 +132,11 @@ class RayExecutor:
     def wait(self, handles: list, timeout: float) -> list:
         ready, _ = self.ray.wait(handles, num_returns=1, timeout=timeout)
         if ready:
-            more, _ = self.ray.wait([h for h in handles if h not in ready],
-                                    num_returns=len(handles) - len(ready), timeout=0)
+            more, _ = self.ray.wait(
+                [h for h in handles if h not in ready],
+                num_returns=len(handles) - len(ready),
+                timeout=0,
+            )
             ready += more
         return ready
 

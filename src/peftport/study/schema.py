@@ -145,9 +145,24 @@ GROUP BY c.study_id, c.technique, c.origin, c.receiver, c.pre_data, c.post_data,
 """
 
 
-PEFTPORT_TABLES = frozenset({"meta", "studies", "units", "study_units", "edges", "metrics",
-                             "artifacts", "cells", "events", "comparisons", "host_pairs",
-                             "results", "sqlite_sequence", "predictions"})
+PEFTPORT_TABLES = frozenset(
+    {
+        "meta",
+        "studies",
+        "units",
+        "study_units",
+        "edges",
+        "metrics",
+        "artifacts",
+        "cells",
+        "events",
+        "comparisons",
+        "host_pairs",
+        "results",
+        "sqlite_sequence",
+        "predictions",
+    }
+)
 
 
 def foreign_store(path: Path) -> str | None:
@@ -159,15 +174,17 @@ def foreign_store(path: Path) -> str | None:
     if head != b"SQLite format 3\x00":
         return f"{path} is not a SQLite database, so not a peftport study store"
     try:
-        con = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True,
-                              timeout=60.0)
+        con = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True, timeout=60.0)
         try:
-            names = {r[0] for r in con.execute(
-                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+            names = {
+                r[0]
+                for r in con.execute(
+                    "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
+                )
+            }
             version = None
             if "meta" in names:
-                row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'") \
-                    .fetchone()
+                row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
                 version = row[0] if row else None
         finally:
             con.close()
@@ -175,17 +192,23 @@ def foreign_store(path: Path) -> str | None:
         return f"{path}: cannot read it as a SQLite database ({e})"
     other = sorted(names - PEFTPORT_TABLES)
     if other:
-        return (f"{path} is a SQLite database of another application, not a peftport study "
-                f"store (its tables: {', '.join(other[:8])}); give a new file to --store")
+        return (
+            f"{path} is a SQLite database of another application, not a peftport study "
+            f"store (its tables: {', '.join(other[:8])}); give a new file to --store"
+        )
     if version is not None and str(version) != str(SCHEMA_VERSION):
-        return (f"{path}: study store schema version {version}; this peftport reads version "
-                f"{SCHEMA_VERSION} (a newer peftport made it)")
+        return (
+            f"{path}: study store schema version {version}; this peftport reads version "
+            f"{SCHEMA_VERSION} (a newer peftport made it)"
+        )
     return None
 
 
 # The `cells` table as it was before `method` (same columns in the same order, without it).
-_CELLS_COLUMNS = ("study_id, technique, origin, receiver, pre_data, post_data, seed, condition, "
-                  "pre_steps, post_steps, unit_id, step")
+_CELLS_COLUMNS = (
+    "study_id, technique, origin, receiver, pre_data, post_data, seed, condition, "
+    "pre_steps, post_steps, unit_id, step"
+)
 
 
 def cells_have_method(con: sqlite3.Connection) -> bool:
@@ -204,9 +227,13 @@ def migrate_cells(con: sqlite3.Connection) -> bool:
     con.execute("ALTER TABLE cells RENAME TO cells_before_method")
     create = SCHEMA.split("CREATE TABLE IF NOT EXISTS cells (")[1].split(";")[0]
     con.execute("CREATE TABLE cells (" + create)
-    con.execute(f"INSERT INTO cells ({_CELLS_COLUMNS}, method) SELECT {_CELLS_COLUMNS}, 'copy' "
-                "FROM cells_before_method")
+    con.execute(
+        f"INSERT INTO cells ({_CELLS_COLUMNS}, method) SELECT {_CELLS_COLUMNS}, 'copy' "
+        "FROM cells_before_method"
+    )
     con.execute("DROP TABLE cells_before_method")
-    con.execute("CREATE VIEW results AS" + SCHEMA.split("CREATE VIEW IF NOT EXISTS results AS")[1]
-                .split(";")[0])
+    con.execute(
+        "CREATE VIEW results AS"
+        + SCHEMA.split("CREATE VIEW IF NOT EXISTS results AS")[1].split(";")[0]
+    )
     return True

@@ -52,8 +52,9 @@ class _Loader(yaml.SafeLoader):
             if target is not None:
                 size = self._sizes.get(id(target))
                 if size is None:  # the anchor's node is still being composed: a cycle
-                    self._refuse(event.start_mark, f"alias *{event.anchor} refers to a node "
-                                 "that contains it")
+                    self._refuse(
+                        event.start_mark, f"alias *{event.anchor} refers to a node that contains it"
+                    )
                 self._count(size, event.start_mark)
             return super().compose_node(parent, index)
         mark = self.peek_event().start_mark
@@ -70,8 +71,11 @@ class _Loader(yaml.SafeLoader):
     def _count(self, n: int, mark: Any) -> None:
         self._nodes += n
         if self._nodes > MAX_NODES:
-            self._refuse(mark, f"the document expands to more than {MAX_NODES:,} values "
-                         "(aliases counted at their expanded size)")
+            self._refuse(
+                mark,
+                f"the document expands to more than {MAX_NODES:,} values "
+                "(aliases counted at their expanded size)",
+            )
 
 
 _Loader.add_implicit_resolver(
@@ -150,22 +154,26 @@ def _walk_yaml(node: yaml.Node, path: Path_, src: Source) -> None:
 def decode(raw: bytes, name: str) -> str:
     """A study file's bytes -> text: bounded in size, UTF-8 (the line of the first bad byte)."""
     if len(raw) > MAX_STUDY_BYTES:
-        raise StudyFileError(f"{name}: {len(raw):,} bytes; a study file is at most "
-                             f"{MAX_STUDY_BYTES:,} bytes")
+        raise StudyFileError(
+            f"{name}: {len(raw):,} bytes; a study file is at most {MAX_STUDY_BYTES:,} bytes"
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise StudyFileError(f"{name}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x} "
-                             f"at offset {e.start}); save the file as UTF-8") from None
+        raise StudyFileError(
+            f"{name}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x} "
+            f"at offset {e.start}); save the file as UTF-8"
+        ) from None
 
 
 def parse_text(text: str, name: str, fmt: str, base: Path | None = None) -> tuple[Any, Source]:
     """Parse a study file's text once (YAML: compose the bounded node tree, then construct
     from it), and record where each key sits."""
     if len(text) > MAX_STUDY_BYTES:
-        raise StudyFileError(f"{name}: {len(text):,} characters; a study file is at most "
-                             f"{MAX_STUDY_BYTES:,} bytes")
+        raise StudyFileError(
+            f"{name}: {len(text):,} characters; a study file is at most {MAX_STUDY_BYTES:,} bytes"
+        )
     src = Source(name, text, fmt, base)
     if fmt == "toml":
         try:
@@ -181,8 +189,10 @@ def parse_text(text: str, name: str, fmt: str, base: Path | None = None) -> tupl
         data = loader.construct_document(node) if node is not None else None
     except ReaderError as e:  # a character YAML does not allow (binary data, say)
         line = text[: e.position].count("\n") + 1
-        raise StudyFileError(f"{name}, line {line}: not valid YAML: character "
-                             f"{e.character!r} is not allowed (is this a text file?)") from None
+        raise StudyFileError(
+            f"{name}, line {line}: not valid YAML: character "
+            f"{e.character!r} is not allowed (is this a text file?)"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f", line {mark.line + 1}" if mark is not None else ""

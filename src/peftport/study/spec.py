@@ -88,14 +88,14 @@ TOP_KEYS = {
     "post_steps": "post-porting step counts (zero-shot is always included)",
     "conditions": "porting conditions: ported, sampled, random",
     "methods": "porting methods of the ported condition (default [copy]): copy, scaled:F, "
-               "subspace[:rank], align[:fit] (docs/porting-methods.md)",
+    "subspace[:rank], align[:fit] (docs/porting-methods.md)",
     "seeds": "random seeds",
     "train": "training settings for both phases",
     "pre": "training settings before porting (over `train`)",
     "post": "training settings after porting (over `train`)",
     "keep_adapted": "also store every adapted module (default false: only pre-porting snapshots)",
     "head_policy": "encoder classifiers' head under sampled/random: follow (default: drawn with "
-                   "the condition) or origin (the origin's trained head in every condition)",
+    "the condition) or origin (the origin's trained head in every condition)",
     "compare": "host comparisons per directed pair: {texts, corpus, max_length, seed} or false",
     "hosts": "hosts the study derives itself: name -> {derive: {from, steps, lr, ...}}",
 }
@@ -117,7 +117,6 @@ PLANNER_FIELDS = {
     "threads": "the executor sets it (--threads)",
     "device": "the machine decides it (`peftport study run --device`), not the study",
 }
-
 
 
 @dataclass(frozen=True)
@@ -162,15 +161,16 @@ class StudySpec:
         return next((m for o, r, m in self.layer_maps if (o, r) == (origin, receiver)), None)
 
     def where(self, origin: str, receiver: str) -> str:
-        return next((w for o, r, w in self.pair_where if (o, r) == (origin, receiver)),
-                    self.source)
+        return next((w for o, r, w in self.pair_where if (o, r) == (origin, receiver)), self.source)
 
     def canonical(self) -> dict[str, Any]:
         """Everything that defines the study, JSON-able, in a fixed order."""
         out: dict[str, Any] = {
             "name": self.name,
-            "techniques": [{"name": t.name, "config": t.config, "pre": t.pre, "post": t.post}
-                           for t in self.techniques],
+            "techniques": [
+                {"name": t.name, "config": t.config, "pre": t.pre, "post": t.post}
+                for t in self.techniques
+            ],
             "pairs": [list(p) for p in self.pairs],
             "data": [list(d) for d in self.data],
             "pre_steps": list(self.pre_steps),
@@ -182,8 +182,11 @@ class StudySpec:
         }
         # Added only when used, so that studies without them keep the ids they always had (and
         # their stores resume). An identity map is what no map does: not recorded either.
-        maps = [[o, r, m.as_config(self.compare)] for o, r, m in self.layer_maps
-                if m.strategy != "identity"]
+        maps = [
+            [o, r, m.as_config(self.compare)]
+            for o, r, m in self.layer_maps
+            if m.strategy != "identity"
+        ]
         if maps:
             out["layer_maps"] = maps
         if self.compare != CompareSettings():
@@ -222,12 +225,17 @@ def _train_section(raw: Any, path: Path_, probs: _Problems) -> dict[str, tuple[A
     if not isinstance(raw, dict):
         probs.add(path, f"must be a mapping of training settings, got {raw!r}")
         return {}
-    return config_section(TrainConfig, raw, path, probs, what="training setting",
-                          refused=PLANNER_FIELDS)
+    return config_section(
+        TrainConfig, raw, path, probs, what="training setting", refused=PLANNER_FIELDS
+    )
 
 
-def _check_train(merged: dict[str, tuple[Any, Path_]], steps: tuple[int, ...], phase_path: Path_,
-                 probs: _Problems) -> dict[str, Any]:
+def _check_train(
+    merged: dict[str, tuple[Any, Path_]],
+    steps: tuple[int, ...],
+    phase_path: Path_,
+    probs: _Problems,
+) -> dict[str, Any]:
     """Build the TrainConfig once to let it check ranges; report at the key that set a field."""
     from peftport.configs import TrainConfig
 
@@ -242,8 +250,7 @@ def _check_train(merged: dict[str, tuple[Any, Path_]], steps: tuple[int, ...], p
         culprit = next((p for k, (_, p) in merged.items() if k in msg), phase_path)
         if "horizon" in msg and "horizon" in merged:
             culprit = merged["horizon"][1]
-            msg = (f"horizon {values['horizon']} is shorter than the longest step count "
-                   f"({top})")
+            msg = f"horizon {values['horizon']} is shorter than the longest step count ({top})"
         probs.add(culprit, msg)
     return values
 
@@ -271,18 +278,26 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
         description = ""
 
     # steps first: training settings are checked against them
-    pre_steps = int_list(data.get("pre_steps", [1]), ("pre_steps",), probs, minimum=1,
-                          what="pre-porting step counts")
-    post_steps = int_list(data.get("post_steps", [0]), ("post_steps",), probs, minimum=0,
-                           what="post-porting step counts", allow_zero_drop=True)
+    pre_steps = int_list(
+        data.get("pre_steps", [1]), ("pre_steps",), probs, minimum=1, what="pre-porting step counts"
+    )
+    post_steps = int_list(
+        data.get("post_steps", [0]),
+        ("post_steps",),
+        probs,
+        minimum=0,
+        what="post-porting step counts",
+        allow_zero_drop=True,
+    )
 
     # training settings: study level
     study_train = _train_section(data.get("train"), ("train",), probs)
     study_pre = _train_section(data.get("pre"), ("pre",), probs)
     study_post = _train_section(data.get("post"), ("post",), probs)
 
-    techniques, t_paths = _techniques(data, pre_steps, post_steps, study_train, study_pre,
-                                      study_post, probs)
+    techniques, t_paths = _techniques(
+        data, pre_steps, post_steps, study_train, study_pre, study_post, probs
+    )
     host_cache: dict[str, Any] = {}
     derived = derived_hosts(data, probs, host_cache)
     read = _pairs(data, src, probs, host_cache)
@@ -290,8 +305,11 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
     compare = _compare(data, probs)
     for pm, mpath in read.maps.values():
         if pm.strategy == "cka" and compare is None:  # once per pair, not per direction
-            probs.add(mpath, "layer_map cka is computed from the host comparison, and this "
-                      "study sets `compare: false`: remove that, or choose stride")
+            probs.add(
+                mpath,
+                "layer_map cka is computed from the host comparison, and this "
+                "study sets `compare: false`: remove that, or choose stride",
+            )
     for t in (t for t in techniques if not get_technique(t.name).layer_mappable):
         _check_prefix_maps(read, host_cache, t_paths[t.name], probs)
     for t in techniques:  # technique x host kind
@@ -309,19 +327,25 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
 
     max_examples = data.get("max_examples")
     if max_examples is not None and (not _int(max_examples) or not 1 <= max_examples <= MAX_INT):
-        probs.add(("max_examples",), f"max_examples must be a whole number from 1 to {MAX_INT} or null, got "
-                  f"{max_examples!r}")
+        probs.add(
+            ("max_examples",),
+            f"max_examples must be a whole number from 1 to {MAX_INT} or null, got "
+            f"{max_examples!r}",
+        )
 
     raw_c = data.get("conditions", list(CONDITIONS))
     conditions: list[str] = []
     if not isinstance(raw_c, list) or not raw_c:
-        probs.add(("conditions",), f"conditions must be a non-empty list of "
-                  f"{', '.join(CONDITIONS)}, got {raw_c!r}")
+        probs.add(
+            ("conditions",),
+            f"conditions must be a non-empty list of {', '.join(CONDITIONS)}, got {raw_c!r}",
+        )
         raw_c = []
     for i, c in enumerate(raw_c):
         if c not in CONDITIONS:
-            probs.add(("conditions", i), f"unknown condition {c!r}; choose from "
-                      f"{', '.join(CONDITIONS)}")
+            probs.add(
+                ("conditions", i), f"unknown condition {c!r}; choose from {', '.join(CONDITIONS)}"
+            )
         elif c in conditions:
             probs.add(("conditions", i), f"condition {c!r} is listed twice")
         else:
@@ -336,24 +360,46 @@ def _parse(data: Any, src: Source, default_name: str) -> StudySpec:
 
     head_policy = data.get("head_policy", "follow")
     if head_policy not in HEAD_POLICIES:
-        probs.add(("head_policy",), f"head_policy must be one of {', '.join(HEAD_POLICIES)}, "
-                  f"got {head_policy!r}")
+        probs.add(
+            ("head_policy",),
+            f"head_policy must be one of {', '.join(HEAD_POLICIES)}, got {head_policy!r}",
+        )
 
-    methods, method_skips = read_methods(data, [t.name for t in techniques],
-                           {h: host_cache[h].family for p in pairs for h in p
-                            if host_cache.get(h) is not None and host_cache[h].family},
-                           conditions, probs)
+    methods, method_skips = read_methods(
+        data,
+        [t.name for t in techniques],
+        {
+            h: host_cache[h].family
+            for p in pairs
+            for h in p
+            if host_cache.get(h) is not None and host_cache[h].family
+        },
+        conditions,
+        probs,
+    )
 
     probs.raise_if_any()
     notes = tuple(unchecked_notes(pairs, host_cache)) + tuple(skip_notes(method_skips))
     return StudySpec(
-        name=name, description=description.strip(), techniques=tuple(techniques),
-        pairs=tuple(pairs), data=tuple(data_combos), pre_steps=pre_steps, post_steps=post_steps,
-        conditions=tuple(conditions), seeds=seeds, max_examples=max_examples,
-        keep_adapted=keep_adapted, head_policy=head_policy, source=src.name, methods=methods,
-        method_skips=method_skips, notes=notes,
+        name=name,
+        description=description.strip(),
+        techniques=tuple(techniques),
+        pairs=tuple(pairs),
+        data=tuple(data_combos),
+        pre_steps=pre_steps,
+        post_steps=post_steps,
+        conditions=tuple(conditions),
+        seeds=seeds,
+        max_examples=max_examples,
+        keep_adapted=keep_adapted,
+        head_policy=head_policy,
+        source=src.name,
+        methods=methods,
+        method_skips=method_skips,
+        notes=notes,
         layer_maps=tuple((o, r, pm) for (o, r), (pm, _) in read.maps.items()),
-        compare=compare, derived_hosts=derived,
+        compare=compare,
+        derived_hosts=derived,
         pair_where=tuple((o, r, w) for (o, r), w in read.where.items()),
     )
 
@@ -372,8 +418,14 @@ def _check_width(t: TechniqueSetting, spec: Any) -> None:
         make_config(t.name, t.config).check_host(width, spec.id)
 
 
-def _check_max_lengths(data: dict, techniques: list[TechniqueSetting], t_paths: dict,
-                       pairs: list[tuple[str, str]], host_cache: dict, probs: _Problems) -> None:
+def _check_max_lengths(
+    data: dict,
+    techniques: list[TechniqueSetting],
+    t_paths: dict,
+    pairs: list[tuple[str, str]],
+    host_cache: dict,
+    probs: _Problems,
+) -> None:
     """Each phase's max_length against the position table of the hosts it runs on (pre: the
     origins; post: the receivers), from config.json when it is on disk (`cheap_host_config`;
     `check_resolved_pairs` checks again once every host is)."""
@@ -383,12 +435,24 @@ def _check_max_lengths(data: dict, techniques: list[TechniqueSetting], t_paths: 
     default = TrainConfig(steps=0).max_length
     for t in techniques:
         tp = t_paths[t.name]
-        for phase, values, hosts in (("pre", t.pre, [o for o, _ in pairs]),
-                                     ("post", t.post, [r for _, r in pairs])):
+        for phase, values, hosts in (
+            ("pre", t.pre, [o for o, _ in pairs]),
+            ("post", t.post, [r for _, r in pairs]),
+        ):
             ml = values.get("max_length", default)
-            at = next((p for p in (tp + (phase, "max_length"), tp + ("train", "max_length"),
-                                   (phase, "max_length"), ("train", "max_length"))
-                       if _has(data, p)), tp)
+            at = next(
+                (
+                    p
+                    for p in (
+                        tp + (phase, "max_length"),
+                        tp + ("train", "max_length"),
+                        (phase, "max_length"),
+                        ("train", "max_length"),
+                    )
+                    if _has(data, p)
+                ),
+                tp,
+            )
             for h in dict.fromkeys(hosts):
                 spec = host_cache.get(h)
                 cfg = cheap_host_config(spec) if spec is not None else None
@@ -419,17 +483,27 @@ def _check_prefix_maps(read: _Pairs, host_cache: dict, tpath: Path_, probs: _Pro
         fam = (so.family if so is not None else "") or "bert"
         n_o = host_layers(fam, oc) if oc else None
         n_r = host_layers(fam, rc) if rc else None
-        moves = (pm.strategy == "explicit" and list(pm.layers or ()) != list(
-            range(len(pm.layers or ())))) or (n_o is not None and n_r is not None and n_o != n_r)
+        moves = (
+            pm.strategy == "explicit" and list(pm.layers or ()) != list(range(len(pm.layers or ())))
+        ) or (n_o is not None and n_r is not None and n_o != n_r)
         if moves:
-            probs.add(tpath, f"prefix tuning keeps the prefixes of all layers in one tensor, so "
-                      f"it cannot take the layer map {pm.describe()} of {o} -> {r}: leave prefix "
-                      "out of this study, or port it between hosts of one depth")
+            probs.add(
+                tpath,
+                f"prefix tuning keeps the prefixes of all layers in one tensor, so "
+                f"it cannot take the layer map {pm.describe()} of {o} -> {r}: leave prefix "
+                "out of this study, or port it between hosts of one depth",
+            )
 
 
-def _techniques(data: dict, pre_steps: tuple[int, ...], post_steps: tuple[int, ...],
-                study_train: dict, study_pre: dict, study_post: dict, probs: _Problems
-                ) -> tuple[list[TechniqueSetting], dict[str, Path_]]:
+def _techniques(
+    data: dict,
+    pre_steps: tuple[int, ...],
+    post_steps: tuple[int, ...],
+    study_train: dict,
+    study_pre: dict,
+    study_post: dict,
+    probs: _Problems,
+) -> tuple[list[TechniqueSetting], dict[str, Path_]]:
     from peftport.techniques import ORDER, TECHNIQUES
 
     techniques: list[TechniqueSetting] = []
@@ -449,8 +523,10 @@ def _techniques(data: dict, pre_steps: tuple[int, ...], post_steps: tuple[int, .
         t_paths = {t: ("techniques", t) for t in raw_t}
     else:
         if "techniques" in data:
-            probs.add(("techniques",), "techniques must be a list of names or a mapping "
-                      f"name -> settings, got {raw_t!r}")
+            probs.add(
+                ("techniques",),
+                f"techniques must be a list of names or a mapping name -> settings, got {raw_t!r}",
+            )
         raw_t_map, t_paths = {}, {}
     if isinstance(raw_t, (list, dict)) and not raw_t:
         probs.add(("techniques",), "list at least one technique")
@@ -462,16 +538,23 @@ def _techniques(data: dict, pre_steps: tuple[int, ...], post_steps: tuple[int, .
         if settings is None:
             settings = {}
         if not isinstance(settings, dict):
-            probs.add(tpath, f"technique settings must be a mapping with keys "
-                      f"{', '.join(TECHNIQUE_KEYS)}, got {settings!r}")
+            probs.add(
+                tpath,
+                f"technique settings must be a mapping with keys "
+                f"{', '.join(TECHNIQUE_KEYS)}, got {settings!r}",
+            )
             continue
         for key in settings:
             if key not in TECHNIQUE_KEYS:
-                hint = (" Technique settings (r, reduction_factor, ...) go under 'config'."
-                        if key not in train_fields() else
-                        " Training settings go under 'train', 'pre' or 'post'.")
-                probs.add(tpath + (str(key),), f"unknown technique key {key!r}; known: "
-                          f"{', '.join(TECHNIQUE_KEYS)}.{hint}")
+                hint = (
+                    " Technique settings (r, reduction_factor, ...) go under 'config'."
+                    if key not in train_fields()
+                    else " Training settings go under 'train', 'pre' or 'post'."
+                )
+                probs.add(
+                    tpath + (str(key),),
+                    f"unknown technique key {key!r}; known: {', '.join(TECHNIQUE_KEYS)}.{hint}",
+                )
         config_raw = settings.get("config") or {}
         config: dict[str, Any] = {}
         if not isinstance(config_raw, dict):
@@ -480,8 +563,9 @@ def _techniques(data: dict, pre_steps: tuple[int, ...], post_steps: tuple[int, .
             try:
                 config = TECHNIQUES.get(tname).make_config(config_raw).as_dict()
             except PeftportError as e:
-                bad = next((k for k in config_raw
-                            if re.search(rf"\b{re.escape(str(k))}\b", str(e))), None)
+                bad = next(
+                    (k for k in config_raw if re.search(rf"\b{re.escape(str(k))}\b", str(e))), None
+                )
                 probs.add(tpath + ("config",) + ((bad,) if bad else ()), str(e))
         t_train = _train_section(settings.get("train"), tpath + ("train",), probs)
         t_pre = _train_section(settings.get("pre"), tpath + ("pre",), probs)
@@ -489,8 +573,7 @@ def _techniques(data: dict, pre_steps: tuple[int, ...], post_steps: tuple[int, .
         pre_m = {**study_train, **study_pre, **t_train, **t_pre}
         post_m = {**study_train, **study_post, **t_train, **t_post}
         pre_v = _check_train(pre_m, pre_steps, tpath if t_pre or t_train else ("pre",), probs)
-        post_v = _check_train(post_m, post_steps, tpath if t_post or t_train else ("post",),
-                              probs)
+        post_v = _check_train(post_m, post_steps, tpath if t_post or t_train else ("post",), probs)
         techniques.append(TechniqueSetting(tname, config, pre_v, post_v))
     techniques.sort(key=lambda t: ORDER.index(t.name) if t.name in ORDER else len(ORDER))
 
@@ -506,8 +589,10 @@ class _Pairs:
     where: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
-ONE_MAP = ("a study has one layer map per directed pair; to compare maps, run one study per map "
-           "into the same store")
+ONE_MAP = (
+    "a study has one layer map per directed pair; to compare maps, run one study per map "
+    "into the same store"
+)
 
 
 def _pairs(data: dict, src: Source, probs: _Problems, host_cache: dict[str, Any]) -> _Pairs:
@@ -515,15 +600,17 @@ def _pairs(data: dict, src: Source, probs: _Problems, host_cache: dict[str, Any]
     families, shapes, and each direction's map against the depths when they are known)."""
     both_default = data.get("both_directions", False)
     if not isinstance(both_default, bool):
-        probs.add(("both_directions",), f"both_directions must be true or false, got "
-                  f"{both_default!r}")
+        probs.add(
+            ("both_directions",), f"both_directions must be true or false, got {both_default!r}"
+        )
         both_default = False
     out = _Pairs()
     listed: set[tuple[str, str]] = set()
     raw_p = data.get("pairs")
     if "pairs" in data and (not isinstance(raw_p, list) or not raw_p):
-        probs.add(("pairs",), f"pairs must be a non-empty list of [origin, receiver], got "
-                  f"{raw_p!r}")
+        probs.add(
+            ("pairs",), f"pairs must be a non-empty list of [origin, receiver], got {raw_p!r}"
+        )
         raw_p = []
     for i, p in enumerate(raw_p or []):
         ppath: Path_ = ("pairs", i)
@@ -544,24 +631,32 @@ def _pairs(data: dict, src: Source, probs: _Problems, host_cache: dict[str, Any]
             if "layer_map" in p:
                 pm = _layer_map_value(p["layer_map"], mpath, probs)
                 if pm is not None and pm.strategy == "explicit" and both:
-                    why = ("both_directions: true" if "both_directions" in p else
-                           "the study's both_directions: true")
-                    probs.add(mpath, f"an explicit layer map (a list indexed by receiver layer) "
-                              f"is for one direction, but this pair also ports receiver -> "
-                              f"origin ({why}): set both_directions: false on this pair and "
-                              "list the reverse pair with its own map")
+                    why = (
+                        "both_directions: true"
+                        if "both_directions" in p
+                        else "the study's both_directions: true"
+                    )
+                    probs.add(
+                        mpath,
+                        f"an explicit layer map (a list indexed by receiver layer) "
+                        f"is for one direction, but this pair also ports receiver -> "
+                        f"origin ({why}): set both_directions: false on this pair and "
+                        "list the reverse pair with its own map",
+                    )
                     pm = None
         else:
-            probs.add(ppath, f"a pair is [origin, receiver] or {{origin: ..., receiver: ...}}, "
-                      f"got {p!r}")
+            probs.add(
+                ppath, f"a pair is [origin, receiver] or {{origin: ..., receiver: ...}}, got {p!r}"
+            )
             continue
         o = host_ok(origin, opath, probs, host_cache, src.base)
         r = host_ok(receiver, rpath, probs, host_cache, src.base)
         if o is None or r is None:
             continue
         # a map that was refused above is reported there, not again as "depths differ"
-        check_pair(o, r, ppath, probs, pm, mpath, both,
-                    mapped=isinstance(p, dict) and "layer_map" in p)
+        check_pair(
+            o, r, ppath, probs, pm, mpath, both, mapped=isinstance(p, dict) and "layer_map" in p
+        )
         origin, receiver = o.id, r.id  # local folders: their absolute path
         host_cache.setdefault(origin, o)
         host_cache.setdefault(receiver, r)
@@ -573,10 +668,12 @@ def _pairs(data: dict, src: Source, probs: _Problems, host_cache: dict[str, Any]
             if d in out.pairs:  # a reverse direction may also be listed on its own ...
                 old = out.maps.get(d, (None, ppath))[0]
                 if old != pm:  # ... with the same map
-                    probs.add(mpath if pm is not None else ppath,
-                              f"pair {d[0]} -> {d[1]} is given twice with different layer maps "
-                              f"({old.describe() if old else 'none'} and "
-                              f"{pm.describe() if pm else 'none'}; {ONE_MAP})")
+                    probs.add(
+                        mpath if pm is not None else ppath,
+                        f"pair {d[0]} -> {d[1]} is given twice with different layer maps "
+                        f"({old.describe() if old else 'none'} and "
+                        f"{pm.describe() if pm else 'none'}; {ONE_MAP})",
+                    )
                 continue
             out.pairs.append(d)
             out.where[d] = src.where(ppath)
@@ -605,11 +702,15 @@ def _compare(data: dict, probs: _Problems) -> CompareSettings | None:
     if raw is True or raw is None:
         return CompareSettings()
     if not isinstance(raw, dict):
-        probs.add(("compare",), f"compare must be false, true or a mapping with keys "
-                  f"{', '.join(by_key(CompareSettings))}, got {raw!r}")
+        probs.add(
+            ("compare",),
+            f"compare must be false, true or a mapping with keys "
+            f"{', '.join(by_key(CompareSettings))}, got {raw!r}",
+        )
         return CompareSettings()
-    given = config_section(CompareSettings, raw, ("compare",), probs, what="compare key",
-                           prefix="compare.")
+    given = config_section(
+        CompareSettings, raw, ("compare",), probs, what="compare key", prefix="compare."
+    )
     values = {k: v for k, (v, _) in given.items()}
     if "corpus" in values:
         from peftport.data import UNLABELLED
@@ -623,8 +724,13 @@ def _compare(data: dict, probs: _Problems) -> CompareSettings | None:
 # --- public entry points ------------------------------------------------------------------
 
 
-def parse_study(text: str, name: str = "<study>", fmt: str = "yaml",
-                default_name: str = "study", base: Path | None = None) -> StudySpec:
+def parse_study(
+    text: str,
+    name: str = "<study>",
+    fmt: str = "yaml",
+    default_name: str = "study",
+    base: Path | None = None,
+) -> StudySpec:
     data, src = parse_text(text, name, fmt, base)
     return _parse(data, src, default_name)
 
@@ -639,16 +745,19 @@ def load_study(path: str | Path) -> StudySpec:
         raise StudyFileError(f"{p}: a study file ends in .yaml, .yml or .toml")
     size = p.stat().st_size
     if size > MAX_STUDY_BYTES:  # refused before reading it
-        raise StudyFileError(f"{p}: {size:,} bytes; a study file is at most "
-                             f"{MAX_STUDY_BYTES:,} bytes")
-    return parse_study(decode(p.read_bytes(), str(p)), str(p), fmt, default_name=p.stem,
-                       base=p.resolve().parent)
+        raise StudyFileError(
+            f"{p}: {size:,} bytes; a study file is at most {MAX_STUDY_BYTES:,} bytes"
+        )
+    return parse_study(
+        decode(p.read_bytes(), str(p)), str(p), fmt, default_name=p.stem, base=p.resolve().parent
+    )
 
 
 def preset_names() -> list[str]:
     folder = resources.files("peftport.study") / "presets"
-    return sorted(f.name.rsplit(".", 1)[0] for f in folder.iterdir()
-                  if f.name.endswith((".yaml", ".toml")))
+    return sorted(
+        f.name.rsplit(".", 1)[0] for f in folder.iterdir() if f.name.endswith((".yaml", ".toml"))
+    )
 
 
 def preset_text(name: str) -> tuple[str, str]:
@@ -658,8 +767,10 @@ def preset_text(name: str) -> tuple[str, str]:
         f = folder / f"{name}{suffix}"
         if f.is_file():
             return f.read_text(encoding="utf-8"), fmt
-    raise StudyFileError(f"unknown preset {name!r}." + did_you_mean(name, preset_names())
-                         .replace("Known keys", "Presets"))
+    raise StudyFileError(
+        f"unknown preset {name!r}."
+        + did_you_mean(name, preset_names()).replace("Known keys", "Presets")
+    )
 
 
 def load_preset(name: str) -> StudySpec:

@@ -45,18 +45,24 @@ def technique_problem(parsed: Any, technique: str, family: str, stacks: int) -> 
     if parsed.name == "align":
         return m.align_problem(technique, family, stacks)
     if parsed.name == "subspace" and not m.WEIGHT_UPDATE.get(technique, False):
-        return (f"subspace projects a weight update onto the receiving weight's singular "
-                f"subspaces; {technique} modules are not weight updates (LoRA only)")
+        return (
+            f"subspace projects a weight update onto the receiving weight's singular "
+            f"subspaces; {technique} modules are not weight updates (LoRA only)"
+        )
     if parsed.name == "scaled" and technique not in m.SCALE:
-        return (f"scaled cannot scale {technique} modules: "
-                + m.NOT_SCALED.get(technique, "no rule says which of its tensors carry its "
-                                   "output"))
+        return f"scaled cannot scale {technique} modules: " + m.NOT_SCALED.get(
+            technique, "no rule says which of its tensors carry its output"
+        )
     return None
 
 
-def read_methods(data: dict, technique_names: list[str], families: dict[str, str],
-                 conditions: list[str], probs: Problems
-                 ) -> tuple[tuple[str, ...], tuple[tuple[str, str, str], ...]]:
+def read_methods(
+    data: dict,
+    technique_names: list[str],
+    families: dict[str, str],
+    conditions: list[str],
+    probs: Problems,
+) -> tuple[tuple[str, ...], tuple[tuple[str, str, str], ...]]:
     """The `methods:` key -> (canonical method texts in the file's order, default `copy`;
     skips: (technique, method, why) for a technique the method cannot carry).
 
@@ -74,8 +80,10 @@ def read_methods(data: dict, technique_names: list[str], families: dict[str, str
     if isinstance(raw, str):
         raw = [raw]
     if not isinstance(raw, list) or not raw:
-        probs.add(("methods",), f"methods must be a non-empty list of porting methods ({CHOICES}),"
-                  f" got {raw!r}")
+        probs.add(
+            ("methods",),
+            f"methods must be a non-empty list of porting methods ({CHOICES}), got {raw!r}",
+        )
         return DEFAULT_METHODS, ()
     out: list[str] = []
     skips: list[tuple[str, str, str]] = []
@@ -102,12 +110,18 @@ def read_methods(data: dict, technique_names: list[str], families: dict[str, str
                 if why and t not in why_not:
                     why_not[t] = f"{why} ({fam} hosts)"
         if technique_names and len(why_not) == len(technique_names):
-            probs.add(path, f"porting method {text!r} cannot port any technique of this study: "
-                      + "; ".join(f"{t}: {w}" for t, w in why_not.items()))
+            probs.add(
+                path,
+                f"porting method {text!r} cannot port any technique of this study: "
+                + "; ".join(f"{t}: {w}" for t, w in why_not.items()),
+            )
         skips.extend((t, text, w) for t, w in why_not.items())
     if out and out != ["copy"] and "ported" not in conditions:
-        probs.add(("methods",), "methods say how the ported condition carries a module, and "
-                  "this study's conditions leave out ported: add it, or remove methods")
+        probs.add(
+            ("methods",),
+            "methods say how the ported condition carries a module, and "
+            "this study's conditions leave out ported: add it, or remove methods",
+        )
     return (tuple(out) or DEFAULT_METHODS), tuple(skips)
 
 

@@ -41,7 +41,6 @@ from peftport.study.schema import (
 LEASE_SECONDS = 120.0
 
 
-
 KILL_AT = "PEFTPORT_TEST_KILL_DRIVER_AT"  # tests: SIGKILL the driver at this crash point
 
 
@@ -73,8 +72,11 @@ def pid_alive(pid: int | None) -> bool:
 
 def artifacts_root(store_path: str | Path) -> Path:
     p = Path(store_path)
-    return p.with_name(p.name.rsplit(".", 1)[0] + ".artifacts") if "." in p.name else \
-        p.with_name(p.name + ".artifacts")
+    return (
+        p.with_name(p.name.rsplit(".", 1)[0] + ".artifacts")
+        if "." in p.name
+        else p.with_name(p.name + ".artifacts")
+    )
 
 
 class Store:
@@ -137,21 +139,29 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             with self.tx() as db:
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                           (str(SCHEMA_VERSION),))
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)",
-                           (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),))
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('created_at', ?)",
+                    (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),),
+                )
         elif int(row[0]) != SCHEMA_VERSION:
-            raise PeftportError(f"{self.path}: store schema version {row[0]}; this peftport "
-                                f"reads version {SCHEMA_VERSION}")
+            raise PeftportError(
+                f"{self.path}: store schema version {row[0]}; this peftport "
+                f"reads version {SCHEMA_VERSION}"
+            )
 
     def close(self) -> None:
         self.db.close()
 
     def _event(self, db: sqlite3.Connection, unit_id: str, event: str, detail: str = "") -> None:
-        db.execute("INSERT INTO events (unit_id, event, at, pid, hostname, detail) "
-                   "VALUES (?, ?, ?, ?, ?, ?)",
-                   (unit_id, event, time.time(), self.pid, self.hostname, detail[:2000]))
+        db.execute(
+            "INSERT INTO events (unit_id, event, at, pid, hostname, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (unit_id, event, time.time(), self.pid, self.hostname, detail[:2000]),
+        )
 
     # --- planning ----------------------------------------------------------------------
     def add_plan(self, plan: Any) -> dict[str, int]:
@@ -161,29 +171,75 @@ class Store:
         totals = plan.totals()
         now = time.time()
         with self.tx() as db:
-            db.execute("INSERT OR IGNORE INTO studies VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (spec.id, spec.name, spec.source, json.dumps(spec.canonical()),
-                        totals["runs"], len(plan.units), now))
+            db.execute(
+                "INSERT OR IGNORE INTO studies VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    spec.id,
+                    spec.name,
+                    spec.source,
+                    json.dumps(spec.canonical()),
+                    totals["runs"],
+                    len(plan.units),
+                    now,
+                ),
+            )
             before = db.execute("SELECT COUNT(*) FROM units").fetchone()[0]
             db.executemany(
                 "INSERT OR IGNORE INTO units (id, kind, label, config, technique, origin, "
                 "receiver, pre_data, post_data, seed, condition, pre_steps, steps, horizon, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(u.id, u.kind, u.label, json.dumps(u.config, sort_keys=True), u.technique,
-                  u.origin, u.receiver, u.pre_data, u.post_data, u.seed, u.condition,
-                  u.pre_steps, u.steps, u.horizon, now) for u in plan.units])
+                [
+                    (
+                        u.id,
+                        u.kind,
+                        u.label,
+                        json.dumps(u.config, sort_keys=True),
+                        u.technique,
+                        u.origin,
+                        u.receiver,
+                        u.pre_data,
+                        u.post_data,
+                        u.seed,
+                        u.condition,
+                        u.pre_steps,
+                        u.steps,
+                        u.horizon,
+                        now,
+                    )
+                    for u in plan.units
+                ],
+            )
             new = db.execute("SELECT COUNT(*) FROM units").fetchone()[0] - before
-            db.executemany("INSERT OR IGNORE INTO study_units VALUES (?, ?)",
-                           [(spec.id, u.id) for u in plan.units])
+            db.executemany(
+                "INSERT OR IGNORE INTO study_units VALUES (?, ?)",
+                [(spec.id, u.id) for u in plan.units],
+            )
             producers = {key: (u.id, step) for u in plan.units for step, key in u.produces}
-            db.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, ?, ?)",
-                           [(u.id, producers[k][0], k, producers[k][1])
-                            for u in plan.units for k in u.needs])
-            db.executemany("INSERT OR IGNORE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                           "?, ?, ?)",
-                           [(spec.id, c.technique, c.origin, c.receiver, c.pre_data,
-                             c.post_data, c.seed, c.condition, c.pre_steps, c.post_steps,
-                             c.unit_id, c.step, c.method) for c in plan.cells])
+            db.executemany(
+                "INSERT OR IGNORE INTO edges VALUES (?, ?, ?, ?)",
+                [(u.id, producers[k][0], k, producers[k][1]) for u in plan.units for k in u.needs],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        spec.id,
+                        c.technique,
+                        c.origin,
+                        c.receiver,
+                        c.pre_data,
+                        c.post_data,
+                        c.seed,
+                        c.condition,
+                        c.pre_steps,
+                        c.post_steps,
+                        c.unit_id,
+                        c.step,
+                        c.method,
+                    )
+                    for c in plan.cells
+                ],
+            )
             crash_point("add_plan")  # inside the transaction: none of it is kept
         done = self.count(plan_ids(plan), "done")
         return {"new": new, "done": done, "total": len(plan.units)}
@@ -209,16 +265,23 @@ class Store:
         return [r for r in rows if r[column] in want]
 
     def snapshots(self) -> dict[str, sqlite3.Row]:
-        return {r["key"]: r for r in self.db.execute(
-            "SELECT * FROM artifacts WHERE kind = 'snapshot'").fetchall()}
+        return {
+            r["key"]: r
+            for r in self.db.execute("SELECT * FROM artifacts WHERE kind = 'snapshot'").fetchall()
+        }
 
     def runnable(self, plan: Any, exclude: set[str] = frozenset()) -> list[Any]:
         """Pending units of the plan whose snapshots exist; pretrain units first (they unlock
         others), then the longest."""
         status = self.statuses(plan_ids(plan))
         have = set(self.snapshots())
-        ready = [u for u in plan.units if status.get(u.id) == "pending" and u.id not in exclude
-                 and all(k in have for k in u.needs)]
+        ready = [
+            u
+            for u in plan.units
+            if status.get(u.id) == "pending"
+            and u.id not in exclude
+            and all(k in have for k in u.needs)
+        ]
         order = {"pretrain": 0, "post": 1, "random": 2}
         return sorted(ready, key=lambda u: (order[u.kind], -u.steps, u.id))
 
@@ -245,13 +308,16 @@ class Store:
         rows = self.db.execute(
             "SELECT e.unit_id FROM edges e JOIN units p ON p.id = e.depends_on "
             "JOIN units u ON u.id = e.unit_id WHERE p.status = 'failed' AND u.status = 'pending' "
-            "AND e.snapshot_key NOT IN (SELECT key FROM artifacts)").fetchall()
+            "AND e.snapshot_key NOT IN (SELECT key FROM artifacts)"
+        ).fetchall()
         return len({r[0] for r in rows if r[0] in want})
 
     def metrics(self, unit_id: str) -> dict[int, dict[str, float]]:
         out: dict[int, dict[str, float]] = {}
-        for r in self.db.execute("SELECT step, name, value FROM metrics WHERE unit_id = ? "
-                                 "ORDER BY step, name", (unit_id,)):
+        for r in self.db.execute(
+            "SELECT step, name, value FROM metrics WHERE unit_id = ? ORDER BY step, name",
+            (unit_id,),
+        ):
             out.setdefault(r["step"], {})[r["name"]] = r["value"]
         return out
 
@@ -265,57 +331,72 @@ class Store:
                 "UPDATE units SET status = 'running', claimed_by = ?, hostname = ?, pid = ?, "
                 "lease_until = ?, started_at = ?, attempts = attempts + 1, error = NULL "
                 "WHERE id = ? AND status = 'pending'",
-                (token, self.hostname, self.pid, now + LEASE_SECONDS, now, unit_id))
+                (token, self.hostname, self.pid, now + LEASE_SECONDS, now, unit_id),
+            )
             if cur.rowcount != 1:
                 return None
             self._event(db, unit_id, "claimed", token)
         return token
 
-    def release(self, unit_id: str, token: str, why: str, max_attempts: int = 3,
-                charge: bool = True) -> str:
+    def release(
+        self, unit_id: str, token: str, why: str, max_attempts: int = 3, charge: bool = True
+    ) -> str:
         """Give a claimed unit back (interrupted, or its worker died): pending, or failed when
         it has been tried max_attempts times. `charge=False`: the unit is not to blame (another
         unit's worker died, its input is being recomputed): its claim's attempt is taken back
         and it goes back to pending. Returns the new status."""
         with self.tx() as db:
-            row = db.execute("SELECT attempts FROM units WHERE id = ? AND claimed_by = ? AND "
-                             "status = 'running'", (unit_id, token)).fetchone()
+            row = db.execute(
+                "SELECT attempts FROM units WHERE id = ? AND claimed_by = ? AND status = 'running'",
+                (unit_id, token),
+            ).fetchone()
             if row is None:
                 return "gone"
             attempts = row["attempts"] if charge else max(0, row["attempts"] - 1)
             status = "failed" if charge and attempts >= max_attempts else "pending"
-            db.execute("UPDATE units SET status = ?, claimed_by = NULL, lease_until = NULL, "
-                       "error = ?, attempts = ? WHERE id = ?",
-                       (status, why if status == "failed" else None, attempts, unit_id))
+            db.execute(
+                "UPDATE units SET status = ?, claimed_by = NULL, lease_until = NULL, "
+                "error = ?, attempts = ? WHERE id = ?",
+                (status, why if status == "failed" else None, attempts, unit_id),
+            )
             self._event(db, unit_id, "released" if status == "pending" else "failed", why)
         return status
 
     def release_mine(self, why: str) -> int:
         """Every unit this process still holds as running goes back to pending, uncharged (a
         driver's last act when it is interrupted: also a claim it had no time to note)."""
-        rows = self.db.execute("SELECT id, claimed_by FROM units WHERE status = 'running' AND "
-                               "hostname = ? AND pid = ?", (self.hostname, self.pid)).fetchall()
-        return sum(self.release(r["id"], r["claimed_by"], why, charge=False) == "pending"
-                   for r in rows)
+        rows = self.db.execute(
+            "SELECT id, claimed_by FROM units WHERE status = 'running' AND "
+            "hostname = ? AND pid = ?",
+            (self.hostname, self.pid),
+        ).fetchall()
+        return sum(
+            self.release(r["id"], r["claimed_by"], why, charge=False) == "pending" for r in rows
+        )
 
     def recover(self) -> list[str]:
         """Running units whose driver is gone (dead pid on this host, or lease run out) go back
         to pending. Returns their ids."""
         now = time.time()
-        rows = self.db.execute("SELECT id, hostname, pid, lease_until, claimed_by FROM units "
-                               "WHERE status = 'running'").fetchall()
+        rows = self.db.execute(
+            "SELECT id, hostname, pid, lease_until, claimed_by FROM units WHERE status = 'running'"
+        ).fetchall()
         stale = []
         for r in rows:
             mine = r["hostname"] == self.hostname
-            if (mine and r["pid"] != self.pid and not pid_alive(r["pid"])) or \
-                    (r["lease_until"] or 0) < now:
+            if (mine and r["pid"] != self.pid and not pid_alive(r["pid"])) or (
+                r["lease_until"] or 0
+            ) < now:
                 stale.append((r["id"], r["claimed_by"], r["pid"]))
         if stale:
             with self.tx() as db:
                 for uid, token, pid in stale:
-                    cur = db.execute("UPDATE units SET status = 'pending', claimed_by = NULL, "
-                                     "lease_until = NULL WHERE id = ? AND claimed_by = ? AND "
-                                     "status = 'running'", (uid, token))
+                    cur = db.execute(
+                        "UPDATE units SET status = 'pending', claimed_by = NULL, "
+                        "lease_until = NULL WHERE id = ? AND claimed_by = ? AND "
+                        "status = 'running'",
+                        (uid, token),
+                    )
                     if cur.rowcount:
                         self._event(db, uid, "reset", f"driver pid {pid} gone or lease expired")
         self.clean_temporary()
@@ -325,8 +406,11 @@ class Store:
         with self.tx() as db:
             n = 0
             for uid in ids:
-                cur = db.execute("UPDATE units SET status = 'pending', error = NULL, "
-                                 "attempts = 0 WHERE id = ? AND status = 'failed'", (uid,))
+                cur = db.execute(
+                    "UPDATE units SET status = 'pending', error = NULL, "
+                    "attempts = 0 WHERE id = ? AND status = 'failed'",
+                    (uid,),
+                )
                 if cur.rowcount:
                     n += 1
                     self._event(db, uid, "retry")
@@ -374,8 +458,9 @@ class Store:
     def artifact_rows(self, unit_ids: Iterable[str] | None = None) -> list[sqlite3.Row]:
         return self._rows("SELECT * FROM artifacts ORDER BY key", "unit_id", unit_ids)
 
-    def damaged_artifacts(self, rows: Iterable[sqlite3.Row], full: bool = True
-                          ) -> list[dict[str, Any]]:
+    def damaged_artifacts(
+        self, rows: Iterable[sqlite3.Row], full: bool = True
+    ) -> list[dict[str, Any]]:
         """The artifacts among `rows` whose folder is missing or whose content is not what the
         row says (`full`: load it and compare the tensors' sha256; else only that the folder
         is there with the recorded size). One dict per damaged row: key, kind, unit_id,
@@ -383,12 +468,21 @@ class Store:
         out = []
         for r in rows:
             folder = self.root / r["path"]
-            problem = artifact_problem(folder, r["sha256"]) if full else \
-                _size_problem(folder, r["bytes"])
+            problem = (
+                artifact_problem(folder, r["sha256"]) if full else _size_problem(folder, r["bytes"])
+            )
             if problem is not None:
-                out.append({"key": r["key"], "kind": r["kind"], "unit_id": r["unit_id"],
-                            "step": r["step"], "path": r["path"], "sha256": r["sha256"],
-                            "problem": problem})
+                out.append(
+                    {
+                        "key": r["key"],
+                        "kind": r["kind"],
+                        "unit_id": r["unit_id"],
+                        "step": r["step"],
+                        "path": r["path"],
+                        "sha256": r["sha256"],
+                        "problem": problem,
+                    }
+                )
         return out
 
     def needed_snapshots(self, ids: list[str]) -> list[sqlite3.Row]:
@@ -397,7 +491,8 @@ class Store:
         rows = self.db.execute(
             "SELECT DISTINCT a.*, e.unit_id AS needed_by FROM artifacts a JOIN edges e ON "
             "e.snapshot_key = a.key JOIN units u ON u.id = e.unit_id WHERE a.kind = 'snapshot' "
-            "AND u.status != 'done'").fetchall()
+            "AND u.status != 'done'"
+        ).fetchall()
         seen: dict[str, sqlite3.Row] = {}
         for r in rows:
             if r["needed_by"] in want:
@@ -413,22 +508,32 @@ class Store:
         uid = damaged["unit_id"]
         why = f"artifact {damaged['key']} at {damaged['path']}: {damaged['problem']}"
         with self.tx() as db:
-            cur = db.execute("UPDATE units SET status = 'pending', attempts = 0, error = NULL, "
-                             "claimed_by = NULL, lease_until = NULL, finished_at = NULL "
-                             "WHERE id = ? AND status = 'done'", (uid,))
+            cur = db.execute(
+                "UPDATE units SET status = 'pending', attempts = 0, error = NULL, "
+                "claimed_by = NULL, lease_until = NULL, finished_at = NULL "
+                "WHERE id = ? AND status = 'done'",
+                (uid,),
+            )
             if cur.rowcount != 1:
                 return None
             db.execute("DELETE FROM metrics WHERE unit_id = ?", (uid,))
             db.execute("DELETE FROM predictions WHERE unit_id = ?", (uid,))
             db.execute("DELETE FROM artifacts WHERE unit_id = ?", (uid,))
             self._event(db, uid, "recompute", why)
-            dependents = [r[0] for r in db.execute(
-                "SELECT DISTINCT e.unit_id FROM edges e JOIN units u ON u.id = e.unit_id "
-                "WHERE e.depends_on = ? AND u.status = 'failed' AND "
-                "u.error LIKE 'could not load its input%'", (uid,))]
+            dependents = [
+                r[0]
+                for r in db.execute(
+                    "SELECT DISTINCT e.unit_id FROM edges e JOIN units u ON u.id = e.unit_id "
+                    "WHERE e.depends_on = ? AND u.status = 'failed' AND "
+                    "u.error LIKE 'could not load its input%'",
+                    (uid,),
+                )
+            ]
             for dep in dependents:
-                db.execute("UPDATE units SET status = 'pending', attempts = 0, error = NULL "
-                           "WHERE id = ?", (dep,))
+                db.execute(
+                    "UPDATE units SET status = 'pending', attempts = 0, error = NULL WHERE id = ?",
+                    (dep,),
+                )
                 self._event(db, dep, "retry", f"its input is recomputed ({why})")
         folder = self.root / damaged["path"]
         if folder.exists() and artifact_problem(folder, damaged["sha256"]):
@@ -445,31 +550,60 @@ class Store:
             # HOST-PID-UUID, or save_module's own .HOST-PID-UUID.tmp-XXXX beside it
             name = d.name.lstrip(".").split(".tmp-")[0]
             host, _, pid = name.rpartition("-")[0].rpartition("-")
-            if host == self.hostname and pid.isdigit() and int(pid) != self.pid and \
-                    not pid_alive(int(pid)):
+            if (
+                host == self.hostname
+                and pid.isdigit()
+                and int(pid) != self.pid
+                and not pid_alive(int(pid))
+            ):
                 shutil.rmtree(d, ignore_errors=True)
 
-    def finish(self, unit_id: str, token: str, result: dict[str, Any],
-               artifacts: list[tuple[str, str, int, str, str, int]]) -> bool:
+    def finish(
+        self,
+        unit_id: str,
+        token: str,
+        result: dict[str, Any],
+        artifacts: list[tuple[str, str, int, str, str, int]],
+    ) -> bool:
         """Commit a unit's result in one transaction, if the claim is still ours: metrics, the
         artifact rows (key, kind, step, sha256, path, bytes), provenance, status done."""
         now = time.time()
         with self.tx() as db:
-            row = db.execute("SELECT started_at FROM units WHERE id = ? AND claimed_by = ? AND "
-                             "status = 'running'", (unit_id, token)).fetchone()
+            row = db.execute(
+                "SELECT started_at FROM units WHERE id = ? AND claimed_by = ? AND "
+                "status = 'running'",
+                (unit_id, token),
+            ).fetchone()
             if row is None:
                 return False  # our claim was reset (lease) and someone else has it now
-            db.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)",
-                           [(unit_id, int(step), name, float(value))
-                            for step, m in result["metrics"].items()
-                            for name, value in m.items() if name in METRIC_NAMES])
+            db.executemany(
+                "INSERT INTO metrics VALUES (?, ?, ?, ?)",
+                [
+                    (unit_id, int(step), name, float(value))
+                    for step, m in result["metrics"].items()
+                    for name, value in m.items()
+                    if name in METRIC_NAMES
+                ],
+            )
             db.executemany(_PREDICTIONS_SQL, _prediction_rows(unit_id, result))
-            db.executemany("INSERT OR IGNORE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           [(key, kind, unit_id, step, sha, rel, size, now)
-                            for key, kind, step, sha, rel, size in artifacts])
-            extra = {k: result.get(k) for k in ("losses", "trainable_parameters", "threads",
-                                                "module_parameters", "environment",
-                                                "placement")}
+            db.executemany(
+                "INSERT OR IGNORE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (key, kind, unit_id, step, sha, rel, size, now)
+                    for key, kind, step, sha, rel, size in artifacts
+                ],
+            )
+            extra = {
+                k: result.get(k)
+                for k in (
+                    "losses",
+                    "trainable_parameters",
+                    "threads",
+                    "module_parameters",
+                    "environment",
+                    "placement",
+                )
+            }
             if result.get("layer_map") is not None:  # post units ported through a layer map
                 extra["layer_map"] = result["layer_map"]
             if result.get("method") is not None:  # a ported unit's method other than copy
@@ -480,11 +614,21 @@ class Store:
                 "worker = ?, versions = ?, git = ?, host_fingerprints = ?, "
                 "data_fingerprints = ?, result = ?, lease_until = NULL, error = NULL "
                 "WHERE id = ?",
-                (now, result.get("seconds"), result.get("train_seconds"),
-                 result.get("examples_per_second"), result.get("trainable_parameters"),
-                 result.get("worker"), json.dumps(result.get("versions", {})),
-                 result.get("git"), json.dumps(result.get("host_fingerprints", {})),
-                 json.dumps(result.get("data_fingerprints", {})), json.dumps(extra), unit_id))
+                (
+                    now,
+                    result.get("seconds"),
+                    result.get("train_seconds"),
+                    result.get("examples_per_second"),
+                    result.get("trainable_parameters"),
+                    result.get("worker"),
+                    json.dumps(result.get("versions", {})),
+                    result.get("git"),
+                    json.dumps(result.get("host_fingerprints", {})),
+                    json.dumps(result.get("data_fingerprints", {})),
+                    json.dumps(extra),
+                    unit_id,
+                ),
+            )
             self._event(db, unit_id, "done", token)
             crash_point("finishing")  # before the commit: the unit runs again
         crash_point("finished")
@@ -492,9 +636,12 @@ class Store:
 
     def fail(self, unit_id: str, token: str, error: str) -> bool:
         with self.tx() as db:
-            cur = db.execute("UPDATE units SET status = 'failed', error = ?, finished_at = ?, "
-                             "lease_until = NULL WHERE id = ? AND claimed_by = ? AND "
-                             "status = 'running'", (error, time.time(), unit_id, token))
+            cur = db.execute(
+                "UPDATE units SET status = 'failed', error = ?, finished_at = ?, "
+                "lease_until = NULL WHERE id = ? AND claimed_by = ? AND "
+                "status = 'running'",
+                (error, time.time(), unit_id, token),
+            )
             if cur.rowcount != 1:
                 return False
             self._event(db, unit_id, "failed", error)
@@ -506,30 +653,51 @@ class Store:
     # --- host comparisons and the pairs' layer maps ---------------------------------------
     def comparison(self, key: str) -> dict[str, Any] | None:
         """A stored comparison (`HostComparison.to_dict()`), or None."""
-        row = self.db.execute("SELECT comparison FROM comparisons WHERE key = ?",
-                              (key,)).fetchone()
+        row = self.db.execute("SELECT comparison FROM comparisons WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def add_comparison(self, key: str, origin: str, receiver: str, comparison: dict[str, Any],
-                       seconds: float | None, versions: dict[str, Any]) -> None:
+    def add_comparison(
+        self,
+        key: str,
+        origin: str,
+        receiver: str,
+        comparison: dict[str, Any],
+        seconds: float | None,
+        versions: dict[str, Any],
+    ) -> None:
         """Store a comparison (the first one stored under a key stays: they are the same)."""
         with self.tx() as db:
-            db.execute("INSERT OR IGNORE INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (key, origin, receiver, json.dumps(comparison, sort_keys=True), seconds,
-                        json.dumps(versions, sort_keys=True), time.time()))
+            db.execute(
+                "INSERT OR IGNORE INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    origin,
+                    receiver,
+                    json.dumps(comparison, sort_keys=True),
+                    seconds,
+                    json.dumps(versions, sort_keys=True),
+                    time.time(),
+                ),
+            )
 
-    def set_host_pairs(self, study_id: str,
-                       rows: list[tuple[str, str, str, list[int], str | None]]) -> None:
+    def set_host_pairs(
+        self, study_id: str, rows: list[tuple[str, str, str, list[int], str | None]]
+    ) -> None:
         """A study's directed pairs: (origin, receiver, strategy, resolved map, comparison key).
         Replaces what an earlier run wrote (a comparison that failed then may exist now)."""
         with self.tx() as db:
-            db.executemany("INSERT OR REPLACE INTO host_pairs VALUES (?, ?, ?, ?, ?, ?)",
-                           [(study_id, o, r, strategy, json.dumps([int(x) for x in layers]),
-                             key) for o, r, strategy, layers, key in rows])
+            db.executemany(
+                "INSERT OR REPLACE INTO host_pairs VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (study_id, o, r, strategy, json.dumps([int(x) for x in layers]), key)
+                    for o, r, strategy, layers, key in rows
+                ],
+            )
 
     def host_pairs(self, study_id: str) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM host_pairs WHERE study_id = ? ORDER BY origin, "
-                               "receiver", (study_id,)).fetchall()
+        rows = self.db.execute(
+            "SELECT * FROM host_pairs WHERE study_id = ? ORDER BY origin, receiver", (study_id,)
+        ).fetchall()
         return [{**dict(r), "layer_map": json.loads(r["layer_map"])} for r in rows]
 
     # --- reading for status and export -----------------------------------------------------
@@ -537,8 +705,12 @@ class Store:
         return self.db.execute("SELECT * FROM studies ORDER BY added_at").fetchall()
 
     def study_unit_ids(self, study_id: str) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT unit_id FROM study_units WHERE "
-                                              "study_id = ?", (study_id,))]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT unit_id FROM study_units WHERE study_id = ?", (study_id,)
+            )
+        ]
 
     def results(self, study_id: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT * FROM results"
@@ -546,14 +718,18 @@ class Store:
         if study_id is not None:
             sql += " WHERE study_id = ?"
             args = (study_id,)
-        sql += (" ORDER BY technique, origin, receiver, pre_data, post_data, seed, condition, "
-                "pre_steps, post_steps" + (", method" if cells_have_method(self.db) else ""))
+        sql += (
+            " ORDER BY technique, origin, receiver, pre_data, post_data, seed, condition, "
+            "pre_steps, post_steps" + (", method" if cells_have_method(self.db) else "")
+        )
         return [dict(r) for r in self.db.execute(sql, args).fetchall()]
 
 
-_PREDICTIONS_SQL = ("INSERT OR REPLACE INTO predictions (unit_id, step, evaluated, n, n_classes, "
-                    "labels, predicted, scores, examples_sha256, dtype) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_PREDICTIONS_SQL = (
+    "INSERT OR REPLACE INTO predictions (unit_id, step, evaluated, n, n_classes, "
+    "labels, predicted, scores, examples_sha256, dtype) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _prediction_rows(unit_id: str, result: dict[str, Any]) -> list[tuple]:
@@ -563,8 +739,21 @@ def _prediction_rows(unit_id: str, result: dict[str, Any]) -> list[tuple]:
     if result.get("origin_predictions"):
         r = result["origin_predictions"]
         recs.append((int(r["step"]), "origin", r))
-    return [(unit_id, step, what, int(r["n"]), int(r["n_classes"]), r["labels"], r["predicted"],
-             r["scores"], r["examples_sha256"], r["dtype"]) for step, what, r in recs]
+    return [
+        (
+            unit_id,
+            step,
+            what,
+            int(r["n"]),
+            int(r["n_classes"]),
+            r["labels"],
+            r["predicted"],
+            r["scores"],
+            r["examples_sha256"],
+            r["dtype"],
+        )
+        for step, what, r in recs
+    ]
 
 
 def _size_problem(folder: Path, size: int) -> str | None:

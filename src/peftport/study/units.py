@@ -48,10 +48,16 @@ def fresh_host(host_id: str, num_labels: int) -> Any:
     global _EVICTED
     if (host_id, num_labels) not in _HOSTS and len(_HOSTS) >= _HOSTS.maxsize:
         _EVICTED = True  # the oldest host goes: `release_memory` collects fully
-    base = _HOSTS.get((host_id, num_labels),
-                      lambda: load_host(get_host(host_id), num_labels=num_labels))
-    return LoadedHost(spec=base.spec, folder=base.folder, model=copy.deepcopy(base.model),
-                      tokenizer=base.tokenizer, fingerprint=base.fingerprint)
+    base = _HOSTS.get(
+        (host_id, num_labels), lambda: load_host(get_host(host_id), num_labels=num_labels)
+    )
+    return LoadedHost(
+        spec=base.spec,
+        folder=base.folder,
+        model=copy.deepcopy(base.model),
+        tokenizer=base.tokenizer,
+        fingerprint=base.fingerprint,
+    )
 
 
 def _train_config(d: dict[str, Any], threads: int) -> Any:
@@ -92,8 +98,14 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
         if kind == "pretrain":
             out = _pretrain(payload["unit_id"], config, threads)
         elif kind in ("post", "random"):
-            out = _adapt(payload["unit_id"], config, threads, payload.get("snapshot"),
-                         bool(payload.get("keep_adapted")), payload.get("layer_map"))
+            out = _adapt(
+                payload["unit_id"],
+                config,
+                threads,
+                payload.get("snapshot"),
+                bool(payload.get("keep_adapted")),
+                payload.get("layer_map"),
+            )
         else:
             raise PeftportError(f"unknown unit kind {kind!r}")
         out["threads"] = threads
@@ -187,9 +199,16 @@ def _module_meta(run: Any, data: Any, step: int, seed: int, extra: dict[str, Any
     own `extra` (which unit made it, from which data)."""
     from peftport.module import module_meta
 
-    return module_meta(run.attached, run.host, task=data.id, label_words=data.label_words,
-                       steps=step, seed=seed, metrics=run.result.metrics.get(step),
-                       extra={**extra, "data_fingerprint": data.fingerprint})
+    return module_meta(
+        run.attached,
+        run.host,
+        task=data.id,
+        label_words=data.label_words,
+        steps=step,
+        seed=seed,
+        metrics=run.result.metrics.get(step),
+        extra={**extra, "data_fingerprint": data.fingerprint},
+    )
 
 
 def _pretrain(unit_id: str, c: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -198,13 +217,20 @@ def _pretrain(unit_id: str, c: dict[str, Any], threads: int) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     data = load_dataset(c["data"], max_examples=c["max_examples"])
-    run = train_run(fresh_host(c["host"], data.num_labels), c["technique"], data,
-                    _train_config(c["train"], threads), technique_config=c["technique_config"],
-                    progress=False, save_at=tuple(c["save_at"]))
+    run = train_run(
+        fresh_host(c["host"], data.num_labels),
+        c["technique"],
+        data,
+        _train_config(c["train"], threads),
+        technique_config=c["technique_config"],
+        progress=False,
+        save_at=tuple(c["save_at"]),
+    )
     out = _result(run)
     out["snapshots"] = {
         step: (tensors, _module_meta(run, data, step, c["seed"], {"study_unit": unit_id}))
-        for step, tensors in run.snapshots.items()}
+        for step, tensors in run.snapshots.items()
+    }
     out.update(_provenance({c["host"]: run.host}, {c["data"]: data}))
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -214,8 +240,9 @@ ALIGNMENT_CACHE_SIZE = 1  # the fit of one host pair (it holds both hosts' weigh
 _ALIGNMENTS: LRU[Any] = LRU(ALIGNMENT_CACHE_SIZE)
 
 
-def method_inputs(method: str, c: dict[str, Any], num_labels: int, receiver: Any
-                  ) -> tuple[Any, dict[str, Any]]:
+def method_inputs(
+    method: str, c: dict[str, Any], num_labels: int, receiver: Any
+) -> tuple[Any, dict[str, Any]]:
     """What a post unit's porting method needs (`methods.MethodInputs`) and what its provenance
     records (`methods.method_record`). `receiver`: the unit's host, no module attached yet.
 
@@ -232,11 +259,18 @@ def method_inputs(method: str, c: dict[str, Any], num_labels: int, receiver: Any
 
         key = (c["origin"], c["receiver"], parsed.params["fit"], num_labels)
         t0 = time.perf_counter()
-        alignment = _ALIGNMENTS.get(key, lambda: fit_alignment(
-            fresh_host(c["origin"], num_labels), fresh_host(c["receiver"], num_labels),
-            fit=parsed.params["fit"]))
-        info = {**method_record(parsed, alignment),
-                "align_fit_seconds_here": round(time.perf_counter() - t0, 3)}
+        alignment = _ALIGNMENTS.get(
+            key,
+            lambda: fit_alignment(
+                fresh_host(c["origin"], num_labels),
+                fresh_host(c["receiver"], num_labels),
+                fit=parsed.params["fit"],
+            ),
+        )
+        info = {
+            **method_record(parsed, alignment),
+            "align_fit_seconds_here": round(time.perf_counter() - t0, 3),
+        }
         return MethodInputs(alignment=alignment), info
     if need.needs_receiver_weights:
         weights = {k: v.detach().clone() for k, v in receiver.model.state_dict().items()}
@@ -255,17 +289,32 @@ def _origin_predictions(c: dict[str, Any], snapshot: Any, data: Any, cfg: Any) -
     from peftport.runs import encodings, examples_sha256, load_into
 
     tensors, meta = snapshot
-    h, _att, _meta = load_into((tensors, meta), fresh_host(c["origin"], data.num_labels), data,
-                               cfg.seed)
+    h, _att, _meta = load_into(
+        (tensors, meta), fresh_host(c["origin"], data.num_labels), data, cfg.seed
+    )
     _tr, ev = encodings(h, data, cfg)
-    _m, pred = evaluate_with_predictions(h.model, h.kind, ev, cfg.eval_batch_size,
-                                         placement=resolve_config(cfg), eval_mode=cfg.eval_mode)
-    return {"step": int(c["pre_steps"]), **pred.with_examples(examples_sha256(data, cfg))
-            .to_record()}
+    _m, pred = evaluate_with_predictions(
+        h.model,
+        h.kind,
+        ev,
+        cfg.eval_batch_size,
+        placement=resolve_config(cfg),
+        eval_mode=cfg.eval_mode,
+    )
+    return {
+        "step": int(c["pre_steps"]),
+        **pred.with_examples(examples_sha256(data, cfg)).to_record(),
+    }
 
 
-def _adapt(unit_id: str, c: dict[str, Any], threads: int, snapshot: Any,
-           keep_adapted: bool, layer_map: list[int] | None = None) -> dict[str, Any]:
+def _adapt(
+    unit_id: str,
+    c: dict[str, Any],
+    threads: int,
+    snapshot: Any,
+    keep_adapted: bool,
+    layer_map: list[int] | None = None,
+) -> dict[str, Any]:
     """post: port the snapshot into the receiver (`runs.adapt_run` with the condition) and train
     it; random: train the technique's fresh initialisation there (`runs.train_run`)."""
     from peftport.data import load_dataset
@@ -280,24 +329,35 @@ def _adapt(unit_id: str, c: dict[str, Any], threads: int, snapshot: Any,
         if snapshot is None:
             raise PeftportError(f"unit {unit_id}: the module snapshot it starts from is missing")
         if c.get("layer_map") and layer_map is None:
-            raise PeftportError(f"unit {unit_id}: its config names layer map "
-                                f"{c['layer_map']['strategy']!r} but the payload carries no "
-                                "resolved map (the driver resolves it before any unit)")
+            raise PeftportError(
+                f"unit {unit_id}: its config names layer map "
+                f"{c['layer_map']['strategy']!r} but the payload carries no "
+                "resolved map (the driver resolves it before any unit)"
+            )
         if layer_map is not None:
             layer_map = [int(x) for x in layer_map]
         method = c.get("method", "copy")  # absent: copy (the config of before `methods:`)
         inputs, method_info = method_inputs(method, c, data.num_labels, h)
-        run = adapt_run(snapshot, h, data, cfg, progress=False, condition=condition,
-                        layer_map=layer_map, head=c.get("head", "follow"), method=method,
-                        method_inputs=inputs)
+        run = adapt_run(
+            snapshot,
+            h,
+            data,
+            cfg,
+            progress=False,
+            condition=condition,
+            layer_map=layer_map,
+            head=c.get("head", "follow"),
+            method=method,
+            method_inputs=inputs,
+        )
     elif c.get("head") == "origin":  # random with the origin module's head (plan.py)
         if snapshot is None:
             raise PeftportError(f"unit {unit_id}: the module whose head it keeps is missing")
-        run = adapt_run(snapshot, h, data, cfg, progress=False, condition="random",
-                        head="origin")
+        run = adapt_run(snapshot, h, data, cfg, progress=False, condition="random", head="origin")
     else:  # random: the technique's fresh initialisation from attach(seed) is the start
-        run = train_run(h, c["technique"], data, cfg, technique_config=c["technique_config"],
-                        progress=False)
+        run = train_run(
+            h, c["technique"], data, cfg, technique_config=c["technique_config"], progress=False
+        )
     out = _result(run)
     if c["kind"] == "post" and c.get("pre_data") != c["data"]:
         out["origin_predictions"] = _origin_predictions(c, snapshot, data, cfg)

@@ -37,10 +37,28 @@ from peftport.registry import Registry
 from peftport.techniques.base import Support, Technique, TechniqueConfig
 
 __all__ = [
-    "TECHNIQUES", "ORDER", "SUPPORT", "Support", "Technique", "TechniqueConfig", "Attached",
-    "get_technique", "ordered", "make_config", "supports", "supported_kinds", "attach",
-    "module_state", "load_module_state", "set_module_active", "trainable_parameters",
-    "module_keys", "head_keys", "host_dims", "support_table_markdown", "defaults_markdown",
+    "TECHNIQUES",
+    "ORDER",
+    "SUPPORT",
+    "Support",
+    "Technique",
+    "TechniqueConfig",
+    "Attached",
+    "get_technique",
+    "ordered",
+    "make_config",
+    "supports",
+    "supported_kinds",
+    "attach",
+    "module_state",
+    "load_module_state",
+    "set_module_active",
+    "trainable_parameters",
+    "module_keys",
+    "head_keys",
+    "host_dims",
+    "support_table_markdown",
+    "defaults_markdown",
 ]
 
 TECHNIQUES: Registry[Technique] = Registry("technique")
@@ -69,8 +87,9 @@ def get_technique(name: str) -> Technique:
     return TECHNIQUES.get(name)
 
 
-def make_config(technique: str, config: Mapping[str, Any] | TechniqueConfig | None = None
-                ) -> TechniqueConfig:
+def make_config(
+    technique: str, config: Mapping[str, Any] | TechniqueConfig | None = None
+) -> TechniqueConfig:
     return get_technique(technique).make_config(config)
 
 
@@ -79,8 +98,10 @@ def _kind_of(kind_or_family: str) -> str:
         return kind_or_family
     if kind_or_family in LAYOUTS:
         return LAYOUTS[kind_or_family].kind
-    raise PeftportError(f"unknown host kind or family {kind_or_family!r} (kinds: "
-                        f"{', '.join(KINDS)}; families: {', '.join(sorted(LAYOUTS))})")
+    raise PeftportError(
+        f"unknown host kind or family {kind_or_family!r} (kinds: "
+        f"{', '.join(KINDS)}; families: {', '.join(sorted(LAYOUTS))})"
+    )
 
 
 def supports(technique: str, kind_or_family: str) -> bool:
@@ -95,10 +116,12 @@ def supported_kinds(technique: str) -> list[str]:
 def unsupported_message(technique: str, kind: str) -> str:
     why = get_technique(technique).support[kind].note
     here = [t.name for t in ordered() if t.supports(kind)]
-    return (f"technique {technique!r} is not supported on {kind} hosts"
-            f"{f' ({why})' if why else ''}. It works on: "
-            f"{', '.join(supported_kinds(technique)) or 'nothing'}; on {kind} hosts use one "
-            f"of: {', '.join(here)}. See docs/techniques.md for the support table.")
+    return (
+        f"technique {technique!r} is not supported on {kind} hosts"
+        f"{f' ({why})' if why else ''}. It works on: "
+        f"{', '.join(supported_kinds(technique)) or 'nothing'}; on {kind} hosts use one "
+        f"of: {', '.join(here)}. See docs/techniques.md for the support table."
+    )
 
 
 def check_supported(technique: str, kind_or_family: str) -> None:
@@ -149,8 +172,10 @@ def _family_of_model(model: Any) -> str | None:
 
 def _check_name(name: str) -> None:
     if not name or not name.isidentifier():
-        raise PeftportError(f"module name {name!r} must be a Python identifier (it becomes part "
-                            "of every tensor name)")
+        raise PeftportError(
+            f"module name {name!r} must be a Python identifier (it becomes part "
+            "of every tensor name)"
+        )
 
 
 def _module_tensors(model: Any, name: str) -> dict[str, torch.Tensor]:
@@ -197,9 +222,16 @@ def _reinit_head(model: Any) -> None:
             model._init_weights(sub)
 
 
-def attach(model: Any, family: str, technique: str,
-           config: Mapping[str, Any] | TechniqueConfig | None = None, *,
-           name: str = "peftport", seed: int = 0, train_head: bool = True) -> Attached:
+def attach(
+    model: Any,
+    family: str,
+    technique: str,
+    config: Mapping[str, Any] | TechniqueConfig | None = None,
+    *,
+    name: str = "peftport",
+    seed: int = 0,
+    train_head: bool = True,
+) -> Attached:
     """Add technique `technique` to `model` (in place) as module `name`, ready to train.
 
     - freezes every host parameter; the module's tensors are trainable; on encoder classifiers
@@ -236,7 +268,8 @@ def attach(model: Any, family: str, technique: str,
         if model.config._attn_implementation != "eager":
             raise PeftportError(
                 f"{tech.name} on a {layout.kind} host needs eager attention and this model "
-                "cannot switch after loading; load the host with attn_implementation='eager'")
+                "cannot switch after loading; load the host with attn_implementation='eager'"
+            )
 
     was_training = model.training
     quiet = logging.getLogger("adapters")
@@ -259,13 +292,23 @@ def attach(model: Any, family: str, technique: str,
     head_ids = {id(t) for t in heads.values()}
     for p in model.parameters():
         p.requires_grad_(id(p) in module or (train_head and id(p) in head_ids))
-    return Attached(model=model, name=name, technique=tech.name, config=cfg,
-                    trainable=trainable_parameters(model), head_keys=tuple(heads),
-                    family=family, kind=layout.kind, seed=seed, dims=dims)
+    return Attached(
+        model=model,
+        name=name,
+        technique=tech.name,
+        config=cfg,
+        trainable=trainable_parameters(model),
+        head_keys=tuple(heads),
+        family=family,
+        kind=layout.kind,
+        seed=seed,
+        dims=dims,
+    )
 
 
-def module_state(model: Any, name: str = "peftport", include_head: bool = True
-                 ) -> dict[str, torch.Tensor]:
+def module_state(
+    model: Any, name: str = "peftport", include_head: bool = True
+) -> dict[str, torch.Tensor]:
     """CPU copies of exactly the module's tensors (and the head, on encoder classifiers)."""
     tensors = _module_tensors(model, name)
     if not tensors:
@@ -280,8 +323,9 @@ def _listing(title: str, items: list[str], limit: int = 20) -> str:
     return f"{title} ({len(items)}):\n  " + "\n  ".join(items[:limit]) + more
 
 
-def load_module_state(model: Any, state: Mapping[str, torch.Tensor], name: str = "peftport"
-                      ) -> None:
+def load_module_state(
+    model: Any, state: Mapping[str, torch.Tensor], name: str = "peftport"
+) -> None:
     """Copy `state` into module `name` (and the head, if `state` has head tensors).
 
     Strict: every module tensor must be present, nothing else may be, and shapes must match;
@@ -298,8 +342,11 @@ def load_module_state(model: Any, state: Mapping[str, torch.Tensor], name: str =
         missing += sorted(set(heads) - given)
     unexpected = sorted(given - set(targets) - set(heads))
     dest = {**targets, **heads}
-    wrong = [f"{k}: given {tuple(state[k].shape)}, module has {tuple(dest[k].shape)}"
-             for k in sorted(given & set(dest)) if tuple(state[k].shape) != tuple(dest[k].shape)]
+    wrong = [
+        f"{k}: given {tuple(state[k].shape)}, module has {tuple(dest[k].shape)}"
+        for k in sorted(given & set(dest))
+        if tuple(state[k].shape) != tuple(dest[k].shape)
+    ]
     if missing or unexpected or wrong:
         parts = [f"module state does not fit module {name!r} on this model"]
         if missing:
@@ -332,8 +379,10 @@ def trainable_parameters(model: Any) -> int:
 def support_table_markdown() -> str:
     head = "| technique | " + " | ".join(f"{k} ({KIND_HOSTS[k]})" for k in KINDS) + " |"
     rule = "|---" * (len(KINDS) + 1) + "|"
-    rows = [f"| `{t.name}` | " + " | ".join(t.support[k].cell() for k in KINDS) + " |"
-            for t in ordered()]
+    rows = [
+        f"| `{t.name}` | " + " | ".join(t.support[k].cell() for k in KINDS) + " |"
+        for t in ordered()
+    ]
     return "\n".join([head, rule, *rows])
 
 

@@ -26,12 +26,19 @@ VARIANTS = {"pfeiffer": ("SeqBnConfig", "relu"), "houlsby": ("DoubleSeqBnConfig"
 class BottleneckConfig(TechniqueConfig):
     technique = "adapter"
 
-    variant: str = doc("pfeiffer", "pfeiffer: one adapter per layer, after the feed-forward "
-                       "block; houlsby: two, after attention and after the feed-forward block")
-    reduction_factor: int = doc(16, "hidden size / bottleneck width (16 on a 384-wide host "
-                                "gives a 24-wide bottleneck)")
-    non_linearity: str = doc("", "activation inside the bottleneck; empty = the variant's "
-                             "published one (relu for pfeiffer, swish for houlsby)")
+    variant: str = doc(
+        "pfeiffer",
+        "pfeiffer: one adapter per layer, after the feed-forward "
+        "block; houlsby: two, after attention and after the feed-forward block",
+    )
+    reduction_factor: int = doc(
+        16, "hidden size / bottleneck width (16 on a 384-wide host gives a 24-wide bottleneck)"
+    )
+    non_linearity: str = doc(
+        "",
+        "activation inside the bottleneck; empty = the variant's "
+        "published one (relu for pfeiffer, swish for houlsby)",
+    )
     dropout: float = doc(0.0, "dropout inside the adapter")
 
     adapters_fields = "reduction_factor non_linearity dropout"
@@ -43,11 +50,13 @@ class BottleneckConfig(TechniqueConfig):
 
     def validate(self) -> None:
         if self.variant not in VARIANTS:
-            raise PeftportError(f"adapter config: variant must be one of {sorted(VARIANTS)}, "
-                                f"got {self.variant!r}")
+            raise PeftportError(
+                f"adapter config: variant must be one of {sorted(VARIANTS)}, got {self.variant!r}"
+            )
         if self.reduction_factor < 1:
-            raise PeftportError("adapter config: reduction_factor must be >= 1, "
-                                f"got {self.reduction_factor}")
+            raise PeftportError(
+                f"adapter config: reduction_factor must be >= 1, got {self.reduction_factor}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise PeftportError(f"adapter config: dropout must be in [0, 1), got {self.dropout}")
 
@@ -55,7 +64,8 @@ class BottleneckConfig(TechniqueConfig):
         if hidden_size // self.reduction_factor < 1:
             raise PeftportError(
                 f"adapter: reduction_factor {self.reduction_factor} leaves no bottleneck on "
-                f"{host} (hidden size {hidden_size}); use at most {hidden_size}")
+                f"{host} (hidden size {hidden_size}); use at most {hidden_size}"
+            )
 
     def adapters_class_name(self) -> str:
         return VARIANTS[self.variant][0]
@@ -75,9 +85,11 @@ def is_bottleneck(c: Mapping[str, Any]) -> bool:
 def bottleneck_fields(c: Mapping[str, Any]) -> dict[str, Any]:
     """The fields bottleneck adapters and Compacter share, from an AdapterHub config dict."""
     rf = c["reduction_factor"]
-    return {"variant": "houlsby" if c.get("mh_adapter") else "pfeiffer",
-            "reduction_factor": int(rf) if isinstance(rf, float) and rf.is_integer() else rf,
-            "non_linearity": c.get("non_linearity", "")}
+    return {
+        "variant": "houlsby" if c.get("mh_adapter") else "pfeiffer",
+        "reduction_factor": int(rf) if isinstance(rf, float) and rf.is_integer() else rf,
+        "non_linearity": c.get("non_linearity", ""),
+    }
 
 
 TECHNIQUE = Technique(

@@ -34,8 +34,9 @@ def _check_value(technique: str, name: str, hint: Any, value: Any) -> Any:
     try:
         return _adapter(hint).validate_python(value)
     except ValidationError:
-        raise PeftportError(f"{technique} config: field {name!r} must be {_describe(hint)}, "
-                            f"got {value!r}") from None
+        raise PeftportError(
+            f"{technique} config: field {name!r} must be {_describe(hint)}, got {value!r}"
+        ) from None
 
 
 @functools.cache
@@ -61,8 +62,13 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(hint))
     if origin is tuple:
         return f"a list of {_describe(typing.get_args(hint)[0])}"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
-            type(None): "null"}.get(hint, str(hint))
+    return {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        type(None): "null",
+    }.get(hint, str(hint))
 
 
 @dataclass(frozen=True)
@@ -118,8 +124,10 @@ class TechniqueConfig:
     # -- shared ------------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
         """JSON-able: tuples become lists. `from_dict(as_dict())` gives an equal config."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in fields(self)}
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in fields(self)
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> Self:
@@ -128,8 +136,10 @@ class TechniqueConfig:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise PeftportError(f"{cls.technique} config: unknown field(s) {unknown}; "
-                                f"known fields: {', '.join(known)}")
+            raise PeftportError(
+                f"{cls.technique} config: unknown field(s) {unknown}; "
+                f"known fields: {', '.join(known)}"
+            )
         return cls(**data)
 
     def replace(self, **changes: Any) -> Self:
@@ -163,12 +173,15 @@ def attention_targets(targets: tuple[str, ...], default: str) -> dict[str, Any]:
     """AdapterHub's LoRA-family arguments for the attention matrices `targets` (none: off; the
     list must still name one, `default`)."""
     return {"selfattn_lora": bool(targets), "attn_matrices": list(targets) or [default]}
+
+
 EVERY_KIND: Mapping[str, Support] = types.MappingProxyType(dict.fromkeys(KINDS, YES))
 
 
 def everywhere(notes: Mapping[str, str]) -> Mapping[str, Support]:
     """Supported on every host kind, with what is special on some (kind -> note)."""
     return types.MappingProxyType({k: Support(True, notes.get(k, "")) for k in KINDS})
+
 
 # the end of the reason a technique PEFT lacks gives
 USE_ADAPTERHUB = "export it as an AdapterHub folder (--format adapterhub)"
@@ -216,13 +229,17 @@ class Technique:
     def __post_init__(self) -> None:
         # A programming error in a technique file, caught when the registry imports it.
         if set(self.support) != set(KINDS):
-            raise ValueError(f"technique {self.name!r}: support must name every host kind "
-                             f"{list(KINDS)}, got {sorted(self.support)}")
+            raise ValueError(
+                f"technique {self.name!r}: support must name every host kind "
+                f"{list(KINDS)}, got {sorted(self.support)}"
+            )
         if not set(self.eager_attention) <= set(KINDS):
             raise ValueError(f"technique {self.name!r}: eager_attention names unknown kinds")
         if self.peft_type is None and not self.peft_refused:
-            raise ValueError(f"technique {self.name!r}: without a peft_type, peft_refused must "
-                             "say why PEFT cannot take it")
+            raise ValueError(
+                f"technique {self.name!r}: without a peft_type, peft_refused must "
+                "say why PEFT cannot take it"
+            )
 
     def supports(self, kind: str) -> bool:
         return self.support[kind].ok
@@ -232,21 +249,26 @@ class Technique:
         """PEFT has a faithful counterpart (a codec in peftport.interop converts it)."""
         return self.peft_type is not None and not self.peft_refused
 
-    def make_config(self, config: Mapping[str, Any] | TechniqueConfig | None = None
-                    ) -> TechniqueConfig:
+    def make_config(
+        self, config: Mapping[str, Any] | TechniqueConfig | None = None
+    ) -> TechniqueConfig:
         """None -> the defaults; a mapping -> those fields over the defaults; a config -> itself
         (it must be this technique's)."""
         if config is None:
             return self.config_cls()
         if isinstance(config, TechniqueConfig):
             if not isinstance(config, self.config_cls):
-                raise PeftportError(f"technique {self.name!r} takes a "
-                                    f"{self.config_cls.__name__}, got {type(config).__name__}")
+                raise PeftportError(
+                    f"technique {self.name!r} takes a "
+                    f"{self.config_cls.__name__}, got {type(config).__name__}"
+                )
             return config
         if isinstance(config, Mapping):
             return self.config_cls.from_dict(config)
-        raise PeftportError(f"technique {self.name!r}: config must be a mapping or a "
-                            f"{self.config_cls.__name__}, got {type(config).__name__}")
+        raise PeftportError(
+            f"technique {self.name!r}: config must be a mapping or a "
+            f"{self.config_cls.__name__}, got {type(config).__name__}"
+        )
 
     def defaults(self) -> dict[str, Any]:
         return self.config_cls().as_dict()

@@ -31,10 +31,14 @@ class CompacterConfig(TechniqueConfig):
     technique = "compacter"
 
     phm_dim: int = doc(4, "number of Kronecker summands (n in the paper)")
-    reduction_factor: int = doc(32, "hidden size / bottleneck width; the width must be a "
-                                "multiple of phm_dim")
-    variant: str = doc("houlsby", "houlsby: Compacter, two adapters per layer; pfeiffer: "
-                       "Compacter++, one after the feed-forward block")
+    reduction_factor: int = doc(
+        32, "hidden size / bottleneck width; the width must be a multiple of phm_dim"
+    )
+    variant: str = doc(
+        "houlsby",
+        "houlsby: Compacter, two adapters per layer; pfeiffer: "
+        "Compacter++, one after the feed-forward block",
+    )
     non_linearity: str = doc("gelu", "activation inside the bottleneck")
     phm_rank: int = doc(1, "rank of the low-rank per-layer factors")
     shared_phm_rule: bool = doc(True, "share the rule matrices across layers")
@@ -43,25 +47,34 @@ class CompacterConfig(TechniqueConfig):
 
     def validate(self) -> None:
         if self.variant not in VARIANTS:
-            raise PeftportError(f"compacter config: variant must be one of {sorted(VARIANTS)}, "
-                                f"got {self.variant!r}")
+            raise PeftportError(
+                f"compacter config: variant must be one of {sorted(VARIANTS)}, got {self.variant!r}"
+            )
         for name in ("phm_dim", "reduction_factor", "phm_rank"):
             if getattr(self, name) < 1:
-                raise PeftportError(f"compacter config: {name} must be >= 1, "
-                                    f"got {getattr(self, name)}")
+                raise PeftportError(
+                    f"compacter config: {name} must be >= 1, got {getattr(self, name)}"
+                )
 
     def check_host(self, hidden_size: int, host: str = "this host") -> None:
         width = hidden_size // self.reduction_factor
         if hidden_size % self.phm_dim == 0 and width >= self.phm_dim and width % self.phm_dim == 0:
             return
-        ok = [r for r in range(1, hidden_size + 1)
-              if hidden_size // r >= self.phm_dim and (hidden_size // r) % self.phm_dim == 0]
-        hint = (f"reduction factors that work there: {', '.join(map(str, ok[-6:]))}" if ok and
-                hidden_size % self.phm_dim == 0 else "choose another phm_dim")
+        ok = [
+            r
+            for r in range(1, hidden_size + 1)
+            if hidden_size // r >= self.phm_dim and (hidden_size // r) % self.phm_dim == 0
+        ]
+        hint = (
+            f"reduction factors that work there: {', '.join(map(str, ok[-6:]))}"
+            if ok and hidden_size % self.phm_dim == 0
+            else "choose another phm_dim"
+        )
         raise PeftportError(
             f"compacter: bottleneck width {width} (hidden size {hidden_size} of {host} // "
             f"reduction_factor {self.reduction_factor}) and the hidden size must be multiples "
-            f"of phm_dim {self.phm_dim}; {hint}")
+            f"of phm_dim {self.phm_dim}; {hint}"
+        )
 
     def adapters_class_name(self) -> str:
         return VARIANTS[self.variant]
@@ -70,8 +83,10 @@ class CompacterConfig(TechniqueConfig):
     def from_adapters(cls, c: Mapping[str, Any]) -> dict[str, Any] | None:
         if not is_bottleneck(c) or not c.get("phm_layer"):
             return None
-        return {**bottleneck_fields(c),
-                **{k: c[k] for k in ("phm_dim", "phm_rank", "shared_phm_rule") if k in c}}
+        return {
+            **bottleneck_fields(c),
+            **{k: c[k] for k in ("phm_dim", "phm_rank", "shared_phm_rule") if k in c},
+        }
 
 
 TECHNIQUE = Technique(
@@ -79,7 +94,9 @@ TECHNIQUE = Technique(
     summary="bottleneck adapters built from shared Kronecker-product (PHM) layers",
     reference="Karimi Mahabadi et al. 2021 (arXiv 2106.04647)",
     order=4,
-    adapterhub_hints={"phm_rule": "adapters 1.3.0's save_adapter does not save T5 Compacter's "
-                      "shared phm_rule; export such modules with peftport"},
+    adapterhub_hints={
+        "phm_rule": "adapters 1.3.0's save_adapter does not save T5 Compacter's "
+        "shared phm_rule; export such modules with peftport"
+    },
     peft_refused=f"PEFT 0.21.2 has no Compacter (PHM bottleneck adapters); {USE_ADAPTERHUB}",
 )

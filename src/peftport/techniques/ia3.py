@@ -32,8 +32,10 @@ class IA3Config(TechniqueConfig):
     def validate(self) -> None:
         bad = [t for t in self.targets if t not in ATTENTION_MATRICES]
         if bad or len(set(self.targets)) != len(self.targets):
-            raise PeftportError(f"ia3 config: targets must be distinct names among "
-                                f"{list(ATTENTION_MATRICES)}, got {list(self.targets)}")
+            raise PeftportError(
+                f"ia3 config: targets must be distinct names among "
+                f"{list(ATTENTION_MATRICES)}, got {list(self.targets)}"
+            )
         if not (self.targets or self.intermediate):
             raise PeftportError("ia3 config: nothing to rescale (no targets, intermediate off)")
 
@@ -45,14 +47,17 @@ class IA3Config(TechniqueConfig):
         # adapters implements (IA)^3 as a LoRA that scales instead of adding
         if c.get("architecture") != "lora" or c.get("composition_mode") != "scale":
             return None
-        return {"targets": list(c.get("attn_matrices") or []) if c.get("selfattn_lora") else [],
-                "intermediate": bool(c.get("intermediate_lora"))}
+        return {
+            "targets": list(c.get("attn_matrices") or []) if c.get("selfattn_lora") else [],
+            "intermediate": bool(c.get("intermediate_lora")),
+        }
 
 
 TECHNIQUE = Technique(
     config_cls=IA3Config,
     summary="learnt rescaling vectors on keys, values and feed-forward activations",
     reference="Liu et al. 2022 (arXiv 2205.05638)",
-    order=6, peft_type="IA3",
+    order=6,
+    peft_type="IA3",
     neutral_fill=1.0,  # a vector of ones scales nothing
 )

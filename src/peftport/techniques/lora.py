@@ -81,6 +81,7 @@ TECHNIQUE = Technique(
     summary="low-rank update of the attention query and value matrices",
     reference="Hu et al. 2021 (arXiv 2106.09685)",
     support=everywhere({TEXT_TO_TEXT: "also cross-attention q, v"}),
-    order=2, peft_type="LORA",
+    order=2,
+    peft_type="LORA",
     neutral_fill=0.0,  # B = 0: no update (A = 0 too, so nothing of the site is left)
 )

@@ -34,8 +34,11 @@ class PrefixConfig(TechniqueConfig):
     technique = "prefix"
 
     prefix_length: int = doc(30, "prefix vectors per attention layer")
-    flat: bool = doc(False, "train the prefix directly (true) or through the reparameterising "
-                     "MLP (false, the default; the MLP travels with the module when ported)")
+    flat: bool = doc(
+        False,
+        "train the prefix directly (true) or through the reparameterising "
+        "MLP (false, the default; the MLP travels with the module when ported)",
+    )
     bottleneck_size: int = doc(512, "hidden width of the reparameterising MLP")
     non_linearity: str = doc("tanh", "activation of the reparameterising MLP")
     dropout: float = doc(0.0, "dropout on the prefix")
@@ -50,8 +53,9 @@ class PrefixConfig(TechniqueConfig):
     def validate(self) -> None:
         for name in ("prefix_length", "bottleneck_size"):
             if getattr(self, name) < 1:
-                raise PeftportError(f"prefix config: {name} must be >= 1, "
-                                    f"got {getattr(self, name)}")
+                raise PeftportError(
+                    f"prefix config: {name} must be >= 1, got {getattr(self, name)}"
+                )
         if not 0.0 <= self.dropout < 1.0:
             raise PeftportError(f"prefix config: dropout must be in [0, 1), got {self.dropout}")
 
@@ -66,9 +70,14 @@ TECHNIQUE = Technique(
     config_cls=PrefixConfig,
     summary="trainable attention prefixes, reparameterised by an MLP during training",
     reference="Li and Liang 2021 (arXiv 2101.00190)",
-    support=everywhere({TEXT_TO_TEXT: "encoder, decoder and cross-attention prefixes",
-                        DECODER_LM: "eager attention: attach switches the host to it"}),
-    order=3, peft_type="PREFIX_TUNING",
+    support=everywhere(
+        {
+            TEXT_TO_TEXT: "encoder, decoder and cross-attention prefixes",
+            DECODER_LM: "eager attention: attach switches the host to it",
+        }
+    ),
+    order=3,
+    peft_type="PREFIX_TUNING",
     layer_mappable=False,  # the MLP's last layer holds every layer's prefix (docstring)
     # with sdpa a padded batch masks the prefix out and its gradients are zero
     eager_attention=frozenset({DECODER_LM}),

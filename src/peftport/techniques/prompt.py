@@ -25,19 +25,24 @@ class PromptConfig(TechniqueConfig):
     technique = "prompt"
 
     prompt_length: int = doc(10, "soft tokens prepended to the input")
-    combine: str = doc("prefix", "where the soft tokens go: prefix (before everything) or "
-                       "prefix_after_bos (after the first token)")
+    combine: str = doc(
+        "prefix",
+        "where the soft tokens go: prefix (before everything) or "
+        "prefix_after_bos (after the first token)",
+    )
 
     adapters_class = "PromptTuningConfig"
     adapters_fields = "prompt_length combine"
 
     def validate(self) -> None:
         if self.prompt_length < 1:
-            raise PeftportError(f"prompt config: prompt_length must be >= 1, "
-                                f"got {self.prompt_length}")
+            raise PeftportError(
+                f"prompt config: prompt_length must be >= 1, got {self.prompt_length}"
+            )
         if self.combine not in COMBINE:
-            raise PeftportError(f"prompt config: combine must be one of {list(COMBINE)}, "
-                                f"got {self.combine!r}")
+            raise PeftportError(
+                f"prompt config: combine must be one of {list(COMBINE)}, got {self.combine!r}"
+            )
 
     def adapters_extra(self) -> dict[str, Any]:
         # random_uniform init (scale 0.5, as in the paper); "from_string" would need a text
