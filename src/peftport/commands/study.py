@@ -17,8 +17,8 @@ FILE_ARG = typer.Argument(
 PRESET_OPT = typer.Option(
     None,
     "--preset",
-    help="A study shipped with peftport: quick, paper, "
-    "crossdepth or drift (`peftport study presets`).",
+    help="A study shipped with peftport, e.g. quick, standard, methods or paper "
+    "(`peftport study presets` lists them all).",
 )
 STORE_OPT = typer.Option(
     None,
