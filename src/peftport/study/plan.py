@@ -579,8 +579,14 @@ def describe(plan: Plan, *, units: bool = True) -> str:
         "pre-porting step count",
         "  post: one per (technique, pair, data sets, seed, pre-steps, condition), evaluated at "
         "0 and every post-porting step count (shared schedule horizon)",
-        "  random: one per (technique, receiver, post data set, seed): independent of the "
-        "origin and the pre-porting steps; " + t["baseline"],
+        "  random: one per (technique, receiver, post data set, seed): "
+        + (
+            "a fresh body with the head of the origin's most trained snapshot (head_policy "
+            "origin), the same for every pre-porting step count; "
+            if plan.spec.head_policy == "origin"
+            else "independent of the origin and the pre-porting steps; "
+        )
+        + t["baseline"],
         f"training steps: {t['training_steps']['shared']:,} shared vs "
         f"{t['training_steps']['naive']:,} naive (every run trained from scratch): "
         f"{t['training_steps']['ratio']}x fewer",
