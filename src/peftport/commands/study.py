@@ -219,8 +219,9 @@ def register(app: typer.Typer) -> None:
         if file is None and preset is None:
             typer.echo("no study file given: running the quick preset", err=True)
         spec = _spec(file, preset)
-        # before any host loads or the store is made; then say what auto chose here
-        typer.echo(_check_device(spec, device, executor), err=True)
+        # checked before any host loads or the store is made; what auto chose here is said
+        # once the executor's options are checked too (a refused option stays the one line)
+        announce = _check_device(spec, device, executor)
         with default_device(device):  # the worker processes started in it inherit it
             out = run_study(
                 spec,
@@ -235,6 +236,7 @@ def register(app: typer.Typer) -> None:
                 verify=verify,
                 units_per_gpu=units_per_gpu,
                 gpus_per_unit=gpus_per_unit,
+                announce=announce,
             )
         typer.echo(json.dumps(out, indent=2) if as_json else summary_line(out))
         if not as_json:

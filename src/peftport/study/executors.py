@@ -42,6 +42,7 @@ from typing import Any
 from peftport.errors import PeftportError
 from peftport.progress import format_duration
 from peftport.study.gpus import Slot, local_slots
+from peftport.study.schema import check_store_file
 from peftport.study.store import LEASE_SECONDS, Store, crash_point, plan_ids
 
 ENV_KEYS = (
@@ -377,19 +378,6 @@ def check_executor(kind: str) -> None:
             import ray  # noqa: F401
         except ImportError:
             raise PeftportError("the ray executor needs Ray: pip install 'peftport[ray]'") from None
-
-
-def check_store_file(path: Path) -> None:
-    """Refuse a --store that exists and is not a peftport store (read-only check)."""
-    from peftport.study.schema import foreign_store
-
-    path = path.expanduser()
-    if path.is_dir():
-        raise PeftportError(f"{path} is a folder; --store takes a .sqlite file")
-    if path.exists() and path.stat().st_size > 0:
-        why = foreign_store(path)
-        if why:
-            raise PeftportError(why)
 
 
 def __getattr__(name: str) -> Any:
@@ -835,11 +823,13 @@ def run_study(
     verify: bool = True,
     units_per_gpu: int | None = None,
     gpus_per_unit: float | None = None,
+    announce: str = "",
 ) -> dict[str, Any]:
     """Plan `spec`, check and prepare it (hosts, shapes, data: before the store is touched),
     then run every unit that is not done in the store at `store_path` (`run_plan`). Returns
     `run_plan`'s summary with the store's path. units_per_gpu (local) and gpus_per_unit
-    (ray): how units share GPUs (`gpu_slots`, `ray_executor.gpu_request`)."""
+    (ray): how units share GPUs (`gpu_slots`, `ray_executor.gpu_request`). `announce`: a line
+    echoed once every option is checked, before anything loads (what the device resolved to)."""
     from peftport.study.plan import make_plan
 
     if threads < 1:
@@ -855,6 +845,8 @@ def run_study(
         local_slots(workers, threads, units_per_gpu)  # GPU options that cannot work here
     check_store_file(Path(store_path))
     echo = echo or (lambda s: print(s, file=sys.stderr))
+    if announce:
+        echo(announce)
     plan = make_plan(spec)
     prepare(plan, echo)
     # before the store: a GPU request the Ray cluster cannot meet is refused here

@@ -66,6 +66,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from peftport.errors import PeftportError
+
 SCHEMA_VERSION = 1
 METRIC_NAMES = ("accuracy", "macro_f1", "auc", "majority_share", "n")
 
@@ -237,3 +239,14 @@ def migrate_cells(con: sqlite3.Connection) -> bool:
         + SCHEMA.split("CREATE VIEW IF NOT EXISTS results AS")[1].split(";")[0]
     )
     return True
+
+
+def check_store_file(path: Path) -> None:
+    """Refuse a --store that exists and is not a peftport store (read-only check)."""
+    path = path.expanduser()
+    if path.is_dir():
+        raise PeftportError(f"{path} is a folder; --store takes a .sqlite file")
+    if path.exists() and path.stat().st_size > 0:
+        why = foreign_store(path)
+        if why:
+            raise PeftportError(why)
