@@ -35,7 +35,9 @@ def _start(args, env):
 
 
 def _wait_running(proc, home, store, timeout=240):
-    """Until the driver's Ray record is written and a unit runs; returns the record."""
+    """Until the driver's Ray record is written and a unit runs under ITS claim (a killed
+    driver's stale claim must not count: the new driver recovers it after Ray is up);
+    returns the record."""
     path = home / "ray" / f"{proc.pid}.json"
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -43,7 +45,9 @@ def _wait_running(proc, home, store, timeout=240):
         if path.exists() and store.exists():
             try:
                 con = sqlite3.connect(store)
-                n = con.execute("SELECT COUNT(*) FROM units WHERE status = 'running'").fetchone()[0]
+                n = con.execute(
+                    "SELECT COUNT(*) FROM units WHERE status = 'running' AND pid = ?", (proc.pid,)
+                ).fetchone()[0]
                 con.close()
             except sqlite3.OperationalError:
                 n = 0
