@@ -216,3 +216,26 @@ def render_markdown_of(agg, tmp_path: Path) -> str:
     data = StoreData(tmp_path, "accuracy", 1, "", "", [], [], {"done": 0, "running": 0,
                      "pending": 0, "failed": 0}, [], {})  # fmt: skip
     return render_markdown(page(data, agg, [], None, "now", "test"))
+
+
+def test_each_technique_is_read_at_its_own_largest_pre_porting_count(tmp_path):
+    """A study may train a slow technique longer before porting: the at-a-glance table, the
+    findings and the ranking then read every technique at its own largest count."""
+    from dataclasses import replace
+
+    good = [o for o in study() if o.technique == "good"]
+    slow = [
+        replace(o, technique="slow", pre_steps=0 if o.condition == "random" else 100,
+                unit_id=o.unit_id.replace("good", "slow"))
+        for o in good
+    ]  # fmt: skip
+    agg = agg_of(good + slow, tmp_path)
+    assert agg.axes.top("good") == 50 and agg.axes.top("slow") == 100
+    assert {g["technique"]: g["pre_steps"] for g in agg.glance} == {"good": 50, "slow": 100}
+    assert all(g["vs_random"] is not None for g in agg.glance)
+    beats = next(f for f in agg.findings if f.key == "beats_random")
+    assert beats.verdict == "holds" and "good" in beats.detail and "slow" in beats.detail
+    ranked = [r for r in agg.tables["ranking"].rows if r["score"] == "zero_shot"]
+    assert {r["technique"] for r in ranked} == {"good", "slow"} and all(r["paired"] for r in ranked)
+    md = render_markdown_of(agg, tmp_path)
+    assert "modules trained good 50, slow 100 steps before porting" in md

@@ -146,6 +146,10 @@ def axes_of(data: StoreData) -> Axes:
     runs = [o for o in obs if o.condition in CONDITIONS]
     hosts = {h for o in obs for h in (o.origin, o.receiver)}
     datasets = {d for o in obs for d in (o.pre_data, o.post_data)}
+    top_pre: dict[str, int] = {}
+    for o in runs:
+        if o.condition != "random":
+            top_pre[o.technique] = max(top_pre.get(o.technique, 0), o.pre_steps)
     return Axes(
         techniques=_ordered((o.technique for o in obs), pref_t),
         directions=_ordered(((o.origin, o.receiver) for o in runs), pref_p),
@@ -155,6 +159,7 @@ def axes_of(data: StoreData) -> Axes:
         conditions=tuple(c for c in CONDITIONS if any(o.condition == c for o in runs)),
         seeds=_ordered(o.seed for o in obs),
         names=_short_names(sorted(hosts)) | _short_names(sorted(datasets)),
+        top_pre=top_pre,
     )
 
 
@@ -252,15 +257,15 @@ def overview_figure(axes: Axes, obs: list[Observation], metric: str) -> FigureSp
     pre-porting step count."""
     if not axes.pre_steps or not axes.techniques:
         return None
-    p = max(axes.pre_steps)
     chance = chance_of(obs, metric)
     learned = learned_modules(obs)
     g = group(
-        (o for o in obs if o.condition in CONDITIONS and o.pre_steps in (0, p)),
+        (o for o in obs if o.condition in CONDITIONS and o.pre_steps in (0, axes.top(o.technique))),
         lambda o: (o.technique, o.condition, o.post_steps),
     )
     panels = []
     for t in axes.techniques:
+        p = axes.top(t)
         bars = {c: [summarize(g.get((t, c, s), [])) for s in axes.steps] for c in axes.conditions}
         org = summarize(
             o for o in obs if o.condition == "origin" and o.technique == t and o.pre_steps == p
@@ -274,12 +279,12 @@ def overview_figure(axes: Axes, obs: list[Observation], metric: str) -> FigureSp
         )  # fmt: skip
     return FigureSpec(
         stem="fig-overview",
-        title=f"All techniques: {p} pre-porting steps, pooled over directions and data",
+        title=f"All techniques: {axes.top_text()} pre-porting steps, pooled over directions and data",
         panels=panels,
         caption=(
             f"{metric} of ported, sampled and random modules after each number of post-porting "
             f"steps, pooled over porting directions, data combinations and seeds (modules "
-            f"trained {p} steps before porting); error bars: 95% interval over those runs; "
+            f"trained {axes.top_text()} steps before porting); error bars: 95% interval over those runs; "
             "dashed line: the modules on their origins; dotted line: " + CHANCE_TEXT[metric]
         ),
     )
@@ -451,8 +456,10 @@ def ranking_table(axes: Axes, obs: list[Observation]) -> Table:
     for score in SCORES:
         by_t: dict[str, dict[tuple, float]] = defaultdict(dict)
         for key, pc, rc, *_ in curves:
+            if key[-1] != axes.top(key[0]):  # each technique at its largest pre-porting count
+                continue
             d = pc - rc
-            by_t[key[0]][key[1:]] = float(d.mean() if score == "advantage" else d[0])
+            by_t[key[0]][key[1:-1]] = float(d.mean() if score == "advantage" else d[0])
         techs = [t for t in axes.techniques if by_t.get(t)]
         if not techs:
             continue
@@ -490,8 +497,9 @@ def ranking_table(axes: Axes, obs: list[Observation]) -> Table:
             notes.append(f"{score}: not ranked (no complete run): {', '.join(left)}")
     notes.insert(
         0,
-        "Scores per run (technique, direction, data combination, seed, pre-porting steps; runs "
-        "with a missing result left out): "
+        "Scores per run (technique, direction, data combination, seed), each technique at its "
+        f"largest pre-porting step count ({axes.top_text()}; runs with a missing result left "
+        "out): "
         + "; ".join(f"{k} = {v}" for k, v in SCORES.items())
         + f". Rank interval: 95% bootstrap ({N_BOOT * 2} resamples of runs, the same runs for "
         "every technique when all have them: paired); p_best: share of resamples in which the "
@@ -554,25 +562,37 @@ def glance(
     their origin (if none did, its portability is not measured)."""
     if not axes.pre_steps:
         return []
-    p = max(axes.pre_steps)
-    zs = {r["technique"]: r for r in tables["zero_shot_by_technique"].rows if r["pre_steps"] == p}
+    top = {t: axes.top(t) for t in axes.techniques}
+    zs = {
+        r["technique"]: r
+        for r in tables["zero_shot_by_technique"].rows
+        if r["pre_steps"] == top.get(r["technique"])
+    }
     diff = {
         r["technique"]: r
         for r in tables["differences"].rows
-        if r["comparison"] == "ported - random" and r["pre_steps"] == p and r["post_steps"] == 0
+        if r["comparison"] == "ported - random"
+        and r["pre_steps"] == top.get(r["technique"])
+        and r["post_steps"] == 0
     }
     saved = {
         r["technique"]: r
         for r in tables["steps_saved"].rows
-        if r["pre_steps"] == p and r["checkpoint"] == 0
+        if r["pre_steps"] == top.get(r["technique"]) and r["checkpoint"] == 0
     }
     rank = {r["technique"]: r for r in tables["ranking"].rows if r["score"] == "advantage"}
     auc: dict[str, list[float]] = defaultdict(list)
     for o in obs:
-        if o.condition == "ported" and o.post_steps == 0 and o.pre_steps == p and o.auc is not None:
+        if (
+            o.condition == "ported"
+            and o.post_steps == 0
+            and o.pre_steps == top.get(o.technique)
+            and o.auc is not None
+        ):
             auc[o.technique].append(o.auc)
     out = []
     for t in axes.techniques:
+        p = top[t]
         mods = [v for k, v in learned.items() if k[0] == t and k[3] == p]
         a = auc.get(t, [])
         out.append(

@@ -1,7 +1,7 @@
 """The paper's findings, each checked against this study's statistics, with a verdict.
 
 Nothing here is written by hand: every verdict is computed from the report's tables and
-results, at the largest pre-porting step count and at zero-shot (post-porting step 0), over the
+results, at each technique's largest pre-porting step count and at zero-shot (post-porting step 0), over the
 techniques whose modules learned on their origin (science.learned_modules). A verdict is
 "holds", "does not hold" or "not measured" (with why), and its detail gives the numbers.
 """
@@ -35,25 +35,26 @@ def _pval(p: float | None) -> str:
     return "–" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def measured_techniques(axes: Axes, learned: dict[ModuleKey, Learned], pre: int) -> list[str]:
-    """Techniques with at least one module that learned on its origin at `pre` steps (a
-    technique without origin results counts as measured: nothing says it did not learn)."""
+def measured_techniques(axes: Axes, learned: dict[ModuleKey, Learned]) -> list[str]:
+    """Techniques with at least one module that learned on its origin at the technique's
+    largest pre-porting step count (a technique without origin results counts as measured:
+    nothing says it did not learn)."""
     out = []
     for t in axes.techniques:
-        mods = [v for k, v in learned.items() if k[0] == t and k[3] == pre]
+        mods = [v for k, v in learned.items() if k[0] == t and k[3] == axes.top(t)]
         if not mods or any(m.learned for m in mods):
             out.append(t)
     return out
 
 
 def _beats(
-    claim: str, key: str, control: str, tables: dict[str, Table], techs: list[str], pre: int
+    claim: str, key: str, control: str, tables: dict[str, Table], techs: list[str], axes: Axes
 ) -> Finding:
     rows = {
         r["technique"]: r
         for r in tables["differences"].rows
         if r["comparison"] == f"ported - {control}"
-        and r["pre_steps"] == pre
+        and r["pre_steps"] == axes.top(r["technique"])
         and r["post_steps"] == 0
         and r["technique"] in techs
     }
@@ -100,13 +101,15 @@ def _best(tables: dict[str, Table], techs: list[str]) -> Finding:
     return Finding("best", claim, HOLDS if clear else FAILS, detail)
 
 
-def _gains(obs: list[Any], pre: int) -> dict[tuple, float]:
-    """(technique, origin, receiver, pre data, post data, seed) -> ported - random at step 0."""
+def _gains(obs: list[Any], axes: Axes) -> dict[tuple, float]:
+    """(technique, origin, receiver, pre data, post data, seed) -> ported - random at step 0,
+    ported at the technique's largest pre-porting step count."""
     idx = {
         (o.technique, o.origin, o.receiver, o.pre_data, o.post_data, o.seed, o.condition): o.value
         for o in obs
         if o.post_steps == 0 and o.value is not None
-        and ((o.condition == "ported" and o.pre_steps == pre) or o.condition == "random")
+        and ((o.condition == "ported" and o.pre_steps == axes.top(o.technique))
+             or o.condition == "random")
     }  # fmt: skip
     out = {}
     for k, v in idx.items():
@@ -168,17 +171,17 @@ def _cross_data(gains: dict[tuple, float], techs: list[str]) -> Finding:
 def findings(
     axes: Axes, tables: dict[str, Table], learned: dict[ModuleKey, Learned], obs: list[Any]
 ) -> list[Finding]:
-    """The paper's findings, checked at the largest pre-porting step count, at zero-shot."""
+    """The paper's findings, checked at each technique's largest pre-porting step count, at
+    zero-shot."""
     if not axes.pre_steps:
         return []
-    pre = max(axes.pre_steps)
-    techs = measured_techniques(axes, learned, pre)
-    gains = _gains(obs, pre)
+    techs = measured_techniques(axes, learned)
+    gains = _gains(obs, axes)
     return [
         _beats("Ported beats sampled (a module drawn from the same per-tensor distribution)",
-               "beats_sampled", "sampled", tables, techs, pre),
+               "beats_sampled", "sampled", tables, techs, axes),
         _beats("Ported beats random (a fresh module: training from scratch)",
-               "beats_random", "random", tables, techs, pre),
+               "beats_random", "random", tables, techs, axes),
         _best(tables, techs),
         _direction(axes, gains, techs),
         _cross_data(gains, techs),

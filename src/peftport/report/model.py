@@ -217,6 +217,20 @@ class Axes:
     conditions: tuple[str, ...]  # of ported, sampled, random: those in the study
     seeds: tuple[int, ...]
     names: dict[str, str] = field(default_factory=dict)  # host / data id -> short display name
+    # technique -> its largest pre-porting step count (a study may give a technique its own
+    # counts); the at-a-glance table and the findings read each technique there
+    top_pre: dict[str, int] = field(default_factory=dict)
+
+    def top(self, technique: str) -> int | None:
+        """The technique's largest pre-porting step count (None: it has no ported runs)."""
+        return self.top_pre.get(technique, max(self.pre_steps) if self.pre_steps else None)
+
+    def top_text(self) -> str:
+        """ "200", or "adapter 100, prefix 200" when techniques differ in their largest count."""
+        tops = {t: p for t in self.techniques if (p := self.top(t)) is not None}
+        if len(set(tops.values())) <= 1:
+            return str(next(iter(tops.values()), "–"))
+        return ", ".join(f"{t} {p}" for t, p in tops.items())
 
     def direction(self, origin: str, receiver: str) -> str:
         return f"{self.name(origin)} -> {self.name(receiver)}"

@@ -238,7 +238,7 @@ def page(
     """The report's sections, in the order both formats show them (`extra`: sections of other
     report modules, e.g. report.agreement's, before *Missing results*)."""
     t = agg.tables
-    pre = max(agg.axes.pre_steps) if agg.axes.pre_steps else "–"
+    pre = agg.axes.top_text()
     sections = [
         Section(
             "glance",

@@ -170,7 +170,8 @@ class Plan:
             for t in s.techniques
         }
         rnd = "random" in s.conditions
-        if len(set(n_ps.values())) == 1:
+        n_pre = {t.name: len(s.pre_steps_of(t.name)) for t in s.techniques}
+        if len(set(n_ps.values())) == 1 and len(set(n_pre.values())) == 1:
             n = next(iter(n_ps.values()))
             what = (
                 f"{len(ps)} conditions"
@@ -178,12 +179,11 @@ class Plan:
                 else f"{n} conditions and methods ({len(s.methods)} methods of ported)"
             )
             factor = f"{len(s.techniques)} techniques x "
-            inner = f"{what} x {len(s.pre_steps)} pre-porting step counts"
-        else:  # a method some technique cannot take
+            inner = f"{what} x {next(iter(n_pre.values()))} pre-porting step counts"
+        else:  # a method some technique cannot take, or a technique's own step counts
             factor = ""
-            inner = (
-                " + ".join(f"{t} {k}" for t, k in n_ps.items()) + " conditions and "
-                f"methods per technique x {len(s.pre_steps)} pre-porting step counts"
+            inner = " + ".join(f"{t} {k} x {n_pre[t]}" for t, k in n_ps.items()) + (
+                " (conditions and methods x pre-porting step counts, per technique)"
             )
         formula = (
             f"{factor}{len(s.pairs)} origin->receiver x "
@@ -196,7 +196,7 @@ class Plan:
             * len(s.data)
             * len(s.seeds)
             * len(s.post_steps)
-            * sum(k * len(s.pre_steps) + rnd for k in n_ps.values())
+            * sum(k * n_pre[t] + rnd for t, k in n_ps.items())
         )
         assert runs == expected, (runs, expected)
         zero_shot = sum(1 for c in self.cells if c.post_steps == 0 and c.condition != "origin")
@@ -305,9 +305,10 @@ def make_plan(spec: StudySpec) -> Plan:
     skipped = {(t, m) for t, m, _ in spec.method_skips}  # methods a technique cannot take
 
     for t in spec.techniques:
+        t_pre = spec.pre_steps_of(t.name)
         for seed in spec.seeds:
             # pretrain: per (technique, origin, pre data, seed), only if something ports it
-            pre_train = train_dict(t.pre, max(spec.pre_steps), spec.pre_steps, seed)
+            pre_train = train_dict(t.pre, max(t_pre), t_pre, seed)
             snap: dict[tuple[str, str, int], str] = {}  # (origin, pre data, step) -> key
             producer: dict[str, str] = {}  # snapshot key -> pretrain unit id
             for origin in origins:
@@ -315,7 +316,7 @@ def make_plan(spec: StudySpec) -> Plan:
                     if not ps_conditions and not head_random:
                         continue
                     produces = []
-                    for p in spec.pre_steps:
+                    for p in t_pre:
                         key = snapshot_key(
                             t.name, t.config, origin, pre_data, me, seed, pre_train, p
                         )
@@ -330,22 +331,22 @@ def make_plan(spec: StudySpec) -> Plan:
                         "max_examples": me,
                         "seed": seed,
                         "train": pre_train,
-                        "save_at": list(spec.pre_steps),
+                        "save_at": list(t_pre),
                     }
                     uid = _hash(config)
-                    steps_txt = ",".join(map(str, spec.pre_steps))
+                    steps_txt = ",".join(map(str, t_pre))
                     where = (t.name, origin, origin, pre_data, pre_data, seed)
                     units[uid] = Unit(
                         id=uid,
                         kind="pretrain",
                         config=config,
-                        steps=max(spec.pre_steps),
-                        evals=len(spec.pre_steps),
+                        steps=max(t_pre),
+                        evals=len(t_pre),
                         runs=0,
                         naive_steps=0,
                         produces=tuple(produces),
                         **_at(where, receiver=None),
-                        pre_steps=max(spec.pre_steps),
+                        pre_steps=max(t_pre),
                         label=f"pretrain {t.name} on {origin} with {pre_data}, seed {seed}, "
                         f"snapshots at {steps_txt}",
                     )
@@ -363,7 +364,7 @@ def make_plan(spec: StudySpec) -> Plan:
                 mapped = pm is not None and pm.strategy != "identity"
                 via = f" (layer map {pm.describe()})" if mapped else ""
                 for pre_data, post_data in spec.data:
-                    for p in spec.pre_steps:
+                    for p in t_pre:
                         for cond, method in [
                             (c, m)
                             for c in ps_conditions
@@ -435,7 +436,7 @@ def make_plan(spec: StudySpec) -> Plan:
                         needs: tuple[str, ...] = ()
                         head_txt = ""
                         if origin_head[receiver]:  # the head of the most trained snapshot
-                            top = max(spec.pre_steps)
+                            top = max(t_pre)
                             needs = (snap[(origin, pre_data, top)],)
                             config.update(
                                 head="origin",
@@ -512,6 +513,14 @@ def pair_maps(spec: StudySpec) -> list[dict[str, Any]]:
     return out
 
 
+def pre_steps_text(s: StudySpec) -> str:
+    """ "100, 200", or per technique when some technique has its own counts."""
+    own = {t.name: s.pre_steps_of(t.name) for t in s.techniques}
+    if len(set(own.values())) <= 1:
+        return ", ".join(map(str, next(iter(own.values()), s.pre_steps)))
+    return "; ".join(f"{t} {', '.join(map(str, v))}" for t, v in own.items())
+
+
 def describe(plan: Plan, *, units: bool = True) -> str:
     """The plan as text: what is shared, the counts, then one line per unit."""
     t = plan.totals()
@@ -522,7 +531,7 @@ def describe(plan: Plan, *, units: bool = True) -> str:
         f"  techniques: {', '.join(x.name for x in s.techniques)}",
         f"  origin -> receiver: {', '.join(f'{o} -> {r}' for o, r in s.pairs)}",
         f"  data (pre -> post): {', '.join(f'{a} -> {b}' for a, b in s.data)}",
-        f"  pre-porting steps: {', '.join(map(str, s.pre_steps))}; post-porting steps: "
+        f"  pre-porting steps: {pre_steps_text(s)}; post-porting steps: "
         f"{', '.join(map(str, s.post_steps)) or 'none'} (+ zero-shot)",
         f"  conditions: {', '.join(s.conditions)}; seeds: {', '.join(map(str, s.seeds))}",
         *(

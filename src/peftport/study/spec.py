@@ -79,7 +79,7 @@ from peftport.study.validate import is_int as _int
 TOP_KEYS = {
     "name": "the study's name (default: the file name)",
     "description": "free text",
-    "techniques": "techniques: a list of names, or name -> {config, train, pre, post}",
+    "techniques": "techniques: a list of names, or name -> {config, train, pre, post, pre_steps}",
     "pairs": "host pairs: [origin, receiver] or {origin, receiver, both_directions}",
     "both_directions": "also port receiver -> origin for every pair (default false)",
     "data": "data-set combinations: [pre, post], {pre, post} or one name for both",
@@ -99,7 +99,7 @@ TOP_KEYS = {
     "compare": "host comparisons per directed pair: {texts, corpus, max_length, seed} or false",
     "hosts": "hosts the study derives itself: name -> {derive: {from, steps, lr, ...}}",
 }
-TECHNIQUE_KEYS = ("config", "train", "pre", "post")
+TECHNIQUE_KEYS = ("config", "train", "pre", "post", "pre_steps")
 PAIR_KEYS = ("origin", "receiver", "both_directions", "layer_map")
 # Layer maps (receiver layer -> origin layer, per directed pair) are named by the strategies of
 # `peftport.layermap`; an explicit list is strategy "explicit" (in the store's host_pairs table
@@ -125,6 +125,9 @@ class TechniqueSetting:
     config: dict[str, Any]  # the full technique config (defaults filled in): part of unit ids
     pre: dict[str, Any]  # TrainConfig fields before porting (study, then technique overrides)
     post: dict[str, Any]  # ... after porting
+    # the technique's own pre-porting step counts (a technique that learns slower may train
+    # longer before porting); () = the study's `pre_steps`
+    pre_steps: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,14 @@ class StudySpec:
     def technique(self, name: str) -> TechniqueSetting:
         return next(t for t in self.techniques if t.name == name)
 
+    def pre_steps_of(self, name: str) -> tuple[int, ...]:
+        """The pre-porting step counts of one technique: its own, else the study's."""
+        return self.technique(name).pre_steps or self.pre_steps
+
+    def all_pre_steps(self) -> tuple[int, ...]:
+        """Every pre-porting step count some technique trains to, sorted."""
+        return tuple(sorted({p for t in self.techniques for p in self.pre_steps_of(t.name)}))
+
     def layer_map(self, origin: str, receiver: str) -> PairMap | None:
         return next((m for o, r, m in self.layer_maps if (o, r) == (origin, receiver)), None)
 
@@ -167,8 +178,10 @@ class StudySpec:
         """Everything that defines the study, JSON-able, in a fixed order."""
         out: dict[str, Any] = {
             "name": self.name,
+            # a technique's own pre_steps only when it has them: other studies keep their ids
             "techniques": [
                 {"name": t.name, "config": t.config, "pre": t.pre, "post": t.post}
+                | ({"pre_steps": list(t.pre_steps)} if t.pre_steps else {})
                 for t in self.techniques
             ],
             "pairs": [list(p) for p in self.pairs],
@@ -570,11 +583,21 @@ def _techniques(
         t_train = _train_section(settings.get("train"), tpath + ("train",), probs)
         t_pre = _train_section(settings.get("pre"), tpath + ("pre",), probs)
         t_post = _train_section(settings.get("post"), tpath + ("post",), probs)
+        own_pre: tuple[int, ...] = ()
+        if "pre_steps" in settings:
+            own_pre = int_list(
+                settings["pre_steps"],
+                tpath + ("pre_steps",),
+                probs,
+                minimum=1,
+                what=f"{tname}'s pre-porting step counts",
+            )
         pre_m = {**study_train, **study_pre, **t_train, **t_pre}
         post_m = {**study_train, **study_post, **t_train, **t_post}
-        pre_v = _check_train(pre_m, pre_steps, tpath if t_pre or t_train else ("pre",), probs)
+        pre_path = tpath if t_pre or t_train or own_pre else ("pre",)
+        pre_v = _check_train(pre_m, own_pre or pre_steps, pre_path, probs)
         post_v = _check_train(post_m, post_steps, tpath if t_post or t_train else ("post",), probs)
-        techniques.append(TechniqueSetting(tname, config, pre_v, post_v))
+        techniques.append(TechniqueSetting(tname, config, pre_v, post_v, own_pre))
     techniques.sort(key=lambda t: ORDER.index(t.name) if t.name in ORDER else len(ORDER))
 
     return techniques, t_paths
