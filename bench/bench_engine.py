@@ -1,14 +1,23 @@
 """Benchmark of the training engine (issue 4). Prints its figures; asserts nothing.
 
-    python bench/bench_engine.py [--steps 500] [--speed-steps 40] [--skip-quality]
+    python bench/bench_engine.py [--steps 500] [--speed-steps 100] [--eval-examples 500] [--skip-quality]
 
 1. Quality: each technique trained on minilm-l6 + rotten_tomatoes (batch 16), test accuracy.
 2. Zero-shot after porting each trained module minilm-l6 -> minilm-l6-tuned (ported vs sampled
    vs random), the "well above chance" check.
 3. Speed: this loop against the Hugging Face `Trainer` on the same model, module, data and batch
-   size, side by side in one run, each arm in its own process; training examples/s, the ratio,
-   model-FLOP utilisation against the machine's peak, and each arm's peak memory (max RSS).
-4. bf16 autocast against fp32: speed and accuracy, one technique.
+   size, side by side in one run, each arm in its own process: the Trainer as configured by
+   default (batches padded to their longest row in random order) and with `group_by_length`
+   (rows of similar length batched together, as this loop does: the honest anchor); training
+   examples/s, the ratios, padded tokens per step, model-FLOP utilisation (MFU) against a
+   matrix-product peak measured here (and against the flag-based peak, which assumes two
+   512-bit FMA pipes), and each arm's peak memory (max RSS).
+4. Evaluation: forward-only scoring of test examples (sorted by length, batch 64), its MFU, and
+   what one 100-example evaluation costs in training steps.
+5. bf16 autocast against fp32: speed and accuracy, one technique.
+
+Prints the machine (CPU model, AVX/bf16 flags, torch's CPU capability, threads) first: figures
+differ between machines, ratios within one run compare like with like.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchmachine import machine  # noqa: E402  (the same machine line in every bench)
 
 # a row of the quality table: technique at its default config, or a named variant of one
 VARIANTS = {"prefix-flat": ("prefix", {"flat": True})}
@@ -46,7 +58,8 @@ def parse_lrs(text: str) -> dict[str, float]:
 
 
 def peak_flops() -> tuple[float, str]:
-    """Physical fp32 peak: cores x clock x FLOP/cycle (2 FMA pipes x SIMD lanes x 2)."""
+    """Flag-based fp32 peak: cores x clock x FLOP/cycle (2 FMA pipes x SIMD lanes x 2). An
+    upper bound that some CPUs do not reach (Zen 4 runs 512-bit FMAs as two 256-bit halves)."""
     flags = Path("/proc/cpuinfo").read_text()
     mhz = max(float(line.split(":")[1]) for line in flags.splitlines() if "cpu MHz" in line)
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
@@ -56,6 +69,28 @@ def peak_flops() -> tuple[float, str]:
         f"{cores} cores x {mhz:.0f} MHz x {per_cycle} fp32 FLOP/cycle "
         f"({'avx512' if lanes == 16 else 'avx2' if lanes == 8 else 'sse'}, 2 FMA pipes assumed)"
     )
+
+
+def _matmul_peak(threads: int, q) -> None:
+    """The best sustained fp32 rate of square matrix products (256 to 2048) and of the host's
+    own shapes (64 rows x 384 @ 384 x 1536), `threads` threads, 0.5 s each."""
+    import torch
+
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(n, n, n) for n in (256, 512, 1024, 2048)] + [(16 * 40, 384, 1536)]
+    best, rates = 0.0, {}
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+        a @ b  # warm up
+        count, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < 0.5:
+            a @ b
+            count += 1
+        rate = 2 * m * k * n * count / elapsed
+        rates[f"{m}x{k}@{k}x{n}"] = rate
+        best = max(best, rate)
+    q.put(dict(peak=best, rates=rates))
 
 
 def model_flops(n_params: int, tokens: int) -> float:
@@ -138,11 +173,13 @@ def _speed_ours(steps: int, bf16: bool, q) -> None:
 
     orig = tasks._pad
 
-    def counting_pad(rows, pad):
-        ids, mask = orig(rows, pad)
+    def counting_pad(rows, pad, *a):
+        ids, mask = orig(rows, pad, *a)
         tokens.append(ids.numel())
+        real.append(int(mask.sum()))
         return ids, mask
 
+    real: list[int] = []
     tasks._pad = counting_pad
     res = train(h.model, h.kind, tr, None, cfg, progress=False)
     n = matmul_parameters(h.model)
@@ -151,13 +188,14 @@ def _speed_ours(steps: int, bf16: bool, q) -> None:
             eps=res.examples_per_second,
             seconds=res.train_seconds,
             tokens=sum(tokens),
+            real_tokens=sum(real),
             params=n,
             maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )
     )
 
 
-def _speed_trainer(steps: int, q) -> None:
+def _speed_trainer(steps: int, group_by_length: bool, q) -> None:
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -177,9 +215,12 @@ def _speed_trainer(steps: int, q) -> None:
     tokens = []
     base = DataCollatorWithPadding(h.tokenizer)
 
+    real: list[int] = []
+
     def collate(batch):
         out = base(batch)
         tokens.append(out["input_ids"].numel())
+        real.append(int(out["attention_mask"].sum()))
         return out
 
     args = TrainingArguments(
@@ -198,6 +239,7 @@ def _speed_trainer(steps: int, q) -> None:
         use_cpu=True,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        group_by_length=group_by_length,
     )
     trainer = Trainer(model=h.model, args=args, train_dataset=rows, data_collator=collate)
     t0 = time.perf_counter()
@@ -209,8 +251,49 @@ def _speed_trainer(steps: int, q) -> None:
             eps=steps * 16 / seconds,
             seconds=seconds,
             tokens=sum(tokens),
+            real_tokens=sum(real),
             params=n,
             maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
+    )
+
+
+def _speed_eval(n_examples: int, q) -> None:
+    """Forward-only scoring of `n_examples` test examples as a study evaluates them."""
+    import torch
+
+    import peftport.tasks as tasks
+    from peftport.data import load_dataset
+    from peftport.engine import TrainConfig, evaluate
+    from peftport.runs import encodings, host_for
+    from peftport.techniques import attach
+
+    torch.set_num_threads(2)
+    data = load_dataset("rotten_tomatoes")
+    h = host_for("minilm-l6", "lora", data)
+    attach(h.model, "bert", "lora", seed=0)
+    cfg = TrainConfig(steps=1, seed=0, max_eval_examples=n_examples)
+    _, ev = encodings(h, data, cfg)
+    tokens = []
+    orig = tasks._pad
+
+    def counting_pad(rows, pad, *a):
+        ids, mask = orig(rows, pad, *a)
+        tokens.append(ids.numel())
+        return ids, mask
+
+    evaluate(h.model, h.kind, ev)  # warm up
+    tasks._pad = counting_pad
+    t0 = time.perf_counter()
+    evaluate(h.model, h.kind, ev)
+    seconds = time.perf_counter() - t0
+    q.put(
+        dict(
+            eps=len(ev) / seconds,
+            seconds=seconds,
+            examples=len(ev),
+            tokens=sum(tokens),
+            params=matmul_parameters(h.model),
         )
     )
 
@@ -241,9 +324,10 @@ def run(fn, *args):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--speed-steps", type=int, default=40)
+    ap.add_argument("--speed-steps", type=int, default=100)
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--eval-examples", type=int, default=500)
     ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     ap.add_argument("--techniques", default=",".join(TECHNIQUES))
     ap.add_argument(
@@ -255,28 +339,66 @@ def main() -> None:
     args = ap.parse_args()
     report: dict = {}
 
-    peak, how = peak_flops()
-    print(f"machine peak: {peak / 1e9:.0f} GFLOP/s fp32 ({how})", flush=True)
+    print(machine(2), flush=True)
+    flag_peak, how = peak_flops()
+    measured = run(_matmul_peak, 2)
+    peak = measured["peak"]
+    print(
+        f"peak: {peak / 1e9:.0f} GFLOP/s fp32 measured (best of "
+        + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in measured["rates"].items())
+        + f", 2 threads); flag-based {flag_peak / 1e9:.0f} GFLOP/s ({how})",
+        flush=True,
+    )
+    report["peak"] = dict(measured=measured, flag_based=flag_peak)
+
+    def mfu(r: dict, per_token: float) -> str:
+        used = per_token * r["params"] * r["tokens"] / r["seconds"]
+        return f"MFU {used / peak:6.1%} measured peak ({used / flag_peak:5.1%} flag-based)"
+
     if not args.skip_speed:
         print(f"\n== speed: LoRA on minilm-l6, batch 16, {args.speed_steps} steps, 2 threads ==")
         arms = [
             ("peftport loop", _speed_ours, (args.speed_steps, False)),
-            ("HF Trainer", _speed_trainer, (args.speed_steps,)),
+            ("HF Trainer", _speed_trainer, (args.speed_steps, False)),
+            ("HF Trainer, by length", _speed_trainer, (args.speed_steps, True)),
         ]
         if args.bf16:  # slow where the CPU has no native bf16 (AVX2 only)
             arms.append(("peftport loop, bf16", _speed_ours, (args.speed_steps, True)))
         speed = {}
         for name, fn, fargs in arms:
             r = speed[name] = run(fn, *fargs)
-            mfu = model_flops(r["params"], r["tokens"]) / r["seconds"] / peak
+            r["tps"] = r["real_tokens"] / r["seconds"]
             print(
-                f"{name:22s} {r['eps']:7.1f} examples/s  {r['tokens'] / args.speed_steps:7.0f} "
-                f"padded tokens/step  MFU {mfu:6.1%}  peak RSS {r['maxrss_mb']:6.0f} MB",
+                f"{name:22s} {r['eps']:7.1f} examples/s  {r['tps']:7.0f} real tokens/s  "
+                f"{r['tokens'] / args.speed_steps:5.0f} padded tokens/step "
+                f"({r['real_tokens'] / r['tokens']:4.0%} real)  {mfu(r, 4.0)}  "
+                f"peak RSS {r['maxrss_mb']:6.0f} MB",
                 flush=True,
             )
-        ratio = speed["peftport loop"]["eps"] / speed["HF Trainer"]["eps"]
-        print(f"ratio peftport / Trainer: {ratio:.2f}x", flush=True)
+        # Real (unpadded) tokens per second: a sampler that draws longer rows first (the
+        # Trainer's group_by_length starts each 50-batch group with its longest) is not
+        # rewarded or punished for which rows it drew in a short run.
+        ours = speed["peftport loop"]["tps"]
+        print(
+            f"ratio peftport / Trainer, real tokens per second: "
+            f"{ours / speed['HF Trainer']['tps']:.2f}x; / Trainer with group_by_length (the "
+            f"honest anchor): {ours / speed['HF Trainer, by length']['tps']:.2f}x",
+            flush=True,
+        )
         report["speed"] = speed
+
+        ev = run(_speed_eval, args.eval_examples)
+        step_seconds = speed["peftport loop"]["seconds"] / args.speed_steps
+        per100 = ev["seconds"] / ev["examples"] * 100
+        print(
+            f"\n== evaluation: {ev['examples']} test examples, batch 64 sorted by length, 2 "
+            f"threads ==\n{ev['eps']:7.1f} examples/s  {ev['tokens'] / ev['examples']:5.1f} "
+            f"padded tokens/example  {mfu(ev, 2.0)}; one 100-example evaluation costs "
+            f"{per100:.2f} s = {per100 / step_seconds:.2f} training steps of 16 (a training "
+            "example is a forward and a backward pass: about 2x a scored one's FLOPs)",
+            flush=True,
+        )
+        report["evaluation"] = dict(ev, per100_seconds=per100, step_seconds=step_seconds)
 
     if not args.skip_quality:
         lrs = parse_lrs(args.lr)

@@ -34,6 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+from benchmachine import machine  # noqa: E402
 
 # technique row -> (technique, config, lr): the quick preset's pretraining settings
 QUICK = {
@@ -42,7 +44,6 @@ QUICK = {
     "prefix-flat": ("prefix", {"flat": True}, 1e-2),
     "compacter": ("compacter", None, 1e-2),
 }
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
 def cpu_bf16_verdict(acc_diffs: dict[str, float], train_ratio: float, eval_ratio: float) -> str:
@@ -64,21 +65,6 @@ def cpu_bf16_verdict(acc_diffs: dict[str, float], train_ratio: float, eval_ratio
     return (
         f"bf16: {1 / train_ratio:.2f}x faster training, {1 / eval_ratio:.2f}x faster evaluation "
         f"per CPU-second, every technique within 0.5 points of fp32's accuracy"
-    )
-
-
-def machine(threads: int) -> str:
-    import torch
-
-    from peftport.device import cpu_flags, describe_machine
-
-    m = describe_machine()
-    have = cpu_flags()
-    flags = ", ".join(f"{f} {'yes' if f in have else 'no'}" for f in FLAGS)
-    return (
-        f"machine: {m['cpu']} ({m['cpus']} CPUs); flags: {flags}; torch {m['torch']} "
-        f"(CPU capability {torch.backends.cpu.get_cpu_capability()}); {threads} thread(s), "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
     )
 
 
