@@ -10,12 +10,13 @@ from typing import Any
 
 import typer
 
-# measured: minilm-l6 on one core of a 2-core CPU machine (the quick preset's note)
-SECONDS_PER_STEP = 0.42
+# measured over the whole quick study on a 2-core Xeon (docs/study.md): 29 min 25 s x 2 workers
+# for 10,800 training steps, so evaluation, unit start-up and store writes are included
+SECONDS_PER_STEP = 0.33
 
 
 def plan_summary(totals: dict[str, Any], workers: int) -> str:
-    """One line for a person: units, steps, evaluations and a rough training time."""
+    """One line for a person: units, steps, evaluations and a rough time."""
     from peftport.progress import format_duration
 
     u = totals["units"]
@@ -24,9 +25,9 @@ def plan_summary(totals: dict[str, Any], workers: int) -> str:
     guess = format_duration(steps * SECONDS_PER_STEP / max(1, workers))
     return (
         f"study {totals['study']}: {u['total']} units ({kinds}), {steps:,} training steps, "
-        f"{totals['evaluations']:,} evaluations, {totals['runs']:,} runs; training about "
-        f"{guess} with {workers} worker(s) at ~{SECONDS_PER_STEP} CPU-seconds per step "
-        "(a first run also builds its hosts and data: more)"
+        f"{totals['evaluations']:,} evaluations, {totals['runs']:,} runs; about {guess} with "
+        f"{workers} worker(s) at ~{SECONDS_PER_STEP} CPU-seconds per training step, evaluation "
+        "included (a first run also builds its hosts and data: more)"
     )
 
 

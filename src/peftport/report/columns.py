@@ -356,7 +356,7 @@ def glance_rows(agg: Aggregates) -> tuple[list[str], list[list[Cell]]]:
         "independent units",
         "random steps to match zero-shot",
         "steps saved at zero-shot",
-        "portability rank",
+        "rank over all checkpoints",
     ]
     out = []
     for g in agg.glance:
@@ -390,9 +390,9 @@ def findings_blocks(agg: Aggregates) -> list[Block]:
         return []
     items = [f"{f.claim}: {f.verdict.upper()}. {f.detail}" for f in agg.findings]
     return [
-        note("The paper's findings, checked by this study's statistics (zero-shot, largest "
-             "pre-porting step count, techniques that learned on their origin; p < 0.05 after "
-             "Holm's correction):"),
+        note("The paper's findings, checked by this study's statistics (zero-shot, each "
+             "technique's largest pre-porting step count, techniques that learned on their "
+             "origin; p < 0.05 after Holm's correction):"),
         Bullets(items),
     ]  # fmt: skip
 
