@@ -7,7 +7,8 @@
    accuracy (the GPU runs must be within 1 point of the CPU run), training throughput of each
    and peak GPU memory (torch.cuda.max_memory_allocated).
 2. A 4-unit study (LoRA, minilm-l6 -> minilm-l6: pretrain, ported, sampled, random) run with
-   `peftport study run --device cuda` on the local executor: every unit must finish.
+   `peftport study run --device cuda` on the local executor (one worker per visible GPU): every
+   unit must finish; it names the GPUs the units were pinned to.
 
 On a machine without a CUDA GPU it prints the machine and "no GPU: skipped", and exits 0.
 `--device cpu --host tiny-bert --data FILE.csv` runs the whole check with CPU in the GPU's place
@@ -18,6 +19,7 @@ Exit status: 0 when every check passes (or skipped), 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -119,8 +121,9 @@ def study_check(args: argparse.Namespace, tmp: Path) -> tuple[bool, str]:
         str(tmp / "gpu-check.sqlite"),
         "--device",
         args.device,
-        "--workers",
-        "1",
+        # "cuda" without an index: the executor's default, one worker per visible GPU, so a
+        # machine with several GPUs shows that every one of them takes units
+        *([] if args.device == "cuda" else ["--workers", "1"]),
         "--no-progress",
         "--json",
     ]
@@ -132,10 +135,27 @@ def study_check(args: argparse.Namespace, tmp: Path) -> tuple[bool, str]:
         return False, f"study run failed (exit {res.returncode}): {tail}"
     out = json.loads(res.stdout)
     ok = out["units"] == 4 and out["done"] == 4 and out["failed"] == 0
+    gpus = units_gpus(tmp / "gpu-check.sqlite")
     return ok, (
         f"{out['done']}/{out['units']} units done, {out['failed']} failed, "
         f"in {seconds:.0f} s on {args.device}"
+        + (f" (units ran on GPU(s) {', '.join(gpus)})" if gpus else "")
     )
+
+
+def units_gpus(store: Path) -> list[str]:
+    """The GPUs the store's units were pinned to (CUDA_VISIBLE_DEVICES in their environment)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT result FROM units WHERE status = 'done'").fetchall()
+    seen = []
+    for (raw,) in rows:
+        env = (json.loads(raw or "{}") or {}).get("environment") or {}
+        gpu = env.get("cuda_visible_devices")
+        if gpu is not None and gpu not in seen:
+            seen.append(gpu)
+    return sorted(seen)
 
 
 def main(argv: list[str] | None = None) -> int:
