@@ -154,11 +154,11 @@ def _zero_shot(module: str, q) -> None:
     q.put(res)
 
 
-def _speed_ours(steps: int, bf16: bool, q) -> None:
+def _lora_host(cfg):
+    """minilm-l6 with a fresh LoRA (seed 0), 2 threads, and Rotten Tomatoes encoded for it."""
     import torch
 
     from peftport.data import load_dataset
-    from peftport.engine import TrainConfig, train
     from peftport.runs import encodings, host_for
     from peftport.techniques import attach
 
@@ -166,21 +166,33 @@ def _speed_ours(steps: int, bf16: bool, q) -> None:
     data = load_dataset("rotten_tomatoes")
     h = host_for("minilm-l6", "lora", data)
     attach(h.model, "bert", "lora", seed=0)
-    cfg = TrainConfig(steps=steps, seed=0, bf16=bf16)
-    tr, _ = encodings(h, data, cfg)
-    tokens = []
+    return h, *encodings(h, data, cfg)
+
+
+def _count_tokens() -> tuple[list[int], list[int]]:
+    """From now on every padded batch adds its padded and its real token counts to the lists."""
     import peftport.tasks as tasks
 
+    padded: list[int] = []
+    real: list[int] = []
     orig = tasks._pad
 
     def counting_pad(rows, pad, *a):
         ids, mask = orig(rows, pad, *a)
-        tokens.append(ids.numel())
+        padded.append(ids.numel())
         real.append(int(mask.sum()))
         return ids, mask
 
-    real: list[int] = []
     tasks._pad = counting_pad
+    return padded, real
+
+
+def _speed_ours(steps: int, bf16: bool, q) -> None:
+    from peftport.engine import TrainConfig, train
+
+    cfg = TrainConfig(steps=steps, seed=0, bf16=bf16)
+    h, tr, _ = _lora_host(cfg)
+    tokens, real = _count_tokens()
     res = train(h.model, h.kind, tr, None, cfg, progress=False)
     n = matmul_parameters(h.model)
     q.put(
@@ -260,30 +272,11 @@ def _speed_trainer(steps: int, group_by_length: bool, q) -> None:
 
 def _speed_eval(n_examples: int, q) -> None:
     """Forward-only scoring of `n_examples` test examples as a study evaluates them."""
-    import torch
-
-    import peftport.tasks as tasks
-    from peftport.data import load_dataset
     from peftport.engine import TrainConfig, evaluate
-    from peftport.runs import encodings, host_for
-    from peftport.techniques import attach
 
-    torch.set_num_threads(2)
-    data = load_dataset("rotten_tomatoes")
-    h = host_for("minilm-l6", "lora", data)
-    attach(h.model, "bert", "lora", seed=0)
-    cfg = TrainConfig(steps=1, seed=0, max_eval_examples=n_examples)
-    _, ev = encodings(h, data, cfg)
-    tokens = []
-    orig = tasks._pad
-
-    def counting_pad(rows, pad, *a):
-        ids, mask = orig(rows, pad, *a)
-        tokens.append(ids.numel())
-        return ids, mask
-
+    h, _, ev = _lora_host(TrainConfig(steps=1, seed=0, max_eval_examples=n_examples))
     evaluate(h.model, h.kind, ev)  # warm up
-    tasks._pad = counting_pad
+    tokens, _ = _count_tokens()
     t0 = time.perf_counter()
     evaluate(h.model, h.kind, ev)
     seconds = time.perf_counter() - t0
