@@ -471,6 +471,9 @@ def test_gpu_check_runs_end_to_end_with_cpu_in_the_gpus_place(tmp_path):
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
+        # a pin a CPU build of torch ignores: the study's workers record it as their GPU, and
+        # the check reads it back from the store
+        "CUDA_VISIBLE_DEVICES": "3",
     }
     res = subprocess.run(
         [
@@ -497,3 +500,4 @@ def test_gpu_check_runs_end_to_end_with_cpu_in_the_gpus_place(tmp_path):
     )
     assert "verdict:" in res.stdout, res.stdout + res.stderr
     assert "4/4 units done, 0 failed" in res.stdout, res.stdout + res.stderr
+    assert "(units ran on GPU(s) 3)" in res.stdout, res.stdout
