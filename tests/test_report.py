@@ -21,6 +21,7 @@ from peftport.errors import PeftportError
 from peftport.report import build_report
 from peftport.report.aggregate import aggregate
 from peftport.report.load import Observation, StoreData
+from test_study_run import write_toy
 
 # two-sided 95% Student t quantiles t(0.975, df), written out so the check does not use stats.py
 T975 = {
@@ -32,25 +33,6 @@ T975 = {
 }
 SEEDS = (0, 1)
 PRE, POST = 60, (10, 30)
-
-
-def write_toy(path: Path, n: int = 240) -> Path:
-    """A learnable sentiment toy in tiny-bert's vocabulary."""
-    pos, neg, fill = (
-        ["great", "good", "positive"],
-        ["terrible", "bad", "negative"],
-        ["the", "movie", "film", "a"],
-    )
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        for i in range(n):
-            label = i % 2
-            words = [(pos if label else neg)[i % 3]] + [
-                fill[(i * 7 + k) % 4] for k in range(2 + i % 4)
-            ]
-            w.writerow([" ".join(words[i % 3 :] + words[: i % 3]) + f" {i}", label])
-    return path
 
 
 def second_host(folder: Path) -> Path:

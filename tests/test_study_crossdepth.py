@@ -8,14 +8,13 @@ import sqlite3
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from peftport.study import load_preset, make_plan
 from peftport.study.executors import InlineExecutor, LocalExecutor, run_plan
 from peftport.study.spec import StudyFileError, parse_study
 from peftport.study.store import Store
-from test_study_run import write_toy
+from test_study_run import study_app, write_toy
 
 runner = CliRunner()
 
@@ -81,21 +80,6 @@ def db(path):
     con = sqlite3.connect(path)
     con.row_factory = sqlite3.Row
     return con
-
-
-def study_app() -> typer.Typer:
-    from peftport import cli
-    from peftport.commands import study as study_cmd
-
-    if "study" in cli.COMMAND_MODULES:
-        return cli.app
-    app = typer.Typer()
-    study_cmd.register(app)
-    app.callback()(lambda: None)
-    return app
-
-
-# --- the study file -------------------------------------------------------------------------
 
 
 def test_layer_map_accepted_per_direction(deep):

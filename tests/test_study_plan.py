@@ -2,12 +2,12 @@
 
 import json
 
-import typer
 from typer.testing import CliRunner
 
 from peftport.study import load_preset, make_plan
 from peftport.study.plan import describe
 from peftport.study.spec import parse_study
+from test_study_run import study_app
 
 runner = CliRunner()
 
@@ -23,19 +23,6 @@ seeds: [0, 1]
 
 def plan_of(text: str):
     return make_plan(parse_study(text, "s.yaml"))
-
-
-def study_app() -> typer.Typer:
-    """The real CLI when `study` is wired in, else the study commands alone."""
-    from peftport import cli
-    from peftport.commands import study
-
-    if "study" in cli.COMMAND_MODULES:
-        return cli.app
-    app = typer.Typer()
-    study.register(app)
-    app.callback()(lambda: None)
-    return app
 
 
 def test_paper_grid_counts_and_sharing():
