@@ -239,3 +239,8 @@ def test_each_technique_is_read_at_its_own_largest_pre_porting_count(tmp_path):
     assert {r["technique"] for r in ranked} == {"good", "slow"} and all(r["paired"] for r in ranked)
     md = render_markdown_of(agg, tmp_path)
     assert "modules trained good 50, slow 100 steps before porting" in md
+    # a figure per technique, direction and the technique's own counts: none of random alone
+    from peftport.report.aggregate import figures
+
+    drawn = {(f.technique, f.pre_steps) for f in figures(agg.axes, good + slow, "accuracy")}
+    assert drawn == {("good", 50), ("slow", 100)}

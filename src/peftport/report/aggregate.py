@@ -198,10 +198,15 @@ def figures(axes: Axes, obs: list[Observation], metric: str) -> list[FigureSpec]
             lambda o: (o.technique, o.origin, o.pre_data, o.pre_steps),
         ).items()
     }
+    # (technique, pre-porting steps) the study has: a technique may have its own counts, and
+    # the random bars (pre-porting steps 0) alone make no figure
+    trained = {(o.technique, o.pre_steps) for o in obs if o.condition in ("ported", "sampled")}
     out = []
     for t in axes.techniques:
         for o, r in axes.directions:
             for p in axes.pre_steps:
+                if trained and (t, p) not in trained:
+                    continue
                 panels = []
                 for pre, post in axes.data:
                     bars = {}
