@@ -514,7 +514,8 @@ def pair_maps(spec: StudySpec) -> list[dict[str, Any]]:
 
 
 def pre_steps_text(s: StudySpec) -> str:
-    """ "100, 200", or per technique when some technique has its own counts."""
+    """The pre-porting step counts as text: one list, or one per technique when some
+    technique has its own counts."""
     own = {t.name: s.pre_steps_of(t.name) for t in s.techniques}
     if len(set(own.values())) <= 1:
         return ", ".join(map(str, next(iter(own.values()), s.pre_steps)))
