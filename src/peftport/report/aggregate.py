@@ -284,13 +284,16 @@ def overview_figure(axes: Axes, obs: list[Observation], metric: str) -> FigureSp
         )  # fmt: skip
     return FigureSpec(
         stem="fig-overview",
-        title=f"All techniques: {axes.top_text()} pre-porting steps, pooled over directions and data",
+        title=(
+            f"All techniques: {axes.top_text()} pre-porting steps, pooled over directions and data"
+        ),
         panels=panels,
         caption=(
             f"{metric} of ported, sampled and random modules after each number of post-porting "
             f"steps, pooled over porting directions, data combinations and seeds (modules "
-            f"trained {axes.top_text()} steps before porting); error bars: 95% interval over those runs; "
-            "dashed line: the modules on their origins; dotted line: " + CHANCE_TEXT[metric]
+            f"trained {axes.top_text()} steps before porting); error bars: 95% interval over "
+            "those runs; dashed line: the modules on their origins; dotted line: "
+            + CHANCE_TEXT[metric]
         ),
     )
 

@@ -1,8 +1,9 @@
 """The paper's findings, each checked against this study's statistics, with a verdict.
 
 Nothing here is written by hand: every verdict is computed from the report's tables and
-results, at each technique's largest pre-porting step count and at zero-shot (post-porting step 0), over the
-techniques whose modules learned on their origin (science.learned_modules). A verdict is
+results, at each technique's largest pre-porting step count and at zero-shot (post-porting
+step 0), over the techniques whose modules learned on their origin (science.learned_modules).
+A verdict is
 "holds", "does not hold" or "not measured" (with why), and its detail gives the numbers.
 """
 
