@@ -93,11 +93,12 @@ def _matmul_peak(threads: int, q) -> None:
     q.put(dict(peak=best, rates=rates))
 
 
-def model_flops(n_params: int, tokens: int) -> float:
-    """FLOPs of PEFT training over `tokens` tokens: forward 2*N*T plus backward through the
-    activations (2*N*T; the frozen weights get no gradient), N the parameters that multiply
-    (embedding tables are looked up, not multiplied), attention scores ignored (short rows)."""
-    return 4.0 * n_params * tokens
+def model_flops(n_params: int, tokens: int, training: bool = True) -> float:
+    """FLOPs over `tokens` tokens: forward 2*N*T, and in PEFT training also the backward pass
+    through the activations (2*N*T; the frozen weights get no gradient), N the parameters that
+    multiply (embedding tables are looked up, not multiplied), attention scores ignored (short
+    rows)."""
+    return (4.0 if training else 2.0) * n_params * tokens
 
 
 def matmul_parameters(model) -> int:
@@ -344,8 +345,8 @@ def main() -> None:
     )
     report["peak"] = dict(measured=measured, flag_based=flag_peak)
 
-    def mfu(r: dict, per_token: float) -> str:
-        used = per_token * r["params"] * r["tokens"] / r["seconds"]
+    def mfu(r: dict, training: bool) -> str:
+        used = model_flops(r["params"], r["tokens"], training) / r["seconds"]
         return f"MFU {used / peak:6.1%} measured peak ({used / flag_peak:5.1%} flag-based)"
 
     if not args.skip_speed:
@@ -364,7 +365,7 @@ def main() -> None:
             print(
                 f"{name:22s} {r['eps']:7.1f} examples/s  {r['tps']:7.0f} real tokens/s  "
                 f"{r['tokens'] / args.speed_steps:5.0f} padded tokens/step "
-                f"({r['real_tokens'] / r['tokens']:4.0%} real)  {mfu(r, 4.0)}  "
+                f"({r['real_tokens'] / r['tokens']:4.0%} real)  {mfu(r, training=True)}  "
                 f"peak RSS {r['maxrss_mb']:6.0f} MB",
                 flush=True,
             )
@@ -386,7 +387,7 @@ def main() -> None:
         print(
             f"\n== evaluation: {ev['examples']} test examples, batch 64 sorted by length, 2 "
             f"threads ==\n{ev['eps']:7.1f} examples/s  {ev['tokens'] / ev['examples']:5.1f} "
-            f"padded tokens/example  {mfu(ev, 2.0)}; one 100-example evaluation costs "
+            f"padded tokens/example  {mfu(ev, training=False)}; one 100-example evaluation costs "
             f"{per100:.2f} s = {per100 / step_seconds:.2f} training steps of 16 (a training "
             "example is a forward and a backward pass: about 2x a scored one's FLOPs)",
             flush=True,
