@@ -149,13 +149,8 @@ def units_gpus(store: Path) -> list[str]:
 
     with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
         rows = db.execute("SELECT result FROM units WHERE status = 'done'").fetchall()
-    seen = []
-    for (raw,) in rows:
-        env = (json.loads(raw or "{}") or {}).get("environment") or {}
-        gpu = env.get("cuda_visible_devices")
-        if gpu is not None and gpu not in seen:
-            seen.append(gpu)
-    return sorted(seen)
+    envs = [(json.loads(raw or "{}") or {}).get("environment") or {} for (raw,) in rows]
+    return sorted({e["cuda_visible_devices"] for e in envs if "cuda_visible_devices" in e})
 
 
 def main(argv: list[str] | None = None) -> int:

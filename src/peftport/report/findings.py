@@ -3,8 +3,8 @@
 Nothing here is written by hand: every verdict is computed from the report's tables and
 results, at each technique's largest pre-porting step count and at zero-shot (post-porting
 step 0), over the techniques whose modules learned on their origin (science.learned_modules).
-A verdict is
-"holds", "does not hold" or "not measured" (with why), and its detail gives the numbers.
+A verdict is "holds", "does not hold" or "not measured" (with why), and its detail gives the
+numbers.
 """
 
 from __future__ import annotations
