@@ -146,10 +146,10 @@ def axes_of(data: StoreData) -> Axes:
     runs = [o for o in obs if o.condition in CONDITIONS]
     hosts = {h for o in obs for h in (o.origin, o.receiver)}
     datasets = {d for o in obs for d in (o.pre_data, o.post_data)}
-    top_pre: dict[str, int] = {}
+    pre_by_technique: dict[str, set[int]] = {}
     for o in runs:
         if o.condition != "random":
-            top_pre[o.technique] = max(top_pre.get(o.technique, 0), o.pre_steps)
+            pre_by_technique.setdefault(o.technique, set()).add(o.pre_steps)
     return Axes(
         techniques=_ordered((o.technique for o in obs), pref_t),
         directions=_ordered(((o.origin, o.receiver) for o in runs), pref_p),
@@ -159,7 +159,7 @@ def axes_of(data: StoreData) -> Axes:
         conditions=tuple(c for c in CONDITIONS if any(o.condition == c for o in runs)),
         seeds=_ordered(o.seed for o in obs),
         names=_short_names(sorted(hosts)) | _short_names(sorted(datasets)),
-        top_pre=top_pre,
+        pre_by_technique={t: tuple(sorted(v)) for t, v in pre_by_technique.items()},
     )
 
 
@@ -198,15 +198,12 @@ def figures(axes: Axes, obs: list[Observation], metric: str) -> list[FigureSpec]
             lambda o: (o.technique, o.origin, o.pre_data, o.pre_steps),
         ).items()
     }
-    # (technique, pre-porting steps) the study has: a technique may have its own counts, and
-    # the random bars (pre-porting steps 0) alone make no figure
-    trained = {(o.technique, o.pre_steps) for o in obs if o.condition in ("ported", "sampled")}
     out = []
     for t in axes.techniques:
         for o, r in axes.directions:
-            for p in axes.pre_steps:
-                if trained and (t, p) not in trained:
-                    continue
+            # the counts the technique's ported or sampled runs have: random bars (pre-porting
+            # steps 0) alone are no figure
+            for p in axes.pre_by_technique.get(t, ()):
                 panels = []
                 for pre, post in axes.data:
                     bars = {}

@@ -217,16 +217,22 @@ class Axes:
     conditions: tuple[str, ...]  # of ported, sampled, random: those in the study
     seeds: tuple[int, ...]
     names: dict[str, str] = field(default_factory=dict)  # host / data id -> short display name
-    # technique -> its largest pre-porting step count (a study may give a technique its own
-    # counts); the at-a-glance table and the findings read each technique there
-    top_pre: dict[str, int] = field(default_factory=dict)
+    # technique -> its pre-porting step counts, sorted (a study may give a technique its own);
+    # the at-a-glance table and the findings read each technique at its largest
+    pre_by_technique: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def pre_of(self, technique: str) -> tuple[int, ...]:
+        """The technique's pre-porting step counts (the study's, if it has no ported runs)."""
+        return self.pre_by_technique.get(technique, self.pre_steps)
 
     def top(self, technique: str) -> int | None:
-        """The technique's largest pre-porting step count (None: it has no ported runs)."""
-        return self.top_pre.get(technique, max(self.pre_steps) if self.pre_steps else None)
+        """The technique's largest pre-porting step count (None: the study has none)."""
+        counts = self.pre_of(technique)
+        return max(counts) if counts else None
 
     def top_text(self) -> str:
-        """ "200", or "adapter 100, prefix 200" when techniques differ in their largest count."""
+        """The largest counts as text: "200", or "adapter 100, prefix 200" when techniques
+        differ."""
         tops = {t: p for t in self.techniques if (p := self.top(t)) is not None}
         if len(set(tops.values())) <= 1:
             return str(next(iter(tops.values()), "–"))
