@@ -549,3 +549,37 @@ def test_estimate_scales_with_steps_and_names_unknown_hosts():
     b = estimate(make_plan(parse_study(BASE.replace("[5]", "[10]"), "b.yaml")))
     assert b.train_flops > a.train_flops > 0 and a.unknown == ()
     assert a.gpu_hours() > 0 and a.cpu_hours(1e10, 2) > a.gpu_hours()
+
+
+def test_estimate_counts_the_rows_real_tokens_when_host_and_data_are_on_disk(tmp_path):
+    """Tokens are the mean row length as the host frames it (what a step really multiplies;
+    batches are padded to their longest row, not to max_length), recomputed here with the
+    host's own tokenizer; a data set not on disk counts max_length (an upper bound)."""
+    from transformers import AutoTokenizer
+
+    from peftport.data import load_dataset
+    from peftport.hosts import get_host, host_folder
+    from peftport.study.compute import SAMPLE_ROWS, estimate, host_size, mean_tokens
+    from peftport.study.plan import make_plan
+    from peftport.study.spec import parse_study
+
+    data = tmp_path / "reviews.csv"
+    data.write_text(TWO_CLASSES)
+    spec = BASE.replace("[rotten_tomatoes]", f"[{data}]").replace("pre_steps: [5]\n", "")
+    plan = make_plan(parse_study(spec + "pre_steps: [5]\n", "a.yaml"))
+    e = estimate(plan)
+    tok = AutoTokenizer.from_pretrained(str(host_folder(get_host("tiny-bert"))))
+    rows = load_dataset(str(data)).train[:SAMPLE_ROWS]
+    max_length = plan.units[0].config["train"]["max_length"]
+    want = sum(len(tok(r.text, truncation=True, max_length=max_length)["input_ids"]) for r in rows)
+    want /= len(rows)
+    assert e.lengths == {("tiny-bert", str(data)): pytest.approx(want)}
+    assert 3 < want < max_length  # short rows: far below the padded upper bound
+    n = host_size("tiny-bert")[1]
+    batch = plan.units[0].config["train"]["batch_size"]
+    steps = sum(u.steps for u in plan.units)
+    assert e.train_flops == pytest.approx(4 * n * steps * batch * want)
+
+    missing = tmp_path / "gone.csv"
+    assert mean_tokens("tiny-bert", str(missing), max_length) is None
+    assert mean_tokens("no-such-host", str(data), max_length) is None

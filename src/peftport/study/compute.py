@@ -1,21 +1,27 @@
 """An estimate of the compute a study needs, printed by `peftport study plan`.
 
-Model FLOPs, the usual approximation (Kaplan et al. 2020): a training step costs about
-6 x N x tokens (forward 2, backward 4), an evaluation 2 x N x tokens, where N is the host's
-parameter count without its embedding tables (embeddings are lookups, not matrix products) and
-tokens = examples x max_length (padded: an upper bound). A frozen host skips the weight
-gradients, so 6 x N overstates a PEFT step by up to a third; a text-to-text host's decoder sees
-a few tokens, not max_length, so for T5 the estimate is high too. Read it as an upper bound on
-FLOPs.
+Model FLOPs (Kaplan et al. 2020): a forward pass costs about 2 x N x tokens, where N is the
+host's parameter count without its embedding tables (embeddings are lookups, not matrix
+products). A PEFT training step adds the backward pass through the activations (another
+2 x N x tokens) but no weight gradients, since the host is frozen: 4 x N x tokens. An
+evaluation is a forward pass. Attention scores are left out (short rows).
+
+Tokens are examples x the mean row length of the data as the host frames it (its template and
+special tokens, truncated at max_length), measured on a seeded sample of 256 training rows
+when the host's tokenizer and the data are on disk already (nothing is downloaded for an
+estimate), else max_length: batches are padded to their longest row and peftport groups rows
+of similar length, so the mean is close; max_length is an upper bound. A text-to-text host's
+decoder sees a few tokens, not the row, so for T5 the estimate is high.
 
 N comes from the host's config.json (no weights are loaded): on disk when the host is, else,
 for the paper's hub-only hosts, the sizes of their published config.json (KNOWN_CONFIGS);
 a host of unknown size is named and left out.
 
 Hours: FLOPs / a sustained rate. The reference GPU is an NVIDIA A100 (312 dense bf16 TFLOP/s
-peak) at 40% of peak; this CPU's rate is measured by a float32 matrix product on one thread
-(once per CPU model and torch version, kept in $PEFTPORT_HOME), times the cores, at half of
-that rate (a training step is not one large product).
+peak) at 40% of peak; this CPU's rate is the best float32 matrix product of 256 to 1024 on one
+thread (measured once per CPU model and torch version, kept in $PEFTPORT_HOME), times the
+cores, at CPU_SHARE of it: the share the quick study sustained on a 2-core Xeon (docs/study.md;
+bench/bench_engine.py measures the same ratio for training alone as MFU).
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ import functools
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 A100_PEAK = 312e12  # dense bf16 FLOP/s
 A100_SHARE = 0.40
 CPU_SHARE = 0.50
+RATE_SIZES = (256, 512, 1024)
+SAMPLE_ROWS = 256  # training rows whose mean length stands for the data set's
 EVAL_EXAMPLES = 1_000  # per evaluation when the study does not cap it (SST-2 val. 872, RT 1,066)
 
 # Sizes from the published config.json of the paper's hub-only hosts (Flan-T5 has the T5 v1.1
@@ -145,14 +153,17 @@ def _cpu_key() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return f"{model} | torch {torch.__version__}"
+    return f"{model} | torch {torch.__version__} | {RATE_SIZES}"
 
 
 @functools.cache
-def cpu_matmul_rate(seconds: float = 0.2) -> float:
-    """float32 FLOP/s of one thread on a 256 x 256 matrix product: measured once per CPU model
-    and torch version and kept in $PEFTPORT_HOME/cpu_rate.json (so `study plan` does not time
-    a product on every call), and once a process when that file cannot be read or written."""
+def cpu_matmul_rate(seconds: float = 0.1) -> float:
+    """float32 FLOP/s of one thread, the best square matrix product of RATE_SIZES, kept per CPU
+    model and torch version in $PEFTPORT_HOME/cpu_rate.json so that `study plan` does not time
+    products on every call. A rate measured while the other cores were busy (1-minute load
+    average above cores - 1: this thread shared a core) is low, so it is measured again on the
+    next call, and the best rate seen is kept; a quiet measurement is final. Measured once a
+    process when the file cannot be read or written."""
     from peftport.assets import peftport_home
     from peftport.atomic import write_json
 
@@ -160,29 +171,76 @@ def cpu_matmul_rate(seconds: float = 0.2) -> float:
     known: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         known = json.loads(path.read_text())
-    if isinstance(known, dict) and isinstance(known.get(key), int | float) and known[key] > 0:
-        return float(known[key])
+    if not isinstance(known, dict):
+        known = {}
+    entry = known.get(key)
+    old = entry.get("rate") if isinstance(entry, dict) else None
+    old = float(old) if isinstance(old, int | float) and old > 0 else 0.0
+    if old and entry.get("quiet") is True:
+        return old
     rate = _measure_rate(seconds)
+    quiet = os.getloadavg()[0] <= (os.cpu_count() or 1) - 1
+    best = max(rate, old)
     with contextlib.suppress(OSError):  # a read-only home: measured again next time
-        write_json(path, {**(known if isinstance(known, dict) else {}), key: rate})
-    return rate
+        write_json(path, {**known, key: {"rate": best, "quiet": quiet}})
+    return best
 
 
 def _measure_rate(seconds: float) -> float:
+    """The best rate over RATE_SIZES, `seconds` each (small products are below the CPU's
+    peak, large ones near it)."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    best = 0.0
     try:
-        a = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
-        a @ a  # warm up
-        n, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds:
-            a @ a
-            n += 1
-        return 2 * 256**3 * n / elapsed
+        for n in RATE_SIZES:
+            a = torch.randn(n, n, generator=torch.Generator().manual_seed(0))
+            a @ a  # warm up
+            count, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < seconds:
+                a @ a
+                count += 1
+            best = max(best, 2 * n**3 * count / elapsed)
+        return best
     finally:
         torch.set_num_threads(before)
+
+
+@functools.cache
+def mean_tokens(host: str, data: str, max_length: int) -> float | None:
+    """Mean tokens per row of `data` as `host` frames it (template, special tokens, truncation
+    at max_length) over its first SAMPLE_ROWS training rows (a seeded sample), or None when
+    the host's tokenizer or the data is not on this machine yet (nothing is fetched)."""
+    from peftport import tasks
+    from peftport.data import load_dataset_if_on_disk
+    from peftport.errors import PeftportError
+    from peftport.hosts import get_host
+    from peftport.study.pairchecks import cheap_host_folder
+
+    try:
+        spec = get_host(host)
+    except PeftportError:
+        return None
+    folder = cheap_host_folder(spec)
+    dataset = load_dataset_if_on_disk(data) if folder is not None else None
+    if folder is None or dataset is None or not dataset.train:
+        return None
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError):  # a folder without tokenizer files
+        return None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    rows = dataset.train[:SAMPLE_ROWS]
+    framing = tasks.Framing.for_host(spec.kind, dataset.label_words, max_length)
+    enc = tasks.encode(tokenizer, rows, framing, f"{dataset.fingerprints['train']}[:{len(rows)}]")
+    return sum(enc.lengths()) / len(enc)
 
 
 @dataclass(frozen=True)
@@ -192,6 +250,8 @@ class Estimate:
     sizes: dict[str, tuple[int, int, str]]  # host -> (params, without embeddings, source)
     unknown: tuple[str, ...]  # hosts of unknown size: their units are not counted
     eval_examples_assumed: bool
+    # (host, data) -> mean tokens per row, None where max_length stood in (not on disk)
+    lengths: dict[tuple[str, str], float | None] = field(default_factory=dict)
 
     @property
     def flops(self) -> float:
@@ -207,11 +267,13 @@ class Estimate:
 def estimate(plan: Any) -> Estimate:
     """Model FLOPs of every unit of a plan (training steps and evaluations)."""
     sizes: dict[str, tuple[int, int, str]] = {}
+    lengths: dict[tuple[str, str], float | None] = {}
     unknown: list[str] = []
     train = evals = 0.0
     assumed = False
     for u in plan.units:
         host = u.origin if u.kind == "pretrain" else u.receiver
+        data = u.pre_data if u.kind == "pretrain" else u.post_data
         if host not in sizes and host not in unknown:
             got = host_size(host)
             if got is None:
@@ -222,12 +284,15 @@ def estimate(plan: Any) -> Estimate:
             continue
         n = sizes[host][1]
         t = u.config["train"]
-        train += 6 * n * u.steps * t["batch_size"] * t["max_length"]
+        if (host, data) not in lengths:
+            lengths[host, data] = mean_tokens(host, data, t["max_length"]) if data else None
+        tokens = min(lengths[host, data] or t["max_length"], t["max_length"])
+        train += 4 * n * u.steps * t["batch_size"] * tokens
         caps = [x for x in (t.get("max_eval_examples"), u.config.get("max_examples")) if x]
         assumed = assumed or not caps
         examples = min(caps) if caps else EVAL_EXAMPLES
-        evals += 2 * n * u.evals * examples * t["max_length"]
-    return Estimate(train, evals, sizes, tuple(unknown), assumed)
+        evals += 2 * n * u.evals * examples * tokens
+    return Estimate(train, evals, sizes, tuple(unknown), assumed, lengths)
 
 
 def _hours(h: float) -> str:
@@ -242,20 +307,31 @@ def describe_estimate(plan: Any) -> list[str]:
     """The estimate as lines of `study plan`'s text."""
     e = estimate(plan)
     rate, cores = cpu_matmul_rate(), os.cpu_count() or 1
+    padded = [k for k, v in e.lengths.items() if v is None]
     lines = [
-        f"compute (estimate, an upper bound): {e.flops:.3g} FLOPs = {e.train_flops:.3g} "
-        f"training (6 x N x tokens) + {e.eval_flops:.3g} evaluation (2 x N x tokens); N: host "
-        "parameters without embeddings, tokens: examples x max_length"
+        f"compute (estimate): {e.flops:.3g} FLOPs = {e.train_flops:.3g} training "
+        f"(4 x N x tokens: forward and backward, the frozen host gets no weight gradients) + "
+        f"{e.eval_flops:.3g} evaluation (2 x N x tokens); N: host parameters without "
+        "embeddings, tokens: examples x mean row length"
         + (
             f", {EVAL_EXAMPLES:,} examples per evaluation (not capped by the study)"
             if e.eval_examples_assumed
             else ""
-        ),
+        )
+        + (", max_length where not on disk yet (an upper bound)" if padded else ""),
         f"  on an A100 at {A100_SHARE:.0%} of {A100_PEAK / 1e12:.0f} bf16 TFLOP/s "
         f"({A100_PEAK * A100_SHARE / 1e12:.0f} TFLOP/s sustained): {_hours(e.gpu_hours())}",
         f"  on this CPU ({cores} cores x {rate / 1e9:.0f} GFLOP/s float32 matmul per core, "
         f"measured now; {CPU_SHARE:.0%} of it sustained): {_hours(e.cpu_hours(rate, cores))}",
     ]
+    if e.lengths:
+        lines.append(
+            "  row lengths (tokens): "
+            + "; ".join(
+                f"{d} on {h} " + (f"{v:.1f}" if v is not None else "max_length (not on disk)")
+                for (h, d), v in e.lengths.items()
+            )
+        )
     if e.sizes:
         lines.append(
             "  host sizes: "

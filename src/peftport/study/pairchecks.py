@@ -132,10 +132,12 @@ def resolve_pair_map(
     return list((pm or IDENTITY).resolve(n_origin, n_receiver, comparison))
 
 
-def cheap_host_config(spec: Any) -> dict[str, Any] | None:
-    """A host's config.json if it is already on disk; never builds or downloads (None then).
+def cheap_host_folder(spec: Any) -> Path | None:
+    """A host's checkpoint folder (config.json, tokenizer files) if it is already on disk;
+    never builds or downloads (None then).
 
-    Derived hosts have their parent's shapes, so the parent's config stands in for theirs.
+    Derived hosts have their parent's shapes and tokenizer, so the parent's folder stands in for
+    theirs until they are built.
     """
     from peftport.assets import HubSnapshot, LocalPath, PackageMember, SourceUnavailable
     from peftport.hosts.spec import Built
@@ -151,23 +153,30 @@ def cheap_host_config(spec: Any) -> dict[str, Any] | None:
                 from huggingface_hub import try_to_load_from_cache
 
                 hit = try_to_load_from_cache(src.repo_id, "config.json", revision=src.revision)
-                if isinstance(hit, str):
-                    return json.loads(Path(hit).read_text())
+                folder = Path(hit).parent if isinstance(hit, str) else None
         except (SourceUnavailable, OSError, ValueError, ImportError):
             continue
         if folder is not None and (folder / "config.json").is_file():
-            try:
-                return json.loads((folder / "config.json").read_text())
-            except (OSError, ValueError):
-                continue
+            return folder
     if getattr(spec, "parent", None):
         from peftport.hosts import get_host
 
         try:
-            return cheap_host_config(get_host(spec.parent))
+            return cheap_host_folder(get_host(spec.parent))
         except PeftportError:
             return None
     return None
+
+
+def cheap_host_config(spec: Any) -> dict[str, Any] | None:
+    """A host's config.json if it is already on disk (`cheap_host_folder`), else None."""
+    folder = cheap_host_folder(spec)
+    if folder is None:
+        return None
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def check_pair(
