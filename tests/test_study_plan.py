@@ -150,7 +150,6 @@ def test_a_technique_may_have_its_own_pre_porting_step_counts():
     plan = plan_of(text)
     spec = plan.spec
     assert spec.pre_steps_of("lora") == (5, 10) and spec.pre_steps_of("adapter") == (20,)
-    assert spec.all_pre_steps() == (5, 10, 20)
     pre = {u.config["technique"]: u for u in plan.units if u.kind == "pretrain"}
     assert pre["adapter"].config["save_at"] == [20] and pre["adapter"].steps == 20
     assert pre["lora"].config["save_at"] == [5, 10]

@@ -164,10 +164,6 @@ class StudySpec:
         """The pre-porting step counts of one technique: its own, else the study's."""
         return self.technique(name).pre_steps or self.pre_steps
 
-    def all_pre_steps(self) -> tuple[int, ...]:
-        """Every pre-porting step count some technique trains to, sorted."""
-        return tuple(sorted({p for t in self.techniques for p in self.pre_steps_of(t.name)}))
-
     def layer_map(self, origin: str, receiver: str) -> PairMap | None:
         return next((m for o, r, m in self.layer_maps if (o, r) == (origin, receiver)), None)
 
