@@ -146,7 +146,8 @@ def test_too_few_pairs_say_there_is_not_enough_data(pairs):
 def test_a_stored_study_gives_its_points(tmp_path):
     from peftport.precheck import prediction, retention_points
     from peftport.study import make_plan
-    from peftport.study.executors import InlineExecutor, run_plan
+    from peftport.study.driver import run_plan
+    from peftport.study.executors import InlineExecutor
     from peftport.study.spec import parse_study
     from peftport.study.store import Store
     from test_golden import write_toy

@@ -206,7 +206,8 @@ def test_study_head_policy_is_moot_on_a_host_without_a_head():
 
 def test_a_study_with_head_origin_runs_and_reports_its_policy(tmp_path):
     from peftport.report import build_report
-    from peftport.study.executors import InlineExecutor, run_plan
+    from peftport.study.driver import run_plan
+    from peftport.study.executors import InlineExecutor
     from peftport.study.store import Store
 
     toy = write_toy(tmp_path / "toy.csv")

@@ -160,7 +160,7 @@ def no_loading(monkeypatch):
 
     monkeypatch.setattr("peftport.runs.host_for", boom)
     monkeypatch.setattr("peftport.runs.load_into", boom)
-    monkeypatch.setattr("peftport.study.executors.prepare", boom)
+    monkeypatch.setattr("peftport.study.driver.prepare", boom)
 
 
 GPU_NO_BF16 = {"name": "Tesla T4", "bf16": False}

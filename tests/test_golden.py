@@ -26,7 +26,8 @@ import pytest
 import torch
 
 from peftport.study import make_plan
-from peftport.study.executors import InlineExecutor, run_plan
+from peftport.study.driver import run_plan
+from peftport.study.executors import InlineExecutor
 from peftport.study.spec import parse_study
 from peftport.study.store import Store
 from test_study_run import write_toy

@@ -58,7 +58,8 @@ def second_host(folder: Path) -> Path:
 def study(tmp_path_factory):
     """A real study, both directions, 2 seeds, LoRA (learns here) and an adapter (does not)."""
     from peftport.study import make_plan
-    from peftport.study.executors import InlineExecutor, run_plan
+    from peftport.study.driver import run_plan
+    from peftport.study.executors import InlineExecutor
     from peftport.study.spec import parse_study
     from peftport.study.store import Store
 

@@ -23,7 +23,8 @@ from test_study_run import write_toy
 def store(tmp_path_factory) -> Path:
     """A real tiny study, every unit in fp32 (pinned)."""
     from peftport.study import make_plan
-    from peftport.study.executors import InlineExecutor, run_plan
+    from peftport.study.driver import run_plan
+    from peftport.study.executors import InlineExecutor
     from peftport.study.spec import parse_study
     from peftport.study.store import Store
 

@@ -11,7 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from peftport.study import load_preset, make_plan
-from peftport.study.executors import InlineExecutor, LocalExecutor, run_plan
+from peftport.study.driver import run_plan
+from peftport.study.executors import InlineExecutor, LocalExecutor
 from peftport.study.spec import StudyFileError, parse_study
 from peftport.study.store import Store
 from test_study_run import study_app, write_toy

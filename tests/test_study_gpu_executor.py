@@ -19,7 +19,8 @@ import subprocess
 import pytest
 
 from peftport.errors import PeftportError
-from peftport.study.executors import _check_inputs, _env, make_executor, node_info
+from peftport.study.driver import _check_inputs
+from peftport.study.executors import _env, make_executor, node_info
 from peftport.study.gpus import GPUS_ENV, Slot, gpu_slots, visible_gpus
 from peftport.study.ray_executor import gpu_request
 from test_study_run import cli_args, run_inline, study_text, write_toy
@@ -282,7 +283,7 @@ def test_gpu_options_that_cannot_work_exit_2_with_one_line(
     def boom(*a, **k):
         raise AssertionError("the study was prepared before its options were checked")
 
-    monkeypatch.setattr("peftport.study.executors.prepare", boom)
+    monkeypatch.setattr("peftport.study.driver.prepare", boom)
     monkeypatch.setenv(GPUS_ENV, gpus)
     store = tmp_path / "out" / "s.sqlite"
     monkeypatch.setattr(

@@ -146,7 +146,8 @@ def _finished(tmp_path):
 
 
 def run_again(store, text, lines, **kw):
-    from peftport.study.executors import InlineExecutor, run_plan
+    from peftport.study.driver import run_plan
+    from peftport.study.executors import InlineExecutor
 
     st = Store(store)
     try:

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from peftport.errors import PeftportError
 from peftport.study import make_plan
-from peftport.study.executors import InlineExecutor, run_plan
+from peftport.study.driver import run_plan
+from peftport.study.executors import InlineExecutor
 from peftport.study.spec import parse_study
 from peftport.study.store import Store
 

@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the quick offline study (minilm-l6 <-> minilm-l6-tuned) and write its report."""
         from peftport.report import build_report
-        from peftport.study.executors import run_study, summary_line
+        from peftport.study.driver import run_study, summary_line
         from peftport.study.plan import make_plan
         from peftport.study.spec import load_preset
 

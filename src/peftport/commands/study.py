@@ -214,7 +214,7 @@ def register(app: typer.Typer) -> None:
         """Run every unit of a study that is not done yet (resumable; shared stores are fine;
         a damaged or missing artifact is recomputed by the unit that made it)."""
         from peftport.device import default_device
-        from peftport.study.executors import run_study, summary_line
+        from peftport.study.driver import run_study, summary_line
 
         if file is None and preset is None:
             typer.echo("no study file given: running the quick preset", err=True)

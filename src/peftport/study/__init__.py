@@ -6,7 +6,8 @@
 - `units`: what one unit does (pure of the store: a payload in, a result out);
 - `pairs`: before any unit, the hosts a study derives, every pair's host comparison and
   resolved layer map (stored in `comparisons` and `host_pairs`);
-- `executors`: the one driver loop, and where units run (in-process, local processes, Ray).
+- `driver`: the one driver loop (claims units, feeds an executor, commits results);
+- `executors`: where units run (in-process, local processes, Ray).
 
 See docs/study.md for the file format, the presets and the sharing arithmetic.
 """
