@@ -280,10 +280,11 @@ def test_methods_preset_plans_every_method_the_techniques_take():
 
     plan = make_plan(load_preset("methods"))
     ported = {(u.technique, u.method) for u in plan.units if u.condition == "ported"}
-    assert ported == {("lora", m) for m in ("copy", "scaled:0.5", "subspace", "align")} | {
+    lora = ("copy", "scaled:0.5", "subspace:16", "subspace:64", "subspace:192", "align")
+    assert ported == {("lora", m) for m in lora} | {
         ("adapter", m) for m in ("copy", "scaled:0.5", "align")
     }
     t = plan.totals()
-    # 3 seeds: 6 pretrain, (4 + 3) ported + 2 sampled per seed, 2 random per seed
-    assert t["units"] == {"total": 6 + 27 + 6, "pretrain": 6, "post": 27, "random": 6}
+    # 3 seeds: 6 pretrain, (6 + 3) ported + 2 sampled per seed, 2 random per seed
+    assert t["units"] == {"total": 6 + 33 + 6, "pretrain": 6, "post": 33, "random": 6}
     assert plan.spec.head_policy == "origin"

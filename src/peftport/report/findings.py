@@ -76,7 +76,11 @@ def _beats(
         parts.append("not tested: " + ", ".join(untested))
     held = sum(ok)
     verdict = HOLDS if held == len(ok) else FAILS
-    head = f"holds for {held} of {len(ok)} techniques: " if 0 < held < len(ok) else ""
+    head = (
+        f"not for every technique: it holds (p Holm < {ALPHA:g}) for {held} of {len(ok)}: "
+        if 0 < held < len(ok)
+        else ""
+    )
     return Finding(key, claim, verdict, head + "; ".join(parts))
 
 
