@@ -369,3 +369,26 @@ def test_a_record_round_trips_for_two_and_more_classes():
     bad = dict(q.to_record(), n=5)
     with pytest.raises(ValueError):
         Predictions.from_record(bad)
+
+
+def test_a_random_result_meets_only_its_own_techniques_pre_porting_counts(tmp_path):
+    """Techniques may train to their own pre-porting counts (issue 15): a random result is
+    compared with its technique's origin modules only, not with counts another technique
+    trained to (which have no origin predictions and would show as not measured)."""
+    right = np.array([0, 1] * 10)
+    obs = []
+    for s in range(3):
+        obs += [_obs("origin", s, right), _obs("random", s, 1 - right)]  # lora at 5 steps
+        obs += [
+            dataclasses.replace(o, technique="adapter", unit_id="adapter-" + o.unit_id)
+            for o in (_obs("origin", s, right, pre=10), _obs("random", s, right))
+        ]
+    data = StoreData(tmp_path, "accuracy", 1, "", "", [], obs, {}, [], {}, has_predictions=True)
+    rows = {
+        (r["technique"], r["pre_steps"]): r
+        for r in agreement_table(data).rows
+        if r["condition"] == "random"
+    }
+    assert set(rows) == {("lora", 5), ("adapter", 10)}
+    assert rows["lora", 5]["agreement_mean"] == 0.0 and rows["adapter", 10]["agreement_mean"] == 1.0
+    assert not any(r["agreement_missing"] for r in rows.values())

@@ -244,3 +244,26 @@ def test_each_technique_is_read_at_its_own_largest_pre_porting_count(tmp_path):
 
     drawn = {(f.technique, f.pre_steps) for f in figures(agg.axes, good + slow, "accuracy")}
     assert drawn == {("good", 50), ("slow", 100)}
+
+
+def test_the_glance_gives_steps_saved_with_its_interval(tmp_path):
+    """At a glance, steps saved carries its bootstrap interval (issue 15: a number with an
+    interval), the same numbers as the steps-saved table."""
+    from peftport.report.columns import glance_rows, signed
+
+    agg = agg_of(study(ported=0.66), tmp_path)
+    row = next(
+        r
+        for r in agg.tables["steps_saved"].rows
+        if r["technique"] == "good" and r["checkpoint"] == 0
+    )
+    assert row["reached"] and 0 < row["saved_ci_low"] <= row["saved"] <= row["saved_ci_high"]
+    header, rows = glance_rows(agg)
+    good = next(
+        dict(zip(header, (c for c, _ in r), strict=True)) for r in rows if r[0][0] == "good"
+    )
+    want = (
+        f"{signed(row['saved'], 1)} [{signed(row['saved_ci_low'], 1)}, "
+        f"{signed(row['saved_ci_high'], 1)}]"
+    )
+    assert good["steps saved at zero-shot [95% CI]"] == want

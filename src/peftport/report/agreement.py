@@ -12,7 +12,7 @@ examples (equal `examples_sha256`):
 The same definition for every condition: for sampled and random it is the agreement a control
 reaches with a module it does not carry (its baseline), so ported's agreement is read against
 theirs. A random result has no pre-porting step count: it is compared with the origin module of
-every pre-porting step count (one row each).
+each of its technique's pre-porting step counts (one row each).
 
 The origin module's predictions on the post-porting data set's examples come from the pretrain
 unit's own evaluation when the two data sets are the same, and from the post unit's evaluation
@@ -88,7 +88,13 @@ def agreement_table(data: StoreData) -> Table:
     directions, data combinations and seeds: mean agreement and negative-flip share with their
     intervals, and how many results could not be compared (and why)."""
     origins = origin_predictions(data)
-    pre_all = sorted({o.pre_steps for o in data.observations if o.condition == "origin"})
+    # a random result is compared with the origin module of each of its technique's own
+    # pre-porting step counts (techniques may have their own: study spec `pre_steps`)
+    pre_of: dict[str, set[int]] = defaultdict(set)
+    for o in data.observations:
+        if o.condition == "origin":
+            pre_of[o.technique].add(o.pre_steps)
+    pre_all = sorted(set().union(*pre_of.values()))
     groups: dict[tuple, dict[tuple, tuple]] = defaultdict(dict)  # row -> comparison -> arrays
     expected: Counter = Counter()
     why: dict[tuple, Counter] = defaultdict(Counter)
@@ -98,7 +104,8 @@ def agreement_table(data: StoreData) -> Table:
     for o in [*data.observations, *extra]:
         if o.condition not in CONDITIONS or o.value is None:
             continue
-        for p in pre_all if o.condition == "random" else [o.pre_steps]:
+        counts = sorted(pre_of.get(o.technique) or pre_all)
+        for p in counts if o.condition == "random" else [o.pre_steps]:
             row = (o.technique, _label(o), p, o.post_steps)
             ident = (o.unit_id, o.step, _origin_key(o, p))  # each comparison counted once
             if (row, ident) in seen:

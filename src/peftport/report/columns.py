@@ -344,6 +344,17 @@ def _auc_cell(g: dict[str, Any]) -> Cell:
     return text, ""
 
 
+def _saved_with_ci(row: dict[str, Any]) -> str:
+    """Steps saved and its bootstrap interval (a lower bound when the random curve does not
+    reach the ported module's accuracy within the horizon in every resample)."""
+    text = saved_text(row)
+    if row["runs"] == 0 or row.get("not_measured") or row["saved_ci_low"] is None:
+        return text
+    if math.isinf(row["saved_ci_low"]):  # not reached in any resample: nothing to add
+        return text
+    return f"{text} {saved_ci_text(row)}"
+
+
 def glance_rows(agg: Aggregates) -> tuple[list[str], list[list[Cell]]]:
     header = [
         "technique",
@@ -355,7 +366,7 @@ def glance_rows(agg: Aggregates) -> tuple[list[str], list[list[Cell]]]:
         "p (Holm)",
         "independent units",
         "random steps to match zero-shot",
-        "steps saved at zero-shot",
+        "steps saved at zero-shot [95% CI]",
         "rank over all checkpoints",
     ]
     out = []
@@ -374,7 +385,7 @@ def glance_rows(agg: Aggregates) -> tuple[list[str], list[list[Cell]]]:
         cells.append((pval(d["p_holm"]), "") if d else ("n/a", ""))
         cells.append((str(d["n_units"]), "") if d else ("n/a", ""))
         cells.append((needs_text(s), "") if s else ("n/a", ""))
-        cells.append((saved_text(s), "") if s else ("n/a", ""))
+        cells.append((_saved_with_ci(s), "") if s else ("n/a", ""))
         cells.append(
             (f"{rk['rank']:g} (95%: {rk['rank_low']:g}–{rk['rank_high']:g})", "")
             if rk
