@@ -582,4 +582,7 @@ def test_estimate_counts_the_rows_real_tokens_when_host_and_data_are_on_disk(tmp
 
     missing = tmp_path / "gone.csv"
     assert mean_tokens("tiny-bert", str(missing), max_length) is None
+    broken = tmp_path / "broken.csv"
+    broken.write_text("words,stars\nnice,5\n")  # no text or label column
+    assert mean_tokens("tiny-bert", str(broken), max_length) is None
     assert mean_tokens("no-such-host", str(data), max_length) is None

@@ -219,12 +219,12 @@ def mean_tokens(host: str, data: str, max_length: int) -> float | None:
     from peftport.hosts import get_host
     from peftport.study.pairchecks import cheap_host_folder
 
-    try:
+    try:  # an unknown host or a malformed data file: `study run` names it, not the estimate
         spec = get_host(host)
+        folder = cheap_host_folder(spec)
+        dataset = load_dataset_if_on_disk(data) if folder is not None else None
     except PeftportError:
         return None
-    folder = cheap_host_folder(spec)
-    dataset = load_dataset_if_on_disk(data) if folder is not None else None
     if folder is None or dataset is None or not dataset.train:
         return None
     import transformers
@@ -239,7 +239,12 @@ def mean_tokens(host: str, data: str, max_length: int) -> float | None:
         transformers.logging.set_verbosity(verbosity)
     rows = dataset.train[:SAMPLE_ROWS]
     framing = tasks.Framing.for_host(spec.kind, dataset.label_words, max_length)
-    enc = tasks.encode(tokenizer, rows, framing, f"{dataset.fingerprints['train']}[:{len(rows)}]")
+    try:  # label words this tokenizer cannot tell apart: `study run` says so
+        enc = tasks.encode(
+            tokenizer, rows, framing, f"{dataset.fingerprints['train']}[:{len(rows)}]"
+        )
+    except PeftportError:
+        return None
     return sum(enc.lengths()) / len(enc)
 
 
