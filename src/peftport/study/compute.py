@@ -20,8 +20,8 @@ a host of unknown size is named and left out.
 Hours: FLOPs / a sustained rate. The reference GPU is an NVIDIA A100 (312 dense bf16 TFLOP/s
 peak) at 40% of peak; this CPU's rate is the best float32 matrix product of 256 to 1024 on one
 thread (measured once per CPU model and torch version, kept in $PEFTPORT_HOME), times the
-cores, at CPU_SHARE of it: what the quick and standard studies sustained on a 2-core Xeon (41%
-and 48%, evaluation and unit start-up included; docs/study.md).
+cores, at CPU_SHARE of it: what the quick and standard studies sustained on a 2-core Xeon
+(39-41% and 46-48%, evaluation and unit start-up included; docs/study.md).
 """
 
 from __future__ import annotations
