@@ -76,18 +76,15 @@ def _matmul_peak(threads: int, q) -> None:
     own shapes (64 rows x 384 @ 384 x 1536), `threads` threads, 0.5 s each."""
     import torch
 
+    from peftport.study.compute import product_rate
+
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     shapes = [(n, n, n) for n in (256, 512, 1024, 2048)] + [(16 * 40, 384, 1536)]
     best, rates = 0.0, {}
     for m, k, n in shapes:
         a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
-        a @ b  # warm up
-        count, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < 0.5:
-            a @ b
-            count += 1
-        rate = 2 * m * k * n * count / elapsed
+        rate = product_rate(a, b, 0.5)
         rates[f"{m}x{k}@{k}x{n}"] = rate
         best = max(best, rate)
     q.put(dict(peak=best, rates=rates))

@@ -382,12 +382,8 @@ def load_dataset_if_on_disk(name: str) -> Dataset | None:
     for source in spec.sources:
         s = source.source
         try:
-            if isinstance(s, PackageMember):
-                path = s.cached()
-            elif isinstance(s, HubDataset):
-                path = s.export_path() if s.export_path().is_file() else None
-            else:
-                path = s.resolve()
+            # an archive not extracted yet or a hub copy not exported yet is not on disk
+            path = s.cached() if isinstance(s, PackageMember | HubDataset) else s.resolve()
         except (SourceUnavailable, OSError):
             continue
         if path is not None:  # not through _CACHE: a load's provenance names skipped sources

@@ -81,6 +81,11 @@ class HubDataset:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.repo_id)
         return peftport_home() / "data" / "hub" / f"{safe}-{self.config or 'default'}-{tag}.jsonl"
 
+    def cached(self) -> Path | None:
+        """The rows exported before, else None; never downloads anything."""
+        out = self.export_path()
+        return out if out.exists() else None
+
     def resolve(self) -> Path:
         out = self.export_path()
         if out.exists():

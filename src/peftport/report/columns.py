@@ -348,9 +348,8 @@ def _saved_with_ci(row: dict[str, Any]) -> str:
     """Steps saved and its bootstrap interval (a lower bound when the random curve does not
     reach the ported module's accuracy within the horizon in every resample)."""
     text = saved_text(row)
-    if row["runs"] == 0 or row.get("not_measured") or row["saved_ci_low"] is None:
-        return text
-    if math.isinf(row["saved_ci_low"]):  # not reached in any resample: nothing to add
+    low = row["saved_ci_low"]  # None: no bootstrap (no or too few runs, or not measured)
+    if low is None or math.isinf(low):  # inf: not reached in any resample, nothing to add
         return text
     return f"{text} {saved_ci_text(row)}"
 

@@ -197,15 +197,21 @@ def _measure_rate(seconds: float) -> float:
     try:
         for n in RATE_SIZES:
             a = torch.randn(n, n, generator=torch.Generator().manual_seed(0))
-            a @ a  # warm up
-            count, start = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - start) < seconds:
-                a @ a
-                count += 1
-            best = max(best, 2 * n**3 * count / elapsed)
+            best = max(best, product_rate(a, a, seconds))
         return best
     finally:
         torch.set_num_threads(before)
+
+
+def product_rate(a: Any, b: Any, seconds: float) -> float:
+    """FLOP/s of the matrix product a @ b, repeated for `seconds` after one warm-up product,
+    on the threads torch has (the caller sets them)."""
+    a @ b  # warm up
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        a @ b
+        count += 1
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] * count / elapsed
 
 
 @functools.cache
