@@ -586,3 +586,35 @@ def test_estimate_counts_the_rows_real_tokens_when_host_and_data_are_on_disk(tmp
     broken.write_text("words,stars\nnice,5\n")  # no text or label column
     assert mean_tokens("tiny-bert", str(broken), max_length) is None
     assert mean_tokens("no-such-host", str(data), max_length) is None
+
+
+@pytest.mark.parametrize("what", ["no tokenizer files", "label words alike"])
+def test_estimate_falls_back_to_max_length_when_rows_cannot_be_measured(
+    tmp_path, monkeypatch, what
+):
+    """A host folder without a usable tokenizer, or label words the tokenizer cannot tell
+    apart, leave the row length unknown (the estimate counts max_length) instead of failing
+    `study plan`; `study run` names such a problem itself."""
+    import transformers
+
+    from peftport import tasks
+    from peftport.errors import PeftportError
+    from peftport.study import compute
+
+    data = tmp_path / "reviews.csv"
+    data.write_text(TWO_CLASSES)
+    compute.mean_tokens.cache_clear()
+    assert compute.mean_tokens("tiny-bert", str(data), 32) is not None  # measurable as it is
+
+    def boom(*a, **kw):
+        if what == "no tokenizer files":
+            raise OSError("no tokenizer files in the folder")
+        raise PeftportError("label words tokenise identically on this host")
+
+    if what == "no tokenizer files":
+        monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", boom)
+    else:
+        monkeypatch.setattr(tasks, "encode", boom)
+    compute.mean_tokens.cache_clear()
+    assert compute.mean_tokens("tiny-bert", str(data), 32) is None
+    compute.mean_tokens.cache_clear()
